@@ -1,0 +1,79 @@
+"""Boot-to-ready cost of kitl against a bare virtme-ng boot, interleaved, per kernel.
+
+For each kernel: N rounds of (bare `vng --run VMLINUZ --exec true`, kitl boot-to-ready
+through the SSH channel), alternating so machine drift hits both alike.  Prints medians and
+the kitl/bare ratio (goal: <= 1.10).  Not a test: run it by hand and copy the figures into
+docs/benchmarks.md with the date and machine.
+
+    .venv/bin/python bench/boot.py [--rounds 3] [KERNEL ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from harness import accel
+from harness.kernel import Kernel
+from harness.resolve import Kernels
+from harness.vm import VM
+
+
+def bare_boot(kernel: Kernel, accel_name: str) -> float:
+    vng = str(Path(sys.executable).parent / "vng")
+    argv = [vng, "--run", str(kernel.vmlinuz), "--cpus", "2", "--memory", "2G"]
+    if accel_name == "tcg":
+        argv.append("--disable-kvm")
+    argv += ["--exec", "true"]
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    started = time.monotonic()
+    subprocess.run(argv, check=True, stdin=subprocess.DEVNULL, capture_output=True, env=env)
+    return time.monotonic() - started
+
+
+def kitl_boot(kernel: Kernel, accel_name: str) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.monotonic()
+        with VM(kernel, accel=accel_name, console_path=Path(tmp) / "console.log") as vm:
+            ready = time.monotonic() - started
+            assert vm.run(["true"], timeout=60).ok
+        return ready
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("kernels", nargs="*")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    ks = Kernels.open()
+    names = args.kernels or [e.name for e in ks.catalog.defaults()]
+    kernels = [ks.get(n) for n in names]
+    decision = accel.decide("auto", ks.store.cache, None)
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M')} {platform.node()} {os.cpu_count()} cpus, "
+        f"accel {decision.accel}, {args.rounds} interleaved rounds"
+    )
+    print(f"{'kernel':<13} {'bare median':>12} {'kitl median':>12} {'ratio':>7}  (all runs)")
+    for kernel in kernels:
+        bare, ours = [], []
+        for _ in range(args.rounds):
+            bare.append(bare_boot(kernel, decision.accel))
+            ours.append(kitl_boot(kernel, decision.accel))
+        ratio = statistics.median(o / b for o, b in zip(ours, bare, strict=True))
+        print(
+            f"{kernel.name:<13} {statistics.median(bare):11.1f}s {statistics.median(ours):11.1f}s "
+            f"{ratio:7.2f}  bare={[round(b, 1) for b in bare]} kitl={[round(o, 1) for o in ours]}",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Errors that reach the user as one line, each with the exit status it maps to.
+
+Usage errors (bad input the user can fix: unknown kernel, bad YAML, missing file) exit 2;
+run failures (download failed, boot timeout, SSH never ready) exit 1.  The CLI prints
+`kitl: <message>` and never a traceback for these.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+USAGE_EXIT = 2
+RUN_FAILURE_EXIT = 1
+
+
+class KitlError(Exception):
+    """Base of every error the CLI turns into one line."""
+
+    exit_code = RUN_FAILURE_EXIT
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message} ({self.hint})"
+        return self.message
+
+
+class UsageError(KitlError):
+    """The user asked for something that cannot be: fix the input and rerun."""
+
+    exit_code = USAGE_EXIT
+
+
+class ConfigError(UsageError):
+    """A configuration file is wrong; the message starts with file:line: when known."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: Path | str | None = None,
+        line: int | None = None,
+        column: int | None = None,
+        hint: str | None = None,
+    ) -> None:
+        where = ""
+        if path is not None:
+            where = str(path)
+            if line is not None:
+                where += f":{line}"
+                if column is not None:
+                    where += f":{column}"
+            where += ": "
+        super().__init__(where + message, hint=hint)
+        self.path = path
+        self.line = line
+        self.column = column
+
+
+class MissingToolError(UsageError):
+    """A host tool the harness needs is not installed."""
+
+    def __init__(self, tool: str, package: str) -> None:
+        super().__init__(
+            f"{tool} is not installed",
+            hint=f"install the Debian package {package}, or run ./run.sh which sets up the host",
+        )
+
+
+class FetchError(KitlError):
+    """Downloading or unpacking a kernel failed."""
+
+
+class VanishedPackageError(UsageError):
+    """A version pinned in kernels.lock is no longer in the Debian archive."""
+
+
+class BuildError(KitlError):
+    """Building a module (netdevsim) failed."""
+
+
+class BootError(KitlError):
+    """The guest did not come up: QEMU failed or its set-up inside the guest failed."""
+
+
+class BootTimeoutError(BootError):
+    """The guest did not announce readiness within the boot timeout."""
+
+
+class GuestLostError(KitlError):
+    """The guest channel broke after the guest was up (VM killed, SSH dropped)."""
+
+
+class GuestTimeoutError(KitlError):
+    """A command in the guest did not finish in time."""
+
+
+class KernelCrashError(GuestLostError):
+    """The guest kernel panicked or oopsed; carries the console splat."""
+
+    def __init__(self, message: str, *, splat_text: str, fingerprint: str) -> None:
+        super().__init__(message)
+        self.splat_text = splat_text
+        self.fingerprint = fingerprint

@@ -1,0 +1,75 @@
+"""The one outcome enum, and the one table mapping outcomes to the process exit status."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+
+from harness import errors
+
+
+class Outcome(enum.StrEnum):
+    """What happened to one cell (or one boot).  Separates "the kernel said no" from
+    "the infrastructure broke", so a gate can tell a regression from a flaky runner."""
+
+    PASSED = "PASSED"
+    FAILED = "FAILED"  # ran, but an expectation did not hold
+    VERIFIER_REJECTED = "VERIFIER_REJECTED"
+    LOAD_FAILED = "LOAD_FAILED"
+    ATTACH_FAILED = "ATTACH_FAILED"
+    SKIPPED = "SKIPPED"  # a requirement probed absent; carries the reason
+    BOOT_FAILED = "BOOT_FAILED"
+    KERNEL_CRASH = "KERNEL_CRASH"
+    VM_LOST = "VM_LOST"
+    TIMED_OUT = "TIMED_OUT"
+    ERROR = "ERROR"  # harness-side failure that fits no class above
+
+    @property
+    def is_infrastructure(self) -> bool:
+        return self in _INFRASTRUCTURE
+
+
+_INFRASTRUCTURE = frozenset(
+    {Outcome.BOOT_FAILED, Outcome.KERNEL_CRASH, Outcome.VM_LOST, Outcome.TIMED_OUT, Outcome.ERROR}
+)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INFRASTRUCTURE = 3
+
+_EXIT_BY_OUTCOME = {
+    Outcome.PASSED: EXIT_OK,
+    Outcome.SKIPPED: EXIT_OK,
+    Outcome.FAILED: EXIT_FAILED,
+    Outcome.VERIFIER_REJECTED: EXIT_FAILED,
+    Outcome.LOAD_FAILED: EXIT_FAILED,
+    Outcome.ATTACH_FAILED: EXIT_FAILED,
+    Outcome.BOOT_FAILED: EXIT_INFRASTRUCTURE,
+    Outcome.KERNEL_CRASH: EXIT_INFRASTRUCTURE,
+    Outcome.VM_LOST: EXIT_INFRASTRUCTURE,
+    Outcome.TIMED_OUT: EXIT_INFRASTRUCTURE,
+    Outcome.ERROR: EXIT_INFRASTRUCTURE,
+}
+
+
+def exit_code(outcomes: Iterable[Outcome]) -> int:
+    """The exit status for a run: the worst outcome wins; an empty run is a failure
+    (a run that ran nothing must not look green)."""
+    codes = [_EXIT_BY_OUTCOME[o] for o in outcomes]
+    if not codes:
+        return EXIT_FAILED
+    return max(codes)
+
+
+def outcome_for_error(exc: BaseException) -> Outcome:
+    """The outcome a run failure stands for."""
+    if isinstance(exc, errors.KernelCrashError):
+        return Outcome.KERNEL_CRASH
+    if isinstance(exc, errors.BootTimeoutError | errors.GuestTimeoutError):
+        return Outcome.TIMED_OUT
+    if isinstance(exc, errors.GuestLostError):
+        return Outcome.VM_LOST
+    if isinstance(exc, errors.BootError):
+        return Outcome.BOOT_FAILED
+    return Outcome.ERROR

@@ -1,0 +1,124 @@
+"""A fake launcher behind the same interface as VngLauncher: no QEMU, scripted consoles.
+
+The "guest" is the host: commands given to the fake channel run as local subprocesses
+(or from a scripted table), so the real VM lifecycle code (readiness, crash detection,
+teardown) runs unchanged.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from harness.channel import CommandResult
+from harness.errors import GuestLostError
+from harness.vm import BootSpec, ConsoleRecorder
+
+
+@dataclass
+class FakeProcess:
+    exit_status: int | None = None
+    killed: bool = False
+    pid: int = 4242
+
+    def poll(self) -> int | None:
+        return self.exit_status
+
+    def kill_tree(self) -> None:
+        self.killed = True
+        if self.exit_status is None:
+            self.exit_status = -9
+
+
+@dataclass
+class FakeChannel:
+    process: FakeProcess
+    scripted: dict[tuple[str, ...], CommandResult] = field(default_factory=dict)
+    closed: bool = False
+    commands: list[tuple[str, ...]] = field(default_factory=list)
+    lose_after: int | None = None  # the channel breaks after this many commands
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float,
+        stdin: bytes | None = None,
+        on_output: Callable[[str, bytes], None] | None = None,
+    ) -> CommandResult:
+        key = tuple(argv)
+        self.commands.append(key)
+        if self.closed or self.process.exit_status is not None:
+            raise GuestLostError("fake guest is gone")
+        if self.lose_after is not None and len(self.commands) > self.lose_after:
+            raise GuestLostError("fake guest dropped the connection")
+        if key in self.scripted:
+            return self.scripted[key]
+        started = time.monotonic()
+        proc = subprocess.run(
+            list(argv), input=stdin, capture_output=True, timeout=timeout, check=False
+        )
+        if on_output:
+            on_output("stdout", proc.stdout)
+        return CommandResult(
+            key,
+            proc.returncode,
+            proc.stdout.decode(),
+            proc.stderr.decode(),
+            time.monotonic() - started,
+        )
+
+    def put(self, data: bytes, remote: str, mode: int = 0o644) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@dataclass
+class FakeLauncher:
+    """Plays `console` (list of (delay seconds, text)) into the recorder, then optionally
+    exits with `exit_status`."""
+
+    console: list[tuple[float, str]] = field(
+        default_factory=lambda: [
+            (0.0, "[    0.000000] Linux version 6.1.0-fake\n"),
+            (0.05, "KITL-READY 6.1.0-fake\n"),
+        ]
+    )
+    exit_status: int | None = None
+    scripted: dict[tuple[str, ...], CommandResult] = field(default_factory=dict)
+    lose_after: int | None = None
+    started: list[BootSpec] = field(default_factory=list)
+    processes: list[FakeProcess] = field(default_factory=list)
+    channels: list[FakeChannel] = field(default_factory=list)
+
+    def argv(self, spec: BootSpec) -> list[str]:
+        return ["fake-vng", "--run", str(spec.kernel.vmlinuz)]
+
+    def start(self, spec: BootSpec, console: ConsoleRecorder) -> FakeProcess:
+        self.started.append(spec)
+        proc = FakeProcess()
+        self.processes.append(proc)
+
+        def play() -> None:
+            for delay, text in self.console:
+                time.sleep(delay)
+                if proc.killed:
+                    return
+                console.write(text.encode())
+            if self.exit_status is not None:
+                proc.exit_status = self.exit_status
+
+        threading.Thread(target=play, daemon=True).start()
+        return proc
+
+    def connect(
+        self, spec: BootSpec, host_key_line: str, deadline: float, alive: Callable[[], bool]
+    ) -> FakeChannel:
+        chan = FakeChannel(self.processes[-1], dict(self.scripted), lose_after=self.lose_after)
+        self.channels.append(chan)
+        return chan

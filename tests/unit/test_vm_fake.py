@@ -1,0 +1,152 @@
+"""The VM lifecycle against the fake launcher: readiness, crashes, exits, timeouts, teardown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.errors import BootError, BootTimeoutError, GuestLostError, KernelCrashError
+from harness.kernel import Kernel
+from harness.outcome import Outcome, outcome_for_error
+from harness.vm import VM
+from tests.fakes import FakeLauncher
+
+PANIC = """\
+[   12.345678] sysrq: Trigger a crash
+[   12.345901] Kernel panic - not syncing: sysrq triggered crash
+[   12.346012] CPU: 0 PID: 230 Comm: sh Not tainted 6.1.0-fake #1
+[   12.346100] Call Trace:
+[   12.346150]  <TASK>
+[   12.346200]  dump_stack_lvl+0x44/0x5c
+[   12.346250]  panic+0x118/0x2ed
+[   12.346300]  sysrq_handle_crash+0x16/0x20
+[   12.346350]  __handle_sysrq.cold+0x43/0x11b
+[   12.346400]  write_sysrq_trigger+0x24/0x40
+[   12.346450]  </TASK>
+[   12.346500] ---[ end Kernel panic - not syncing: sysrq triggered crash ]---
+"""
+
+
+def kernel(tmp_path: Path) -> Kernel:
+    image = tmp_path / "vmlinuz"
+    image.write_bytes(b"")
+    return Kernel(name="fake-6.1", release="6.1.0-fake", vmlinuz=image, modules=None)
+
+
+def test_boot_ready_runs_commands_and_tears_down(tmp_path: Path) -> None:
+    launcher = FakeLauncher()
+    vm = VM(
+        kernel(tmp_path),
+        accel="tcg",
+        console_path=tmp_path / "c.log",
+        launcher=launcher,
+        boot_timeout=5,
+    )
+    with vm:
+        assert vm.record is not None
+        assert vm.record.release == "6.1.0-fake"
+        state = launcher.started[0].state_dir
+        assert (state / "client_key").stat().st_mode & 0o777 == 0o600
+        assert "AuthorizedKeysFile" in (state / "sshd_config").read_text()
+        result = vm.run(["echo", "hello"], timeout=5)
+        assert (result.status, result.stdout) == (0, "hello\n")
+    assert launcher.processes[0].killed
+    assert not state.exists(), "per-VM keys must be deleted with the VM"
+    assert launcher.channels[0].closed
+    assert "KITL-READY" in (tmp_path / "c.log").read_text()
+
+
+def test_panic_during_boot_is_a_kernel_crash_with_fingerprint(tmp_path: Path) -> None:
+    launcher = FakeLauncher(console=[(0.0, PANIC)])
+    vm = VM(
+        kernel(tmp_path),
+        accel="tcg",
+        console_path=tmp_path / "c.log",
+        launcher=launcher,
+        boot_timeout=5,
+    )
+    with pytest.raises(KernelCrashError) as info:
+        vm.__enter__()
+    assert "sysrq triggered crash" in str(info.value)
+    assert len(info.value.fingerprint) == 12
+    assert "write_sysrq_trigger" in info.value.splat_text
+    assert outcome_for_error(info.value) is Outcome.KERNEL_CRASH
+    assert launcher.processes[0].killed
+
+
+def test_exit_before_ready_names_the_console_tail(tmp_path: Path) -> None:
+    launcher = FakeLauncher(
+        console=[
+            (0.0, "qemu-system-x86_64: -netdev user: Could not set up host forwarding rule\n")
+        ],
+        exit_status=1,
+    )
+    vm = VM(
+        kernel(tmp_path),
+        accel="tcg",
+        console_path=tmp_path / "c.log",
+        launcher=launcher,
+        boot_timeout=5,
+    )
+    with pytest.raises(BootError, match=r"exited with status 1.*host forwarding"):
+        vm.__enter__()
+    assert outcome_for_error(BootError("x")) is Outcome.BOOT_FAILED
+
+
+def test_boot_timeout_is_typed_and_kills_the_vm(tmp_path: Path) -> None:
+    launcher = FakeLauncher(console=[(0.0, "Probing EDD (edd=off to disable)... ok\n")])
+    vm = VM(
+        kernel(tmp_path),
+        accel="tcg",
+        console_path=tmp_path / "c.log",
+        launcher=launcher,
+        boot_timeout=0.5,
+    )
+    with pytest.raises(BootTimeoutError, match="timed out after 0s"):
+        vm.__enter__()
+    assert launcher.processes[0].killed
+    assert outcome_for_error(BootTimeoutError("x")) is Outcome.TIMED_OUT
+
+
+def test_guest_setup_failure_line_is_reported(tmp_path: Path) -> None:
+    launcher = FakeLauncher(console=[(0.0, "KITL-FAILED sshd: no hostkeys available\n")])
+    vm = VM(
+        kernel(tmp_path),
+        accel="tcg",
+        console_path=tmp_path / "c.log",
+        launcher=launcher,
+        boot_timeout=5,
+    )
+    with pytest.raises(BootError, match="no hostkeys available"):
+        vm.__enter__()
+
+
+def test_lost_channel_after_panic_is_a_crash_not_a_lost_vm(tmp_path: Path) -> None:
+    launcher = FakeLauncher(console=[(0.0, "KITL-READY 6.1.0-fake\n"), (0.3, PANIC)], lose_after=1)
+    with (
+        VM(
+            kernel(tmp_path),
+            accel="tcg",
+            console_path=tmp_path / "c.log",
+            launcher=launcher,
+            boot_timeout=5,
+        ) as vm,
+        pytest.raises(KernelCrashError),
+    ):
+        vm.run(["true"], timeout=5)
+
+
+def test_lost_channel_without_panic_is_vm_lost(tmp_path: Path) -> None:
+    launcher = FakeLauncher(lose_after=1)
+    with VM(
+        kernel(tmp_path),
+        accel="tcg",
+        console_path=tmp_path / "c.log",
+        launcher=launcher,
+        boot_timeout=5,
+    ) as vm:
+        launcher.processes[0].exit_status = -9  # qemu killed from outside
+        with pytest.raises(GuestLostError) as info:
+            vm.run(["true"], timeout=5)
+        assert outcome_for_error(info.value) is Outcome.VM_LOST
