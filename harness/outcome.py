@@ -33,10 +33,12 @@ _INFRASTRUCTURE = frozenset(
     {Outcome.BOOT_FAILED, Outcome.KERNEL_CRASH, Outcome.VM_LOST, Outcome.TIMED_OUT, Outcome.ERROR}
 )
 
+# Usage and config errors exit 2 before anything runs (harness.errors.UsageError).  Every
+# run failure exits 1, whether the kernel said no or the infrastructure broke: the results
+# JSON carries the outcome that tells them apart.
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-EXIT_INFRASTRUCTURE = 3
 
 _EXIT_BY_OUTCOME = {
     Outcome.PASSED: EXIT_OK,
@@ -45,11 +47,11 @@ _EXIT_BY_OUTCOME = {
     Outcome.VERIFIER_REJECTED: EXIT_FAILED,
     Outcome.LOAD_FAILED: EXIT_FAILED,
     Outcome.ATTACH_FAILED: EXIT_FAILED,
-    Outcome.BOOT_FAILED: EXIT_INFRASTRUCTURE,
-    Outcome.KERNEL_CRASH: EXIT_INFRASTRUCTURE,
-    Outcome.VM_LOST: EXIT_INFRASTRUCTURE,
-    Outcome.TIMED_OUT: EXIT_INFRASTRUCTURE,
-    Outcome.ERROR: EXIT_INFRASTRUCTURE,
+    Outcome.BOOT_FAILED: EXIT_FAILED,
+    Outcome.KERNEL_CRASH: EXIT_FAILED,
+    Outcome.VM_LOST: EXIT_FAILED,
+    Outcome.TIMED_OUT: EXIT_FAILED,
+    Outcome.ERROR: EXIT_FAILED,
 }
 
 

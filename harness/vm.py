@@ -10,6 +10,7 @@ group and deletes the keys, whatever happened.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import signal
@@ -38,6 +39,7 @@ from harness.guest import INIT_SCRIPT
 from harness.kernel import Kernel
 
 BOOT_TIMEOUT = {"tcg": 300.0, "kvm": 90.0}
+_VM_NUMBERS = itertools.count(1)
 GUEST_NET = "virtio-net-pci"
 
 
@@ -52,6 +54,8 @@ class BootSpec:
     rw_dirs: tuple[tuple[str, Path], ...] = ()  # (guest path, host path) writable by the guest
     append: tuple[str, ...] = ()
     verbose_console: bool = True  # kernel messages on the console: needed to see crashes
+    # qemu -name and guest hostname: kitl-<pid>-<n> tells whose VM a qemu process is.
+    name: str = "kitl"
 
 
 class GuestProcess(Protocol):
@@ -121,7 +125,7 @@ class VngLauncher:
         argv = [_vng(), "--run", str(kernel.vmlinuz)]
         if spec.accel == "tcg":
             argv.append("--disable-kvm")
-        argv += ["--cpus", str(spec.cpus), "--memory", spec.memory, "--name", "kitl"]
+        argv += ["--cpus", str(spec.cpus), "--memory", spec.memory, "--name", spec.name]
         if spec.verbose_console:
             argv.append("--verbose")
         for guest_path, host_path in spec.rw_dirs:
@@ -263,6 +267,7 @@ class VM:
 
     def spec(self, port: int, state: Path) -> BootSpec:
         return BootSpec(
+            name=f"kitl-{os.getpid()}-{next(_VM_NUMBERS)}",
             kernel=self.kernel,
             accel=self.accel,
             ssh_port=port,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 
@@ -15,13 +16,14 @@ from tests.vm.conftest import VM_KERNELS, VmPool
 
 
 def kitl_qemus() -> list[str]:
+    """qemu processes of VMs this test process started (other kitl runs may share the host)."""
     out = subprocess.run(
-        ["pgrep", "-af", "qemu-system-x86_64 -name kitl"],
+        ["pgrep", "-af", f"qemu-system-x86_64 -name kitl-{os.getpid()}-"],
         capture_output=True,
         text=True,
         check=False,
     ).stdout
-    return [line for line in out.splitlines() if "pgrep" not in line]
+    return sorted(line for line in out.splitlines() if "pgrep" not in line)
 
 
 @pytest.mark.parametrize("name", VM_KERNELS)
