@@ -59,7 +59,64 @@ class Channel(Protocol):
 
     def put(self, data: bytes, remote: str, mode: int = 0o644) -> None: ...
 
+    def start(self, argv: Sequence[str]) -> LineStream: ...
+
     def close(self) -> None: ...
+
+
+class LineStream(Protocol):
+    """A long-running guest process spoken to in lines (the guest agent)."""
+
+    def send_line(self, line: str) -> None: ...
+
+    def read_line(self, timeout: float) -> str: ...
+
+    def stderr_text(self) -> str: ...
+
+    def close(self) -> None: ...
+
+
+class SshLineStream:
+    def __init__(self, chan: paramiko.Channel, argv: Sequence[str]) -> None:
+        self._chan = chan
+        self._argv = shlex.join(argv)
+        self._buffer = b""
+        self._stderr = b""
+
+    def send_line(self, line: str) -> None:
+        try:
+            self._chan.sendall(line.encode() + b"\n")
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            raise GuestLostError(f"lost the guest while talking to {self._argv}: {exc}") from None
+
+    def read_line(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            while self._chan.recv_stderr_ready():
+                self._stderr += self._chan.recv_stderr(65536)
+            if self._chan.recv_ready():
+                data = self._chan.recv(65536)
+                if not data:
+                    raise GuestLostError(f"{self._argv} closed its output")
+                self._buffer += data
+                continue
+            if self._chan.closed or self._chan.exit_status_ready():
+                raise GuestLostError(
+                    f"{self._argv} ended: {self._stderr.decode(errors='replace')[-500:]}"
+                )
+            if time.monotonic() > deadline:
+                raise GuestTimeoutError(f"no answer from {self._argv} within {timeout:g}s")
+            time.sleep(0.002)
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode("utf-8", "replace")
+
+    def stderr_text(self) -> str:
+        while self._chan.recv_stderr_ready():
+            self._stderr += self._chan.recv_stderr(65536)
+        return self._stderr.decode("utf-8", "replace")
+
+    def close(self) -> None:
+        self._chan.close()
 
 
 @dataclass(frozen=True)
@@ -221,6 +278,17 @@ class SshChannel:
             err.getvalue().decode("utf-8", "replace"),
             time.monotonic() - started,
         )
+
+    def start(self, argv: Sequence[str]) -> SshLineStream:
+        try:
+            transport = self._client.get_transport()
+            if transport is None or not transport.is_active():
+                raise GuestLostError("the SSH connection to the guest is gone")
+            chan = transport.open_session(timeout=10)
+            chan.exec_command(shlex.join(argv))
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            raise GuestLostError(f"cannot start {shlex.join(argv)} in the guest: {exc}") from None
+        return SshLineStream(chan, argv)
 
     def put(self, data: bytes, remote: str, mode: int = 0o644) -> None:
         try:

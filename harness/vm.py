@@ -384,10 +384,12 @@ class VM:
         try:
             return self.channel.run(argv, timeout=timeout, stdin=stdin, on_output=on_output)
         except (GuestLostError, GuestTimeoutError):
-            self._check_crash_after_failure()
+            self.check_crash_after_failure()
             raise
 
-    def _check_crash_after_failure(self) -> None:
+    def check_crash_after_failure(self) -> None:
+        """Raise KernelCrashError if the console shows the guest died of a kernel crash;
+        callers use it to tell a crash from a lost channel after any guest failure."""
         # The console may lag the failure by a moment: give the panic text time to land.
         for _ in range(20):
             text = self._console_text()

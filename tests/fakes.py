@@ -74,8 +74,38 @@ class FakeChannel:
     def put(self, data: bytes, remote: str, mode: int = 0o644) -> None:
         raise NotImplementedError
 
+    def start(self, argv: Sequence[str]) -> LocalLineStream:
+        """The 'guest' process runs on the host (e.g. the agent itself)."""
+        return LocalLineStream(list(argv))
+
     def close(self) -> None:
         self.closed = True
+
+
+class LocalLineStream:
+    def __init__(self, argv: list[str]) -> None:
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+    def send_line(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def read_line(self, timeout: float) -> str:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise GuestLostError("local stream ended")
+        return line.rstrip("\n")
+
+    def stderr_text(self) -> str:
+        return ""
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
 
 
 @dataclass

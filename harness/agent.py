@@ -1,0 +1,359 @@
+"""The guest agent: one long-lived Python process per VM, spoken to in JSON lines.
+
+Runs inside the guest (`python -m harness.agent`, the host's interpreter seen through the
+guest's read-only view of the host root) so that each case costs requests, not process
+starts: under TCG a Python start is ~1 s and every exec a fraction of one.
+
+Protocol: one request per line on stdin, `{"id": N, "op": NAME, "args": {...}}`; one
+response per line on stdout, `{"id": N, "ok": true, "result": ...}` or
+`{"id": N, "ok": false, "error": "...", "kind": "..."}`.  Nothing else is written to
+stdout; diagnostics go to stderr.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+CLONE_NEWNET = 0x40000000
+NETNS_DIR = Path("/run/netns")
+
+
+class AgentError(Exception):
+    """A request that failed in a way the host should see as a typed result."""
+
+    def __init__(self, message: str, kind: str = "error") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@contextmanager
+def in_netns(name: str | None) -> Iterator[None]:
+    """Switch this thread into network namespace `name` (None: stay) and back."""
+    if not name:
+        yield
+        return
+    path = NETNS_DIR / name
+    if not path.exists():
+        raise AgentError(f"no network namespace {name!r}", "topology")
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(path, os.O_RDONLY)
+    try:
+        if _libc.setns(target, CLONE_NEWNET) != 0:
+            raise AgentError(f"setns {name}: {os.strerror(ctypes.get_errno())}", "topology")
+        try:
+            yield
+        finally:
+            _libc.setns(own, CLONE_NEWNET)
+    finally:
+        os.close(target)
+        os.close(own)
+
+
+def _run(
+    argv: list[str], timeout: float = 60.0, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(
+            argv, input=stdin, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except FileNotFoundError:
+        raise AgentError(
+            f"{argv[0]} is not installed in the guest's view of the host", "setup"
+        ) from None
+    except subprocess.TimeoutExpired:
+        raise AgentError(f"{argv[0]} did not finish within {timeout:g}s", "timeout") from None
+
+
+def _checked(argv: list[str], stdin: str | None = None) -> str:
+    proc = _run(argv, stdin=stdin)
+    if proc.returncode != 0:
+        raise AgentError(f"{' '.join(argv)}: {proc.stderr.strip()[-400:]}", "topology")
+    return proc.stdout
+
+
+class Agent:
+    def __init__(self) -> None:
+        self.netns: list[str] = []
+        self.netdevsim: list[int] = []
+        self.ops: dict[str, Callable[[dict[str, Any]], Any]] = {
+            "ping": self.ping,
+            "facts": self.facts,
+            "sysctl": self.sysctl,
+            "run": self.run,
+            "topology_up": self.topology_up,
+            "topology_down": self.topology_down,
+            "traffic": self.traffic,
+        }
+
+    # -- basics --------------------------------------------------------------------------
+    def ping(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"pid": os.getpid(), "release": os.uname().release}
+
+    def facts(self, args: dict[str, Any]) -> dict[str, Any]:
+        names = (
+            "net.core.bpf_jit_enable",
+            "net.core.bpf_jit_harden",
+            "net.core.bpf_jit_kallsyms",
+            "kernel.unprivileged_bpf_disabled",
+            "kernel.bpf_stats_enabled",
+        )
+        return {
+            "release": os.uname().release,
+            "btf": Path("/sys/kernel/btf/vmlinux").exists(),
+            "sysctl": {n: _read_sysctl(n) for n in names},
+            "lsm": _read_text("/sys/kernel/security/lsm"),
+            "cgroup2": Path("/sys/fs/cgroup/cgroup.controllers").exists(),
+        }
+
+    def sysctl(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Set sysctls; report per key the value in effect or why the kernel refused."""
+        out: dict[str, Any] = {}
+        for name, value in args["values"].items():
+            path = Path("/proc/sys") / name.replace(".", "/")
+            try:
+                path.write_text(f"{value}\n")
+                out[name] = {"ok": True, "value": _read_sysctl(name)}
+            except OSError as exc:
+                out[name] = {
+                    "ok": False,
+                    "error": exc.strerror or str(exc),
+                    "value": _read_sysctl(name),
+                }
+        return out
+
+    def run(self, args: dict[str, Any]) -> dict[str, Any]:
+        argv = [str(a) for a in args["argv"]]
+        timeout = float(args.get("timeout", 60))
+        started = time.monotonic()
+        with in_netns(args.get("ns")):
+            proc = _run(argv, timeout=timeout)
+        return {
+            "status": proc.returncode,
+            "stdout": proc.stdout[-65536:],
+            "stderr": proc.stderr[-65536:],
+            "seconds": time.monotonic() - started,
+        }
+
+    # -- topology ------------------------------------------------------------------------
+    def topology_up(self, args: dict[str, Any]) -> dict[str, Any]:
+        """netns, veth pairs with addresses, netdevsim devices; one `ip -batch` per netns."""
+        root: list[str] = []
+        per_ns: dict[str, list[str]] = {}
+        for ns in args.get("netns", []):
+            root.append(f"netns add {ns}")
+            per_ns.setdefault(ns, []).append("link set lo up")
+            self.netns.append(ns)
+        for pair in args.get("veth", []):
+            a, b = pair["a"], pair["b"]
+            cmd = f"link add {a['dev']}"
+            if a.get("ns"):
+                cmd += f" netns {a['ns']}"
+            cmd += f" type veth peer name {b['dev']}"
+            if b.get("ns"):
+                cmd += f" netns {b['ns']}"
+            root.append(cmd)
+            for end in (a, b):
+                lines = per_ns.setdefault(end.get("ns") or "", [])
+                if end.get("addr"):
+                    lines.append(f"addr add {end['addr']} dev {end['dev']}")
+                lines.append(f"link set {end['dev']} up")
+        if root:
+            _checked(["ip", "-batch", "-"], "\n".join(root) + "\n")
+        for ns, lines in per_ns.items():
+            prefix = ["ip", "-n", ns] if ns else ["ip"]
+            _checked([*prefix, "-batch", "-"], "\n".join(lines) + "\n")
+        devices = {}
+        for sim in args.get("netdevsim", []):
+            devices[str(sim["id"])] = self._netdevsim(
+                int(sim["id"]), int(sim.get("ports", 1)), sim.get("ns")
+            )
+        return {"netns": list(self.netns), "netdevsim": devices}
+
+    def _netdevsim(self, dev_id: int, ports: int, ns: str | None) -> list[str]:
+        _checked(["modprobe", "netdevsim"])
+        try:
+            Path("/sys/bus/netdevsim/new_device").write_text(f"{dev_id} {ports}\n")
+        except OSError as exc:
+            raise AgentError(f"netdevsim {dev_id}: {exc.strerror}", "topology") from None
+        self.netdevsim.append(dev_id)
+        net = Path(f"/sys/bus/netdevsim/devices/netdevsim{dev_id}/net")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            names = sorted(p.name for p in net.iterdir()) if net.is_dir() else []
+            if len(names) >= ports:
+                break
+            time.sleep(0.05)
+        else:
+            raise AgentError(f"netdevsim {dev_id}: netdevs did not appear", "topology")
+        if ns:
+            _checked(["devlink", "dev", "reload", f"netdevsim/netdevsim{dev_id}", "netns", ns])
+        for name in names:
+            _checked(["ip", *(["-n", ns] if ns else []), "link", "set", name, "up"])
+        return names
+
+    def topology_down(self, args: dict[str, Any]) -> dict[str, Any]:
+        problems = []
+        for dev_id in self.netdevsim:
+            try:
+                Path("/sys/bus/netdevsim/del_device").write_text(f"{dev_id}\n")
+            except OSError as exc:
+                problems.append(f"netdevsim {dev_id}: {exc.strerror}")
+        for ns in self.netns:
+            proc = _run(["ip", "netns", "del", ns])
+            if proc.returncode != 0:
+                problems.append(proc.stderr.strip())
+        self.netdevsim, self.netns = [], []
+        leftovers = sorted(p.name for p in NETNS_DIR.iterdir()) if NETNS_DIR.is_dir() else []
+        return {"problems": problems, "netns_left": leftovers}
+
+    # -- drivers -------------------------------------------------------------------------
+    def traffic(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Send `count` packets from netns `from` to `to`, count what arrives in `to_ns`."""
+        proto = args.get("proto", "udp")
+        count, size, port = (
+            int(args.get("count", 1)),
+            int(args.get("size", 64)),
+            int(args.get("port", 9000)),
+        )
+        dst = args["to"]
+        wait = float(args.get("wait", 1.0))
+        if proto == "icmp":
+            return self._ping(args.get("from"), dst, count, size, wait)
+        kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
+        with in_netns(args.get("to_ns")):
+            receiver = socket.socket(socket.AF_INET, kind)
+            receiver.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            receiver.bind((dst, port))
+        with in_netns(args.get("from")):
+            sender = socket.socket(socket.AF_INET, kind)
+        delivered = sent = 0
+        try:
+            if proto == "udp":
+                receiver.settimeout(0.05)
+                payload = b"k" * max(0, size)
+                for _ in range(count):
+                    sender.sendto(payload, (dst, port))
+                    sent += 1
+                deadline = time.monotonic() + wait
+                while delivered < sent and time.monotonic() < deadline:
+                    try:
+                        receiver.recv(65536)
+                        delivered += 1
+                    except TimeoutError:
+                        continue
+            else:
+                receiver.listen(count)
+                sender.settimeout(wait)
+                outcome = "connected"
+                try:
+                    sender.connect((dst, port))
+                    sent = delivered = 1
+                except OSError as exc:
+                    sent, outcome = 1, exc.strerror or str(exc)
+                return {
+                    "sent": sent,
+                    "delivered": delivered,
+                    "dropped": sent - delivered,
+                    "connect": outcome,
+                }
+        finally:
+            sender.close()
+            receiver.close()
+        return {"sent": sent, "delivered": delivered, "dropped": sent - delivered}
+
+    def _ping(self, ns: str | None, dst: str, count: int, size: int, wait: float) -> dict[str, Any]:
+        with in_netns(ns):
+            proc = _run(
+                [
+                    "ping",
+                    "-q",
+                    "-c",
+                    str(count),
+                    "-i",
+                    "0.01",
+                    "-s",
+                    str(size),
+                    "-W",
+                    str(max(1, int(wait))),
+                    dst,
+                ],
+                timeout=count * 0.5 + wait + 5,
+            )
+        received = 0
+        for line in proc.stdout.splitlines():
+            if "received" in line:
+                received = int(line.split(",")[1].split()[0])
+        return {"sent": count, "delivered": received, "dropped": count - received}
+
+    # -- loop ----------------------------------------------------------------------------
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        rid = request.get("id")
+        op = self.ops.get(str(request.get("op")))
+        if op is None:
+            return {
+                "id": rid,
+                "ok": False,
+                "error": f"unknown op {request.get('op')!r}",
+                "kind": "protocol",
+            }
+        try:
+            return {"id": rid, "ok": True, "result": op(request.get("args") or {})}
+        except AgentError as exc:
+            return {"id": rid, "ok": False, "error": str(exc), "kind": exc.kind}
+        except Exception as exc:
+            return {
+                "id": rid,
+                "ok": False,
+                "error": f"{type(exc).__name__}: {exc}",
+                "kind": "internal",
+                "traceback": traceback.format_exc(),
+            }
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def _read_sysctl(name: str) -> str | None:
+    return _read_text("/proc/sys/" + name.replace(".", "/"))
+
+
+def serve(stdin: Any = None, stdout: Any = None) -> None:
+    stdin = stdin or sys.stdin
+    stdout = stdout or sys.stdout
+    agent = Agent()
+    lock = threading.Lock()
+    for line in stdin:
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+        except json.JSONDecodeError as exc:
+            response = {"id": None, "ok": False, "error": f"bad JSON: {exc}", "kind": "protocol"}
+        else:
+            response = agent.handle(request)
+        with lock:
+            stdout.write(json.dumps(response) + "\n")
+            stdout.flush()
+
+
+if __name__ == "__main__":
+    serve()

@@ -1,0 +1,71 @@
+"""The host side of the guest agent protocol (see harness/agent.py)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+from typing import Any
+
+from harness.channel import LineStream
+from harness.errors import GuestLostError, GuestTimeoutError, KitlError
+from harness.vm import VM
+
+AGENT_START_TIMEOUT = 180.0  # a first Python start in a TCG guest, with imports, under load
+
+
+class AgentCallError(KitlError):
+    """The agent answered, with an error of a named kind (topology, setup, internal...)."""
+
+    def __init__(self, op: str, message: str, kind: str) -> None:
+        super().__init__(f"{op}: {message}")
+        self.kind = kind
+
+
+class AgentClient:
+    """One agent per VM; `call()` sends a request and waits for its answer."""
+
+    def __init__(self, vm: VM, *, python: str | None = None) -> None:
+        self.vm = vm
+        self.python = python or sys.executable
+        self._stream: LineStream | None = None
+        self._ids = itertools.count(1)
+
+    def __enter__(self) -> AgentClient:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> dict[str, Any]:
+        # -u: unbuffered; -I: ignore user site and PYTHON* env, the guest sees the host's.
+        self._stream = self.vm.channel.start([self.python, "-u", "-m", "harness.agent"])
+        answer: dict[str, Any] = self.call("ping", timeout=AGENT_START_TIMEOUT)
+        return answer
+
+    def call(self, op: str, args: dict[str, Any] | None = None, *, timeout: float = 60.0) -> Any:
+        if self._stream is None:
+            raise GuestLostError("the guest agent is not running")
+        rid = next(self._ids)
+        try:
+            self._stream.send_line(json.dumps({"id": rid, "op": op, "args": args or {}}))
+            while True:
+                line = self._stream.read_line(timeout)
+                try:
+                    response = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # not ours: stray output; the protocol owns stdout otherwise
+                if response.get("id") == rid:
+                    break
+        except (GuestLostError, GuestTimeoutError):
+            self.vm.check_crash_after_failure()
+            raise
+        if not response.get("ok"):
+            raise AgentCallError(op, str(response.get("error")), str(response.get("kind")))
+        return response.get("result")
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
