@@ -75,7 +75,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("exec", help="boot KERNEL, run a command in it, exit with its status")
     p.add_argument("name", metavar="KERNEL")
-    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...")
+    p.add_argument("cmd", nargs="*", metavar="-- CMD", help="the command, after --")
     p.add_argument("--timeout", type=float, default=600.0, help="for the command (seconds)")
     vm_options(p)
 
@@ -334,8 +334,6 @@ def cmd_boot(args: argparse.Namespace) -> int:
 
 def cmd_exec(args: argparse.Namespace) -> int:
     cmd = list(args.cmd)
-    if cmd[:1] == ["--"]:
-        cmd = cmd[1:]
     if not cmd:
         raise UsageError("kitl exec KERNEL -- CMD...: no command given")
     ks = Kernels.open()
@@ -417,8 +415,22 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def _split_command(argv: list[str]) -> tuple[list[str], list[str]]:
+    """`kitl exec [OPTIONS] KERNEL [OPTIONS] -- CMD...`: everything after the first `--` is
+    the guest command, untouched by option parsing (so options may follow KERNEL)."""
+    if "--" in argv:
+        cut = argv.index("--")
+        return argv[:cut], argv[cut + 1 :]
+    return argv, []
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    own, command = _split_command(list(sys.argv[1:] if argv is None else argv))
+    args = make_parser().parse_args(own)
+    if args.command == "exec":
+        args.cmd = [*args.cmd, *command]
+    elif command:
+        args = make_parser().parse_args([*own, "--", *command])
     handler = COMMANDS[(args.command, getattr(args, "kernels_command", None))]
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:

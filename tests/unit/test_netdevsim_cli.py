@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -174,3 +175,20 @@ def test_vanished_package_names_it_and_the_relock_command(
         p.name for p in (tmp_path / "cache").rglob("*") if p.is_file() and "locks" not in p.parts
     ]
     assert leftovers == []
+
+
+def test_exec_options_may_follow_the_kernel_and_dry_run_prints_vng(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image = bytearray(0x400)
+    image[0x202:0x206] = b"HdrS"
+    image[0x20E:0x210] = (0x100).to_bytes(2, "little")
+    image[0x300:0x310] = b"6.9.0-local \0"
+    bz = tmp_path / "bzImage"
+    bz.write_bytes(bytes(image))
+    monkeypatch.setenv("KITL_CACHE", str(tmp_path / "cache"))
+    argv = ["exec", "--accel", "tcg", f"path:{bz}", "--dry-run", "--timeout", "5", "--", "ls", "-l"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(str(Path(sys.executable).parent / "vng") + " --run " + str(bz))
+    assert "--disable-kvm" in out

@@ -1,0 +1,116 @@
+"""The run directory: every cell's result appended and flushed as it finishes.
+
+    runs/<name>/
+      results.jsonl          one JSON object per cell, appended as cells finish
+      results.json           {"schema": 1, "run": {...}, "cells": [...]} (rewritten at the end)
+      logs/<kernel>/<config>/<scenario>.<case>.verifier.log
+      guest/<kernel>.console.log, guest/<kernel>.dmesg.log
+A run killed half-way keeps every finished cell in results.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.outcome import Outcome
+
+RESULTS_SCHEMA = 1
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe rendering of a scenario/case/kernel name (no '/', no '..')."""
+    cleaned = _UNSAFE.sub("_", text).strip(".") or "_"
+    return cleaned[:120]
+
+
+@dataclass
+class CellResult:
+    scenario: str
+    case: str
+    kernel: str
+    config: str
+    outcome: Outcome
+    reason: str = ""
+    kernel_release: str = ""
+    kernel_digest: str = ""
+    accel: str = ""
+    sysctls: dict[str, Any] = field(default_factory=dict)
+    program: str = ""
+    prog_type: str = ""
+    section: str = ""
+    expected: dict[str, Any] = field(default_factory=dict)
+    observed: dict[str, Any] = field(default_factory=dict)
+    verifier: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    log_path: str = ""
+
+    @property
+    def cell_id(self) -> str:
+        return f"{self.scenario}::{self.case}[{self.kernel}-{self.config}]"
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["outcome"] = str(self.outcome)
+        data["id"] = self.cell_id
+        return data
+
+
+class RunDir:
+    def __init__(self, path: Path, meta: dict[str, Any]) -> None:
+        self.path = path
+        self.meta = meta
+        self.cells: list[CellResult] = []
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "logs").mkdir(exist_ok=True)
+        (path / "guest").mkdir(exist_ok=True)
+
+    @classmethod
+    def create(cls, base: Path | None, meta: dict[str, Any]) -> RunDir:
+        path = base or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+        return cls(path, {**meta, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+    def verifier_log_path(self, cell: CellResult) -> Path:
+        return (
+            self.path
+            / "logs"
+            / safe_name(cell.kernel)
+            / safe_name(cell.config)
+            / f"{safe_name(cell.scenario)}.{safe_name(cell.case)}.verifier.log"
+        )
+
+    def write_verifier_log(self, cell: CellResult, text: str) -> None:
+        if not text:
+            return
+        path = self.verifier_log_path(cell)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        cell.log_path = str(path.relative_to(self.path))
+
+    def guest_file(self, kernel: str, kind: str) -> Path:
+        return self.path / "guest" / f"{safe_name(kernel)}.{kind}.log"
+
+    def append(self, cell: CellResult) -> None:
+        self.cells.append(cell)
+        with (self.path / "results.jsonl").open("a", encoding="utf-8") as f:
+            f.write(json.dumps(cell.to_json()) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def finish(self) -> Path:
+        body = {
+            "schema": RESULTS_SCHEMA,
+            "run": {**self.meta, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+            "cells": [c.to_json() for c in self.cells],
+        }
+        out = self.path / "results.json"
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(out)
+        return out
