@@ -47,6 +47,7 @@ class BootCheck:
     netdevsim_error: str = ""
     boot_seconds: float = 0.0
     accel: str = ""
+    boot_retried: str = ""  # the first boot attempt's failure, when one was retried
     outcome: Outcome = Outcome.ERROR
     problems: list[str] = field(default_factory=list)
 
@@ -71,6 +72,7 @@ def check(vm: VM, kernel: Kernel) -> BootCheck:
         netdevsim_error=facts.get("netdevsim_error", ""),
         boot_seconds=round(vm.record.boot_seconds, 2),
         accel=vm.accel,
+        boot_retried=vm.record.retried,
     )
     if out.release != kernel.release:
         out.problems.append(f"guest runs {out.release!r}, expected {kernel.release!r}")

@@ -120,6 +120,8 @@ class FakeLauncher:
         ]
     )
     exit_status: int | None = None
+    # per boot attempt, used in order before `console` (e.g. a crash, then a good boot)
+    attempt_consoles: list[list[tuple[float, str]]] = field(default_factory=list)
     scripted: dict[tuple[str, ...], CommandResult] = field(default_factory=dict)
     lose_after: int | None = None
     started: list[BootSpec] = field(default_factory=list)
@@ -134,8 +136,10 @@ class FakeLauncher:
         proc = FakeProcess()
         self.processes.append(proc)
 
+        script = self.attempt_consoles.pop(0) if self.attempt_consoles else self.console
+
         def play() -> None:
-            for delay, text in self.console:
+            for delay, text in script:
                 time.sleep(delay)
                 if proc.killed:
                     return

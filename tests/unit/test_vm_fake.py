@@ -150,3 +150,21 @@ def test_lost_channel_without_panic_is_vm_lost(tmp_path: Path) -> None:
         with pytest.raises(GuestLostError) as info:
             vm.run(["true"], timeout=5)
         assert outcome_for_error(info.value) is Outcome.VM_LOST
+
+
+def test_a_crash_while_booting_is_retried_once_and_recorded(tmp_path: Path) -> None:
+    launcher = FakeLauncher(attempt_consoles=[[(0.0, PANIC)]])
+    with VM(
+        kernel(tmp_path),
+        accel="tcg",
+        console_path=tmp_path / "c.log",
+        launcher=launcher,
+        boot_timeout=5,
+    ) as vm:
+        assert vm.record is not None
+        assert "sysrq triggered crash" in vm.record.retried
+        assert vm.run(["true"], timeout=5).ok
+    assert len(launcher.started) == 2
+    assert launcher.processes[0].killed
+    assert "Kernel panic" in (tmp_path / "c.log.attempt1").read_text()
+    assert "KITL-READY" in (tmp_path / "c.log").read_text()
