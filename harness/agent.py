@@ -13,6 +13,7 @@ stdout; diagnostics go to stderr.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import json
 import os
 import socket
@@ -25,6 +26,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from harness import libbpf
 
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = Path("/run/netns")
@@ -98,7 +101,16 @@ class Agent:
             "topology_up": self.topology_up,
             "topology_down": self.topology_down,
             "traffic": self.traffic,
+            "load": self.load,
+            "attach": self.attach,
+            "test_run": self.test_run,
+            "map_dump": self.map_dump,
+            "release": self.release,
         }
+        self.objects: dict[int, Any] = {}  # handle -> harness.libbpf.BpfObject
+        self.link_netns: dict[int, str | None] = {}  # handle -> netns its links live in
+        self._handles = iter(range(1, 1 << 30))
+        self._lib: Any = None
 
     # -- basics --------------------------------------------------------------------------
     def ping(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -299,6 +311,106 @@ class Agent:
             if "received" in line:
                 received = int(line.split(",")[1].split()[0])
         return {"sent": count, "delivered": received, "dropped": count - received}
+
+    # -- BPF -----------------------------------------------------------------------------
+    def libbpf(self) -> Any:
+        if self._lib is None:
+            self._lib = libbpf.Libbpf(os.environ.get("KITL_LIBBPF", "libbpf.so.1"))
+        return self._lib
+
+    def load(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Load one program of an object on its own; keep it for attach/test_run."""
+        lib = self.libbpf()
+        opts = libbpf.LoadOptions(
+            log_level=int(args.get("log_level", 1 | 4)),
+            log_size=int(args.get("log_size") or 16 << 20),
+            btf_custom_path=args.get("btf_custom_path"),
+            kconfig=args.get("kconfig"),
+            prog_flags=int(args.get("prog_flags", 0)),
+        )
+        obj, result = libbpf.BpfObject.load_one(lib, args["object"], args["program"], opts)
+        out = dataclasses.asdict(result)
+        out["libbpf_version"] = ".".join(map(str, lib.version))
+        if obj is not None:
+            handle = next(self._handles)
+            self.objects[handle] = obj
+            out["handle"] = handle
+        return out
+
+    def _object(self, args: dict[str, Any]) -> Any:
+        obj = self.objects.get(int(args["handle"]))
+        if obj is None:
+            raise AgentError(f"no loaded object with handle {args['handle']}", "protocol")
+        return obj
+
+    def attach(self, args: dict[str, Any]) -> dict[str, Any]:
+        obj = self._object(args)
+        program, family = args["program"], args["family"]
+        self.link_netns[int(args["handle"])] = args.get("ns")
+        with in_netns(args.get("ns")):
+            try:
+                ifindex = socket.if_nametoindex(args["dev"]) if args.get("dev") else 0
+            except OSError:
+                raise AgentError(
+                    f"no device {args.get('dev')!r} in netns {args.get('ns')}", "topology"
+                ) from None
+            try:
+                if family == "xdp":
+                    link = obj.attach_xdp(program, ifindex, args.get("mode") or "auto")
+                    mode = obj.xdp_attach_mode(ifindex)
+                    return {"via": link.via, "attach_mode": mode}
+                if family == "tc":
+                    link = obj.attach_tc(program, ifindex, args["direction"])
+                elif family == "tcx":
+                    link = obj.attach_tcx(program, ifindex, args["direction"])
+                elif family == "cgroup":
+                    path = Path("/sys/fs/cgroup") / args["path"]
+                    path.mkdir(parents=True, exist_ok=True)
+                    link = obj.attach_cgroup(program, str(path))
+                elif family == "auto":
+                    link = obj.attach_auto(program)
+                else:
+                    raise AgentError(f"unknown attach family {family!r}", "protocol")
+            except libbpf.AttachError as exc:
+                raise AgentError(str(exc), "attach") from None
+        return {"via": link.via}
+
+    def test_run(self, args: dict[str, Any]) -> dict[str, Any]:
+        obj = self._object(args)
+        run = obj.test_run(
+            args["program"],
+            bytes.fromhex(args.get("data_hex", "")),
+            ctx=bytes.fromhex(args["ctx_hex"]) if args.get("ctx_hex") else None,
+            repeat=int(args.get("repeat", 1)),
+        )
+        return {
+            "retval": run.retval,
+            "duration_ns": run.duration_ns,
+            "errno": run.errno,
+            "data_out_hex": run.data_out.hex(),
+        }
+
+    def map_dump(self, args: dict[str, Any]) -> dict[str, Any]:
+        obj = self._object(args)
+        names = [args["map"]] if args.get("map") else obj.map_names()
+        return {n: [[k.hex(), v.hex()] for k, v in obj.map_items(n)] for n in names}
+
+    def release(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Close objects (all, or one handle): links detach, programs and maps go away."""
+        handles = [int(args["handle"])] if args.get("handle") else list(self.objects)
+        problems = []
+        for handle in handles:
+            obj = self.objects.pop(handle, None)
+            ns = self.link_netns.pop(handle, None)
+            if obj is None:
+                continue
+            try:
+                # netlink detaches (XDP, tc) must run in the namespace the device lives in
+                with in_netns(ns if ns and (NETNS_DIR / ns).exists() else None):
+                    obj.close()
+            except Exception as exc:  # keep releasing the rest; report what failed
+                problems.append(f"handle {handle}: {exc}")
+        return {"released": handles, "problems": problems}
 
     # -- loop ----------------------------------------------------------------------------
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:

@@ -20,15 +20,19 @@ from types import FrameType
 from typing import Any
 
 from harness import __version__, accel, debian
+from harness import scenario as scenario_mod
+from harness.agentclient import AgentClient
 from harness.bootcheck import BootCheck, check
 from harness.cache import Cache
 from harness.catalog import CatalogEntry
+from harness.engine import Engine, build_objects
 from harness.errors import KitlError, UsageError
 from harness.kernel import Kernel
 from harness.lockfile import LockedKernel
 from harness.outcome import EXIT_USAGE, Outcome, exit_code, outcome_for_error
 from harness.progress import DownloadProgress, stderr
 from harness.resolve import Kernels
+from harness.results import CellResult, RunDir
 from harness.vm import VM, VngLauncher, free_port
 
 
@@ -82,6 +86,24 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("shell", help="boot KERNEL and open an interactive shell in it")
     p.add_argument("name", metavar="KERNEL")
     vm_options(p)
+
+    p = sub.add_parser("run", help="run scenarios on a kernel: verdicts, effects, timings")
+    p.add_argument("paths", nargs="+", type=Path, metavar="SCENARIO_OR_DIR")
+    p.add_argument("--kernel", default=None, help="default: the scenario's first kernel")
+    p.add_argument("--config", action="append", default=None, help="only these configs")
+    p.add_argument("--output", type=Path, default=None, help="run directory (default runs/<time>)")
+    p.add_argument(
+        "--allow-outside",
+        action="store_true",
+        help="let scenarios name files outside their own directory",
+    )
+    vm_options(p)
+
+    p = sub.add_parser("check", help="validate scenarios without booting anything")
+    p.add_argument("paths", nargs="+", type=Path, metavar="SCENARIO_OR_DIR")
+    p.add_argument("--allow-outside", action="store_true")
+
+    sub.add_parser("schema", help="print the scenario JSON Schema")
 
     p = sub.add_parser("accel", help="show which accelerator --accel auto picks here")
     p.add_argument("--reprobe", action="store_true", help="forget the cached verdict")
@@ -398,6 +420,121 @@ def cmd_accel(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scenario_files(paths: Sequence[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*.yaml") if p.is_file())
+        elif path.exists():
+            files.append(path)
+        else:
+            raise UsageError(f"{path}: no such scenario file or directory")
+    if not files:
+        raise UsageError(f"no scenario files (*.yaml) in {', '.join(map(str, paths))}")
+    return files
+
+
+def _load_scenarios(paths: Sequence[Path], allow_outside: bool) -> list[scenario_mod.Scenario]:
+    errors: list[str] = []
+    loaded = []
+    for path in _scenario_files(paths):
+        problems = scenario_mod.check(path, allow_outside=allow_outside)
+        if problems:
+            errors += [str(e) for e in problems]
+        else:
+            loaded.append(scenario_mod.load_scenario(path, allow_outside=allow_outside))
+    if errors:
+        for line in errors:
+            print(f"kitl: {line}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+    return loaded
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    scenarios = _load_scenarios(args.paths, args.allow_outside)
+    for sc in scenarios:
+        print(
+            f"{sc.path}: {sc.name}: {len(sc.cases)} cases, configs "
+            f"{', '.join(c.name for c in sc.configs)}: ok"
+        )
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(scenario_mod.json_schema(), indent=2))
+    return 0
+
+
+def _cell_line(cell: CellResult) -> str:
+    figures = []
+    if cell.verifier.get("verified_insns"):
+        figures.append(f"insns {cell.verifier['verified_insns']}")
+    if "load_ms" in cell.timings:
+        figures.append(f"load {cell.timings['load_ms']:.1f}ms")
+    if cell.timings.get("ns_per_op"):
+        figures.append(f"{cell.timings['ns_per_op']}ns/op")
+    line = f"{cell.outcome!s:<17} {cell.cell_id}  {cell.prog_type}  {' '.join(figures)}"
+    if cell.reason:
+        line += f"\n    {cell.reason}"
+    return line
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    scenarios = _load_scenarios(args.paths, args.allow_outside)
+    ks = Kernels.open()
+    name = args.kernel or next((k for sc in scenarios for k in sc.kernels), None)
+    name = name or ks.catalog.defaults()[0].name
+    with DownloadProgress() as progress:
+        kernel = ks.get(name, progress)
+    accel_name = _decide_accel(args, ks.store.cache, kernel)
+    if args.dry_run:
+        return _dry_run([kernel], args, accel_name)
+    objects = build_objects(scenarios, kernel, ks.store.cache)
+    run = RunDir.create(
+        args.output,
+        {
+            "kernel": kernel.name,
+            "release": kernel.release,
+            "accel": accel_name,
+            "scenarios": [s.name for s in scenarios],
+        },
+    )
+    stderr.print(
+        f"kitl: booting {kernel.name} ({kernel.release}, {accel_name}); results in {run.path}"
+    )
+    cells: list[CellResult] = []
+    try:
+        with (
+            _vm(kernel, args, accel_name, run.guest_file(kernel.name, "console")) as vm,
+            AgentClient(vm) as agent,
+        ):
+            engine = Engine(vm, agent, kernel, run, objects)
+            for sc in scenarios:
+                cells += engine.run_scenario(
+                    sc, args.config, lambda c: print(_cell_line(c), flush=True)
+                )
+            dmesg = vm.run(["dmesg"], timeout=60)
+            run.guest_file(kernel.name, "dmesg").write_text(dmesg.stdout, encoding="utf-8")
+    except KitlError as exc:
+        print(f"kitl: {kernel.name}: {exc}", file=sys.stderr)
+        cells.append(
+            CellResult(
+                scenario="*",
+                case="*",
+                kernel=kernel.name,
+                config="*",
+                outcome=outcome_for_error(exc),
+                reason=str(exc),
+            )
+        )
+    run.finish()
+    counts: dict[str, int] = {}
+    for cell in cells:
+        counts[str(cell.outcome)] = counts.get(str(cell.outcome), 0) + 1
+    print(", ".join(f"{n} {o.lower()}" for o, n in sorted(counts.items())) + f"  ({run.path})")
+    return exit_code(c.outcome for c in cells)
+
+
 COMMANDS = {
     ("kernels", "list"): cmd_kernels_list,
     ("kernels", "fetch"): cmd_kernels_fetch,
@@ -407,6 +544,9 @@ COMMANDS = {
     ("exec", None): cmd_exec,
     ("shell", None): cmd_shell,
     ("accel", None): cmd_accel,
+    ("run", None): cmd_run,
+    ("check", None): cmd_check,
+    ("schema", None): cmd_schema,
 }
 
 

@@ -1,0 +1,303 @@
+"""Running scenarios in one booted guest through its agent: the cells of one kernel.
+
+Per config: sysctls are set (and read back) inside the running guest.  Per case: the
+topology is built, the program loaded on its own, attached, driven, its maps read, then
+everything is released and the topology torn down, so each case starts clean.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from harness import packet
+from harness.agentclient import AgentCallError, AgentClient
+from harness.cache import Cache
+from harness.compile import compile_object, kernel_btf, vmlinux_h
+from harness.errors import KitlError
+from harness.judge import Observed, judge
+from harness.kernel import Kernel
+from harness.outcome import Outcome, outcome_for_error
+from harness.results import CellResult, RunDir
+from harness.scenario import (
+    Case,
+    RunConfig,
+    Scenario,
+    SyscallDrive,
+    TestRunDrive,
+    TrafficDrive,
+)
+from harness.vm import VM
+
+Report = Callable[[CellResult], None]
+CASE_TIMEOUT = 300.0  # generous: TCG, and a first load of a big object
+
+
+def build_objects(
+    scenarios: Sequence[Scenario], header_kernel: Kernel, cache: Cache
+) -> dict[tuple[str, str], Path]:
+    """Compile every `source:` object on the host (CO-RE, once, cached by content)."""
+    header = vmlinux_h(kernel_btf(header_kernel), cache)
+    built: dict[tuple[str, str], Path] = {}
+    for scenario in scenarios:
+        for obj in scenario.objects:
+            if obj.source is not None:
+                built[(scenario.name, obj.name)] = compile_object(
+                    obj.source, header, cache, obj.cflags
+                )
+            elif obj.path is not None:
+                built[(scenario.name, obj.name)] = obj.path
+    return built
+
+
+class Engine:
+    def __init__(
+        self,
+        vm: VM,
+        agent: AgentClient,
+        kernel: Kernel,
+        run: RunDir,
+        objects: dict[tuple[str, str], Path],
+    ) -> None:
+        self.vm, self.agent, self.kernel, self.run = vm, agent, kernel, run
+        self.objects = objects
+        self._in_guest: dict[Path, str] = {}
+        self.release = kernel.release
+
+    def guest_object(self, path: Path) -> str:
+        """Copy an object into the guest's tmpfs once (host paths created after boot may
+        be invisible through the guest's overlay of /tmp)."""
+        if path not in self._in_guest:
+            data = path.read_bytes()
+            remote = f"/run/kitl-{hashlib.sha256(data).hexdigest()[:16]}.o"
+            self.vm.channel.put(data, remote)
+            self._in_guest[path] = remote
+        return self._in_guest[path]
+
+    def run_scenario(
+        self, scenario: Scenario, configs: Sequence[str] | None, report: Report
+    ) -> list[CellResult]:
+        cells: list[CellResult] = []
+        chosen = [c for c in scenario.configs if not configs or c.name in configs]
+        for config in chosen:
+            sysctls, refused = self._apply(config)
+            for case in scenario.cases:
+                cell = CellResult(
+                    scenario=scenario.name,
+                    case=case.name,
+                    kernel=self.kernel.name,
+                    config=config.name,
+                    outcome=Outcome.ERROR,
+                    kernel_release=self.kernel.release,
+                    kernel_digest=self.kernel.digest,
+                    accel=self.vm.accel,
+                    sysctls=sysctls,
+                    program=f"{case.object}/{case.program}",
+                    prog_type=case.prog_type.name,
+                    section=case.section,
+                )
+                if refused:
+                    cell.outcome, cell.reason = Outcome.SKIPPED, refused
+                else:
+                    self._run_case(scenario, case, config, cell)
+                self.run.append(cell)
+                report(cell)
+                cells.append(cell)
+                if cell.outcome in (Outcome.KERNEL_CRASH, Outcome.VM_LOST):
+                    return cells  # the caller restarts the VM for what is left
+        return cells
+
+    def _apply(self, config: RunConfig) -> tuple[dict[str, Any], str]:
+        if not config.sysctl:
+            return self.agent.call("facts")["sysctl"], ""
+        answer = self.agent.call("sysctl", {"values": dict(config.sysctl)})
+        refused = [
+            f"{k}={v}: {answer[k]['error']}" for k, v in config.sysctl if not answer[k]["ok"]
+        ]
+        values = {k: a["value"] for k, a in answer.items()}
+        reason = ("the kernel refused " + "; ".join(refused)) if refused else ""
+        return values, reason
+
+    def _run_case(
+        self, scenario: Scenario, case: Case, config: RunConfig, cell: CellResult
+    ) -> None:
+        expect = case.expect_for(self.kernel.release, config.name)
+        cell.expected = _expect_json(expect)
+        seen = Observed()
+        started = time.monotonic()
+        topology = scenario.topology
+        try:
+            if case.requires.btf and not self.agent.call("facts")["btf"]:
+                cell.outcome, cell.reason = Outcome.SKIPPED, "requires kernel BTF; none here"
+                return
+            if topology.netns or topology.veth or topology.netdevsim:
+                self.agent.call("topology_up", _topology_json(scenario), timeout=CASE_TIMEOUT)
+            try:
+                self._load_attach_drive(scenario, case, seen, cell)
+            finally:
+                leftovers = self._clean(topology.netns or topology.veth or topology.netdevsim)
+            cell.outcome, cell.reason = judge(case, expect, seen)
+            if leftovers and cell.outcome is Outcome.PASSED:
+                cell.outcome, cell.reason = Outcome.ERROR, "cleanup failed: " + "; ".join(leftovers)
+        except AgentCallError as exc:
+            cell.outcome, cell.reason = Outcome.ERROR, str(exc)
+        except KitlError as exc:
+            cell.outcome, cell.reason = outcome_for_error(exc), str(exc)
+        finally:
+            cell.timings["case_s"] = round(time.monotonic() - started, 3)
+            cell.observed = _observed_json(seen)
+            self.run.write_verifier_log(cell, str(seen.load.get("log", "")))
+
+    def _clean(self, has_topology: object) -> list[str]:
+        """Release every object and tear the topology down, whatever failed before."""
+        problems: list[str] = []
+        try:
+            problems += self.agent.call("release", timeout=CASE_TIMEOUT)["problems"]
+        finally:
+            if has_topology:
+                down = self.agent.call("topology_down", timeout=CASE_TIMEOUT)
+                problems += down["problems"]
+                problems += [f"netns {n} left behind" for n in down["netns_left"]]
+        return problems
+
+    def _load_attach_drive(
+        self, scenario: Scenario, case: Case, seen: Observed, cell: CellResult
+    ) -> None:
+        obj_path = self.objects[(scenario.name, case.object)]
+        load_args: dict[str, Any] = {
+            "object": self.guest_object(obj_path),
+            "program": case.program,
+            "log_level": case.load.log_level,
+        }
+        if case.load.log_size:
+            load_args["log_size"] = case.load.log_size
+        seen.load = self.agent.call("load", load_args, timeout=CASE_TIMEOUT)
+        cell.timings["load_ms"] = round(seen.load.get("load_ns", 0) / 1e6, 3)
+        cell.verifier = {
+            k: seen.load.get(k)
+            for k in (
+                "verified_insns",
+                "xlated_len",
+                "jited_len",
+                "insn_cnt",
+                "errno",
+                "log_truncated",
+                "libbpf_version",
+            )
+        }
+        handle = seen.load.get("handle")
+        if handle is None:
+            return
+        if case.attach is not None:
+            spec: dict[str, Any] = {
+                "handle": handle,
+                "program": case.program,
+                "family": case.attach.family,
+            }
+            for key in ("dev", "ns", "mode", "direction", "path"):
+                value = getattr(case.attach, key, None)
+                if value is not None:
+                    spec[key] = value
+            try:
+                seen.attach = self.agent.call("attach", spec, timeout=CASE_TIMEOUT)
+            except AgentCallError as exc:
+                if exc.kind != "attach":
+                    raise
+                seen.attach_error = str(exc)
+                return
+        drive = case.drive
+        if isinstance(drive, TestRunDrive):
+            data = (
+                drive.data
+                if drive.data is not None
+                else packet.build(drive.packet.as_dict() if drive.packet else {})
+            )
+            args: dict[str, Any] = {
+                "handle": handle,
+                "program": case.program,
+                "data_hex": data.hex(),
+                "repeat": drive.repeat,
+            }
+            if drive.ctx_data is not None:
+                args["ctx_hex"] = drive.ctx_data.hex()
+            seen.test_run = self.agent.call("test_run", args, timeout=CASE_TIMEOUT)
+            cell.timings["ns_per_op"] = seen.test_run.get("duration_ns", 0)
+        elif isinstance(drive, TrafficDrive):
+            seen.traffic = self.agent.call(
+                "traffic",
+                {
+                    "from": drive.from_ns,
+                    "to": drive.to,
+                    "to_ns": drive.to_ns,
+                    "proto": drive.proto,
+                    "port": drive.port or 9000,
+                    "count": drive.count,
+                    "size": drive.size,
+                },
+                timeout=CASE_TIMEOUT,
+            )
+        elif isinstance(drive, SyscallDrive):
+            seen.syscall = self.agent.call(
+                "run", {"argv": list(drive.argv), "ns": drive.ns}, timeout=CASE_TIMEOUT
+            )
+        if case.expect.map or any(o.expect.map for o in case.overrides):
+            seen.maps = self.agent.call("map_dump", {"handle": handle}, timeout=CASE_TIMEOUT)
+
+
+def _topology_json(scenario: Scenario) -> dict[str, Any]:
+    t = scenario.topology
+    return {
+        "netns": list(t.netns),
+        "veth": [
+            {
+                "a": {"dev": p.a.ifname, "ns": p.a.ns, "addr": p.a.address},
+                "b": {"dev": p.b.ifname, "ns": p.b.ns, "addr": p.b.address},
+            }
+            for p in t.veth
+        ],
+        "netdevsim": [{"id": d.id, "ports": d.ports, "ns": d.ns} for d in t.netdevsim],
+    }
+
+
+def _expect_json(expect: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in (
+        "load",
+        "log",
+        "error_class",
+        "retval",
+        "delivered",
+        "dropped",
+        "errno",
+        "exit_status",
+        "attach_mode",
+    ):
+        value = getattr(expect, key)
+        if value not in (None, ()):
+            out[key] = list(value) if isinstance(value, tuple) else value
+    if expect.map:
+        out["map"] = {
+            m.name: [[_plain(e.key), _plain(e.value)] for e in m.entries] for m in expect.map
+        }
+    return out
+
+
+def _plain(value: int | bytes) -> int | str:
+    return value.hex() if isinstance(value, bytes) else value
+
+
+def _observed_json(seen: Observed) -> dict[str, Any]:
+    load = {k: v for k, v in seen.load.items() if k not in ("log", "handle")}
+    return {
+        "load": load,
+        "error_class": seen.error_class,
+        "attach": seen.attach,
+        "attach_error": seen.attach_error,
+        "test_run": seen.test_run,
+        "traffic": seen.traffic,
+        "syscall": seen.syscall,
+        "maps": seen.maps,
+    }

@@ -1,0 +1,133 @@
+"""Deciding a cell's outcome from what was observed and what the case expects (pure)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness import progtypes
+from harness.outcome import Outcome
+from harness.scenario import Case
+from harness.scenario_expect import Expect, MapEntry
+from harness.verifier import classify_failure, parse_log
+
+
+@dataclass
+class Observed:
+    """Everything the guest reported for one cell (JSON-ready)."""
+
+    load: dict[str, Any] = field(default_factory=dict)
+    error_class: str | None = None
+    attach: dict[str, Any] | None = None
+    attach_error: str | None = None
+    test_run: dict[str, Any] | None = None
+    traffic: dict[str, Any] | None = None
+    syscall: dict[str, Any] | None = None
+    maps: dict[str, list[list[str]]] = field(default_factory=dict)
+
+
+def _regexes_in_order(patterns: tuple[str, ...], text: str) -> str | None:
+    """None if every pattern matches after the previous one's match, else the first missing."""
+    pos = 0
+    for pattern in patterns:
+        m = re.compile(pattern, re.M).search(text, pos)
+        if m is None:
+            return pattern
+        pos = m.end()
+    return None
+
+
+def _le(value: int | bytes, size: int) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    return (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+
+
+def _show(value: int | bytes) -> str:
+    return value.hex() if isinstance(value, bytes) else str(value)
+
+
+def _map_mismatch(name: str, entries: tuple[MapEntry, ...], dump: list[list[str]]) -> str | None:
+    items = {bytes.fromhex(k): bytes.fromhex(v) for k, v in dump}
+    if not items:
+        return f"map {name} is empty"
+    key_size = len(next(iter(items)))
+    value_size = len(next(iter(items.values())))
+    for entry in entries:
+        key = _le(entry.key, key_size)
+        want = _le(entry.value, value_size)
+        got = items.get(key)
+        if got != want:
+            shown = int.from_bytes(got, "little") if got is not None else None
+            return f"map {name}[{_show(entry.key)}] = {shown}, expected {_show(entry.value)}"
+    return None
+
+
+def classify_load(load: dict[str, Any]) -> str:
+    log = parse_log(load.get("log", ""), truncated=bool(load.get("log_truncated")))
+    return classify_failure(log, int(load.get("errno", 0)), str(load.get("libbpf_messages", "")))
+
+
+def judge(case: Case, expect: Expect, seen: Observed) -> tuple[Outcome, str]:
+    """The outcome of one cell and, when it is not PASSED, the reason in one line."""
+    load = seen.load
+    if not load.get("ok"):
+        seen.error_class = classify_load(load)
+        if not expect.rejected:
+            kind = (
+                Outcome.VERIFIER_REJECTED
+                if seen.error_class == "VERIFIER_REJECTED"
+                else Outcome.LOAD_FAILED
+            )
+            error = parse_log(load.get("log", "")).error or load.get("libbpf_messages", "")
+            return kind, f"{seen.error_class}: {str(error).strip()[:300]}"
+        if expect.error_class and expect.error_class != seen.error_class:
+            return Outcome.FAILED, f"rejected as {seen.error_class}, expected {expect.error_class}"
+        missing = _regexes_in_order(
+            expect.log, load.get("log", "") + load.get("libbpf_messages", "")
+        )
+        if missing is not None:
+            return Outcome.FAILED, f"rejected, but the log lacks /{missing}/"
+        return Outcome.PASSED, ""
+    if expect.rejected:
+        return Outcome.FAILED, "loaded, but the case expects the verifier to reject it"
+    if seen.attach_error is not None:
+        return Outcome.ATTACH_FAILED, seen.attach_error
+    return _judge_effects(case, expect, seen)
+
+
+def _judge_effects(case: Case, expect: Expect, seen: Observed) -> tuple[Outcome, str]:
+    if expect.attach_mode is not None:
+        mode = (seen.attach or {}).get("attach_mode")
+        if mode != expect.attach_mode:
+            return Outcome.FAILED, f"XDP attached in mode {mode}, expected {expect.attach_mode}"
+    if expect.retval is not None:
+        run = seen.test_run or {}
+        if run.get("errno"):
+            return Outcome.FAILED, f"test_run failed: errno {run['errno']}"
+        got = progtypes.to_s32(int(run.get("retval", -1)))
+        if got != progtypes.to_s32(expect.retval):
+            return Outcome.FAILED, (
+                f"returned {case.retval_name(got)}, expected {case.retval_name(expect.retval)}"
+            )
+    traffic = seen.traffic or {}
+    for key in ("delivered", "dropped"):
+        want = getattr(expect, key)
+        if want is not None and traffic.get(key) != want:
+            return (
+                Outcome.FAILED,
+                f"{key} {traffic.get(key)} of {traffic.get('sent')}, expected {want}",
+            )
+    syscall = seen.syscall or {}
+    if expect.exit_status is not None and syscall.get("status") != expect.exit_status:
+        return Outcome.FAILED, f"exit status {syscall.get('status')}, expected {expect.exit_status}"
+    if expect.errno is not None and syscall.get("errno") != expect.errno:
+        return Outcome.FAILED, f"errno {syscall.get('errno')}, expected {expect.errno}"
+    for map_expect in expect.map:
+        problem = _map_mismatch(
+            map_expect.name, map_expect.entries, seen.maps.get(map_expect.name, [])
+        )
+        if problem:
+            return Outcome.FAILED, problem
+    return Outcome.PASSED, ""
