@@ -438,11 +438,10 @@ def _load_scenarios(paths: Sequence[Path], allow_outside: bool) -> list[scenario
     errors: list[str] = []
     loaded = []
     for path in _scenario_files(paths):
-        problems = scenario_mod.check(path, allow_outside=allow_outside)
-        if problems:
-            errors += [str(e) for e in problems]
-        else:
+        try:
             loaded.append(scenario_mod.load_scenario(path, allow_outside=allow_outside))
+        except scenario_mod.ScenarioError as exc:
+            errors += [str(e) for e in exc.errors]
     if errors:
         for line in errors:
             print(f"kitl: {line}", file=sys.stderr)
