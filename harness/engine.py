@@ -30,6 +30,7 @@ from harness.scenario import (
     TestRunDrive,
     TrafficDrive,
 )
+from harness.verifier import parse_log
 from harness.vm import VM
 
 Report = Callable[[CellResult], None]
@@ -186,8 +187,18 @@ class Engine:
                 "errno",
                 "log_truncated",
                 "libbpf_version",
+                "log_level",
             )
         }
+        stats = parse_log(str(seen.load.get("log", ""))).stats
+        cell.verifier.update(
+            insns=stats.insns,
+            total_states=stats.total_states,
+            peak_states=stats.peak_states,
+            max_states_per_insn=stats.max_states_per_insn,
+            duration_us=stats.duration_us,
+            stack_depth=stats.stack_depth_total,
+        )
         handle = seen.load.get("handle")
         if handle is None:
             return
