@@ -25,7 +25,26 @@ from harness.compile import compile_object, kernel_btf, vmlinux_h
 from harness.resolve import Kernels
 from harness.vm import VM
 
-SOURCE = Path(__file__).parents[1] / "scenarios" / "xdp-basics" / "xdp.bpf.c"
+# One program (bpftool loads every program of an object), with a map as cells have.
+SOURCE = """#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 4);
+	__type(key, __u32);
+	__type(value, __u64);
+} counts SEC(".maps");
+SEC("xdp")
+int xdp_pass(struct xdp_md *ctx)
+{
+	__u32 key = 0;
+	__u64 *value = bpf_map_lookup_elem(&counts, &key);
+	if (value)
+		__sync_fetch_and_add(value, 1);
+	return XDP_PASS;
+}
+char LICENSE[] SEC("license") = "GPL";
+"""
 
 
 def main() -> int:
@@ -36,7 +55,10 @@ def main() -> int:
     ks = Kernels.open()
     kernel = ks.get(args.kernel)
     cache = ks.store.cache
-    obj = compile_object(SOURCE, vmlinux_h(kernel_btf(kernel), cache), cache)
+    source = cache.root / "bench" / "xdp_pass.bpf.c"
+    source.parent.mkdir(parents=True, exist_ok=True)
+    source.write_text(SOURCE)
+    obj = compile_object(source, vmlinux_h(kernel_btf(kernel), cache), cache)
     decision = accel.decide("auto", cache, None)
     frame = packet.build({"ipv4": {}, "tcp": {}}).hex()
     with (
