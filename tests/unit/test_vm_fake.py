@@ -34,15 +34,19 @@ def kernel(tmp_path: Path) -> Kernel:
     return Kernel(name="fake-6.1", release="6.1.0-fake", vmlinuz=image, modules=None)
 
 
-def test_boot_ready_runs_commands_and_tears_down(tmp_path: Path) -> None:
-    launcher = FakeLauncher()
-    vm = VM(
+def fake_vm(tmp_path: Path, launcher: FakeLauncher, boot_timeout: float) -> VM:
+    return VM(
         kernel(tmp_path),
         accel="tcg",
         console_path=tmp_path / "c.log",
         launcher=launcher,
-        boot_timeout=5,
+        boot_timeout=boot_timeout,
     )
+
+
+def test_boot_ready_runs_commands_and_tears_down(tmp_path: Path) -> None:
+    launcher = FakeLauncher()
+    vm = fake_vm(tmp_path, launcher, 5)
     with vm:
         assert vm.record is not None
         assert vm.record.release == "6.1.0-fake"
@@ -59,13 +63,7 @@ def test_boot_ready_runs_commands_and_tears_down(tmp_path: Path) -> None:
 
 def test_panic_during_boot_is_a_kernel_crash_with_fingerprint(tmp_path: Path) -> None:
     launcher = FakeLauncher(console=[(0.0, PANIC)])
-    vm = VM(
-        kernel(tmp_path),
-        accel="tcg",
-        console_path=tmp_path / "c.log",
-        launcher=launcher,
-        boot_timeout=5,
-    )
+    vm = fake_vm(tmp_path, launcher, 5)
     with pytest.raises(KernelCrashError) as info:
         vm.__enter__()
     assert "sysrq triggered crash" in str(info.value)
@@ -82,13 +80,7 @@ def test_exit_before_ready_names_the_console_tail(tmp_path: Path) -> None:
         ],
         exit_status=1,
     )
-    vm = VM(
-        kernel(tmp_path),
-        accel="tcg",
-        console_path=tmp_path / "c.log",
-        launcher=launcher,
-        boot_timeout=5,
-    )
+    vm = fake_vm(tmp_path, launcher, 5)
     with pytest.raises(BootError, match=r"exited with status 1.*host forwarding"):
         vm.__enter__()
     assert outcome_for_error(BootError("x")) is Outcome.BOOT_FAILED
@@ -96,13 +88,7 @@ def test_exit_before_ready_names_the_console_tail(tmp_path: Path) -> None:
 
 def test_boot_timeout_is_typed_and_kills_the_vm(tmp_path: Path) -> None:
     launcher = FakeLauncher(console=[(0.0, "Probing EDD (edd=off to disable)... ok\n")])
-    vm = VM(
-        kernel(tmp_path),
-        accel="tcg",
-        console_path=tmp_path / "c.log",
-        launcher=launcher,
-        boot_timeout=0.5,
-    )
+    vm = fake_vm(tmp_path, launcher, 0.5)
     with pytest.raises(BootTimeoutError, match="timed out after 0s"):
         vm.__enter__()
     assert launcher.processes[0].killed
@@ -111,13 +97,7 @@ def test_boot_timeout_is_typed_and_kills_the_vm(tmp_path: Path) -> None:
 
 def test_guest_setup_failure_line_is_reported(tmp_path: Path) -> None:
     launcher = FakeLauncher(console=[(0.0, "KITL-FAILED sshd: no hostkeys available\n")])
-    vm = VM(
-        kernel(tmp_path),
-        accel="tcg",
-        console_path=tmp_path / "c.log",
-        launcher=launcher,
-        boot_timeout=5,
-    )
+    vm = fake_vm(tmp_path, launcher, 5)
     with pytest.raises(BootError, match="no hostkeys available"):
         vm.__enter__()
 
@@ -125,13 +105,7 @@ def test_guest_setup_failure_line_is_reported(tmp_path: Path) -> None:
 def test_lost_channel_after_panic_is_a_crash_not_a_lost_vm(tmp_path: Path) -> None:
     launcher = FakeLauncher(console=[(0.0, "KITL-READY 6.1.0-fake\n"), (0.3, PANIC)], lose_after=1)
     with (
-        VM(
-            kernel(tmp_path),
-            accel="tcg",
-            console_path=tmp_path / "c.log",
-            launcher=launcher,
-            boot_timeout=5,
-        ) as vm,
+        fake_vm(tmp_path, launcher, 5) as vm,
         pytest.raises(KernelCrashError),
     ):
         vm.run(["true"], timeout=5)
@@ -139,13 +113,7 @@ def test_lost_channel_after_panic_is_a_crash_not_a_lost_vm(tmp_path: Path) -> No
 
 def test_lost_channel_without_panic_is_vm_lost(tmp_path: Path) -> None:
     launcher = FakeLauncher(lose_after=1)
-    with VM(
-        kernel(tmp_path),
-        accel="tcg",
-        console_path=tmp_path / "c.log",
-        launcher=launcher,
-        boot_timeout=5,
-    ) as vm:
+    with fake_vm(tmp_path, launcher, 5) as vm:
         launcher.processes[0].exit_status = -9  # qemu killed from outside
         with pytest.raises(GuestLostError) as info:
             vm.run(["true"], timeout=5)
@@ -154,13 +122,7 @@ def test_lost_channel_without_panic_is_vm_lost(tmp_path: Path) -> None:
 
 def test_a_crash_while_booting_is_retried_once_and_recorded(tmp_path: Path) -> None:
     launcher = FakeLauncher(attempt_consoles=[[(0.0, PANIC)]])
-    with VM(
-        kernel(tmp_path),
-        accel="tcg",
-        console_path=tmp_path / "c.log",
-        launcher=launcher,
-        boot_timeout=5,
-    ) as vm:
+    with fake_vm(tmp_path, launcher, 5) as vm:
         assert vm.record is not None
         assert "sysrq triggered crash" in vm.record.retried
         assert vm.run(["true"], timeout=5).ok
