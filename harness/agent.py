@@ -31,6 +31,7 @@ from harness import libbpf
 
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = Path("/run/netns")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 class AgentError(Exception):
@@ -67,12 +68,62 @@ def in_netns(name: str | None) -> Iterator[None]:
         os.close(own)
 
 
+def _cgroup_procs(cgroup: str) -> Path:
+    """cgroup.procs of a cgroup given relative to the cgroup2 root (no escaping it)."""
+    path = (CGROUP_ROOT / cgroup.strip("/")).resolve()
+    if path != CGROUP_ROOT and CGROUP_ROOT not in path.parents:
+        raise AgentError(f"cgroup {cgroup!r} is outside {CGROUP_ROOT}", "protocol")
+    return path / "cgroup.procs"
+
+
+def _join_cgroup(procs: Path) -> None:
+    """Move the calling process (all its threads) into the cgroup of `procs`."""
+    fd = os.open(procs, os.O_WRONLY)
+    try:
+        os.write(fd, b"0")  # 0: the writing process
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def in_cgroup(cgroup: str | None) -> Iterator[None]:
+    """Run this process in cgroup `cgroup` (None: stay) and move it back.
+
+    Sockets remember the cgroup of the task that created them, so sockets created inside
+    this block are seen by the cgroup's BPF programs (cgroup_skb, sock_addr) afterwards."""
+    if not cgroup:
+        yield
+        return
+    procs = _cgroup_procs(cgroup)
+    own = "/"
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        if line.startswith("0::"):
+            own = line[3:]
+    try:
+        _join_cgroup(procs)
+    except OSError as exc:
+        raise AgentError(f"joining cgroup {cgroup}: {exc.strerror}", "setup") from None
+    try:
+        yield
+    finally:
+        _join_cgroup(_cgroup_procs(own))
+
+
 def _run(
-    argv: list[str], timeout: float = 60.0, stdin: str | None = None
+    argv: list[str], timeout: float = 60.0, stdin: str | None = None, cgroup: str | None = None
 ) -> subprocess.CompletedProcess[str]:
+    """Run argv; with `cgroup`, the child joins that cgroup (relative to the cgroup2 root)
+    before it executes, so everything it does is seen by the cgroup's programs."""
+    procs = _cgroup_procs(cgroup) if cgroup else None
     try:
         return subprocess.run(
-            argv, input=stdin, capture_output=True, text=True, timeout=timeout, check=False
+            argv,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            preexec_fn=(lambda: _join_cgroup(procs)) if procs else None,
         )
     except FileNotFoundError:
         raise AgentError(
@@ -153,7 +204,7 @@ class Agent:
         timeout = float(args.get("timeout", 60))
         started = time.monotonic()
         with in_netns(args.get("ns")):
-            proc = _run(argv, timeout=timeout)
+            proc = _run(argv, timeout=timeout, cgroup=args.get("cgroup"))
         return {
             "status": proc.returncode,
             "stdout": proc.stdout[-65536:],
@@ -244,23 +295,30 @@ class Agent:
         )
         dst = args["to"]
         wait = float(args.get("wait", 1.0))
+        cgroup = args.get("cgroup")
         if proto == "icmp":
-            return self._ping(args.get("from"), dst, count, size, wait)
+            return self._ping(args.get("from"), dst, count, size, wait, cgroup=cgroup)
         kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
-        with in_netns(args.get("to_ns")):
-            receiver = socket.socket(socket.AF_INET, kind)
-            receiver.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            receiver.bind((dst, port))
-        with in_netns(args.get("from")):
-            sender = socket.socket(socket.AF_INET, kind)
+        with in_cgroup(cgroup):  # both sockets belong to the case's cgroup, if it has one
+            with in_netns(args.get("to_ns")):
+                receiver = socket.socket(socket.AF_INET, kind)
+                receiver.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                receiver.bind((dst, port))
+            with in_netns(args.get("from")):
+                sender = socket.socket(socket.AF_INET, kind)
         delivered = sent = 0
+        send_errors: dict[str, int] = {}
         try:
             if proto == "udp":
                 receiver.settimeout(0.05)
                 payload = b"k" * max(0, size)
                 for _ in range(count):
-                    sender.sendto(payload, (dst, port))
                     sent += 1
+                    try:
+                        sender.sendto(payload, (dst, port))
+                    except OSError as exc:  # e.g. EPERM: a cgroup egress program dropped it
+                        reason = exc.strerror or str(exc)
+                        send_errors[reason] = send_errors.get(reason, 0) + 1
                 deadline = time.monotonic() + wait
                 while delivered < sent and time.monotonic() < deadline:
                     try:
@@ -286,9 +344,14 @@ class Agent:
         finally:
             sender.close()
             receiver.close()
-        return {"sent": sent, "delivered": delivered, "dropped": sent - delivered}
+        out: dict[str, Any] = {"sent": sent, "delivered": delivered, "dropped": sent - delivered}
+        if send_errors:
+            out["send_errors"] = send_errors
+        return out
 
-    def _ping(self, ns: str | None, dst: str, count: int, size: int, wait: float) -> dict[str, Any]:
+    def _ping(
+        self, ns: str | None, dst: str, count: int, size: int, wait: float, *, cgroup: str | None
+    ) -> dict[str, Any]:
         with in_netns(ns):
             proc = _run(
                 [
@@ -305,6 +368,7 @@ class Agent:
                     dst,
                 ],
                 timeout=count * 0.5 + wait + 5,
+                cgroup=cgroup,
             )
         received = 0
         for line in proc.stdout.splitlines():

@@ -24,6 +24,7 @@ from harness.outcome import Outcome, outcome_for_error
 from harness.results import CellResult, RunDir
 from harness.scenario import (
     Case,
+    CgroupAttach,
     RunConfig,
     Scenario,
     SyscallDrive,
@@ -220,6 +221,8 @@ class Engine:
                 seen.attach_error = str(exc)
                 return
         drive = case.drive
+        # the drive's processes and sockets live in the cgroup the program is attached to
+        cgroup = case.attach.path if isinstance(case.attach, CgroupAttach) else None
         if isinstance(drive, TestRunDrive):
             data = (
                 drive.data
@@ -247,12 +250,15 @@ class Engine:
                     "port": drive.port or 9000,
                     "count": drive.count,
                     "size": drive.size,
+                    "cgroup": cgroup,
                 },
                 timeout=CASE_TIMEOUT,
             )
         elif isinstance(drive, SyscallDrive):
             seen.syscall = self.agent.call(
-                "run", {"argv": list(drive.argv), "ns": drive.ns}, timeout=CASE_TIMEOUT
+                "run",
+                {"argv": list(drive.argv), "ns": drive.ns, "cgroup": cgroup},
+                timeout=CASE_TIMEOUT,
             )
         if case.expect.map or any(o.expect.map for o in case.overrides):
             seen.maps = self.agent.call("map_dump", {"handle": handle}, timeout=CASE_TIMEOUT)

@@ -112,7 +112,7 @@ def load(path: Path, text: str | None = None) -> Any:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except RecursionError:
-        raise ConfigError("document is nested too deeply", path=path) from None
+        raise ConfigError("invalid YAML: nested too deeply", path=path) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -128,9 +128,9 @@ def load(path: Path, text: str | None = None) -> Any:
     try:
         return builder.build(node)
     except RecursionError:
-        raise ConfigError("document is nested too deeply", path=path) from None
+        raise ConfigError("invalid YAML: nested too deeply", path=path) from None
     except (ValueError, OverflowError) as exc:  # e.g. a 5000-digit integer, a bad date
-        raise ConfigError(f"invalid value: {exc}", path=path) from None
+        raise ConfigError(f"invalid YAML value: {str(exc)[:200]}", path=path) from None
     except yaml.constructor.ConstructorError as exc:
         mark = exc.problem_mark
         raise ConfigError(
