@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -34,7 +35,21 @@ def bare_boot(kernel: Kernel, accel_name: str) -> float:
     argv += ["--exec", "true"]
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     started = time.monotonic()
-    subprocess.run(argv, check=True, stdin=subprocess.DEVNULL, capture_output=True, env=env)
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        if proc.wait() != 0:
+            raise SystemExit(f"bare vng boot of {kernel.name} failed ({proc.returncode})")
+    finally:
+        if proc.poll() is None:  # interrupted: take vng's whole process group down
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     return time.monotonic() - started
 
 
@@ -47,7 +62,12 @@ def kitl_boot(kernel: Kernel, accel_name: str) -> float:
         return ready
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM unwinds like Ctrl-C: the VM context managers tear down
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("kernels", nargs="*")
     parser.add_argument("--rounds", type=int, default=3)
