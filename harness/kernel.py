@@ -18,7 +18,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import debian, netdevsim
@@ -335,6 +335,3 @@ def image_release(vmlinuz: Path) -> str:
             return text.split(" ")[0]
     raise UsageError(f"{vmlinuz}: not an x86 bzImage (no kernel version in its header)")
 
-
-def manifest_of(kernel: Kernel) -> dict[str, object]:
-    return asdict(kernel)

@@ -70,6 +70,8 @@ def test_panic_during_boot_is_a_kernel_crash_with_fingerprint(tmp_path: Path) ->
     assert len(info.value.fingerprint) == 12
     assert "write_sysrq_trigger" in info.value.splat_text
     assert outcome_for_error(info.value) is Outcome.KERNEL_CRASH
+    assert Outcome.KERNEL_CRASH.is_infrastructure
+    assert not Outcome.VERIFIER_REJECTED.is_infrastructure
     assert launcher.processes[0].killed
 
 
