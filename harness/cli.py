@@ -354,14 +354,19 @@ def cmd_boot(args: argparse.Namespace) -> int:
     return exit_code(c.outcome for c in checks)
 
 
+def _prepare(args: argparse.Namespace, name: str) -> tuple[Kernel, str, Kernels]:
+    """The kernel (fetched if needed) and the accelerator for a one-kernel command."""
+    ks = Kernels.open()
+    with DownloadProgress() as progress:
+        kernel = ks.get(name, progress)
+    return kernel, _decide_accel(args, ks.store.cache, kernel), ks
+
+
 def cmd_exec(args: argparse.Namespace) -> int:
     cmd = list(args.cmd)
     if not cmd:
         raise UsageError("kitl exec KERNEL -- CMD...: no command given")
-    ks = Kernels.open()
-    with DownloadProgress() as progress:
-        kernel = ks.get(args.name, progress)
-    accel_name = _decide_accel(args, ks.store.cache, kernel)
+    kernel, accel_name, _ = _prepare(args, args.name)
     if args.dry_run:
         return _dry_run([kernel], args, accel_name)
     with tempfile.TemporaryDirectory(prefix="kitl-exec-") as tmp:
@@ -387,10 +392,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 def cmd_shell(args: argparse.Namespace) -> int:
-    ks = Kernels.open()
-    with DownloadProgress() as progress:
-        kernel = ks.get(args.name, progress)
-    accel_name = _decide_accel(args, ks.store.cache, kernel)
+    kernel, accel_name, _ = _prepare(args, args.name)
     if args.dry_run:
         return _dry_run([kernel], args, accel_name)
     with (
@@ -480,12 +482,8 @@ def _cell_line(cell: CellResult) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     scenarios = _load_scenarios(args.paths, args.allow_outside)
-    ks = Kernels.open()
     name = args.kernel or next((k for sc in scenarios for k in sc.kernels), None)
-    name = name or ks.catalog.defaults()[0].name
-    with DownloadProgress() as progress:
-        kernel = ks.get(name, progress)
-    accel_name = _decide_accel(args, ks.store.cache, kernel)
+    kernel, accel_name, ks = _prepare(args, name or Kernels.open().catalog.defaults()[0].name)
     if args.dry_run:
         return _dry_run([kernel], args, accel_name)
     objects = build_objects(scenarios, kernel, ks.store.cache)
