@@ -157,6 +157,7 @@ class Agent:
             "test_run": self.test_run,
             "map_dump": self.map_dump,
             "release": self.release,
+            "probe": self.probe,
         }
         self.objects: dict[int, Any] = {}  # handle -> harness.libbpf.BpfObject
         self.link_netns: dict[int, str | None] = {}  # handle -> netns its links live in
@@ -458,6 +459,34 @@ class Agent:
         obj = self._object(args)
         names = [args["map"]] if args.get("map") else obj.map_names()
         return {n: [[k.hex(), v.hex()] for k, v in obj.map_items(n)] for n in names}
+
+    def probe(self, args: dict[str, Any]) -> dict[str, Any]:
+        """What of a case's `requires:` this kernel lacks, each with the probe that said so."""
+        lib = self.libbpf()
+        missing: list[str] = []
+        prog_type = int(args.get("prog_type", 0))
+        for name, helper in args.get("helpers", {}).items():
+            if not lib.probe("helper", prog_type, helper):
+                missing.append(f"helper {name} (libbpf_probe_bpf_helper)")
+        for name, value in args.get("prog_types", {}).items():
+            if not lib.probe("prog_type", value):
+                missing.append(f"program type {name} (libbpf_probe_bpf_prog_type)")
+        for name, value in args.get("map_types", {}).items():
+            if not lib.probe("map_type", value):
+                missing.append(f"map type {name} (libbpf_probe_bpf_map_type)")
+        kfuncs = args.get("kfuncs", [])
+        if kfuncs:
+            try:
+                btf = Path("/sys/kernel/btf/vmlinux").read_bytes()
+            except OSError:
+                btf = b""
+            # A kfunc is a FUNC in the kernel's BTF: its name is in the BTF string table.
+            missing += [
+                f"kfunc {k} (not in kernel BTF)"
+                for k in kfuncs
+                if b"\0" + k.encode() + b"\0" not in btf
+            ]
+        return {"missing": missing}
 
     def release(self, args: dict[str, Any]) -> dict[str, Any]:
         """Close objects (all, or one handle): links detach, programs and maps go away."""

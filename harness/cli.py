@@ -505,7 +505,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             _vm(kernel, args, accel_name, run.guest_file(kernel.name, "console")) as vm,
             AgentClient(vm) as agent,
         ):
-            engine = Engine(vm, agent, kernel, run, objects)
+            engine = Engine(vm, agent, kernel, run, objects, cache=ks.store.cache)
             for sc in scenarios:
                 cells += engine.run_scenario(
                     sc, args.config, lambda c: print(_cell_line(c), flush=True)

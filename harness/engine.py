@@ -8,6 +8,7 @@ everything is released and the topology torn down, so each case starts clean.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -63,10 +64,14 @@ class Engine:
         kernel: Kernel,
         run: RunDir,
         objects: dict[tuple[str, str], Path],
+        *,
+        cache: Cache,
     ) -> None:
         self.vm, self.agent, self.kernel, self.run = vm, agent, kernel, run
         self.objects = objects
+        self.cache = cache
         self._in_guest: dict[Path, str] = {}
+        self._enums: dict[str, int] | None = None
         self.release = kernel.release
 
     def guest_object(self, path: Path) -> str:
@@ -132,8 +137,10 @@ class Engine:
         started = time.monotonic()
         topology = scenario.topology
         try:
-            if case.requires.btf and not self.agent.call("facts")["btf"]:
-                cell.outcome, cell.reason = Outcome.SKIPPED, "requires kernel BTF; none here"
+            missing = self._missing_requirements(case)
+            if missing:
+                cell.outcome = Outcome.SKIPPED
+                cell.reason = "this kernel lacks " + "; ".join(missing)
                 return
             if topology.netns or topology.veth or topology.netdevsim:
                 self.agent.call("topology_up", _topology_json(scenario), timeout=CASE_TIMEOUT)
@@ -152,6 +159,51 @@ class Engine:
             cell.timings["case_s"] = round(time.monotonic() - started, 3)
             cell.observed = _observed_json(seen)
             self.run.write_verifier_log(cell, str(seen.load.get("log", "")))
+
+    def _missing_requirements(self, case: Case) -> list[str]:
+        """Probe the guest for the case's `requires:`.  Names are resolved to ids through
+        the kernel's own BTF (its enums): a helper the kernel's BTF does not know is absent."""
+        req = case.requires
+        missing: list[str] = []
+        if req.btf and not self.agent.call("facts")["btf"]:
+            missing.append("kernel BTF (/sys/kernel/btf/vmlinux)")
+        if not (req.helpers or req.prog_types or req.map_types or req.kfuncs):
+            return missing
+        enums = self._kernel_enums()
+        args: dict[str, Any] = {
+            "prog_type": case.prog_type.uapi,
+            "kfuncs": list(req.kfuncs),
+            "helpers": {},
+            "prog_types": {},
+            "map_types": {},
+        }
+        for names, prefix, key in (
+            (req.helpers, "BPF_FUNC_", "helpers"),
+            (req.prog_types, "BPF_PROG_TYPE_", "prog_types"),
+            (req.map_types, "BPF_MAP_TYPE_", "map_types"),
+        ):
+            for name in names:
+                # enum bpf_func_id keeps the helper's case (BPF_FUNC_loop); types are upper
+                enum = prefix + (name.removeprefix("bpf_") if key == "helpers" else name.upper())
+                if enum not in enums:
+                    missing.append(f"{name} (not in this kernel's BTF)")
+                else:
+                    args[key][name] = enums[enum]
+        return missing + list(self.agent.call("probe", args)["missing"])
+
+    def _kernel_enums(self) -> dict[str, int]:
+        if self._enums is None:
+            header = vmlinux_h(kernel_btf(self.kernel), self.cache)
+            text = header.read_text(encoding="utf-8", errors="replace")
+            self._enums = {}
+            for enum in ("bpf_func_id", "bpf_prog_type", "bpf_map_type"):
+                block = re.search(rf"\benum {enum} \{{(.*?)\}};", text, re.S)
+                if block:  # only these enums: other enums reuse some of the names
+                    self._enums.update(
+                        (m.group(1), int(m.group(2)))
+                        for m in re.finditer(r"\b(BPF_\w+) = (\d+)", block.group(1))
+                    )
+        return self._enums
 
     def _clean(self, has_topology: object) -> list[str]:
         """Release every object and tear the topology down, whatever failed before."""

@@ -73,6 +73,9 @@ _FUNCTIONS: dict[str, tuple[Any, tuple[Any, ...], tuple[int, int]]] = {
     "libbpf_bpf_prog_type_str": (_STR, (_I,), (1, 0)),
     "libbpf_bpf_attach_type_str": (_STR, (_I,), (1, 0)),
     "libbpf_bpf_map_type_str": (_STR, (_I,), (1, 0)),
+    "libbpf_probe_bpf_prog_type": (_I, (_I, _P), (0, 7)),
+    "libbpf_probe_bpf_map_type": (_I, (_I, _P), (0, 7)),
+    "libbpf_probe_bpf_helper": (_I, (_I, _I, _P), (0, 7)),
     "bpf_object__open_file": (_P, (_STR, _P), (0, 0)),
     "bpf_object__load": (_I, (_P,), (0, 0)),
     "bpf_object__close": (None, (_P,), (0, 0)),
@@ -211,6 +214,17 @@ class Libbpf:
         if handle not in _PRINTERS:
             _PRINTERS[handle] = _Printer(self.c)
         self._printer = _PRINTERS[handle]
+
+    def probe(self, kind: str, value: int, helper: int = 0) -> bool:
+        """libbpf's feature probes: does the running kernel support prog type / map type
+        `value`, or helper `helper` in prog type `value`?  Errors count as "no"."""
+        if kind == "helper":
+            return int(self.c.libbpf_probe_bpf_helper(value, helper, None)) == 1
+        function = {
+            "prog_type": self.c.libbpf_probe_bpf_prog_type,
+            "map_type": self.c.libbpf_probe_bpf_map_type,
+        }[kind]
+        return int(function(value, None)) == 1
 
     def has(self, symbol: str) -> bool:
         if symbol not in self._has:
