@@ -158,7 +158,10 @@ class Agent:
             "map_dump": self.map_dump,
             "release": self.release,
             "probe": self.probe,
+            "events_start": self.events_start,
+            "events_count": self.events_count,
         }
+        self.counters: dict[int, dict[str, Any]] = {}  # handle -> map name -> RingBufferCounter
         self.objects: dict[int, Any] = {}  # handle -> harness.libbpf.BpfObject
         self.link_netns: dict[int, str | None] = {}  # handle -> netns its links live in
         self._handles = iter(range(1, 1 << 30))
@@ -456,9 +459,34 @@ class Agent:
         }
 
     def map_dump(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Keys and values of the named maps (default: every map that can be walked; ring
+        buffers and perf arrays cannot)."""
         obj = self._object(args)
-        names = [args["map"]] if args.get("map") else obj.map_names()
-        return {n: [[k.hex(), v.hex()] for k, v in obj.map_items(n)] for n in names}
+        wanted = args.get("maps")
+        out: dict[str, Any] = {}
+        for name in wanted or obj.map_names():
+            try:
+                out[name] = [[k.hex(), v.hex()] for k, v in obj.map_items(name)]
+            except libbpf.LibbpfError:
+                if wanted:
+                    raise
+        return out
+
+    def events_start(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Start counting records of ringbuf maps (before the drive)."""
+        obj = self._object(args)
+        handle = int(args["handle"])
+        counters = self.counters.setdefault(handle, {})
+        for name in args["maps"]:
+            counters[name] = obj.ringbuf_counter(name)
+        return {"counting": sorted(counters)}
+
+    def events_count(self, args: dict[str, Any]) -> dict[str, int]:
+        """Records seen per map since events_start (drains what is pending)."""
+        counters = self.counters.get(int(args["handle"]), {})
+        for counter in counters.values():
+            counter.consume()
+        return {name: int(counter.count) for name, counter in counters.items()}
 
     def probe(self, args: dict[str, Any]) -> dict[str, Any]:
         """What of a case's `requires:` this kernel lacks, each with the probe that said so."""
@@ -495,6 +523,8 @@ class Agent:
         for handle in handles:
             obj = self.objects.pop(handle, None)
             ns = self.link_netns.pop(handle, None)
+            for counter in self.counters.pop(handle, {}).values():
+                counter.close()
             if obj is None:
                 continue
             try:

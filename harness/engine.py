@@ -272,6 +272,11 @@ class Engine:
                     raise
                 seen.attach_error = str(exc)
                 return
+        expect = case.expect_for(self.kernel.release, cell.config)
+        if expect.events:
+            self.agent.call(
+                "events_start", {"handle": handle, "maps": [m for m, _ in expect.events]}
+            )
         drive = case.drive
         # the drive's processes and sockets live in the cgroup the program is attached to
         cgroup = case.attach.path if isinstance(case.attach, CgroupAttach) else None
@@ -312,8 +317,13 @@ class Engine:
                 {"argv": list(drive.argv), "ns": drive.ns, "cgroup": cgroup},
                 timeout=CASE_TIMEOUT,
             )
-        if case.expect.map or any(o.expect.map for o in case.overrides):
-            seen.maps = self.agent.call("map_dump", {"handle": handle}, timeout=CASE_TIMEOUT)
+        if expect.events:
+            seen.events = self.agent.call("events_count", {"handle": handle})
+        if expect.map:
+            names = sorted({m.name for m in expect.map})
+            seen.maps = self.agent.call(
+                "map_dump", {"handle": handle, "maps": names}, timeout=CASE_TIMEOUT
+            )
 
 
 def _topology_json(scenario: Scenario) -> dict[str, Any]:
@@ -369,4 +379,5 @@ def _observed_json(seen: Observed) -> dict[str, Any]:
         "traffic": seen.traffic,
         "syscall": seen.syscall,
         "maps": seen.maps,
+        "events": seen.events,
     }

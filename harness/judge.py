@@ -25,6 +25,7 @@ class Observed:
     traffic: dict[str, Any] | None = None
     syscall: dict[str, Any] | None = None
     maps: dict[str, list[list[str]]] = field(default_factory=dict)
+    events: dict[str, int] = field(default_factory=dict)  # ringbuf records per map
 
 
 def _regexes_in_order(patterns: tuple[str, ...], text: str) -> str | None:
@@ -124,6 +125,10 @@ def _judge_effects(case: Case, expect: Expect, seen: Observed) -> tuple[Outcome,
         return Outcome.FAILED, f"exit status {syscall.get('status')}, expected {expect.exit_status}"
     if expect.errno is not None and syscall.get("errno") != expect.errno:
         return Outcome.FAILED, f"errno {syscall.get('errno')}, expected {expect.errno}"
+    for map_name, expected_events in expect.events:
+        counted = seen.events.get(map_name)
+        if counted != expected_events:
+            return Outcome.FAILED, f"{counted} events in {map_name}, expected {expected_events}"
     for map_expect in expect.map:
         problem = _map_mismatch(
             map_expect.name, map_expect.entries, seen.maps.get(map_expect.name, [])

@@ -334,4 +334,3 @@ def image_release(vmlinuz: Path) -> str:
         if text:
             return text.split(" ")[0]
     raise UsageError(f"{vmlinuz}: not an x86 bzImage (no kernel version in its header)")
-

@@ -19,6 +19,11 @@ struct {
 	__type(value, __u64);
 } counts SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4096);
+} events SEC(".maps");
+
 static __always_inline int is_trigger(void)
 {
 	union {
@@ -85,6 +90,22 @@ int BPF_PROG(fexit_openat2, int dfd, const char *filename, struct open_how *how,
 {
 	if (ret >= 0)
 		count(FEXIT);
+	return 0;
+}
+
+/* One ring buffer record per getppid() of the trigger: counted by `events:`. */
+SEC("tracepoint/syscalls/sys_enter_getppid")
+int tp_getppid_event(struct trace_event_raw_sys_enter *ctx)
+{
+	__u32 *record;
+
+	if (!is_trigger())
+		return 0;
+	record = bpf_ringbuf_reserve(&events, sizeof(*record), 0);
+	if (record) {
+		*record = NR_getppid;
+		bpf_ringbuf_submit(record, 0);
+	}
 	return 0;
 }
 

@@ -17,7 +17,7 @@ SCENARIOS = Path(__file__).parents[2] / "scenarios"
 BUNDLED = ["tc", "tracing", "cgroup", "lsm", "kernel-range"]
 CASES = {
     "tc": 4,
-    "tracing": 6,
+    "tracing": 7,
     "cgroup": 4,
     "lsm": 2,
     "kernel-range": 3,
@@ -77,6 +77,7 @@ def test_bundled_scenarios_pass(name: str, tmp_path: Path) -> None:
         ("fexit-do-sys-openat2", 5, 3),
     ]:
         assert count(cell("tracing", case), "counts", key) == want, case
+    assert cell("tracing", "tracepoint-ringbuf-events")["observed"]["events"] == {"events": 5}
 
     # cgroup: the drive ran inside the cgroup, so the programs saw (and refused) it
     denied = cell("cgroup", "connect4-denied-port")
