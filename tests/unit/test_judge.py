@@ -1,0 +1,93 @@
+"""Outcome decisions from observations (pure), on a case parsed from a real scenario."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from harness.judge import Observed, judge
+from harness.outcome import Outcome
+from harness.scenario import Case, load_scenario
+from harness.scenario_expect import Expect, MapEntry, MapExpect
+
+SCENARIO = Path(__file__).parents[2] / "scenarios" / "xdp-basics" / "scenario.yaml"
+REJECTION_LOG = (
+    "0: R1=ctx(off=0,imm=0) R10=fp0\n; return ip->protocol == IPPROTO_UDP\n"
+    "2: (71) r1 = *(u8 *)(r1 +23)\n"
+    "invalid access to packet, off=23 size=1, R1(id=0,off=23,r=0)\n"
+    "R1 offset is outside of the packet\n"
+    "processed 3 insns (limit 1000000) max_states_per_insn 0 total_states 0 peak_states 0 mark_read 0\n"
+)
+
+
+@pytest.fixture(scope="module")
+def case() -> Case:
+    return load_scenario(SCENARIO).case("drop-udp-test-run")
+
+
+def loaded(**extra: object) -> Observed:
+    return Observed(load={"ok": True, "errno": 0, "log": "processed 26 insns", **extra})
+
+
+def test_expected_retval_and_map_pass(case: Case) -> None:
+    seen = loaded()
+    seen.test_run = {"retval": 1, "errno": 0}
+    seen.maps = {"counts": [["00000000", "00" * 8], ["01000000", "0100000000000000"]]}
+    assert judge(case, case.expect, seen) == (Outcome.PASSED, "")
+
+
+def test_wrong_retval_is_named_by_code(case: Case) -> None:
+    seen = loaded()
+    seen.test_run = {"retval": 2, "errno": 0}
+    outcome, reason = judge(case, case.expect, seen)
+    assert outcome is Outcome.FAILED
+    assert reason == "returned XDP_PASS, expected XDP_DROP"
+
+
+def test_map_mismatch_names_key_and_values(case: Case) -> None:
+    seen = loaded()
+    seen.test_run = {"retval": 1, "errno": 0}
+    seen.maps = {"counts": [["01000000", "0700000000000000"]]}
+    assert judge(case, case.expect, seen) == (Outcome.FAILED, "map counts[1] = 7, expected 1")
+
+
+def test_unexpected_rejection_is_verifier_rejected_with_the_message(case: Case) -> None:
+    seen = Observed(load={"ok": False, "errno": 13, "log": REJECTION_LOG, "libbpf_messages": ""})
+    outcome, reason = judge(case, case.expect, seen)
+    assert outcome is Outcome.VERIFIER_REJECTED
+    assert seen.error_class == "VERIFIER_REJECTED"
+    assert "invalid access to packet" in reason or "outside of the packet" in reason
+
+
+def test_expected_rejection_checks_class_and_ordered_log(case: Case) -> None:
+    want = Expect(
+        load="rejected",
+        error_class="VERIFIER_REJECTED",
+        log=("invalid access to packet", "processed \\d+ insns"),
+    )
+    seen = Observed(load={"ok": False, "errno": 13, "log": REJECTION_LOG, "libbpf_messages": ""})
+    assert judge(case, want, seen) == (Outcome.PASSED, "")
+    reversed_order = dataclasses.replace(want, log=("processed", "invalid access"))
+    outcome, reason = judge(case, reversed_order, seen)
+    assert outcome is Outcome.FAILED
+    assert "lacks /invalid access/" in reason
+    assert judge(case, want, loaded())[0] is Outcome.FAILED
+
+
+def test_attach_failure_and_events(case: Case) -> None:
+    seen = loaded()
+    seen.attach_error = "attach: EINVAL"
+    assert judge(case, Expect(), seen) == (Outcome.ATTACH_FAILED, "attach: EINVAL")
+    counted = loaded()
+    counted.events = {"events": 4}
+    outcome, reason = judge(case, Expect(events=(("events", 5),)), counted)
+    assert (outcome, reason) == (Outcome.FAILED, "4 events in events, expected 5")
+
+
+def test_bytes_keys_compare_verbatim(case: Case) -> None:
+    seen = loaded()
+    seen.maps = {"m": [["0a0b", "ff"]]}
+    want = Expect(map=(MapExpect("m", (MapEntry(b"\x0a\x0b", b"\xff"),)),))
+    assert judge(case, want, seen) == (Outcome.PASSED, "")
