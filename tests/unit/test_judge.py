@@ -18,7 +18,8 @@ REJECTION_LOG = (
     "2: (71) r1 = *(u8 *)(r1 +23)\n"
     "invalid access to packet, off=23 size=1, R1(id=0,off=23,r=0)\n"
     "R1 offset is outside of the packet\n"
-    "processed 3 insns (limit 1000000) max_states_per_insn 0 total_states 0 peak_states 0 mark_read 0\n"
+    "processed 3 insns (limit 1000000) max_states_per_insn 0 total_states 0 peak_states 0 "
+    "mark_read 0\n"
 )
 
 
