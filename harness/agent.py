@@ -492,16 +492,28 @@ class Agent:
         """What of a case's `requires:` this kernel lacks, each with the probe that said so."""
         lib = self.libbpf()
         missing: list[str] = []
+        unprobed: list[str] = []
         prog_type = int(args.get("prog_type", 0))
-        for name, helper in args.get("helpers", {}).items():
-            if not lib.probe("helper", prog_type, helper):
-                missing.append(f"helper {name} (libbpf_probe_bpf_helper)")
-        for name, value in args.get("prog_types", {}).items():
-            if not lib.probe("prog_type", value):
-                missing.append(f"program type {name} (libbpf_probe_bpf_prog_type)")
-        for name, value in args.get("map_types", {}).items():
-            if not lib.probe("map_type", value):
-                missing.append(f"map type {name} (libbpf_probe_bpf_map_type)")
+        checks = [
+            ("helper", f"helper {n}", prog_type, i) for n, i in args.get("helpers", {}).items()
+        ]
+        checks += [
+            ("prog_type", f"program type {n}", v, 0) for n, v in args.get("prog_types", {}).items()
+        ]
+        checks += [
+            ("map_type", f"map type {n}", v, 0) for n, v in args.get("map_types", {}).items()
+        ]
+        for kind, what, value, helper in checks:
+            answer = lib.probe(kind, value, helper)
+            if answer == 0:
+                missing.append(f"{what} (libbpf_probe_bpf_{kind})")
+            elif answer < 0:
+                # libbpf older than the feature cannot probe it; the kernel's BTF (checked
+                # by the host) already says the kernel knows it, so it counts as present
+                unprobed.append(
+                    f"{what}: libbpf {'.'.join(map(str, lib.version))} cannot probe "
+                    f"it ({os.strerror(-answer)}); kernel BTF has it"
+                )
         kfuncs = args.get("kfuncs", [])
         if kfuncs:
             try:
@@ -514,7 +526,7 @@ class Agent:
                 for k in kfuncs
                 if b"\0" + k.encode() + b"\0" not in btf
             ]
-        return {"missing": missing}
+        return {"missing": missing, "unprobed": unprobed}
 
     def release(self, args: dict[str, Any]) -> dict[str, Any]:
         """Close objects (all, or one handle): links detach, programs and maps go away."""

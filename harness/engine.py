@@ -137,7 +137,7 @@ class Engine:
         started = time.monotonic()
         topology = scenario.topology
         try:
-            missing = self._missing_requirements(case)
+            missing = self._missing_requirements(case, seen)
             if missing:
                 cell.outcome = Outcome.SKIPPED
                 cell.reason = "this kernel lacks " + "; ".join(missing)
@@ -160,7 +160,7 @@ class Engine:
             cell.observed = _observed_json(seen)
             self.run.write_verifier_log(cell, str(seen.load.get("log", "")))
 
-    def _missing_requirements(self, case: Case) -> list[str]:
+    def _missing_requirements(self, case: Case, seen: Observed) -> list[str]:
         """Probe the guest for the case's `requires:`.  Names are resolved to ids through
         the kernel's own BTF (its enums): a helper the kernel's BTF does not know is absent."""
         req = case.requires
@@ -189,7 +189,9 @@ class Engine:
                     missing.append(f"{name} (not in this kernel's BTF)")
                 else:
                     args[key][name] = enums[enum]
-        return missing + list(self.agent.call("probe", args)["missing"])
+        answer = self.agent.call("probe", args)
+        seen.notes += answer.get("unprobed", [])
+        return missing + list(answer["missing"])
 
     def _kernel_enums(self) -> dict[str, int]:
         if self._enums is None:
@@ -380,4 +382,5 @@ def _observed_json(seen: Observed) -> dict[str, Any]:
         "syscall": seen.syscall,
         "maps": seen.maps,
         "events": seen.events,
+        "notes": seen.notes,
     }

@@ -26,6 +26,7 @@ class Observed:
     syscall: dict[str, Any] | None = None
     maps: dict[str, list[list[str]]] = field(default_factory=dict)
     events: dict[str, int] = field(default_factory=dict)  # ringbuf records per map
+    notes: list[str] = field(default_factory=list)  # e.g. requirements libbpf could not probe
 
 
 def _regexes_in_order(patterns: tuple[str, ...], text: str) -> str | None:

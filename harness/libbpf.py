@@ -215,16 +215,17 @@ class Libbpf:
             _PRINTERS[handle] = _Printer(self.c)
         self._printer = _PRINTERS[handle]
 
-    def probe(self, kind: str, value: int, helper: int = 0) -> bool:
+    def probe(self, kind: str, value: int, helper: int = 0) -> int:
         """libbpf's feature probes: does the running kernel support prog type / map type
-        `value`, or helper `helper` in prog type `value`?  Errors count as "no"."""
+        `value`, or helper `helper` in prog type `value`?  1 yes, 0 no, < 0 this libbpf
+        cannot tell (it does not know how to probe a type newer than itself)."""
         if kind == "helper":
-            return int(self.c.libbpf_probe_bpf_helper(value, helper, None)) == 1
+            return int(self.c.libbpf_probe_bpf_helper(value, helper, None))
         function = {
             "prog_type": self.c.libbpf_probe_bpf_prog_type,
             "map_type": self.c.libbpf_probe_bpf_map_type,
         }[kind]
-        return int(function(value, None)) == 1
+        return int(function(value, None))
 
     def has(self, symbol: str) -> bool:
         if symbol not in self._has:

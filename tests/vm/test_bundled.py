@@ -52,7 +52,9 @@ def test_bundled_scenarios_pass(name: str, tmp_path: Path) -> None:
         assert arena["outcome"] == "SKIPPED", arena
         assert "arena" in arena["reason"]
     else:
+        # bookworm's libbpf 1.1 cannot probe arena maps: the kernel's BTF decides, noted
         assert arena["outcome"] == "PASSED", arena
+        assert any("cannot probe" in n for n in arena["observed"]["notes"]), arena["observed"]
     failed = {k: c["reason"] for k, c in results.items() if c["outcome"] != "PASSED"}
     assert status == 0, failed
     assert not failed
