@@ -222,12 +222,9 @@ class SshChannel:
     ) -> CommandResult:
         guarded = ["timeout", "-k", "2", f"{timeout:g}", *argv]
         started = time.monotonic()
+        chan = self._exec(guarded)
+        transport = chan.get_transport()
         try:
-            transport = self._client.get_transport()
-            if transport is None or not transport.is_active():
-                raise GuestLostError("the SSH connection to the guest is gone")
-            chan = transport.open_session(timeout=10)
-            chan.exec_command(shlex.join(guarded))
             if stdin is not None:
                 chan.sendall(stdin)
             chan.shutdown_write()
@@ -280,6 +277,10 @@ class SshChannel:
         )
 
     def start(self, argv: Sequence[str]) -> SshLineStream:
+        return SshLineStream(self._exec(argv), argv)
+
+    def _exec(self, argv: Sequence[str]) -> paramiko.Channel:
+        """A new session on the one connection, running argv (quoted for the guest's sh)."""
         try:
             transport = self._client.get_transport()
             if transport is None or not transport.is_active():
@@ -288,7 +289,7 @@ class SshChannel:
             chan.exec_command(shlex.join(argv))
         except (OSError, paramiko.SSHException, EOFError) as exc:
             raise GuestLostError(f"cannot start {shlex.join(argv)} in the guest: {exc}") from None
-        return SshLineStream(chan, argv)
+        return chan
 
     def put(self, data: bytes, remote: str, mode: int = 0o644) -> None:
         try:

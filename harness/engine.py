@@ -32,6 +32,7 @@ from harness.scenario import (
     TestRunDrive,
     TrafficDrive,
 )
+from harness.scenario_expect import Expect
 from harness.verifier import parse_log
 from harness.vm import VM
 
@@ -136,18 +137,19 @@ class Engine:
         seen = Observed()
         started = time.monotonic()
         topology = scenario.topology
+        has_topology = bool(topology.netns or topology.veth or topology.netdevsim)
         try:
             missing = self._missing_requirements(case, seen)
             if missing:
                 cell.outcome = Outcome.SKIPPED
                 cell.reason = "this kernel lacks " + "; ".join(missing)
                 return
-            if topology.netns or topology.veth or topology.netdevsim:
+            if has_topology:
                 self.agent.call("topology_up", _topology_json(scenario), timeout=CASE_TIMEOUT)
             try:
-                self._load_attach_drive(scenario, case, seen, cell)
+                self._load_attach_drive(scenario, case, expect, seen, cell)
             finally:
-                leftovers = self._clean(topology.netns or topology.veth or topology.netdevsim)
+                leftovers = self._clean(has_topology)
             cell.outcome, cell.reason = judge(case, expect, seen)
             if leftovers and cell.outcome is Outcome.PASSED:
                 cell.outcome, cell.reason = Outcome.ERROR, "cleanup failed: " + "; ".join(leftovers)
@@ -207,7 +209,7 @@ class Engine:
                     )
         return self._enums
 
-    def _clean(self, has_topology: object) -> list[str]:
+    def _clean(self, has_topology: bool) -> list[str]:
         """Release every object and tear the topology down, whatever failed before."""
         problems: list[str] = []
         try:
@@ -220,7 +222,7 @@ class Engine:
         return problems
 
     def _load_attach_drive(
-        self, scenario: Scenario, case: Case, seen: Observed, cell: CellResult
+        self, scenario: Scenario, case: Case, expect: Expect, seen: Observed, cell: CellResult
     ) -> None:
         obj_path = self.objects[(scenario.name, case.object)]
         load_args: dict[str, Any] = {
@@ -274,7 +276,6 @@ class Engine:
                     raise
                 seen.attach_error = str(exc)
                 return
-        expect = case.expect_for(self.kernel.release, cell.config)
         if expect.events:
             self.agent.call(
                 "events_start", {"handle": handle, "maps": [m for m, _ in expect.events]}
@@ -343,7 +344,7 @@ def _topology_json(scenario: Scenario) -> dict[str, Any]:
     }
 
 
-def _expect_json(expect: Any) -> dict[str, Any]:
+def _expect_json(expect: Expect) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in (
         "load",

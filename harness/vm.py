@@ -421,10 +421,7 @@ class VM:
         callers use it to tell a crash from a lost channel after any guest failure."""
         # The console may lag the failure by a moment: give the panic text time to land.
         for _ in range(20):
-            text = self._console_text()
-            splat = consolelog.first_crash(text)
-            if splat is not None and splat.fatal:
-                self._raise_if_crashed(text)
+            self._raise_if_crashed(self._console_text())
             if self._proc is None or self._proc.poll() is not None:
                 break
             time.sleep(0.1)
