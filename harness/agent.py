@@ -12,138 +12,28 @@ stdout; diagnostics go to stderr.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import json
 import os
 import socket
-import subprocess
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness import libbpf
+from harness import drive, libbpf
+from harness.net import NETNS_DIR, GuestError, Topology, ifindex_of, in_netns
 
-CLONE_NEWNET = 0x40000000
-NETNS_DIR = Path("/run/netns")
-CGROUP_ROOT = Path("/sys/fs/cgroup")
-
-
-class AgentError(Exception):
-    """A request that failed in a way the host should see as a typed result."""
-
-    def __init__(self, message: str, kind: str = "error") -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-@contextmanager
-def in_netns(name: str | None) -> Iterator[None]:
-    """Switch this thread into network namespace `name` (None: stay) and back."""
-    if not name:
-        yield
-        return
-    path = NETNS_DIR / name
-    if not path.exists():
-        raise AgentError(f"no network namespace {name!r}", "topology")
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(path, os.O_RDONLY)
-    try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
-            raise AgentError(f"setns {name}: {os.strerror(ctypes.get_errno())}", "topology")
-        try:
-            yield
-        finally:
-            _libc.setns(own, CLONE_NEWNET)
-    finally:
-        os.close(target)
-        os.close(own)
-
-
-def _cgroup_procs(cgroup: str) -> Path:
-    """cgroup.procs of a cgroup given relative to the cgroup2 root (no escaping it)."""
-    path = (CGROUP_ROOT / cgroup.strip("/")).resolve()
-    if path != CGROUP_ROOT and CGROUP_ROOT not in path.parents:
-        raise AgentError(f"cgroup {cgroup!r} is outside {CGROUP_ROOT}", "protocol")
-    return path / "cgroup.procs"
-
-
-def _join_cgroup(procs: Path) -> None:
-    """Move the calling process (all its threads) into the cgroup of `procs`."""
-    fd = os.open(procs, os.O_WRONLY)
-    try:
-        os.write(fd, b"0")  # 0: the writing process
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def in_cgroup(cgroup: str | None) -> Iterator[None]:
-    """Run this process in cgroup `cgroup` (None: stay) and move it back.
-
-    Sockets remember the cgroup of the task that created them, so sockets created inside
-    this block are seen by the cgroup's BPF programs (cgroup_skb, sock_addr) afterwards."""
-    if not cgroup:
-        yield
-        return
-    procs = _cgroup_procs(cgroup)
-    own = "/"
-    for line in Path("/proc/self/cgroup").read_text().splitlines():
-        if line.startswith("0::"):
-            own = line[3:]
-    try:
-        _join_cgroup(procs)
-    except OSError as exc:
-        raise AgentError(f"joining cgroup {cgroup}: {exc.strerror}", "setup") from None
-    try:
-        yield
-    finally:
-        _join_cgroup(_cgroup_procs(own))
-
-
-def _run(
-    argv: list[str], timeout: float = 60.0, stdin: str | None = None, cgroup: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run argv; with `cgroup`, the child joins that cgroup (relative to the cgroup2 root)
-    before it executes, so everything it does is seen by the cgroup's programs."""
-    procs = _cgroup_procs(cgroup) if cgroup else None
-    try:
-        return subprocess.run(
-            argv,
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            preexec_fn=(lambda: _join_cgroup(procs)) if procs else None,
-        )
-    except FileNotFoundError:
-        raise AgentError(
-            f"{argv[0]} is not installed in the guest's view of the host", "setup"
-        ) from None
-    except subprocess.TimeoutExpired:
-        raise AgentError(f"{argv[0]} did not finish within {timeout:g}s", "timeout") from None
-
-
-def _checked(argv: list[str], stdin: str | None = None) -> str:
-    proc = _run(argv, stdin=stdin)
-    if proc.returncode != 0:
-        raise AgentError(f"{' '.join(argv)}: {proc.stderr.strip()[-400:]}", "topology")
-    return proc.stdout
+LEAK_SETTLE_S = 2.0  # ids of freed objects leave the kernel's idr shortly after close()
+AgentError = GuestError  # a request that failed in a way the host sees as a typed result
 
 
 class Agent:
     def __init__(self) -> None:
-        self.netns: list[str] = []
-        self.netdevsim: list[int] = []
+        self.topology = Topology()
         self.ops: dict[str, Callable[[dict[str, Any]], Any]] = {
             "ping": self.ping,
             "facts": self.facts,
@@ -160,10 +50,13 @@ class Agent:
             "probe": self.probe,
             "events_start": self.events_start,
             "events_count": self.events_count,
+            "syscall": self.syscall,
         }
         self.counters: dict[int, dict[str, Any]] = {}  # handle -> map name -> RingBufferCounter
         self.objects: dict[int, Any] = {}  # handle -> harness.libbpf.BpfObject
         self.link_netns: dict[int, str | None] = {}  # handle -> netns its links live in
+        # BPF ids alive before the first object of a case was loaded: what release() compares
+        self.baseline: dict[str, frozenset[int]] | None = None
         self._handles = iter(range(1, 1 << 30))
         self._lib: Any = None
 
@@ -204,181 +97,29 @@ class Agent:
         return out
 
     def run(self, args: dict[str, Any]) -> dict[str, Any]:
-        argv = [str(a) for a in args["argv"]]
-        timeout = float(args.get("timeout", 60))
-        started = time.monotonic()
-        with in_netns(args.get("ns")):
-            proc = _run(argv, timeout=timeout, cgroup=args.get("cgroup"))
-        return {
-            "status": proc.returncode,
-            "stdout": proc.stdout[-65536:],
-            "stderr": proc.stderr[-65536:],
-            "seconds": time.monotonic() - started,
-        }
+        return drive.command(
+            [str(a) for a in args["argv"]],
+            ns=args.get("ns"),
+            cgroup=args.get("cgroup"),
+            timeout=float(args.get("timeout", 60)),
+        )
 
-    # -- topology ------------------------------------------------------------------------
+    # -- topology and drivers (harness.net, harness.drive) -------------------------------
     def topology_up(self, args: dict[str, Any]) -> dict[str, Any]:
-        """netns, veth pairs with addresses, netdevsim devices; one `ip -batch` per netns."""
-        root: list[str] = []
-        per_ns: dict[str, list[str]] = {}
-        for ns in args.get("netns", []):
-            root.append(f"netns add {ns}")
-            per_ns.setdefault(ns, []).append("link set lo up")
-            self.netns.append(ns)
-        for pair in args.get("veth", []):
-            a, b = pair["a"], pair["b"]
-            cmd = f"link add {a['dev']}"
-            if a.get("ns"):
-                cmd += f" netns {a['ns']}"
-            cmd += f" type veth peer name {b['dev']}"
-            if b.get("ns"):
-                cmd += f" netns {b['ns']}"
-            root.append(cmd)
-            for end in (a, b):
-                lines = per_ns.setdefault(end.get("ns") or "", [])
-                if end.get("addr"):
-                    lines.append(f"addr add {end['addr']} dev {end['dev']}")
-                lines.append(f"link set {end['dev']} up")
-        if root:
-            _checked(["ip", "-batch", "-"], "\n".join(root) + "\n")
-        for ns, lines in per_ns.items():
-            prefix = ["ip", "-n", ns] if ns else ["ip"]
-            _checked([*prefix, "-batch", "-"], "\n".join(lines) + "\n")
-        devices = {}
-        for sim in args.get("netdevsim", []):
-            devices[str(sim["id"])] = self._netdevsim(
-                int(sim["id"]), int(sim.get("ports", 1)), sim.get("ns")
-            )
-        return {"netns": list(self.netns), "netdevsim": devices}
-
-    def _netdevsim(self, dev_id: int, ports: int, ns: str | None) -> list[str]:
-        _checked(["modprobe", "netdevsim"])
-        try:
-            Path("/sys/bus/netdevsim/new_device").write_text(f"{dev_id} {ports}\n")
-        except OSError as exc:
-            raise AgentError(f"netdevsim {dev_id}: {exc.strerror}", "topology") from None
-        self.netdevsim.append(dev_id)
-        net = Path(f"/sys/bus/netdevsim/devices/netdevsim{dev_id}/net")
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            names = sorted(p.name for p in net.iterdir()) if net.is_dir() else []
-            if len(names) >= ports:
-                break
-            time.sleep(0.05)
-        else:
-            raise AgentError(f"netdevsim {dev_id}: netdevs did not appear", "topology")
-        if ns:
-            _checked(["devlink", "dev", "reload", f"netdevsim/netdevsim{dev_id}", "netns", ns])
-        for name in names:
-            _checked(["ip", *(["-n", ns] if ns else []), "link", "set", name, "up"])
-        return names
+        return self.topology.up(args)
 
     def topology_down(self, args: dict[str, Any]) -> dict[str, Any]:
-        problems = []
-        for dev_id in self.netdevsim:
-            try:
-                Path("/sys/bus/netdevsim/del_device").write_text(f"{dev_id}\n")
-            except OSError as exc:
-                problems.append(f"netdevsim {dev_id}: {exc.strerror}")
-        for ns in self.netns:
-            proc = _run(["ip", "netns", "del", ns])
-            if proc.returncode != 0:
-                problems.append(proc.stderr.strip())
-        self.netdevsim, self.netns = [], []
-        leftovers = sorted(p.name for p in NETNS_DIR.iterdir()) if NETNS_DIR.is_dir() else []
-        return {"problems": problems, "netns_left": leftovers}
+        return self.topology.down()
 
-    # -- drivers -------------------------------------------------------------------------
     def traffic(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Send `count` packets from netns `from` to `to`, count what arrives in `to_ns`."""
-        proto = args.get("proto", "udp")
-        count, size, port = (
-            int(args.get("count", 1)),
-            int(args.get("size", 64)),
-            int(args.get("port", 9000)),
-        )
-        dst = args["to"]
-        wait = float(args.get("wait", 1.0))
-        cgroup = args.get("cgroup")
-        if proto == "icmp":
-            return self._ping(args.get("from"), dst, count, size, wait, cgroup=cgroup)
-        kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
-        with in_cgroup(cgroup):  # both sockets belong to the case's cgroup, if it has one
-            with in_netns(args.get("to_ns")):
-                receiver = socket.socket(socket.AF_INET, kind)
-                receiver.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                receiver.bind((dst, port))
-            with in_netns(args.get("from")):
-                sender = socket.socket(socket.AF_INET, kind)
-        delivered = sent = 0
-        send_errors: dict[str, int] = {}
-        try:
-            if proto == "udp":
-                receiver.settimeout(0.05)
-                payload = b"k" * max(0, size)
-                for _ in range(count):
-                    sent += 1
-                    try:
-                        sender.sendto(payload, (dst, port))
-                    except OSError as exc:  # e.g. EPERM: a cgroup egress program dropped it
-                        reason = exc.strerror or str(exc)
-                        send_errors[reason] = send_errors.get(reason, 0) + 1
-                deadline = time.monotonic() + wait
-                while delivered < sent and time.monotonic() < deadline:
-                    try:
-                        receiver.recv(65536)
-                        delivered += 1
-                    except TimeoutError:
-                        continue
-            else:
-                receiver.listen(count)
-                sender.settimeout(wait)
-                outcome = "connected"
-                try:
-                    sender.connect((dst, port))
-                    sent = delivered = 1
-                except OSError as exc:
-                    sent, outcome = 1, exc.strerror or str(exc)
-                return {
-                    "sent": sent,
-                    "delivered": delivered,
-                    "dropped": sent - delivered,
-                    "connect": outcome,
-                }
-        finally:
-            sender.close()
-            receiver.close()
-        out: dict[str, Any] = {"sent": sent, "delivered": delivered, "dropped": sent - delivered}
-        if send_errors:
-            out["send_errors"] = send_errors
-        return out
+        spec = args.get("socket_filter")
+        socket_filter = None
+        if spec:
+            socket_filter = (self._object(spec).prog_fd(spec["program"]), spec["program"])
+        return drive.traffic(args, socket_filter)
 
-    def _ping(
-        self, ns: str | None, dst: str, count: int, size: int, wait: float, *, cgroup: str | None
-    ) -> dict[str, Any]:
-        with in_netns(ns):
-            proc = _run(
-                [
-                    "ping",
-                    "-q",
-                    "-c",
-                    str(count),
-                    "-i",
-                    "0.01",
-                    "-s",
-                    str(size),
-                    "-W",
-                    str(max(1, int(wait))),
-                    dst,
-                ],
-                timeout=count * 0.5 + wait + 5,
-                cgroup=cgroup,
-            )
-        received = 0
-        for line in proc.stdout.splitlines():
-            if "received" in line:
-                received = int(line.split(",")[1].split()[0])
-        return {"sent": count, "delivered": received, "dropped": count - received}
+    def syscall(self, args: dict[str, Any]) -> dict[str, Any]:
+        return drive.syscall(args)
 
     # -- BPF -----------------------------------------------------------------------------
     def libbpf(self) -> Any:
@@ -389,14 +130,14 @@ class Agent:
     def load(self, args: dict[str, Any]) -> dict[str, Any]:
         """Load one program of an object on its own; keep it for attach/test_run."""
         lib = self.libbpf()
-        opts = libbpf.LoadOptions(
-            log_level=int(args.get("log_level", 1 | 4)),
-            log_size=int(args.get("log_size") or 16 << 20),
-            btf_custom_path=args.get("btf_custom_path"),
-            kconfig=args.get("kconfig"),
-            prog_flags=int(args.get("prog_flags", 0)),
-        )
-        obj, result = libbpf.BpfObject.load_one(lib, args["object"], args["program"], opts)
+        if not self.objects:
+            self.baseline = libbpf.live_ids(lib)
+        # Offload (XDP hw mode) binds the program to a device at load time; the kernel looks
+        # the ifindex up in the loader's netns, so the load happens in the device's.
+        offload_ns = args.get("offload_ns") if args.get("offload_dev") else None
+        with in_netns(offload_ns):
+            ifindex = ifindex_of(args["offload_dev"], offload_ns) if args.get("offload_dev") else 0
+            obj, result = self._load(lib, args, ifindex)
         out = dataclasses.asdict(result)
         out["libbpf_version"] = ".".join(map(str, lib.version))
         if obj is not None:
@@ -404,6 +145,18 @@ class Agent:
             self.objects[handle] = obj
             out["handle"] = handle
         return out
+
+    @staticmethod
+    def _load(lib: Any, args: dict[str, Any], ifindex: int) -> tuple[Any, Any]:
+        opts = libbpf.LoadOptions(
+            log_level=int(args.get("log_level", 1 | 4)),
+            log_size=int(args.get("log_size") or 16 << 20),
+            btf_custom_path=args.get("btf_custom_path"),
+            kconfig=args.get("kconfig"),
+            prog_flags=int(args.get("prog_flags", 0)),
+            ifindex=ifindex,
+        )
+        return libbpf.BpfObject.load_one(lib, args["object"], args["program"], opts)
 
     def _object(self, args: dict[str, Any]) -> Any:
         obj = self.objects.get(int(args["handle"]))
@@ -416,12 +169,7 @@ class Agent:
         program, family = args["program"], args["family"]
         self.link_netns[int(args["handle"])] = args.get("ns")
         with in_netns(args.get("ns")):
-            try:
-                ifindex = socket.if_nametoindex(args["dev"]) if args.get("dev") else 0
-            except OSError:
-                raise AgentError(
-                    f"no device {args.get('dev')!r} in netns {args.get('ns')}", "topology"
-                ) from None
+            ifindex = ifindex_of(args["dev"], args.get("ns")) if args.get("dev") else 0
             try:
                 if family == "xdp":
                     link = obj.attach_xdp(program, ifindex, args.get("mode") or "auto")
@@ -435,6 +183,12 @@ class Agent:
                     path = Path("/sys/fs/cgroup") / args["path"]
                     path.mkdir(parents=True, exist_ok=True)
                     link = obj.attach_cgroup(program, str(path))
+                elif family == "socket":
+                    # The filter goes on the traffic drive's receiving socket, which does not
+                    # exist yet; attaching it to a scratch socket now reports a refusal here.
+                    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as scratch:
+                        drive.attach_socket_filter(scratch, obj.prog_fd(program), program)
+                    return {"via": "setsockopt(SO_ATTACH_BPF)"}
                 elif family == "auto":
                     link = obj.attach_auto(program)
                 else:
@@ -450,12 +204,14 @@ class Agent:
             bytes.fromhex(args.get("data_hex", "")),
             ctx=bytes.fromhex(args["ctx_hex"]) if args.get("ctx_hex") else None,
             repeat=int(args.get("repeat", 1)),
+            ctx_only=bool(args.get("ctx_only")),
         )
         return {
             "retval": run.retval,
             "duration_ns": run.duration_ns,
             "errno": run.errno,
             "data_out_hex": run.data_out.hex(),
+            "ctx_out_hex": run.ctx_out.hex(),
         }
 
     def map_dump(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -545,7 +301,27 @@ class Agent:
                     obj.close()
             except Exception as exc:  # keep releasing the rest; report what failed
                 problems.append(f"handle {handle}: {exc}")
+        if not self.objects and self.baseline is not None:
+            problems += self._leaks(self.baseline)
+            self.baseline = None
         return {"released": handles, "problems": problems}
+
+    def _leaks(self, before: dict[str, frozenset[int]]) -> list[str]:
+        """Programs, maps and links alive now that were not before the case's first load.
+        Freeing is partly deferred in the kernel (RCU, workqueues), so wait a little."""
+        lib = self.libbpf()
+        deadline = time.monotonic() + LEAK_SETTLE_S
+        while True:
+            now = libbpf.live_ids(lib)
+            extra = {kind: sorted(now[kind] - before.get(kind, frozenset())) for kind in now}
+            if not any(extra.values()) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        return [
+            f"{kind} id {ident} still alive after the case released everything"
+            for kind, idents in extra.items()
+            for ident in idents
+        ]
 
     # -- loop ----------------------------------------------------------------------------
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:

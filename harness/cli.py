@@ -19,21 +19,27 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from harness import __version__, accel, debian
+from harness import __version__, accel, compare, debian, report, repro, runner
 from harness import scenario as scenario_mod
-from harness.agentclient import AgentClient
 from harness.bootcheck import BootCheck, check
 from harness.cache import Cache
 from harness.catalog import CatalogEntry
-from harness.engine import Engine, build_objects
 from harness.errors import KitlError, UsageError
 from harness.kernel import Kernel
 from harness.lockfile import LockedKernel
 from harness.outcome import EXIT_USAGE, Outcome, exit_code, outcome_for_error
 from harness.progress import DownloadProgress, stderr
 from harness.resolve import Kernels
-from harness.results import CellResult, RunDir
+from harness.results import merge_runs
 from harness.vm import VM, VngLauncher, free_port
+
+
+def _matrix_commands(sub: Any) -> None:
+    p = sub.add_parser("merge", help="combine shard run directories into one, with reports")
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
+    p.add_argument("--output", type=Path, required=True, help="the merged run directory")
+    p = sub.add_parser("repro", help="one cell of a run again: same kernel, sysctls, object")
+    repro.add_arguments(p)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -87,17 +93,18 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="KERNEL")
     vm_options(p)
 
-    p = sub.add_parser("run", help="run scenarios on a kernel: verdicts, effects, timings")
-    p.add_argument("paths", nargs="+", type=Path, metavar="SCENARIO_OR_DIR")
-    p.add_argument("--kernel", default=None, help="default: the scenario's first kernel")
-    p.add_argument("--config", action="append", default=None, help="only these configs")
-    p.add_argument("--output", type=Path, default=None, help="run directory (default runs/<time>)")
-    p.add_argument(
-        "--allow-outside",
-        action="store_true",
-        help="let scenarios name files outside their own directory",
+    p = sub.add_parser(
+        "run", help="run the matrix: scenarios x kernels x configs (verdicts, effects, timings)"
     )
-    vm_options(p)
+    runner.add_arguments(p)
+
+    p = sub.add_parser("report", help="render JUnit, Markdown, HTML and CSV from a run directory")
+    report.add_arguments(p)
+
+    p = sub.add_parser("compare", help="gate NEW against BASE: verdict flips, insns/states growth")
+    compare.add_arguments(p)
+
+    _matrix_commands(sub)
 
     p = sub.add_parser("check", help="validate scenarios without booting anything")
     p.add_argument("paths", nargs="+", type=Path, metavar="SCENARIO_OR_DIR")
@@ -466,70 +473,28 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cell_line(cell: CellResult) -> str:
-    figures = []
-    if cell.verifier.get("verified_insns"):
-        figures.append(f"insns {cell.verifier['verified_insns']}")
-    if "load_ms" in cell.timings:
-        figures.append(f"load {cell.timings['load_ms']:.1f}ms")
-    if cell.timings.get("ns_per_op"):
-        figures.append(f"{cell.timings['ns_per_op']}ns/op")
-    line = f"{cell.outcome!s:<17} {cell.cell_id}  {cell.prog_type}  {' '.join(figures)}"
-    if cell.reason:
-        line += f"\n    {cell.reason}"
-    return line
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    scenarios = _load_scenarios(args.paths, args.allow_outside)
-    name = args.kernel or next((k for sc in scenarios for k in sc.kernels), None)
-    kernel, accel_name, ks = _prepare(args, name or Kernels.open().catalog.defaults()[0].name)
-    if args.dry_run:
-        return _dry_run([kernel], args, accel_name)
-    objects = build_objects(scenarios, kernel, ks.store.cache)
-    run = RunDir.create(
-        args.output,
-        {
-            "kernel": kernel.name,
-            "release": kernel.release,
-            "accel": accel_name,
-            "scenarios": [s.name for s in scenarios],
-        },
-    )
-    stderr.print(
-        f"kitl: booting {kernel.name} ({kernel.release}, {accel_name}); results in {run.path}"
-    )
-    cells: list[CellResult] = []
-    try:
-        with (
-            _vm(kernel, args, accel_name, run.guest_file(kernel.name, "console")) as vm,
-            AgentClient(vm) as agent,
-        ):
-            engine = Engine(vm, agent, kernel, run, objects, cache=ks.store.cache)
-            for sc in scenarios:
-                cells += engine.run_scenario(
-                    sc, args.config, lambda c: print(_cell_line(c), flush=True)
-                )
-            dmesg = vm.run(["dmesg"], timeout=60)
-            run.guest_file(kernel.name, "dmesg").write_text(dmesg.stdout, encoding="utf-8")
-    except KitlError as exc:
-        print(f"kitl: {kernel.name}: {exc}", file=sys.stderr)
-        cells.append(
-            CellResult(
-                scenario="*",
-                case="*",
-                kernel=kernel.name,
-                config="*",
-                outcome=outcome_for_error(exc),
-                reason=str(exc),
-            )
-        )
-    run.finish()
-    counts: dict[str, int] = {}
-    for cell in cells:
-        counts[str(cell.outcome)] = counts.get(str(cell.outcome), 0) + 1
-    print(", ".join(f"{n} {o.lower()}" for o, n in sorted(counts.items())) + f"  ({run.path})")
-    return exit_code(c.outcome for c in cells)
+    return runner.run(args, _load_scenarios(args.paths or [runner.BUNDLED], args.allow_outside))
+
+
+def cmd_repro(args: argparse.Namespace) -> int:
+    return repro.run(args)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    return report.run(args)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    return compare.run(args)
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    merged = merge_runs(args.runs, args.output)
+    for path in report.render_all(args.output):
+        print(path)
+    print(f"kitl: {len(merged)} cells from {len(args.runs)} run directories in {args.output}")
+    return 0
 
 
 COMMANDS = {
@@ -542,6 +507,10 @@ COMMANDS = {
     ("shell", None): cmd_shell,
     ("accel", None): cmd_accel,
     ("run", None): cmd_run,
+    ("report", None): cmd_report,
+    ("compare", None): cmd_compare,
+    ("merge", None): cmd_merge,
+    ("repro", None): cmd_repro,
     ("check", None): cmd_check,
     ("schema", None): cmd_schema,
 }

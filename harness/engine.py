@@ -28,9 +28,12 @@ from harness.scenario import (
     CgroupAttach,
     RunConfig,
     Scenario,
+    SocketAttach,
     SyscallDrive,
+    TcxAttach,
     TestRunDrive,
     TrafficDrive,
+    XdpAttach,
 )
 from harness.scenario_expect import Expect
 from harness.verifier import parse_log
@@ -72,8 +75,20 @@ class Engine:
         self.objects = objects
         self.cache = cache
         self._in_guest: dict[Path, str] = {}
+        self._hashes: dict[Path, str] = {}
         self._enums: dict[str, int] | None = None
         self.release = kernel.release
+        # the sysctls of the config in effect in the guest, and what the kernel refused
+        self._config: tuple[tuple[str, int | str], ...] | None = None
+        self._sysctls: dict[str, Any] | None = None
+        self._refused = ""
+        self._boot_sysctls: dict[str, Any] | None = None
+        self._touched: set[str] = set()
+
+    def _sha256(self, path: Path) -> str:
+        if path not in self._hashes:
+            self._hashes[path] = hashlib.sha256(path.read_bytes()).hexdigest()
+        return self._hashes[path]
 
     def guest_object(self, path: Path) -> str:
         """Copy an object into the guest's tmpfs once (host paths created after boot may
@@ -91,41 +106,58 @@ class Engine:
         cells: list[CellResult] = []
         chosen = [c for c in scenario.configs if not configs or c.name in configs]
         for config in chosen:
-            sysctls, refused = self._apply(config)
             for case in scenario.cases:
-                cell = CellResult(
-                    scenario=scenario.name,
-                    case=case.name,
-                    kernel=self.kernel.name,
-                    config=config.name,
-                    outcome=Outcome.ERROR,
-                    kernel_release=self.kernel.release,
-                    kernel_digest=self.kernel.digest,
-                    accel=self.vm.accel,
-                    sysctls=sysctls,
-                    program=f"{case.object}/{case.program}",
-                    prog_type=case.prog_type.name,
-                    section=case.section,
-                )
-                if refused:
-                    cell.outcome, cell.reason = Outcome.SKIPPED, refused
-                else:
-                    self._run_case(scenario, case, config, cell)
-                self.run.append(cell)
+                cell = self.run_cell(scenario, case, config)
                 report(cell)
                 cells.append(cell)
                 if cell.outcome in (Outcome.KERNEL_CRASH, Outcome.VM_LOST):
                     return cells  # the caller restarts the VM for what is left
         return cells
 
+    def run_cell(self, scenario: Scenario, case: Case, config: RunConfig) -> CellResult:
+        """One (case, config) in this guest: the config's sysctls are switched only when
+        they differ from the ones in effect.  The cell is appended to the run directory."""
+        if self._config != config.sysctl or self._sysctls is None:
+            self._sysctls, self._refused = self._apply(config)
+            self._config = config.sysctl
+        cell = CellResult(
+            scenario=scenario.name,
+            case=case.name,
+            kernel=self.kernel.name,
+            config=config.name,
+            outcome=Outcome.ERROR,
+            kernel_release=self.kernel.release,
+            kernel_digest=self.kernel.digest,
+            accel=self.vm.accel,
+            sysctls=dict(self._sysctls),
+            program=f"{case.object}/{case.program}",
+            prog_type=case.prog_type.name,
+            section=case.section,
+            scenario_file=str(scenario.path.resolve()),
+        )
+        if self._refused:
+            cell.outcome, cell.reason = Outcome.SKIPPED, self._refused
+        else:
+            self._run_case(scenario, case, config, cell)
+        self.run.append(cell)
+        return cell
+
     def _apply(self, config: RunConfig) -> tuple[dict[str, Any], str]:
-        if not config.sysctl:
-            return self.agent.call("facts")["sysctl"], ""
-        answer = self.agent.call("sysctl", {"values": dict(config.sysctl)})
+        """Switch the guest to `config`: its sysctls, and every sysctl an earlier config
+        changed back to its value at boot, so configs never leak into each other."""
+        if self._boot_sysctls is None:
+            self._boot_sysctls = dict(self.agent.call("facts")["sysctl"])
+        wanted: dict[str, Any] = {
+            k: self._boot_sysctls[k] for k in self._touched if self._boot_sysctls.get(k) is not None
+        }
+        wanted.update(config.sysctl)
+        self._touched.update(k for k, _ in config.sysctl)
+        answer = self.agent.call("sysctl", {"values": wanted}) if wanted else {}
         refused = [
             f"{k}={v}: {answer[k]['error']}" for k, v in config.sysctl if not answer[k]["ok"]
         ]
-        values = {k: a["value"] for k, a in answer.items()}
+        values = dict(self._boot_sysctls)
+        values.update({k: a["value"] for k, a in answer.items()})
         reason = ("the kernel refused " + "; ".join(refused)) if refused else ""
         return values, reason
 
@@ -144,9 +176,9 @@ class Engine:
                 cell.outcome = Outcome.SKIPPED
                 cell.reason = "this kernel lacks " + "; ".join(missing)
                 return
-            if has_topology:
-                self.agent.call("topology_up", _topology_json(scenario), timeout=CASE_TIMEOUT)
-            try:
+            try:  # a topology half set up is torn down too
+                if has_topology:
+                    self.agent.call("topology_up", _topology_json(scenario), timeout=CASE_TIMEOUT)
                 self._load_attach_drive(scenario, case, expect, seen, cell)
             finally:
                 leftovers = self._clean(has_topology)
@@ -169,6 +201,16 @@ class Engine:
         missing: list[str] = []
         if req.btf and not self.agent.call("facts")["btf"]:
             missing.append("kernel BTF (/sys/kernel/btf/vmlinux)")
+        attach_types = list(req.attach_types)
+        if isinstance(case.attach, TcxAttach):  # tcx links exist from 6.6 on
+            attach_types.append(f"tcx_{case.attach.direction}")
+        if attach_types:
+            enums = self._kernel_enums()
+            missing += [
+                f"attach type {name} (not in this kernel's enum bpf_attach_type)"
+                for name in dict.fromkeys(attach_types)
+                if f"BPF_{name.upper()}" not in enums
+            ]
         if not (req.helpers or req.prog_types or req.map_types or req.kfuncs):
             return missing
         enums = self._kernel_enums()
@@ -200,7 +242,7 @@ class Engine:
             header = vmlinux_h(kernel_btf(self.kernel), self.cache)
             text = header.read_text(encoding="utf-8", errors="replace")
             self._enums = {}
-            for enum in ("bpf_func_id", "bpf_prog_type", "bpf_map_type"):
+            for enum in ("bpf_func_id", "bpf_prog_type", "bpf_map_type", "bpf_attach_type"):
                 block = re.search(rf"\benum {enum} \{{(.*?)\}};", text, re.S)
                 if block:  # only these enums: other enums reuse some of the names
                     self._enums.update(
@@ -225,6 +267,8 @@ class Engine:
         self, scenario: Scenario, case: Case, expect: Expect, seen: Observed, cell: CellResult
     ) -> None:
         obj_path = self.objects[(scenario.name, case.object)]
+        cell.object_file = str(obj_path)
+        cell.object_sha256 = self._sha256(obj_path)
         load_args: dict[str, Any] = {
             "object": self.guest_object(obj_path),
             "program": case.program,
@@ -232,6 +276,9 @@ class Engine:
         }
         if case.load.log_size:
             load_args["log_size"] = case.load.log_size
+        if isinstance(case.attach, XdpAttach) and case.attach.mode == "hw":
+            # offload: the program is bound to the device when it is loaded
+            load_args.update(offload_dev=case.attach.dev, offload_ns=case.attach.ns)
         seen.load = self.agent.call("load", load_args, timeout=CASE_TIMEOUT)
         cell.timings["load_ms"] = round(seen.load.get("load_ns", 0) / 1e6, 3)
         cell.verifier = {
@@ -294,6 +341,8 @@ class Engine:
                 "program": case.program,
                 "data_hex": data.hex(),
                 "repeat": drive.repeat,
+                # raw_tracepoint, syscall...: the context is the only input
+                "ctx_only": not case.prog_type.test_run_data,
             }
             if drive.ctx_data is not None:
                 args["ctx_hex"] = drive.ctx_data.hex()
@@ -311,13 +360,35 @@ class Engine:
                     "count": drive.count,
                     "size": drive.size,
                     "cgroup": cgroup,
+                    "socket_filter": (
+                        {"handle": handle, "program": case.program}
+                        if isinstance(case.attach, SocketAttach)
+                        else None
+                    ),
                 },
+                timeout=CASE_TIMEOUT,
+            )
+        elif isinstance(drive, SyscallDrive) and drive.action == "run":
+            seen.syscall = self.agent.call(
+                "run",
+                {"argv": list(drive.argv), "ns": drive.ns, "cgroup": cgroup},
                 timeout=CASE_TIMEOUT,
             )
         elif isinstance(drive, SyscallDrive):
             seen.syscall = self.agent.call(
-                "run",
-                {"argv": list(drive.argv), "ns": drive.ns, "cgroup": cgroup},
+                "syscall",
+                {
+                    "action": drive.action,
+                    "argv": list(drive.argv),
+                    "path": drive.path,
+                    "mode": "write" if drive.write else "read",
+                    "create": drive.create,
+                    "to": drive.to,
+                    "port": drive.port,
+                    "proto": drive.proto,
+                    "ns": drive.ns,
+                    "cgroup": cgroup,
+                },
                 timeout=CASE_TIMEOUT,
             )
         if expect.events:

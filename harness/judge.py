@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +67,12 @@ def _map_mismatch(name: str, entries: tuple[MapEntry, ...], dump: list[list[str]
     return None
 
 
+def _errno_text(code: object) -> str:
+    if isinstance(code, int) and code in errno.errorcode:
+        return f"{errno.errorcode[code]} ({code})"
+    return "0 (success)" if code == 0 else str(code)
+
+
 def classify_load(load: dict[str, Any]) -> str:
     log = parse_log(load.get("log", ""), truncated=bool(load.get("log_truncated")))
     return classify_failure(log, int(load.get("errno", 0)), str(load.get("libbpf_messages", "")))
@@ -94,6 +101,9 @@ def judge(case: Case, expect: Expect, seen: Observed) -> tuple[Outcome, str]:
         return Outcome.PASSED, ""
     if expect.rejected:
         return Outcome.FAILED, "loaded, but the case expects the verifier to reject it"
+    missing = _regexes_in_order(expect.log, load.get("log", ""))
+    if missing is not None:
+        return Outcome.FAILED, f"loaded, but the verifier log lacks /{missing}/"
     if seen.attach_error is not None:
         return Outcome.ATTACH_FAILED, seen.attach_error
     return _judge_effects(case, expect, seen)
@@ -125,7 +135,9 @@ def _judge_effects(case: Case, expect: Expect, seen: Observed) -> tuple[Outcome,
     if expect.exit_status is not None and syscall.get("status") != expect.exit_status:
         return Outcome.FAILED, f"exit status {syscall.get('status')}, expected {expect.exit_status}"
     if expect.errno is not None and syscall.get("errno") != expect.errno:
-        return Outcome.FAILED, f"errno {syscall.get('errno')}, expected {expect.errno}"
+        return Outcome.FAILED, (
+            f"errno {_errno_text(syscall.get('errno'))}, expected {_errno_text(expect.errno)}"
+        )
     for map_name, expected_events in expect.events:
         counted = seen.events.get(map_name)
         if counted != expected_events:

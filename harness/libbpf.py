@@ -51,6 +51,7 @@ __all__ = [
     "XdpState",
     "describe_errno",
     "errno_name",
+    "live_ids",
 ]
 
 FLOOR = (1, 1)  # Debian bookworm
@@ -104,6 +105,9 @@ _FUNCTIONS: dict[str, tuple[Any, tuple[Any, ...], tuple[int, int]]] = {
     "bpf_map_update_elem": (_I, (_I, _P, _P, _U64), (0, 0)),
     "bpf_map_get_next_key": (_I, (_I, _P, _P), (0, 0)),
     "bpf_obj_get_info_by_fd": (_I, (_I, _P, _P), (0, 0)),
+    "bpf_prog_get_next_id": (_I, (_U32, _P), (0, 0)),
+    "bpf_map_get_next_id": (_I, (_U32, _P), (0, 0)),
+    "bpf_link_get_next_id": (_I, (_U32, _P), (0, 0)),
     "bpf_prog_test_run_opts": (_I, (_I, _P), (0, 2)),
     "bpf_enable_stats": (_I, (_I,), (0, 0)),
     "bpf_xdp_attach": (_I, (_I, _I, _U32, _P), (0, 7)),
@@ -334,6 +338,21 @@ def prog_info(lib: Libbpf, fd: int) -> ProgInfo:
         run_cnt=u64["run_cnt"],
         verified_insns=verified,
     )
+
+
+def live_ids(lib: Libbpf) -> dict[str, frozenset[int]]:
+    """The ids of every program, map and link alive in the kernel right now (for leak checks:
+    compare a snapshot before a case with one after it)."""
+    out: dict[str, frozenset[int]] = {}
+    for kind in ("prog", "map", "link"):
+        next_id = getattr(lib.c, f"bpf_{kind}_get_next_id")
+        ids: set[int] = set()
+        current, found = 0, ctypes.c_uint32(0)
+        while int(next_id(current, ctypes.byref(found))) == 0:
+            current = int(found.value)
+            ids.add(current)
+        out[kind] = frozenset(ids)
+    return out
 
 
 @dataclass(frozen=True)

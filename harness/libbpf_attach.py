@@ -407,27 +407,38 @@ class Attachable:
         repeat: int = 1,
         flags: int = 0,
         data_out_size: int = 65536,
+        ctx_only: bool = False,
     ) -> TestRun:
         """bpf_prog_test_run_opts.  A kernel refusal is returned in TestRun.errno (ENOTSUPP:
         the program type has no test_run), not raised.  XDP live frames (flags=2) reject an
-        output buffer: pass data_out_size=0."""
+        output buffer: pass data_out_size=0.
+
+        `ctx_only` is for raw_tracepoint and syscall programs, whose test_run rejects
+        (EINVAL) any data buffer, a ctx_out buffer and a repeat count; a syscall program's
+        ctx is copied back into ctx_in, which is then returned as ctx_out."""
         fd = self.prog_fd(program)
+        if ctx_only:
+            data, data_out_size, repeat = b"", 0, 0
         # Every buffer stays referenced by a local until the call returns.
         data_in = ctypes.create_string_buffer(data, len(data)) if data else None
         data_out = ctypes.create_string_buffer(data_out_size) if data_out_size else None
         ctx_in = ctypes.create_string_buffer(ctx, len(ctx)) if ctx else None
-        ctx_out = ctypes.create_string_buffer(len(ctx)) if ctx else None
+        ctx_out = ctypes.create_string_buffer(len(ctx)) if ctx and not ctx_only else None
         opts = BpfTestRunOpts(sz=ctypes.sizeof(BpfTestRunOpts), repeat=repeat, flags=flags)
         if data_in is not None:
             opts.data_in, opts.data_size_in = ctypes.addressof(data_in), len(data)
         if data_out is not None:
             opts.data_out, opts.data_size_out = ctypes.addressof(data_out), data_out_size
-        if ctx_in is not None and ctx_out is not None and ctx:
+        if ctx_in is not None and ctx:
             opts.ctx_in, opts.ctx_size_in = ctypes.addressof(ctx_in), len(ctx)
+        if ctx_out is not None and ctx:
             opts.ctx_out, opts.ctx_size_out = ctypes.addressof(ctx_out), len(ctx)
         rc = int(self.lib.c.bpf_prog_test_run_opts(fd, ctypes.byref(opts)))
         out = data_out.raw[: opts.data_size_out] if data_out is not None else b""
-        ctx_back = ctx_out.raw[: opts.ctx_size_out] if ctx_out is not None else b""
+        if ctx_out is not None:
+            ctx_back = ctx_out.raw[: opts.ctx_size_out]
+        else:
+            ctx_back = ctx_in.raw[: len(ctx)] if ctx_in is not None and ctx else b""
         return TestRun(
             retval=int(opts.retval),
             duration_ns=int(opts.duration),

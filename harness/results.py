@@ -13,11 +13,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
+from harness.errors import UsageError
 from harness.outcome import Outcome
 
 RESULTS_SCHEMA = 1
@@ -50,6 +54,9 @@ class CellResult:
     verifier: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     log_path: str = ""
+    scenario_file: str = ""  # absolute path of the scenario, for `kitl repro`
+    object_file: str = ""  # the compiled object that was loaded, and its hash
+    object_sha256: str = ""
 
     @property
     def cell_id(self) -> str:
@@ -97,9 +104,15 @@ class RunDir:
         return self.path / "guest" / f"{safe_name(kernel)}.{kind}.log"
 
     def append(self, cell: CellResult) -> None:
+        """Append one cell and flush it to disk: a run killed later keeps it.  Locked, as
+        several pytest-xdist workers append to the same file."""
         self.cells.append(cell)
-        with (self.path / "results.jsonl").open("a", encoding="utf-8") as f:
-            f.write(json.dumps(cell.to_json()) + "\n")
+        line = json.dumps(cell.to_json()) + "\n"
+        with (
+            FileLock(self.path / ".results.lock"),
+            (self.path / "results.jsonl").open("a", encoding="utf-8") as f,
+        ):
+            f.write(line)
             f.flush()
             os.fsync(f.fileno())
 
@@ -114,3 +127,64 @@ class RunDir:
         tmp.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
         tmp.replace(out)
         return out
+
+
+def read_cells(path: Path) -> list[dict[str, Any]]:
+    """The cells of results.jsonl, in order, the last record of a cell winning (a resumed
+    or retried cell is appended again).  A torn last line (a killed writer) is ignored."""
+    cells: dict[tuple[str, str], dict[str, Any]] = {}
+    jsonl = path / "results.jsonl"
+    if not jsonl.is_file():
+        return []
+    for line in jsonl.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            cell = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(cell, dict) and "id" in cell:
+            key = (str(cell["id"]), str(cell.get("libbpf", "")))
+            cells.pop(key, None)  # re-inserted at the end: the order of the latest runs
+            cells[key] = cell
+    return list(cells.values())
+
+
+def finalize(path: Path, meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """Write results.json from results.jsonl (several writers may have appended to it)."""
+    cells = read_cells(path)
+    body = {
+        "schema": RESULTS_SCHEMA,
+        "run": {**meta, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+        "cells": cells,
+    }
+    out = path / "results.json"
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(out)
+    return cells
+
+
+def merge_runs(sources: list[Path], out: Path) -> list[dict[str, Any]]:
+    """Combine run directories (shards of one matrix) into `out`: their cells (a cell in a
+    later source replaces the same cell of an earlier one) and their logs."""
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"{out}: exists and is not empty; merge writes a new run directory")
+    for source in sources:
+        if not (source / "results.jsonl").is_file() and not (source / "results.json").is_file():
+            raise UsageError(f"{source}: not a kitl run directory (no results.json)")
+    out.mkdir(parents=True, exist_ok=True)
+    metas: list[dict[str, Any]] = []
+    with (out / "results.jsonl").open("w", encoding="utf-8") as merged:
+        for source in sources:
+            cells = read_cells(source)
+            if not cells:  # a finished run keeps results.json; jsonl may have been dropped
+                body = json.loads((source / "results.json").read_text(encoding="utf-8"))
+                cells = list(body.get("cells", []))
+            if (source / "results.json").is_file():
+                body = json.loads((source / "results.json").read_text(encoding="utf-8"))
+                metas.append(dict(body.get("run", {})))
+            for cell in cells:
+                merged.write(json.dumps(cell) + "\n")
+            for sub in ("logs", "guest"):
+                if (source / sub).is_dir():
+                    shutil.copytree(source / sub, out / sub, dirs_exist_ok=True)
+    return finalize(out, {"merged_from": [str(s) for s in sources], "shards": metas})

@@ -188,6 +188,7 @@ class Requires:
     map_types: tuple[str, ...] = ()
     kfuncs: tuple[str, ...] = ()
     btf: bool = False  # /sys/kernel/btf/vmlinux
+    attach_types: tuple[str, ...] = ()  # libbpf names: "tcx_ingress", "cgroup_inet4_connect"
 
 
 @dataclass(frozen=True)
@@ -327,11 +328,33 @@ class TrafficDrive:
     size: int = 64  # payload bytes per packet
 
 
+SyscallAction = Literal["run", "open", "unlink", "connect", "execve"]
+SYSCALL_ACTIONS: tuple[SyscallAction, ...] = ("run", "open", "unlink", "connect", "execve")
+
+
 @dataclass(frozen=True)
 class SyscallDrive:
+    """`run` executes a command (its exit status is observed); the built-in actions are
+    done by the guest agent itself, so the errno the kernel returned is observed."""
+
     kind: ClassVar[str] = "syscall"
-    argv: tuple[str, ...]
+    action: SyscallAction
+    argv: tuple[str, ...] = ()  # run, execve
+    path: str | None = None  # open, unlink
+    write: bool = False  # open: O_WRONLY instead of O_RDONLY
+    create: bool = False  # open: O_CREAT
+    to: str | None = None  # connect
+    port: int | None = None  # connect
+    proto: Literal["tcp", "udp"] = "tcp"  # connect
     ns: str | None = None
+
+    @property
+    def gives_errno(self) -> bool:
+        return self.action != "run"
+
+    @property
+    def gives_status(self) -> bool:
+        return self.action in ("run", "execve")
 
 
 Drive = TestRunDrive | TrafficDrive | SyscallDrive
@@ -726,7 +749,7 @@ class _CaseParser:
         helpers = tuple(h if h.startswith("bpf_") else f"bpf_{h}" for h in m.get("helpers", ()))
         return Requires(
             helpers, tuple(m.get("prog_types", ())), tuple(m.get("map_types", ())),
-            tuple(m.get("kfuncs", ())), m.get("btf", False),
+            tuple(m.get("kfuncs", ())), m.get("btf", False), tuple(m.get("attach_types", ())),
         )  # fmt: skip
 
     def _load(self, d: LocDict) -> LoadOptions:
@@ -889,7 +912,37 @@ class _CaseParser:
         if kind == "traffic":
             return self._traffic(b, what, attach)
         ok, ns = self.p.ns(b, "ns", what)
-        return SyscallDrive(tuple(b["run"]), ns) if ok else None
+        return self._syscall(b, what, ns) if ok else None
+
+    def _syscall(self, b: LocDict, what: str, ns: str | None) -> SyscallDrive | None:
+        given = [a for a in SYSCALL_ACTIONS if a in b]
+        if len(given) != 1:
+            listed = ", ".join(given) if given else "none"
+            self.rd.error(
+                f"{what}: exactly one of {', '.join(SYSCALL_ACTIONS)} (got {listed})",
+                where(b, given[1]) if len(given) > 1 else where(b),
+                "run: [ARGV] runs a command; the others are done by the agent itself",
+            )
+            return None
+        action = given[0]
+        body = b[action]
+        if action in ("run", "execve"):
+            return SyscallDrive(action, argv=tuple(body), ns=ns)
+        if action == "unlink":
+            return SyscallDrive(action, path=body, ns=ns)
+        if action == "open":
+            if isinstance(body, str):
+                return SyscallDrive(action, path=body, ns=ns)
+            return SyscallDrive(
+                action,
+                path=body["path"],
+                write=body.get("mode", "read") == "write",
+                create=bool(body.get("create", False)),
+                ns=ns,
+            )
+        return SyscallDrive(
+            "connect", to=body["to"], port=body["port"], proto=body.get("proto", "tcp"), ns=ns
+        )
 
     def _test_run(self, b: LocDict, what: str, pt: ProgType | None) -> TestRunDrive | None:
         rd, errors = self.rd, len(self.rd.errors)
@@ -1055,7 +1108,8 @@ class _CaseParser:
         maps = info.maps if info is not None and (info.compiled or info.maps) else None
         # What the case asks for, even when its own shape is wrong (no follow-on errors).
         kinds = [_only_key(d.get(k), v) for k, v in (("drive", DRIVES), ("attach", FAMILIES))]
-        ctx = ExpectContext(self.match, maps, kinds[0], kinds[1], load.log_level)
+        action = drive.action if isinstance(drive, SyscallDrive) else None
+        ctx = ExpectContext(self.match, maps, kinds[0], kinds[1], load.log_level, action)
         if not isinstance(d["expect"], LocDict):
             return None
         expect = read_expect(self.rd, d["expect"], ctx, what)

@@ -545,6 +545,7 @@ class ExpectContext:
     drive: str | None  # "test_run" | "traffic" | "syscall" | None
     attach: str | None  # attach family or None
     log_level: int
+    syscall_action: str | None = None  # "run", "open", ... of a syscall drive
 
 
 def usable(d: LocDict, spec: Obj) -> LocDict:
@@ -658,6 +659,17 @@ def check_expect(
         for key, (drive, why) in _NEEDS.items():
             if getattr(expect, key) is not None and ctx.drive != drive:
                 problems.append((key, f"the case has no {drive} drive", why))
+        if expect.errno is not None and ctx.syscall_action == "run":
+            problems.append(
+                (
+                    "errno",
+                    "run: observes the command's exit status, not an errno",
+                    "use exit_status:, or a built-in action (open, unlink, connect, execve)",
+                )
+            )
+        if expect.exit_status is not None and ctx.syscall_action in ("open", "unlink", "connect"):
+            msg = f"{ctx.syscall_action} is a single syscall: it has an errno, no exit status"
+            problems.append(("exit_status", msg, "use errno: (0 for success)"))
         if expect.attach_mode is not None and ctx.attach != "xdp":
             problems.append(("attach_mode", "attach_mode needs an xdp attach", None))
         if expect.log and ctx.log_level == 0:
@@ -691,6 +703,14 @@ _ENDPOINT = Str(
     re.compile(r"^[^@/]+(@[^@/]+)?(/[0-9A-Fa-f.:]+/\d{1,3})?$"),
     'IFNAME[@NETNS][/ADDRESS/PREFIX], e.g. "v1@b/10.0.0.2/24"',
 )
+_ARGV = Seq(
+    Str(),
+    1,
+    256,
+    hint='an argv list, never a shell string: [ping, -c, "1", 10.0.0.2]; '
+    'for a shell, [sh, -c, "..."]',
+)
+_PATH = Str(re.compile(r"^/[^\0\n]{0,4095}$"), "an absolute path in the guest")
 _TC = obj({"dev": _DEV, "ns": _NS, "direction": _DIRECTION}, required=("dev",))
 _L3 = {"src": Str(doc="source address"), "dst": Str(doc="destination address")}
 _MAC = Str(re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$"), "a MAC like 02:00:00:00:00:01")
@@ -771,16 +791,36 @@ DRIVE = obj(
         ),
         "syscall": obj(
             {
-                "run": Seq(
-                    Str(),
-                    1,
-                    256,
-                    hint='an argv list, never a shell string: [ping, -c, "1", 10.0.0.2]; '
-                    'for a shell, [sh, -c, "..."]',
+                "run": _ARGV,
+                "execve": _ARGV,
+                "open": Either(
+                    (
+                        _PATH,
+                        obj(
+                            {
+                                "path": _PATH,
+                                "mode": Str(choices=("read", "write")),
+                                "create": Bool(doc="O_CREAT"),
+                            },
+                            required=("path",),
+                        ),
+                    ),
+                    doc="open(2) then close: a path, or {path, mode: read|write, create}",
+                ),
+                "unlink": _PATH,
+                "connect": obj(
+                    {
+                        "to": Str(doc="an IPv4 address"),
+                        "port": _PORT,
+                        "proto": Str(choices=("tcp", "udp")),
+                    },
+                    required=("to", "port"),
+                    doc="connect(2) from a new socket; 2 s timeout (ETIMEDOUT)",
                 ),
                 "ns": _NS,
             },
-            required=("run",),
+            doc="one action: run (a command; exit_status) or a built-in done by the agent "
+            "itself (open, unlink, connect, execve; errno)",
         ),
     },
     one_of=True,
@@ -812,6 +852,10 @@ CASE = obj(
                 "map_types": Seq(Str(choices=tuple(progtypes.MAP_TYPES))),
                 "kfuncs": _IDENTS,
                 "btf": Bool(doc="the kernel has BTF (/sys/kernel/btf/vmlinux)"),
+                "attach_types": Seq(
+                    Str(re.compile(r"^[a-z0-9_]{1,64}$"), "libbpf attach type names"),
+                    doc="e.g. tcx_ingress: the kernel's enum bpf_attach_type must have them",
+                ),
             }
         ),
         "load": obj(

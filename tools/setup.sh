@@ -10,12 +10,13 @@ cd "$(dirname "$0")/.."
 # topology; openssh-server is started inside the guest (the guest sees the host's root);
 # build-essential, libelf-dev, bc, flex, bison build netdevsim out of tree; dpkg-dev's
 # dpkg-deb, xz-utils and zstd unpack kernel packages; busybox-static lets virtme-ng build an
-# initramfs; file tells virtme-ng a kernel's version; python3-venv makes the virtualenv.
+# initramfs; file tells virtme-ng a kernel's version; python3-venv makes the virtualenv;
+# chromium renders the HTML report in its test.
 packages=(
   qemu-system-x86 clang llvm bpftool libbpf-dev iproute2 ethtool kmod udev
   openssh-server openssh-client build-essential libelf-dev bc flex bison dwarves
   xz-utils zstd busybox-static file binutils ca-certificates debian-archive-keyring
-  python3 python3-venv python3-dev iputils-ping
+  python3 python3-venv python3-dev iputils-ping chromium
 )
 
 missing=()

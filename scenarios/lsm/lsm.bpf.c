@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
-/* BPF LSM: file_open refuses, with EPERM, every file named "kitl-denied". */
+/* BPF LSM: file_open refuses, with EPERM, every file named "kitl-denied";
+ * socket_connect refuses, with EPERM, IPv4 connects to port 9 (discard). */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
@@ -38,6 +39,22 @@ int BPF_PROG(deny_marked_file, struct file *file, int ret)
 	value = bpf_map_lookup_elem(&counts, &key);
 	if (value)
 		__sync_fetch_and_add(value, 1);
+	return -EPERM;
+}
+
+#define AF_INET 2
+
+SEC("lsm/socket_connect")
+int BPF_PROG(deny_port_9, struct socket *sock, struct sockaddr *address, int addrlen, int ret)
+{
+	struct sockaddr_in sin = {};
+
+	if (ret)
+		return ret;
+	if (addrlen < (int)sizeof(sin) || bpf_probe_read_kernel(&sin, sizeof(sin), address))
+		return 0;
+	if (sin.sin_family != AF_INET || sin.sin_port != __builtin_bswap16(9))
+		return 0;
 	return -EPERM;
 }
 

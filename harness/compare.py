@@ -1,0 +1,595 @@
+"""The release gate: `kitl compare BASE NEW` diffs two runs and fails on regressions.
+
+Cells are matched by identity (scenario, case, kernel, config, libbpf-or-""), never by
+kernel_release, so a Debian ABI bump of the same kernel line still compares.  What gates:
+
+  verdict-flip      BASE PASSED, NEW failed (FAILED, VERIFIER_REJECTED, ... or unknown)
+  infrastructure    BASE PASSED, NEW BOOT_FAILED/KERNEL_CRASH/VM_LOST/TIMED_OUT/ERROR
+  insns-growth      verifier insns (verified_insns, else insns) grew > --max-insns-growth
+  states-growth     verifier total_states grew > --max-states-growth
+  load-time-growth  timings.load_ms grew > --max-load-time-growth (off unless given)
+  removed           a BASE cell missing from NEW, only with --fail-on-removed
+  empty-run         NEW holds no cells at all (a run that ran nothing must not look green)
+
+Reported, never gating: improvement (failure -> PASSED), skipped (SKIPPED on either side,
+outcomes differ), outcome-change (one failure became another), added, growth within the
+threshold or from 0/missing, and *-shrink.  Growth exactly at the threshold passes.
+Verifier figures are compared only when both sides have the same outcome (on a flip the
+verdict is the story; a rejected load stops part-way) and are grouped per program:
+cases loading the same program on the same kernel/config with the same figures make one
+entry whose `cells` lists them.  Load time is per cell.  A figure missing in NEW is not
+reported.
+
+`to_json()` (schema 1) is stable:
+  {"schema": 1, "gate": "pass"|"fail", "headline": str,
+   "thresholds": {"max_insns_growth": float, "max_states_growth": float,
+                  "max_load_time_growth": float|null, "fail_on_removed": bool},
+   "counts": {"base_cells", "new_cells", "compared", "gating": int, "kinds": {kind: int}},
+   "entries": [{"kind": str, "key": str,
+                "identity": {"scenario", "kernel", "config", "libbpf", and "case" or "program"},
+                "base": str|number|null, "new": str|number|null, "change": str,
+                "gating": bool, "verdict": str, "reason": str, "cells": [cell key, ...]}]}
+Entries are ordered gating first, then by kind (the order above), then by key.
+Exit status of `run()`: 0 gate passes, 1 gate fails, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from harness.errors import UsageError
+from harness.outcome import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Outcome
+
+COMPARE_SCHEMA = 1
+FORMATS = ("table", "markdown", "json")
+# Every kind, in report order, with its (singular, plural) headline label.
+KINDS: dict[str, tuple[str, str]] = {
+    "verdict-flip": ("verdict flip", "verdict flips"),
+    "infrastructure": ("infrastructure failure", "infrastructure failures"),
+    "insns-growth": ("insns growth", "insns growth"),
+    "states-growth": ("states growth", "states growth"),
+    "load-time-growth": ("load-time growth", "load-time growth"),
+    "removed": ("removed", "removed"),
+    "empty-run": ("empty run", "empty runs"),
+    "improvement": ("improvement", "improvements"),
+    "skipped": ("skip change", "skip changes"),
+    "outcome-change": ("changed failure", "changed failures"),
+    "added": ("added", "added"),
+    "insns-shrink": ("insns shrink", "insns shrink"),
+    "states-shrink": ("states shrink", "states shrink"),
+    "load-time-shrink": ("load-time shrink", "load-time shrink"),
+}
+_ORDER = {kind: i for i, kind in enumerate(KINDS)}
+_PERCENT = re.compile(r"^\s*(\d{1,9}(?:\.\d{1,9})?|\.\d{1,9})\s*%?\s*$")
+Metric = Literal["insns", "states", "load-time"]
+Status = Literal["pass", "skip", "fail", "infra"]
+_VERIFIER_METRICS: tuple[Metric, ...] = ("insns", "states")
+
+
+# --- identity and loading --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, order=True)
+class CellKey:
+    scenario: str
+    case: str
+    kernel: str
+    config: str
+    libbpf: str = ""
+
+    def __str__(self) -> str:
+        text = f"{self.scenario}::{self.case}[{self.kernel}-{self.config}]"
+        return f"{text} libbpf={self.libbpf}" if self.libbpf else text
+
+
+@dataclass(frozen=True, order=True)
+class ProgramKey:
+    scenario: str
+    program: str
+    kernel: str
+    config: str
+    libbpf: str = ""
+
+    def __str__(self) -> str:
+        text = f"{self.scenario}::{self.program}[{self.kernel}-{self.config}]"
+        return f"{text} libbpf={self.libbpf}" if self.libbpf else text
+
+
+def _text(cell: Mapping[str, Any], name: str) -> str:
+    value = cell.get(name)
+    return "" if value is None else str(value)
+
+
+def cell_key(cell: Mapping[str, Any]) -> CellKey:
+    """A cell's identity; missing fields read as "" so junk still gets a (shared) key."""
+    return CellKey(*(_text(cell, k) for k in ("scenario", "case", "kernel", "config", "libbpf")))
+
+
+def _cells_from(payload: Any, path: Path) -> list[dict[str, Any]]:
+    if isinstance(payload, dict):
+        schema = payload.get("schema", 1)
+        if schema != 1:
+            raise UsageError(f"{path}: unsupported results schema {schema!r} (expected 1)")
+        payload = payload.get("cells")
+    if not isinstance(payload, list) or not all(isinstance(c, dict) for c in payload):
+        raise UsageError(f"{path}: not a kitl results file (expected a list of cells)")
+    return payload
+
+
+def _read_jsonl(path: Path, text: str) -> list[dict[str, Any]]:
+    cells: dict[CellKey, dict[str, Any]] = {}
+    lines = text.split("\n")
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            cell = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            # A run killed mid-write leaves a cut final object without its newline: drop it.
+            if number == len(lines) and line.lstrip().startswith("{"):
+                continue
+            detail = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+            raise UsageError(f"{path}:{number}: corrupt results line: {detail}") from None
+        if not isinstance(cell, dict):
+            raise UsageError(f"{path}:{number}: corrupt results line: not a JSON object")
+        # The last line per cell wins (a re-run cell is appended again); pop keeps the order
+        # of the latest appearance.
+        cells.pop(cell_key(cell), None)
+        cells[cell_key(cell)] = cell
+    return list(cells.values())
+
+
+def load_results(path: Path) -> list[dict[str, Any]]:
+    """The cells of a run directory (results.json, else results.jsonl for a killed run), of
+    a results.json file, or of a results.jsonl file."""
+    if path.is_dir():
+        for name in ("results.json", "results.jsonl"):
+            if (path / name).is_file():
+                return load_results(path / name)
+        raise UsageError(f"{path}: no results.json or results.jsonl (not a kitl run directory?)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file or directory") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read: {exc}") from None
+    if path.suffix == ".jsonl":
+        return _read_jsonl(path, text)
+    try:
+        payload = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        detail = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+        raise UsageError(f"{path}: corrupt results file: {detail}") from None
+    return _cells_from(payload, path)
+
+
+# --- thresholds ------------------------------------------------------------------------------
+
+
+def parse_percent(text: str, option: str = "threshold") -> float:
+    """Parse a percentage: "10%", "10" and "0.5%" give 10.0, 10.0 and 0.5."""
+    m = _PERCENT.match(text)
+    if not m:
+        raise UsageError(f"{option}: {text!r} is not a percentage like 10% or 0.5%")
+    return float(m.group(1))
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    max_insns_growth: float = 10.0
+    max_states_growth: float = 25.0
+    max_load_time_growth: float | None = None  # off: load time is noisy under TCG
+    fail_on_removed: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("max_insns_growth", "max_states_growth", "max_load_time_growth"):
+            value = getattr(self, name)
+            if value is not None and (not math.isfinite(value) or value < 0):
+                raise UsageError(f"{name}: {value!r} is not a percentage >= 0")
+
+    def limit(self, metric: Metric) -> float | None:
+        value: float | None = getattr(self, f"max_{metric.replace('-', '_')}_growth")
+        return value
+
+
+# --- comparison ------------------------------------------------------------------------------
+
+Value = str | int | float | None
+Figure = int | float | None
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: str
+    identity: CellKey | ProgramKey
+    base: Value
+    new: Value
+    change: str
+    gating: bool
+    verdict: str
+    reason: str = ""
+    cells: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return str(self.identity)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    thresholds: Thresholds
+    entries: tuple[Entry, ...]
+    base_cells: int
+    new_cells: int
+    compared: int
+
+    @property
+    def gating(self) -> tuple[Entry, ...]:
+        return tuple(e for e in self.entries if e.gating)
+
+    @property
+    def passed(self) -> bool:
+        return not self.gating
+
+    @property
+    def exit_status(self) -> int:
+        return EXIT_OK if self.passed else EXIT_FAILED
+
+
+def _status(outcome: str) -> Status:
+    try:
+        known = Outcome(outcome)
+    except ValueError:
+        return "fail"  # an outcome this harness does not know must never read as a pass
+    if known is Outcome.PASSED:
+        return "pass"
+    if known is Outcome.SKIPPED:
+        return "skip"
+    return "infra" if known.is_infrastructure else "fail"
+
+
+def _one_line(text: str, limit: int = 160) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _verdict(key: CellKey, base: Mapping[str, Any], new: Mapping[str, Any]) -> Entry | None:
+    was, now = _text(base, "outcome") or "UNKNOWN", _text(new, "outcome") or "UNKNOWN"
+    if was == now:
+        return None
+    b, n = _status(was), _status(now)
+    change = f"{was} → {now}"
+    reason = _one_line(_text(new, "reason"))
+    cells = (str(key),)
+    if "skip" in (b, n):
+        return Entry("skipped", key, was, now, change, False, "skipped (not gated)", reason, cells)
+    if b == "pass" and n == "infra":
+        verdict = "REGRESSION (infrastructure)"
+        return Entry("infrastructure", key, was, now, change, True, verdict, reason, cells)
+    if b == "pass":
+        return Entry("verdict-flip", key, was, now, change, True, "REGRESSION", reason, cells)
+    if n == "pass":
+        return Entry("improvement", key, was, now, change, False, "improvement", "", cells)
+    verdict = "changed failure (not gated)"
+    return Entry("outcome-change", key, was, now, change, False, verdict, reason, cells)
+
+
+def _number(value: Any) -> Figure:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+def figure(cell: Mapping[str, Any], metric: Metric) -> Figure:
+    """One comparable figure of a cell, or None when it is absent or junk."""
+    verifier = cell.get("verifier")
+    verifier = verifier if isinstance(verifier, dict) else {}
+    if metric == "insns":
+        found = _number(verifier.get("verified_insns"))
+        return found if found is not None else _number(verifier.get("insns"))
+    if metric == "states":
+        return _number(verifier.get("total_states"))
+    timings = cell.get("timings")
+    return _number(timings.get("load_ms")) if isinstance(timings, dict) else None
+
+
+def _num(value: float, sign: str = "") -> str:
+    # Counts stay integers (a :g format would turn 1234567 into 1.23457e+06).
+    return f"{value:{sign}.1f}" if isinstance(value, float) else f"{value:{sign}d}"
+
+
+def _metric(
+    metric: Metric,
+    identity: CellKey | ProgramKey,
+    was: float | None,
+    now: float | None,
+    t: Thresholds,
+) -> Entry | None:
+    limit = t.limit(metric)
+    if now is None or was == now:  # a figure gone from NEW is not news: the harness changed
+        return None
+    name, unit = ("load time", "ms") if metric == "load-time" else (metric, "")
+    kind = f"{metric}-growth" if was is None or now > was else f"{metric}-shrink"
+    if not was:  # from 0 or from nothing: no ratio to gate on
+        change = f"{name} {_num(now)}{unit} (was {'0' if was == 0 else 'missing'})"
+        return Entry(kind, identity, was, now, change, False, "new figure (not gated)")
+    pct = (now - was) / was * 100
+    change = f"{name} {_num(now - was, '+')}{unit} ({pct:+.1f}%)"
+    # Multiplied out rather than divided, so growth exactly at the limit is not a regression.
+    if limit is not None and (now - was) * 100 > limit * was:
+        return Entry(kind, identity, was, now, change, True, f"REGRESSION ({name} > +{limit:g}%)")
+    if metric == "load-time" and (limit is None or abs(pct) <= limit):
+        return None  # timing jitter is not news
+    verdict = "shrink" if now < was else f"within +{limit:g}%"
+    return Entry(kind, identity, was, now, change, False, verdict)
+
+
+def _index(cells: Iterable[Mapping[str, Any]]) -> dict[CellKey, Mapping[str, Any]]:
+    return {cell_key(c): c for c in cells}  # a repeated key: the last one wins, as in jsonl
+
+
+def _program_key(key: CellKey, cell: Mapping[str, Any]) -> CellKey | ProgramKey:
+    program = _text(cell, "program")
+    if not program:
+        return key
+    return ProgramKey(key.scenario, program, key.kernel, key.config, key.libbpf)
+
+
+def compare(
+    base: Iterable[Mapping[str, Any]], new: Iterable[Mapping[str, Any]], thresholds: Thresholds
+) -> Comparison:
+    """Classify every cell identity of BASE and NEW (pure)."""
+    old, cur = _index(base), _index(new)
+    entries: list[Entry] = []
+    # Verifier figures per program: (metric, identity, base, new) -> the cells that agree.
+    grouped: dict[tuple[Metric, CellKey | ProgramKey, Figure, Figure], list[str]] = {}
+    gate_removed = thresholds.fail_on_removed
+    for key in sorted(old.keys() | cur.keys()):
+        cells = (str(key),)
+        if key not in cur:
+            verdict = "REGRESSION (removed)" if gate_removed else "removed"
+            was = _text(old[key], "outcome")
+            entries.append(
+                Entry("removed", key, was, None, "removed", gate_removed, verdict, "", cells)
+            )
+            continue
+        if key not in old:
+            now = _text(cur[key], "outcome")
+            entries.append(Entry("added", key, None, now, "added", False, "added", "", cells))
+            continue
+        b, n = old[key], cur[key]
+        flip = _verdict(key, b, n)
+        if flip is not None:
+            entries.append(flip)
+            continue
+        for metric in _VERIFIER_METRICS:
+            group = (metric, _program_key(key, n), figure(b, metric), figure(n, metric))
+            grouped.setdefault(group, []).append(str(key))
+        timing = _metric(
+            "load-time", key, figure(b, "load-time"), figure(n, "load-time"), thresholds
+        )
+        if timing is not None:
+            entries.append(replace(timing, cells=cells))
+    for (metric, identity, before, after), names in grouped.items():
+        found = _metric(metric, identity, before, after, thresholds)
+        if found is not None:
+            entries.append(replace(found, cells=tuple(names)))
+    if not cur:
+        verdict = "REGRESSION (new run has no cells)"
+        empty = CellKey("(new run)", "*", "*", "*")
+        entries.append(Entry("empty-run", empty, None, None, "no cells", True, verdict))
+    entries.sort(key=lambda e: (not e.gating, _ORDER[e.kind], e.key))
+    return Comparison(thresholds, tuple(entries), len(old), len(cur), len(old.keys() & cur.keys()))
+
+
+# --- output ----------------------------------------------------------------------------------
+
+
+def _counted(kinds: Iterable[str]) -> str:
+    counts = Counter(kinds)
+    return ", ".join(
+        f"{counts[k]} {KINDS[k][0] if counts[k] == 1 else KINDS[k][1]}" for k in KINDS if counts[k]
+    )
+
+
+def _cells(n: int) -> str:
+    return f"{n} cell" if n == 1 else f"{n} cells"
+
+
+def headline(c: Comparison) -> str:
+    """ "gate: FAIL — 2 regressions (1 verdict flip, 1 insns growth)" or "gate: PASS — ..."."""
+    gating = c.gating
+    if gating:
+        noun = "regression" if len(gating) == 1 else "regressions"
+        return f"gate: FAIL — {len(gating)} {noun} ({_counted(e.kind for e in gating)})"
+    others = _counted(e.kind for e in c.entries)
+    tail = f"; {others}" if others else ""
+    return f"gate: PASS — no regressions ({_cells(c.compared)} compared{tail})"
+
+
+def _row(e: Entry) -> tuple[str, str, str, str, str]:
+    def show(value: Value) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, str):
+            return value
+        return _num(value) + ("ms" if e.kind.startswith("load-time") else "")
+
+    key = e.key if len(e.cells) <= 1 else f"{e.key} ({len(e.cells)} cells)"
+    return key, show(e.base), show(e.new), e.change, e.verdict
+
+
+def format_table(c: Comparison) -> str:
+    """Aligned plain text: one row per entry (a flip's reason indented below it), then the
+    headline as the last line, where a CI log shows it."""
+    header = ("key", "base", "new", "change", "verdict")
+    rows = [_row(e) for e in c.entries]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(row: tuple[str, ...]) -> str:
+        return "  ".join(col.ljust(w) for col, w in zip(row, widths, strict=True)).rstrip()
+
+    lines = [line(header), "  ".join("-" * w for w in widths)] if rows else []
+    for row, entry in zip(rows, c.entries, strict=True):
+        lines.append(line(row))
+        if entry.reason:
+            lines.append(f"    {entry.reason}")
+    if not rows:
+        lines.append(f"no differences ({_cells(c.compared)} compared)")
+    lines.append(headline(c))
+    return "\n".join(lines) + "\n"
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _md_table(entries: Iterable[Entry]) -> list[str]:
+    lines = ["| key | base | new | change | verdict |", "|---|---|---|---|---|"]
+    for e in entries:
+        key, base, new, change, verdict = _row(e)
+        if e.reason:
+            change = f"{change}: {e.reason}"
+        cells = [f"`{_md(key)}`", _md(base), _md(new), _md(change), _md(verdict)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def format_markdown(c: Comparison) -> str:
+    """GitHub flavoured: the headline first, regressions in the open, the rest folded."""
+    t = c.thresholds
+    load = "off" if t.max_load_time_growth is None else f"+{t.max_load_time_growth:g}%"
+    removed = "gating" if t.fail_on_removed else "not gating"
+    lines = [
+        f"**{headline(c)}**",
+        "",
+        f"{_cells(c.compared)} compared (base {c.base_cells}, new {c.new_cells}); limits: insns "
+        f"+{t.max_insns_growth:g}%, states +{t.max_states_growth:g}%, load time {load}; "
+        f"removed cells {removed}.",
+    ]
+    gating = [e for e in c.entries if e.gating]
+    others = [e for e in c.entries if not e.gating]
+    if gating:
+        lines += ["", "### Regressions", "", *_md_table(gating)]
+    if others:
+        noun = "change" if len(others) == 1 else "changes"
+        summary = f"{len(others)} other {noun} (not gating)"
+        lines += ["", f"<details><summary>{summary}</summary>", "", *_md_table(others)]
+        lines += ["", "</details>"]
+    if not c.entries:
+        lines += ["", "No differences."]
+    return "\n".join(lines) + "\n"
+
+
+def to_json(c: Comparison) -> dict[str, Any]:
+    """The stable machine-readable form (schema in the module docstring)."""
+    kinds = dict(Counter(e.kind for e in c.entries))
+    return {
+        "schema": COMPARE_SCHEMA,
+        "gate": "pass" if c.passed else "fail",
+        "headline": headline(c),
+        "thresholds": asdict(c.thresholds),
+        "counts": {
+            "base_cells": c.base_cells,
+            "new_cells": c.new_cells,
+            "compared": c.compared,
+            "gating": len(c.gating),
+            "kinds": kinds,
+        },
+        # asdict turns the identity into a mapping; "kind" and "key" lead each entry.
+        "entries": [
+            {"kind": e.kind, "key": e.key, **asdict(e), "cells": list(e.cells)} for e in c.entries
+        ],
+    }
+
+
+def render(c: Comparison, fmt: str) -> str:
+    if fmt == "markdown":
+        return format_markdown(c)
+    if fmt == "json":
+        return json.dumps(to_json(c), indent=2, ensure_ascii=False) + "\n"
+    return format_table(c)
+
+
+# --- command line ----------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `kitl compare BASE NEW`; thresholds are parsed in run() so a bad value is
+    a one-line usage error like every other."""
+    parser.add_argument("base", type=Path, metavar="BASE", help="run dir, results.json(l)")
+    parser.add_argument("new", type=Path, metavar="NEW", help="run dir, results.json(l)")
+    for name, default, what in (
+        ("insns", "10%", "verifier insns growth per program and kernel"),
+        ("states", "25%", "verifier total_states growth"),
+        ("load-time", None, "load time growth"),
+    ):
+        shown = f"default {default}" if default else "default off: noisy under TCG"
+        parser.add_argument(
+            f"--max-{name}-growth",
+            default=default,
+            metavar="P",
+            help=f"{what} that fails the gate ({shown.replace('%', '%%')})",
+        )
+    parser.add_argument(
+        "--fail-on-removed", action="store_true", help="cells in BASE but not in NEW fail the gate"
+    )
+    parser.add_argument("--format", choices=FORMATS, default="table", help="default: table")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also write the report to FILE (atomically)",
+    )
+
+
+def thresholds_from_args(args: argparse.Namespace) -> Thresholds:
+    """Thresholds from add_arguments()'s options; an option left unset keeps its default."""
+    changes: dict[str, Any] = {"fail_on_removed": bool(getattr(args, "fail_on_removed", False))}
+    for name in ("insns", "states", "load-time"):
+        field = f"max_{name.replace('-', '_')}_growth"
+        if (value := getattr(args, field, None)) is not None:
+            changes[field] = parse_percent(str(value), f"--max-{name}-growth")
+    return Thresholds(**changes)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file in the same directory, so a reader never sees half."""
+    tmp: str | None = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as exc:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+        raise UsageError(f"{path}: cannot write: {exc.strerror or exc}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    """`kitl compare`: 0 when the gate passes, 1 when it fails, 2 on a usage error."""
+    try:
+        thresholds = thresholds_from_args(args)
+        result = compare(load_results(args.base), load_results(args.new), thresholds)
+        text = render(result, args.format)
+        if args.output is not None:
+            write_atomic(args.output, text)
+    except UsageError as exc:
+        print(f"kitl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    sys.stdout.write(text)
+    return result.exit_status

@@ -1,0 +1,222 @@
+"""The matrix: which (scenario, case, kernel, config) cells run, in what order, on which
+shard; and the guests that run them, one per kernel per worker, booted on first use.
+
+Planning is pure (tested without QEMU).  `Guests` owns the VMs of one process (a pytest
+worker): a kernel boots when its first cell needs it and stays up for the rest; a cell
+that crashed or lost its VM gets a fresh one for the next cell.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.agentclient import AgentClient
+from harness.cache import Cache
+from harness.engine import Engine, build_objects
+from harness.errors import KitlError, UsageError
+from harness.kernel import Kernel
+from harness.outcome import Outcome, outcome_for_error
+from harness.results import CellResult, RunDir, safe_name
+from harness.scenario import Case, RunConfig, Scenario
+from harness.scenario_expect import kernel_version
+from harness.vm import VM
+
+# Outcomes after which the guest cannot be trusted for the next cell.
+RESTART_AFTER = frozenset({Outcome.KERNEL_CRASH, Outcome.VM_LOST, Outcome.TIMED_OUT})
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int  # 1-based, as users write it: --shard 2/4
+    total: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        m = re.fullmatch(r"\s*(\d{1,4})\s*/\s*(\d{1,4})\s*", text)
+        if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
+            raise UsageError(f"--shard {text!r}: expected I/N with 1 <= I <= N, e.g. 2/4")
+        return cls(int(m.group(1)), int(m.group(2)))
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.total}"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One planned cell (what runs), before it has a result."""
+
+    scenario: Scenario
+    case: Case
+    kernel: str
+    config: RunConfig
+
+    @property
+    def cell_id(self) -> str:
+        return f"{self.scenario.name}::{self.case.name}[{self.kernel}-{self.config.name}]"
+
+
+def plan(
+    scenarios: Sequence[Scenario],
+    kernels: Sequence[str],
+    configs: Sequence[str],
+    default_kernels: Sequence[str],
+) -> list[Cell]:
+    """Every cell, in run order: kernel by kernel (one boot each), then config (one sysctl
+    switch each), then the scenarios' own order.  `kernels` empty: each scenario's
+    `kernels:`, else the catalog defaults.  `configs` empty: every config of a scenario;
+    else the named ones a scenario has (a name no scenario has is a usage error)."""
+    known_configs = {c.name for s in scenarios for c in s.configs}
+    unknown = [c for c in configs if c not in known_configs]
+    if unknown:
+        raise UsageError(
+            f"no scenario has config {unknown[0]!r}",
+            hint="configs: " + ", ".join(sorted(known_configs)),
+        )
+    cells: list[Cell] = []
+    for scenario in scenarios:
+        names = list(kernels) or list(scenario.kernels) or list(default_kernels)
+        chosen = [c for c in scenario.configs if not configs or c.name in configs]
+        for kernel in names:
+            for config in chosen:
+                cells += [Cell(scenario, case, kernel, config) for case in scenario.cases]
+    order = {k: i for i, k in enumerate(dict.fromkeys(c.kernel for c in cells))}
+    return sorted(cells, key=lambda c: (order[c.kernel], c.config.name))
+
+
+def shard_cells(cells: Sequence[Cell], shard: Shard | None) -> list[Cell]:
+    """Shard I of N: a contiguous slice of the run order, so a shard boots as few kernels as
+    it can; sizes differ by at most one cell, and the slices cover every cell once."""
+    if shard is None:
+        return list(cells)
+    size, extra = divmod(len(cells), shard.total)
+    start = (shard.index - 1) * size + min(shard.index - 1, extra)
+    end = start + size + (1 if shard.index <= extra else 0)
+    return list(cells[start:end])
+
+
+def newest(kernels: Sequence[Kernel]) -> Kernel:
+    """The kernel whose BTF makes vmlinux.h for compiling objects: the newest, so CO-RE
+    objects see every type and field (older kernels are handled by relocations)."""
+
+    def version(k: Kernel) -> tuple[int, int, int]:
+        try:
+            return kernel_version(k.release)
+        except ValueError:
+            return (0, 0, 0)
+
+    return max(kernels, key=version)
+
+
+@dataclass
+class _Guest:
+    vm: VM
+    engine: Engine
+    stack: ExitStack
+    boots: int = 1
+    booted_s: float = 0.0
+
+
+@dataclass
+class Guests:
+    """The VMs of this process, one per kernel, each with its agent and engine."""
+
+    run: RunDir
+    cache: Cache
+    make_vm: Callable[[Kernel, Path], VM]
+    header_kernel: Kernel
+    on_boot: Callable[[Kernel], None] = lambda kernel: None
+    _guests: dict[str, _Guest] = field(default_factory=dict)
+    _boots: dict[str, int] = field(default_factory=dict)
+    _boot_failures: dict[str, KitlError] = field(default_factory=dict)
+    _objects: dict[tuple[str, str], Path] = field(default_factory=dict)
+
+    def objects_for(self, scenario: Scenario) -> dict[tuple[str, str], Path]:
+        if not all((scenario.name, o.name) in self._objects for o in scenario.objects):
+            self._objects.update(build_objects([scenario], self.header_kernel, self.cache))
+        return self._objects
+
+    def run_cell(self, cell: Cell, kernel: Kernel) -> CellResult:
+        """Run one cell, booting its kernel if needed; a VM lost mid-cell gets one retry
+        on a fresh VM; a guest that crashed or hung is replaced for the next cell."""
+        objects = self.objects_for(cell.scenario)
+        for attempt in (1, 2):
+            guest = self._guest(kernel)
+            if isinstance(guest, KitlError):
+                return self._boot_failed(cell, kernel, guest)
+            guest.engine.objects = objects
+            result = guest.engine.run_cell(cell.scenario, cell.case, cell.config)
+            if result.outcome in RESTART_AFTER:
+                self.discard(kernel.name)
+            if result.outcome is not Outcome.VM_LOST or attempt == 2:
+                if attempt == 2:
+                    result.reason = f"{result.reason} (retried once on a fresh VM)".strip()
+                return result
+        raise AssertionError("unreachable")
+
+    def _guest(self, kernel: Kernel) -> _Guest | KitlError:
+        if kernel.name in self._boot_failures:
+            return self._boot_failures[kernel.name]
+        guest = self._guests.get(kernel.name)
+        if guest is not None:
+            return guest
+        boots = self._boots.get(kernel.name, 0) + 1
+        self._boots[kernel.name] = boots
+        suffix = "" if boots == 1 else f".boot{boots}"
+        console = self.run.path / "guest" / f"{safe_name(kernel.name)}{suffix}.console.log"
+        self.on_boot(kernel)
+        started = time.monotonic()
+        stack = ExitStack()
+        try:
+            vm = stack.enter_context(self.make_vm(kernel, console))
+            agent = stack.enter_context(AgentClient(vm))
+        except KitlError as exc:
+            stack.close()
+            self._boot_failures[kernel.name] = exc
+            return exc
+        engine = Engine(vm, agent, kernel, self.run, {}, cache=self.cache)
+        guest = _Guest(vm, engine, stack, boots, time.monotonic() - started)
+        self._guests[kernel.name] = guest
+        return guest
+
+    def _boot_failed(self, cell: Cell, kernel: Kernel, exc: KitlError) -> CellResult:
+        result = CellResult(
+            scenario=cell.scenario.name,
+            case=cell.case.name,
+            kernel=kernel.name,
+            config=cell.config.name,
+            outcome=outcome_for_error(exc),
+            reason=f"{kernel.name} did not come up: {exc}",
+            kernel_release=kernel.release,
+            kernel_digest=kernel.digest,
+            program=f"{cell.case.object}/{cell.case.program}",
+            prog_type=cell.case.prog_type.name,
+            section=cell.case.section,
+            scenario_file=str(cell.scenario.path.resolve()),
+        )
+        self.run.append(result)
+        return result
+
+    def boot_seconds(self, kernel: str) -> float | None:
+        guest = self._guests.get(kernel)
+        return guest.booted_s if guest else None
+
+    def discard(self, kernel: str) -> None:
+        """Tear a guest down (after a crash or hang); the next cell boots a fresh one."""
+        guest = self._guests.pop(kernel, None)
+        if guest is not None:
+            guest.stack.close()
+
+    def close(self) -> None:
+        """Save each guest's dmesg next to its console log, then tear every guest down."""
+        for name, guest in list(self._guests.items()):
+            try:
+                dmesg = guest.vm.run(["dmesg"], timeout=60)
+                self.run.guest_file(name, "dmesg").write_text(dmesg.stdout, encoding="utf-8")
+            except KitlError:
+                pass  # the guest is going away anyway; its console log has the story
+            self.discard(name)

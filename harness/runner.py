@@ -1,0 +1,155 @@
+"""`kitl run`: the matrix (scenarios x kernels x configs) as a thin front over pytest and
+the kitl plugin (harness.pytest_plugin).
+
+Everything a user can get wrong is checked here first, with one line and exit status 2:
+scenario files, kernel names, config names, the shard.  Kernels are fetched and the
+accelerator decided once, in this process, so pytest-xdist workers find both ready.  Then
+pytest runs in a child process (its own signal handling, no state shared with the caller)
+and its exit status becomes kitl's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from harness import accel
+from harness.errors import UsageError
+from harness.known import DEFAULT_NAME as KNOWN_DEFAULT
+from harness.known import load_known
+from harness.matrix import Shard, plan, shard_cells
+from harness.outcome import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from harness.progress import DownloadProgress, stderr
+from harness.resolve import Kernels
+from harness.scenario import Scenario
+
+BUNDLED = Path(__file__).resolve().parent.parent / "scenarios"
+INI = Path(__file__).resolve().parent / "pytest-kitl.ini"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "paths",
+        nargs="*",
+        type=Path,
+        metavar="SCENARIO_OR_DIR",
+        help=f"default: the bundled scenarios ({BUNDLED})",
+    )
+    p.add_argument("--kernels", default="", metavar="A,B", help="kernels of the matrix")
+    p.add_argument("--kernel", action="append", default=[], help="one kernel (repeatable)")
+    p.add_argument("--configs", default="", metavar="X,Y", help="only these configs")
+    p.add_argument("--config", action="append", default=[], help="one config (repeatable)")
+    p.add_argument("-n", dest="workers", default=None, metavar="N|auto", help="parallel VMs")
+    p.add_argument("--output", type=Path, default=None, help="run directory (default runs/<time>)")
+    p.add_argument("--shard", default=None, metavar="I/N", help="run shard I of N of the matrix")
+    p.add_argument(
+        "--expect",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help=f"known failures (default: ./{KNOWN_DEFAULT} if present)",
+    )
+    p.add_argument(
+        "--allow-outside",
+        action="store_true",
+        help="let scenarios name files outside their own directory",
+    )
+    p.add_argument("--accel", default="auto", choices=accel.ACCELS)
+    p.add_argument("--boot-timeout", type=float, default=None, metavar="SECONDS")
+    p.add_argument("--dry-run", action="store_true", help="print the pytest command and exit")
+
+
+def _names(*sources: Sequence[str] | str) -> list[str]:
+    out: list[str] = []
+    for source in sources:
+        items = source.split(",") if isinstance(source, str) else list(source)
+        out += [n.strip() for n in items if n.strip()]
+    return list(dict.fromkeys(out))
+
+
+def pytest_argv(args: argparse.Namespace, paths: Sequence[Path], run_dir: Path) -> list[str]:
+    """The exact pytest command `kitl run` executes."""
+    argv = [sys.executable, "-m", "pytest", "-c", str(INI), "--rootdir", str(Path.cwd())]
+    argv += ["-p", "no:cacheprovider", "--kitl", "--kitl-lines", "-q", "--no-header"]
+    argv += ["--kitl-output", str(run_dir), "--kitl-accel", args.accel]
+    kernels = _names(args.kernels, args.kernel)
+    configs = _names(args.configs, args.config)
+    if kernels:
+        argv += ["--kitl-kernels", ",".join(kernels)]
+    if configs:
+        argv += ["--kitl-configs", ",".join(configs)]
+    if args.shard:
+        argv += ["--kitl-shard", args.shard]
+    if args.expect:
+        argv += ["--kitl-expect", str(args.expect)]
+    if args.boot_timeout:
+        argv += ["--kitl-boot-timeout", str(args.boot_timeout)]
+    if args.workers and args.workers != "1":
+        argv += ["-n", str(args.workers), "--dist", "loadgroup"]
+    return [*argv, *(str(p) for p in paths)]
+
+
+def run(args: argparse.Namespace, scenarios: list[Scenario]) -> int:
+    """Check what can be checked, fetch the kernels, decide the accelerator, run pytest."""
+    ks = Kernels.open()
+    kernels = _names(args.kernels, args.kernel)
+    configs = _names(args.configs, args.config)
+    defaults = [e.name for e in ks.catalog.defaults()]
+    for name in kernels:
+        ks.catalog.get(name)  # unknown names: one line, exit 2
+    shard = Shard.parse(args.shard) if args.shard else None
+    cells = shard_cells(plan(scenarios, kernels, configs, defaults), shard)
+    if not cells:
+        raise UsageError("the matrix is empty: no cell to run")
+    if args.expect is not None:
+        load_known(args.expect)
+    elif Path(KNOWN_DEFAULT).is_file():
+        load_known(Path(KNOWN_DEFAULT))
+    needed = list(dict.fromkeys(c.kernel for c in cells))
+    for name in needed:
+        ks.catalog.get(name)
+    run_dir = (args.output or Path("runs") / time.strftime("%Y%m%d-%H%M%S")).resolve()
+    paths = [p.resolve() for p in (args.paths or [BUNDLED])]
+    argv = pytest_argv(args, paths, run_dir)
+    if args.dry_run:
+        print(shlex.join(argv))
+        return EXIT_OK
+    with DownloadProgress() as progress:
+        fetched = [ks.get(name, progress) for name in needed]
+    decision = accel.decide(
+        args.accel, ks.store.cache, lambda: accel.qemu_kvm_probe(fetched[0].vmlinuz)
+    )
+    argv[argv.index("--kitl-accel") + 1] = decision.accel
+    stderr.print(
+        f"kitl: {len(cells)} cells on {', '.join(needed)} ({decision.accel}); results in {run_dir}"
+    )
+    return _pytest(argv)
+
+
+def _pytest(argv: list[str]) -> int:
+    """Run pytest as a child; SIGTERM and Ctrl-C reach it, so it tears its VMs down and
+    writes what it has before it exits."""
+    proc = subprocess.Popen(argv)
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: proc.terminate())
+    try:
+        while True:
+            try:
+                status = proc.wait()
+                break
+            except KeyboardInterrupt:
+                proc.send_signal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if status == 0:
+        return EXIT_OK
+    if status == 4:  # pytest: usage error
+        return EXIT_USAGE
+    if status == 5:
+        print("kitl: no cells ran", file=sys.stderr)
+    return EXIT_FAILED
