@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job on the bundled default: set up the host (idempotent), fetch the default
-# kernels pinned in kernels/kernels.lock, boot each under QEMU and check it.
+# The main job on the bundled default: set up the host (idempotent), then run the bundled
+# scenarios on the default kernels pinned in kernels/kernels.lock (fetched on first use),
+# one boot per kernel.  Extra arguments go to `kitl run` (e.g. -n 2, --kernels debian-6.1).
 set -euo pipefail
 cd "$(dirname "$0")"
 ./tools/setup.sh
-exec .venv/bin/kitl boot "$@"
+exec .venv/bin/kitl run "$@"

@@ -494,7 +494,13 @@ def cmd_merge(args: argparse.Namespace) -> int:
     for path in report.render_all(args.output):
         print(path)
     print(f"kitl: {len(merged)} cells from {len(args.runs)} run directories in {args.output}")
-    return 0
+    outcomes = []
+    for cell in merged:
+        try:
+            outcomes.append(Outcome(str(cell.get("outcome"))))
+        except ValueError:
+            outcomes.append(Outcome.ERROR)
+    return exit_code(outcomes)
 
 
 COMMANDS = {

@@ -76,6 +76,7 @@ class Engine:
         self.cache = cache
         self._in_guest: dict[Path, str] = {}
         self._hashes: dict[Path, str] = {}
+        self._guest_facts: dict[str, Any] | None = None
         self._enums: dict[str, int] | None = None
         self.release = kernel.release
         # the sysctls of the config in effect in the guest, and what the kernel refused
@@ -199,8 +200,13 @@ class Engine:
         the kernel's own BTF (its enums): a helper the kernel's BTF does not know is absent."""
         req = case.requires
         missing: list[str] = []
-        if req.btf and not self.agent.call("facts")["btf"]:
+        if req.btf and not self._facts()["btf"]:
             missing.append("kernel BTF (/sys/kernel/btf/vmlinux)")
+        if case.prog_type.name == "lsm" and "bpf" not in str(self._facts()["lsm"]).split(","):
+            # LSM programs attach either way, but run only when BPF LSM is active
+            missing.append(
+                "an active BPF LSM (bpf is not in lsm=; add it to the boot command line)"
+            )
         attach_types = list(req.attach_types)
         if isinstance(case.attach, TcxAttach):  # tcx links exist from 6.6 on
             attach_types.append(f"tcx_{case.attach.direction}")
@@ -221,21 +227,26 @@ class Engine:
             "prog_types": {},
             "map_types": {},
         }
-        for names, prefix, key in (
-            (req.helpers, "BPF_FUNC_", "helpers"),
-            (req.prog_types, "BPF_PROG_TYPE_", "prog_types"),
-            (req.map_types, "BPF_MAP_TYPE_", "map_types"),
+        for names, prefix, key, kind in (
+            (req.helpers, "BPF_FUNC_", "helpers", "helper"),
+            (req.prog_types, "BPF_PROG_TYPE_", "prog_types", "program type"),
+            (req.map_types, "BPF_MAP_TYPE_", "map_types", "map type"),
         ):
             for name in names:
                 # enum bpf_func_id keeps the helper's case (BPF_FUNC_loop); types are upper
                 enum = prefix + (name.removeprefix("bpf_") if key == "helpers" else name.upper())
                 if enum not in enums:
-                    missing.append(f"{name} (not in this kernel's BTF)")
+                    missing.append(f"{kind} {name} (not in this kernel's BTF)")
                 else:
                     args[key][name] = enums[enum]
         answer = self.agent.call("probe", args)
         seen.notes += answer.get("unprobed", [])
         return missing + list(answer["missing"])
+
+    def _facts(self) -> dict[str, Any]:
+        if self._guest_facts is None:
+            self._guest_facts = dict(self.agent.call("facts"))
+        return self._guest_facts
 
     def _kernel_enums(self) -> dict[str, int]:
         if self._enums is None:

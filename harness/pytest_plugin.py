@@ -291,7 +291,7 @@ class CellItem(pytest.Item):
     ) -> str:
         if isinstance(excinfo.value, CellFailed):
             r = excinfo.value.result
-            text = f"{r.outcome}: {r.reason}"
+            text = r.reason if r.reason.startswith(str(r.outcome)) else f"{r.outcome}: {r.reason}"
             log = self.session.config.stash[_SESSION].run_path / r.log_path
             if r.log_path and log.is_file():
                 text += "\n--- verifier log (tail) ---\n" + report.tail(log, lines=15)

@@ -10,7 +10,7 @@
 
 #define NR_getppid 110 /* x86_64 */
 
-enum { KPROBE, TRACEPOINT, RAW_TP, TP_BTF, FENTRY, FEXIT, NKEYS };
+enum { KPROBE, TRACEPOINT, RAW_TP, TP_BTF, FENTRY, FEXIT, KRETPROBE, NKEYS };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -90,6 +90,15 @@ int BPF_PROG(fexit_openat2, int dfd, const char *filename, struct open_how *how,
 {
 	if (ret >= 0)
 		count(FEXIT);
+	return 0;
+}
+
+/* counts the returns of do_sys_openat2 that gave a descriptor */
+SEC("kretprobe/do_sys_openat2")
+int BPF_KRETPROBE(kretprobe_openat2, long ret)
+{
+	if (ret >= 0)
+		count(KRETPROBE);
 	return 0;
 }
 

@@ -26,7 +26,7 @@ BUNDLED = [
 ]
 CASES = {
     "tc": 6,
-    "tracing": 7,
+    "tracing": 8,
     "cgroup": 5,
     "lsm": 7,
     "kernel-range": 3,
@@ -107,6 +107,7 @@ def test_bundled_scenarios_pass(name: str, tmp_path: Path) -> None:
         ("tp-btf-sys-enter", 3, 5),
         ("fentry-do-sys-openat2", 4, 3),
         ("fexit-do-sys-openat2", 5, 3),
+        ("kretprobe-do-sys-openat2", 6, 3),
     ]:
         assert count(cell("tracing", case), "counts", key) == want, case
     assert cell("tracing", "tracepoint-ringbuf-events")["observed"]["events"] == {"events": 5}
