@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness import drive, libbpf
+from harness import caps, drive, libbpf
 from harness.net import NETNS_DIR, GuestError, Topology, ifindex_of, in_netns
 
 LEAK_SETTLE_S = 2.0  # ids of freed objects leave the kernel's idr shortly after close()
@@ -134,6 +134,8 @@ class Agent:
             self.baseline = libbpf.live_ids(lib)
         # Offload (XDP hw mode) binds the program to a device at load time; the kernel looks
         # the ifindex up in the loader's netns, so the load happens in the device's.
+        if args.get("unprivileged"):
+            return self._load_unprivileged(lib, args)
         offload_ns = args.get("offload_ns") if args.get("offload_dev") else None
         with in_netns(offload_ns):
             ifindex = ifindex_of(args["offload_dev"], offload_ns) if args.get("offload_dev") else 0
@@ -144,6 +146,45 @@ class Agent:
             handle = next(self._handles)
             self.objects[handle] = obj
             out["handle"] = handle
+        return out
+
+    def _load_unprivileged(self, lib: Any, args: dict[str, Any]) -> dict[str, Any]:
+        """The load as an unprivileged loader gets it: in a child process that dropped
+        CAP_SYS_ADMIN, CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (a process cannot take
+        capabilities back, so the agent itself keeps them).  kernel.unprivileged_bpf_disabled
+        is set to 0 first; a kernel that refuses is reported.  Nothing stays loaded."""
+        setting = "kernel.unprivileged_bpf_disabled"
+        refused = ""
+        try:
+            Path("/proc/sys/kernel/unprivileged_bpf_disabled").write_text("0\n")
+        except OSError as exc:
+            refused = f"{setting}=0 refused: {exc.strerror}"
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: drop the capabilities, load, report, exit
+            os.close(read)
+            status = 0
+            try:
+                caps.drop(caps.UNPRIVILEGED_DROP)
+                _, result = self._load(lib, args, 0)
+                payload = dataclasses.asdict(result)
+            except BaseException as exc:  # report whatever happened, never return
+                payload, status = {"error": f"{type(exc).__name__}: {exc}"}, 1
+            with os.fdopen(write, "w") as report:
+                json.dump(payload, report)
+            os._exit(status)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            text = pipe.read()
+        os.waitpid(pid, 0)
+        out: dict[str, Any] = json.loads(text) if text else {"error": "the loader died"}
+        if "error" in out:
+            raise AgentError(f"unprivileged load: {out['error']}", "internal")
+        out["libbpf_version"] = ".".join(map(str, lib.version))
+        out["unprivileged"] = True
+        out[setting] = _read_sysctl(setting)
+        if refused:
+            out["notes"] = [refused]
         return out
 
     @staticmethod

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from harness import __version__, accel, compare, debian, report, repro, runner
+from harness import __version__, accel, compare, debian, report, repro, runner, verify
 from harness import scenario as scenario_mod
 from harness.bootcheck import BootCheck, check
 from harness.cache import Cache
@@ -40,6 +40,10 @@ def _matrix_commands(sub: Any) -> None:
     p.add_argument("--output", type=Path, required=True, help="the merged run directory")
     p = sub.add_parser("repro", help="one cell of a run again: same kernel, sysctls, object")
     repro.add_arguments(p)
+    p = sub.add_parser(
+        "verify", help="load every program of BPF objects on the matrix: verdicts, stats, logs"
+    )
+    verify.add_arguments(p)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -477,6 +481,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     return runner.run(args, _load_scenarios(args.paths or [runner.BUNDLED], args.allow_outside))
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    return verify.run(args)
+
+
 def cmd_repro(args: argparse.Namespace) -> int:
     return repro.run(args)
 
@@ -517,6 +525,7 @@ COMMANDS = {
     ("compare", None): cmd_compare,
     ("merge", None): cmd_merge,
     ("repro", None): cmd_repro,
+    ("verify", None): cmd_verify,
     ("check", None): cmd_check,
     ("schema", None): cmd_schema,
 }

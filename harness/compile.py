@@ -27,6 +27,12 @@ _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 BPF_CFLAGS = ("-target", "bpf", "-g", "-O2", "-D__TARGET_ARCH_x86", "-Wall", "-Wno-unused-function")
 
 
+def _partial(out: Path) -> Path:
+    """Where `out` is written before it is renamed into place: one name per process, as
+    several processes (pytest-xdist workers) may build the same file at once."""
+    return out.with_name(f".{out.name}.{os.getpid()}.partial")
+
+
 def extract_vmlinux(bzimage: bytes) -> bytes:
     """The uncompressed vmlinux ELF inside a bzImage (xz or zstd payload)."""
     for magic in (_XZ_MAGIC, _ZSTD_MAGIC):
@@ -60,7 +66,7 @@ def kernel_btf(kernel: Kernel) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         elf = Path(tmp) / "vmlinux"
         elf.write_bytes(extract_vmlinux(kernel.vmlinuz.read_bytes()))
-        partial = out.with_name(f".{out.name}.{os.getpid()}.partial")  # concurrent extractors
+        partial = _partial(out)
         proc = subprocess.run(
             ["objcopy", "-O", "binary", "--only-section=.BTF", str(elf), str(partial)],
             capture_output=True,
@@ -70,7 +76,7 @@ def kernel_btf(kernel: Kernel) -> Path:
         if proc.returncode != 0 or not partial.exists() or partial.stat().st_size == 0:
             partial.unlink(missing_ok=True)
             raise BuildError(f"{kernel.name}: no .BTF section in vmlinux ({proc.stderr.strip()})")
-        partial.rename(out)
+        partial.replace(out)
     return out
 
 
@@ -89,9 +95,9 @@ def vmlinux_h(btf: Path, cache: Cache) -> Path:
     )
     if proc.returncode != 0:
         raise BuildError(f"bpftool could not dump {btf}: {proc.stderr.strip()[-300:]}")
-    partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    partial = _partial(out)
     partial.write_text(proc.stdout)
-    partial.rename(out)
+    partial.replace(out)
     return out
 
 
@@ -119,7 +125,7 @@ def compile_object(source: Path, header: Path, cache: Cache, cflags: Sequence[st
     if out.is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_suffix(".partial")
+    partial = _partial(out)
     argv = [
         "clang",
         *BPF_CFLAGS,
@@ -138,5 +144,5 @@ def compile_object(source: Path, header: Path, cache: Cache, cflags: Sequence[st
         partial.unlink(missing_ok=True)
         first = next((ln for ln in proc.stderr.splitlines() if "error" in ln), proc.stderr.strip())
         raise BuildError(f"{source}: clang failed: {first}", hint=" ".join(argv))
-    partial.rename(out)
+    partial.replace(out)
     return out

@@ -274,12 +274,7 @@ class Engine:
                 problems += [f"netns {n} left behind" for n in down["netns_left"]]
         return problems
 
-    def _load_attach_drive(
-        self, scenario: Scenario, case: Case, expect: Expect, seen: Observed, cell: CellResult
-    ) -> None:
-        obj_path = self.objects[(scenario.name, case.object)]
-        cell.object_file = str(obj_path)
-        cell.object_sha256 = self._sha256(obj_path)
+    def _load_args(self, case: Case, obj_path: Path) -> dict[str, Any]:
         load_args: dict[str, Any] = {
             "object": self.guest_object(obj_path),
             "program": case.program,
@@ -287,9 +282,24 @@ class Engine:
         }
         if case.load.log_size:
             load_args["log_size"] = case.load.log_size
+        if case.load.flags:
+            load_args["prog_flags"] = case.load.flags_value
+        if case.load.btf_custom_path is not None:
+            load_args["btf_custom_path"] = self.guest_object(case.load.btf_custom_path)
+        if case.load.unprivileged:
+            load_args["unprivileged"] = True
         if isinstance(case.attach, XdpAttach) and case.attach.mode == "hw":
             # offload: the program is bound to the device when it is loaded
             load_args.update(offload_dev=case.attach.dev, offload_ns=case.attach.ns)
+        return load_args
+
+    def _load_attach_drive(
+        self, scenario: Scenario, case: Case, expect: Expect, seen: Observed, cell: CellResult
+    ) -> None:
+        obj_path = self.objects[(scenario.name, case.object)]
+        cell.object_file = str(obj_path)
+        cell.object_sha256 = self._sha256(obj_path)
+        load_args = self._load_args(case, obj_path)
         seen.load = self.agent.call("load", load_args, timeout=CASE_TIMEOUT)
         cell.timings["load_ms"] = round(seen.load.get("load_ns", 0) / 1e6, 3)
         cell.verifier = {

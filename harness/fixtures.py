@@ -176,6 +176,7 @@ class GuestPool:
         self._guests: dict[str, tuple[Guest, contextlib.ExitStack]] = {}
         self._failed: dict[str, str] = {}  # a kernel that did not boot is not retried
         self._boots: dict[str, int] = {}
+        self._resolved: dict[str, Kernel] = {}  # checking the cache costs a lock and stats
 
     @property
     def kernels(self) -> Kernels:
@@ -191,15 +192,17 @@ class GuestPool:
         given = [n.strip() for n in str(self.config.getoption("kitl_kernels", "")).split(",")]
         names = [n for n in given if n] or [e.name for e in self.kernels.catalog.defaults()]
         if not names:
-            pytest.fail("kitl: no kernel: give --kitl-kernels or mark one default in the catalog")
+            pytest.fail("kitl: no kernel: give --kitl-kernels or mark one default", pytrace=False)
         return names[0]
 
     def kernel(self, name: str) -> Kernel:
         """The kernel `name`, fetched when the cache lacks it."""
-        try:
-            return self.kernels.get(name)
-        except KitlError as exc:
-            pytest.fail(f"kitl: kernel {name}: {exc}", pytrace=False)
+        if name not in self._resolved:
+            try:
+                self._resolved[name] = self.kernels.get(name)
+            except KitlError as exc:
+                pytest.fail(f"kitl: kernel {name}: {exc}", pytrace=False)
+        return self._resolved[name]
 
     def get(self, name: str) -> Guest:
         if name in self._failed:

@@ -11,7 +11,7 @@ from harness import progtypes
 from harness.outcome import Outcome
 from harness.scenario import Case
 from harness.scenario_expect import Expect, MapEntry
-from harness.verifier import classify_failure, parse_log
+from harness.verifier import classify_failure, log_excerpt, parse_log
 
 
 @dataclass
@@ -31,12 +31,13 @@ class Observed:
 
 
 def _regexes_in_order(patterns: tuple[str, ...], text: str) -> str | None:
-    """None if every pattern matches after the previous one's match, else the first missing."""
+    """None if every pattern matches after the previous one's match, else the first missing,
+    with the log lines around where the search stopped."""
     pos = 0
     for pattern in patterns:
         m = re.compile(pattern, re.M).search(text, pos)
         if m is None:
-            return pattern
+            return f"{pattern}/ (searched from here:\n{log_excerpt(text, pos)}\n)"
         pos = m.end()
     return None
 
@@ -97,13 +98,13 @@ def judge(case: Case, expect: Expect, seen: Observed) -> tuple[Outcome, str]:
             expect.log, load.get("log", "") + load.get("libbpf_messages", "")
         )
         if missing is not None:
-            return Outcome.FAILED, f"rejected, but the log lacks /{missing}/"
+            return Outcome.FAILED, f"rejected, but the log lacks /{missing}"
         return Outcome.PASSED, ""
     if expect.rejected:
         return Outcome.FAILED, "loaded, but the case expects the verifier to reject it"
     missing = _regexes_in_order(expect.log, load.get("log", ""))
     if missing is not None:
-        return Outcome.FAILED, f"loaded, but the verifier log lacks /{missing}/"
+        return Outcome.FAILED, f"loaded, but the verifier log lacks /{missing}"
     if seen.attach_error is not None:
         return Outcome.ATTACH_FAILED, seen.attach_error
     return _judge_effects(case, expect, seen)

@@ -39,7 +39,7 @@ class Shard:
     def parse(cls, text: str) -> Shard:
         m = re.fullmatch(r"\s*(\d{1,4})\s*/\s*(\d{1,4})\s*", text)
         if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
-            raise UsageError(f"--shard {text!r}: expected I/N with 1 <= I <= N, e.g. 2/4")
+            raise UsageError(f"shard {text!r}: expected I/N with 1 <= I <= N, e.g. 2/4")
         return cls(int(m.group(1)), int(m.group(2)))
 
     def __str__(self) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from harness import accel, report
+from harness import accel, report, verify
 from harness import known as known_mod
 from harness.cache import Cache
 from harness.errors import KitlError, UsageError
@@ -32,8 +32,11 @@ from harness.matrix import Cell, Guests, Shard, newest, plan, shard_cells
 from harness.outcome import Outcome
 from harness.resolve import Kernels
 from harness.results import CellResult, RunDir, finalize
-from harness.scenario import Scenario, load_scenario
+from harness.scenario import RunConfig, Scenario, load_scenario
 from harness.vm import VM
+
+# the fixtures for Python tests (a booted guest, objects, topologies), with their hook
+pytest_plugins = ("harness.fixtures",)
 
 _SCENARIO_KEYS = (re.compile(r"^objects\s*:", re.M), re.compile(r"^cases\s*:", re.M))
 
@@ -63,10 +66,31 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--kitl-lines", action="store_true", help="one line per cell instead of dots (kitl run)"
     )
     parser.addini("kitl", type="bool", default=False, help="collect kitl scenario files")
+    verify = parser.getgroup("kitl-verify", "kitl verify: every program of BPF objects")
+    verify.addoption("--kitl-verify", action="store_true", help="collect *.o files")
+    verify.addoption("--kitl-prog", default="", metavar="GLOB,GLOB", help="only these programs")
+    verify.addoption("--kitl-log-level", type=int, default=5, metavar="N")
+    verify.addoption("--kitl-log-size", type=int, default=None, metavar="BYTES")
+    verify.addoption("--kitl-flags", default="", metavar="BPF_F_...,", help="program load flags")
+    verify.addoption("--kitl-btf", default=None, metavar="FILE", help="btf_custom_path")
+    verify.addoption(
+        "--kitl-privilege", default="privileged", choices=("privileged", "unprivileged", "both")
+    )
+    verify.addoption("--kitl-test-run", action="store_true", help="test_run each program")
+    verify.addoption("--kitl-verify-expect", default=None, metavar="FILE")
+    verify.addoption(
+        "--kitl-verify-config",
+        action="append",
+        default=[],
+        metavar="NAME:SYSCTL=VALUE",
+        help="a config of sysctls (repeatable; default: one config, the boot values)",
+    )
 
 
 def _active(config: pytest.Config) -> bool:
-    return bool(config.getoption("kitl") or config.getini("kitl"))
+    return bool(
+        config.getoption("kitl") or config.getini("kitl") or config.getoption("kitl_verify")
+    )
 
 
 def _names(text: str) -> list[str]:
@@ -94,11 +118,32 @@ class KitlSession:
         self._resolved: dict[str, Kernel] = {}
         self._guests: Guests | None = None
         self._known_names: set[str] | None = None
+        self._verify: verify.VerifyOptions | None = None
+        expect = config.getoption("kitl_verify_expect")
+        self.verify_expect = verify.load_bulk(Path(expect)) if expect else None
         self.total = 0
         self.done = 0
         self.seen_kernels: set[str] = set()  # booted in this process
         self.announced: set[str] = set()  # "booting" said on the terminal
         self.known_lines: list[str] = []
+
+    def verify_options(self) -> verify.VerifyOptions:
+        if self._verify is None:
+            get = self.config.getoption
+            privilege = get("kitl_privilege")
+            btf = get("kitl_btf")
+            self._verify = verify.VerifyOptions(
+                programs=tuple(_names(get("kitl_prog"))),
+                log_level=get("kitl_log_level"),
+                log_size=get("kitl_log_size"),
+                flags=verify.parse_flags(get("kitl_flags")),
+                btf_custom_path=Path(btf).resolve() if btf else None,
+                privileges=("privileged", "unprivileged") if privilege == "both" else (privilege,),
+                test_run=get("kitl_test_run"),
+                configs=tuple(verify.parse_config(c) for c in get("kitl_verify_config"))
+                or (RunConfig("default"),),
+            )
+        return self._verify
 
     @property
     def kernels(self) -> Kernels:
@@ -111,16 +156,20 @@ class KitlSession:
             self._resolved[name] = self.kernels.get(name)
         return self._resolved[name]
 
-    def kernel_of(self, nodeid: str) -> str | None:
+    def kernel_of(self, nodeid: str, *, guess: bool = False) -> str | None:
         """The kernel of a cell's node id `...case[KERNEL-CONFIG]` (names contain dashes:
         the longest known name that fits wins)."""
-        label = nodeid.rsplit("@", 1)[0].rsplit("[", 1)[-1].rstrip("]")
+        # xdist's loadgroup appends "@group" after the "]"; an "@" in a path is kept
+        label = re.sub(r"\]@[^\]]*$", "]", nodeid).rsplit("[", 1)[-1].rstrip("]")
         if self._known_names is None:
             self._known_names = set(self.kernel_names) | set(self.kernels.catalog.names())
+        if label in self._known_names:  # a Python test parametrized by kernel name
+            return label
         fits = [k for k in self._known_names if label.startswith(k + "-")]
         if fits:
             return max(fits, key=len)
-        return label.rsplit("-", 1)[0] if "-" in label else None
+        # a kernel kitl does not know by name (path:...): all but the config, if asked to guess
+        return label.rsplit("-", 1)[0] if guess and "-" in label else None
 
     def default_kernels(self) -> list[str]:
         return [e.name for e in self.kernels.catalog.defaults()]
@@ -201,12 +250,15 @@ class _XdistHooks:
 
         class KernelScheduling(LoadScopeScheduling):  # type: ignore[misc]
             def _split_scope(self, nodeid: str) -> str:
-                return session.kernel_of(nodeid) or nodeid
+                return session.kernel_of(nodeid, guess=True) or nodeid
 
         return KernelScheduling(config, log)
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    if file_path.suffix == ".o" and parent.config.getoption("kitl_verify"):
+        collector: ObjectFile = ObjectFile.from_parent(parent, path=file_path)
+        return collector
     if not _active(parent.config) or file_path.suffix not in (".yaml", ".yml"):
         return None
     try:
@@ -223,12 +275,10 @@ class ScenarioFile(pytest.File):
     def collect(self) -> Iterator[pytest.Item | pytest.Collector]:
         scenario = load_scenario(self.path)
         session = _session(self.config)
-        cells = plan(
-            [scenario],
-            session.kernel_names,
-            [c for c in session.configs if any(k.name == c for k in scenario.configs)],
-            session.default_kernels(),
-        )
+        wanted = [c for c in session.configs if any(k.name == c for k in scenario.configs)]
+        if session.configs and not wanted:
+            return  # none of the configs asked for is this scenario's
+        cells = plan([scenario], session.kernel_names, wanted, session.default_kernels())
         for cell in cells:
             session.kernels.catalog.get(cell.kernel)  # an unknown name is a usage error
         yield ScenarioNode.from_parent(self, name=scenario.name, scenario=scenario, cells=cells)
@@ -239,6 +289,18 @@ class ScenarioFile(pytest.File):
         if isinstance(excinfo.value, KitlError):
             return str(excinfo.value)
         return str(super().repr_failure(excinfo))
+
+
+class ObjectFile(ScenarioFile):
+    """A BPF object under `--kitl-verify`: one case per program (harness.verify)."""
+
+    def collect(self) -> Iterator[pytest.Item | pytest.Collector]:
+        session = _session(self.config)
+        scenario = verify.scenario_for_object(self.path, session.verify_options())
+        if session.verify_expect is not None:
+            scenario = session.verify_expect.apply(scenario)
+        cells = plan([scenario], session.kernel_names, [], session.default_kernels())
+        yield ScenarioNode.from_parent(self, name=scenario.name, scenario=scenario, cells=cells)
 
 
 class ScenarioNode(pytest.Collector):
@@ -280,7 +342,7 @@ class CellItem(pytest.Item):
         if result.outcome is Outcome.PASSED:
             return
         if result.outcome is Outcome.SKIPPED:
-            pytest.skip(result.reason)
+            raise pytest.skip.Exception(result.reason, _use_item_location=True)
         entry = _known_entry(session, result)
         if entry is not None:
             pytest.xfail(f"known failure ({entry.where}): {entry.reason}")
@@ -307,8 +369,10 @@ def _known_entry(session: KitlSession, result: CellResult) -> known_mod.KnownEnt
         return None
     cell = result.to_json()
     for entry in session.known.entries:
+        if entry.expired(session.today):
+            continue  # an expired entry fails the run at the end; a live one may still match
         if entry.matches(cell) and entry.accepts(str(result.outcome)):
-            return None if entry.expired(session.today) else entry
+            return entry
     return None
 
 
@@ -327,12 +391,15 @@ def pytest_collection_modifyitems(
     if not _active(config):
         return
     cells = [i for i in items if isinstance(i, CellItem)]
+    kitl = _session(config)
+    unknown = [c for c in kitl.configs if not any(i.cell.config.name == c for i in cells)]
+    if unknown:
+        raise pytest.UsageError(f"no collected scenario has config {unknown[0]!r}")
     if not cells:
         return
     kernel_order = {k: n for n, k in enumerate(dict.fromkeys(i.cell.kernel for i in cells))}
     position = {id(i): n for n, i in enumerate(items)}
     cells.sort(key=lambda i: (kernel_order[i.cell.kernel], i.cell.config.name, position[id(i)]))
-    kitl = _session(config)
     kept = shard_cells([i.cell for i in cells], kitl.shard)
     keep_ids = {id(c) for c in kept}
     selected = [i for i in cells if id(i.cell) in keep_ids]
@@ -375,8 +442,16 @@ class _Progress:
         if "kitl_line" not in dict(report.user_properties):
             return None
         if hasattr(report, "wasxfail"):
-            return "xfailed", "", ""
-        return report.outcome if report.when == "call" or report.skipped else "", "", ""
+            return "xfailed", "", "XFAIL"
+        if report.when == "call" or report.skipped:
+            return report.outcome, "", report.outcome.upper()
+        return "", "", ""
+
+    @pytest.hookimpl
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        writer = self.config.pluginmanager.get_plugin("terminalreporter")
+        if writer is not None:  # the per-cell lines carry the progress: no [ 50%] column
+            writer._show_progress_info = False
 
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -419,7 +494,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if kitl.known is not None:
         known_report = known_mod.apply_known(cells, kitl.known, kitl.today)
         kitl.known_lines = known_report.lines()
-        if known_report.expired:
+        if known_report.expired and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 

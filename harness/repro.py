@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from harness import accel
+from harness import accel, verify
 from harness.agentclient import AgentClient
 from harness.cache import Cache
 from harness.engine import build_objects
@@ -82,7 +82,12 @@ def run(args: argparse.Namespace) -> int:
     scenario_file = Path(cell.get("scenario_file") or "")
     if not scenario_file.is_file():
         raise UsageError(f"{args.cell_id}: its scenario file {scenario_file} is gone")
-    scenario = load_scenario(scenario_file)
+    if scenario_file.suffix == ".o":  # a `kitl verify` cell: the object is the scenario
+        scenario = verify.scenario_for_object(
+            scenario_file, verify.VerifyOptions(privileges=("privileged", verify.UNPRIVILEGED))
+        )
+    else:
+        scenario = load_scenario(scenario_file)
     case = next((c for c in scenario.cases if c.name == cell["case"]), None)
     if case is None:
         raise UsageError(f"{scenario_file}: has no case {cell['case']!r} any more")
@@ -118,9 +123,14 @@ def run(args: argparse.Namespace) -> int:
             agent.call("sysctl", {"values": sysctls})
         remote = f"/run/kitl-repro-{hashlib.sha256(obj.read_bytes()).hexdigest()[:16]}.o"
         vm.channel.put(obj.read_bytes(), remote)
-        load = agent.call(
-            "load", {"object": remote, "program": case.program, "log_level": args.log_level}
-        )
+        load_args: dict[str, Any] = {
+            "object": remote,
+            "program": case.program,
+            "log_level": args.log_level,
+            "prog_flags": case.load.flags_value,
+            "unprivileged": case.load.unprivileged,
+        }
+        load = agent.call("load", load_args)
         log = str(load.get("log") or load.get("libbpf_messages") or "")
         out.write_text(log, encoding="utf-8")
         verdict = "loaded" if load.get("ok") else f"rejected (errno {load.get('errno')})"

@@ -176,7 +176,7 @@ def merge_runs(sources: list[Path], out: Path) -> list[dict[str, Any]]:
     with (out / "results.jsonl").open("w", encoding="utf-8") as merged:
         for source in sources:
             cells = read_cells(source)
-            if not cells:  # a finished run keeps results.json; jsonl may have been dropped
+            if not cells and (source / "results.json").is_file():  # jsonl may be gone
                 body = json.loads((source / "results.json").read_text(encoding="utf-8"))
                 cells = list(body.get("cells", []))
             if (source / "results.json").is_file():

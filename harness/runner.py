@@ -23,7 +23,7 @@ from harness import accel
 from harness.errors import UsageError
 from harness.known import DEFAULT_NAME as KNOWN_DEFAULT
 from harness.known import load_known
-from harness.matrix import Shard, plan, shard_cells
+from harness.matrix import Cell, Shard, plan, shard_cells
 from harness.outcome import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from harness.progress import DownloadProgress, stderr
 from harness.resolve import Kernels
@@ -111,20 +111,24 @@ def run(args: argparse.Namespace, scenarios: list[Scenario]) -> int:
         load_known(args.expect)
     elif Path(KNOWN_DEFAULT).is_file():
         load_known(Path(KNOWN_DEFAULT))
-    needed = list(dict.fromkeys(c.kernel for c in cells))
-    for name in needed:
-        ks.catalog.get(name)
     run_dir = (args.output or Path("runs") / time.strftime("%Y%m%d-%H%M%S")).resolve()
     paths = [p.resolve() for p in (args.paths or [BUNDLED])]
-    argv = pytest_argv(args, paths, run_dir)
+    return launch(ks, args, pytest_argv(args, paths, run_dir), cells, run_dir)
+
+
+def launch(
+    ks: Kernels, args: argparse.Namespace, argv: list[str], cells: Sequence[Cell], run_dir: Path
+) -> int:
+    """--dry-run: print the command.  Else fetch the kernels of `cells`, decide the
+    accelerator once (the verdict is cached for the workers) and run pytest."""
     if args.dry_run:
         print(shlex.join(argv))
         return EXIT_OK
+    needed = list(dict.fromkeys(c.kernel for c in cells))
     with DownloadProgress() as progress:
         fetched = [ks.get(name, progress) for name in needed]
-    decision = accel.decide(
-        args.accel, ks.store.cache, lambda: accel.qemu_kvm_probe(fetched[0].vmlinuz)
-    )
+    first = fetched[0]
+    decision = accel.decide(args.accel, ks.store.cache, lambda: accel.qemu_kvm_probe(first.vmlinuz))
     argv[argv.index("--kitl-accel") + 1] = decision.accel
     stderr.print(
         f"kitl: {len(cells)} cells on {', '.join(needed)} ({decision.accel}); results in {run_dir}"

@@ -197,6 +197,7 @@ class LoadOptions:
     log_size: int | None = None  # bytes; None: the engine's default
     flags: tuple[str, ...] = ()  # names from progtypes.PROG_LOAD_FLAGS
     btf_custom_path: Path | None = None
+    unprivileged: bool = False  # load without CAP_SYS_ADMIN, CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN
 
     @property
     def flags_value(self) -> int:

@@ -374,3 +374,26 @@ def classify_failure(log: VerifierLog | None, errno: int, libbpf_messages: str) 
     if errno == _errno.ESRCH or _ATTACH.search(libbpf_messages):
         return "UNSUPPORTED_ATTACH_TYPE"
     return "LOAD_FAILED"
+
+
+EXCERPT_LINES = 6  # lines of a log shown around where an expected message was missed
+EXCERPT_WIDTH = 200
+
+
+def log_excerpt(log: str, pos: int) -> str:
+    """About EXCERPT_LINES numbered lines around offset `pos`: the line of the last matched
+    character and those after it, where the next message was looked for."""
+    lines = log.split("\n")  # as count() below sees them (splitlines() also splits at \f...)
+    if lines[-1] == "":
+        lines.pop()
+    if not lines:
+        return "    (the log is empty)"
+    at = log.count("\n", 0, max(pos - 1, 0))
+    first = max(0, min(at - 2, len(lines) - EXCERPT_LINES))
+    shown = range(first, min(first + EXCERPT_LINES, len(lines)))
+    width = len(str(shown[-1] + 1))
+    return "\n".join(f"    {i + 1:>{width}} | {_cut(lines[i])}" for i in shown)
+
+
+def _cut(line: str) -> str:
+    return line if len(line) <= EXCERPT_WIDTH else line[:EXCERPT_WIDTH] + "..."

@@ -13,50 +13,31 @@ from pathlib import Path
 
 import pytest
 
+from harness.catalog import load_catalog
 from harness.pytest_plugin import KitlSession
 from harness.results import CellResult
-from harness.scenario import load_scenario
 
 pytest_plugins = ["pytester"]
 
 REPO = Path(__file__).resolve().parents[2]
-SCENARIOS = REPO / "scenarios"
-DATA = REPO / "tests" / "data" / "scenarios"
+PLUGIN_DATA = REPO / "tests" / "data" / "plugin"  # xdp.yaml, tc.yaml, outcomes.yaml
+BAD_DATA = REPO / "tests" / "data" / "scenarios"
 # Every in-process run: no cache directory, and no hypothesis plugin (it would import, and
 # with PYTHONDONTWRITEBYTECODE assertion-rewrite, all of hypothesis again in every run).
 INNER = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest")
 CASE_RE = re.compile(r"::(?P<case>[^:\[]+)\[(?P<label>[^\]]+)\]$")
-
-# A scenario whose four cases the stub below answers with four different outcomes.
-OUTCOMES_YAML = """\
-name: outcomes
-kernels: [debian-6.1]
-objects:
-  progs: {source: progs.bpf.c}
-cases:
-  - name: passes
-    program: progs/xdp_pass
-    drive: {test_run: {packet: {ipv4: {src: 10.0.0.1, dst: 10.0.0.2}, udp: {dport: 9}}}}
-    expect: {retval: XDP_PASS}
-  - name: skips
-    program: progs/xdp_pass
-    drive: {test_run: {packet: {ipv4: {src: 10.0.0.1, dst: 10.0.0.2}, udp: {dport: 9}}}}
-    expect: {retval: XDP_PASS}
-  - name: fails
-    program: progs/xdp_drop_udp
-    drive: {test_run: {packet: {ipv4: {src: 10.0.0.1, dst: 10.0.0.2}, udp: {dport: 9}}}}
-    expect: {retval: XDP_DROP}
-  - name: rejected
-    program: progs/xdp_drop_udp
-    expect: {load: rejected}
-"""
+XDP_CASES = ("pass", "drop", "rejected")
+XDP_KERNELS = ("debian-6.1", "debian-7.2")  # its kernels:
+XDP_CONFIGS = ("hardened", "interp", "jit")  # declared jit, interp, hardened: run by name
+TC_CASES = ("shot", "shot-again")
 OUTCOME_IDS = [
     f"outcomes::{case}[debian-6.1-default]" for case in ("passes", "skips", "fails", "rejected")
 ]
 
 # conftest.py of the pytester directory: no kernel is fetched and no VM boots.  Patched in
 # pytest_configure and undone in pytest_unconfigure, so it holds in-process (without leaking
-# into this session) and in every xdist worker.  The worker id lands in `observed`.
+# into this session) and in every xdist worker.  `observed` records the worker id and the
+# kernels the process was told to pick its header kernel from.
 STUB_CONFTEST = """\
 import os
 from pathlib import Path
@@ -79,12 +60,13 @@ OUTCOMES = {
     "fails": (Outcome.FAILED, "retval: expected XDP_DROP, got XDP_PASS"),
     "rejected": (Outcome.VERIFIER_REJECTED, "R1 invalid mem access"),
 }
+PATCH = pytest.StashKey[pytest.MonkeyPatch]()
 VERIFIER_LOG = "0: (61) r2 = *(u32 *)(r1 +0)\\ninvalid access to packet, off=14 size=1\\n"
 
 
 class StubGuests:
-    def __init__(self, run):
-        self.run = run
+    def __init__(self, run, header):
+        self.run, self.header = run, header
 
     def run_cell(self, cell, kernel):
         outcome, reason = OUTCOMES[cell.case.name]
@@ -97,7 +79,10 @@ class StubGuests:
             reason=reason,
             kernel_release=kernel.release,
             prog_type=cell.case.prog_type.name,
-            observed={"worker": os.environ.get("PYTEST_XDIST_WORKER", "controller")},
+            observed={
+                "worker": os.environ.get("PYTEST_XDIST_WORKER", "controller"),
+                "header": self.header,
+            },
         )
         if outcome is Outcome.VERIFIER_REJECTED:
             self.run.write_verifier_log(result, VERIFIER_LOG)
@@ -118,12 +103,12 @@ def fake_kernel(self, name):
 def pytest_configure(config):
     patch = pytest.MonkeyPatch()
     patch.setattr(KitlSession, "kernel", fake_kernel)
-    patch.setattr(KitlSession, "guests", lambda self, header: StubGuests(self.run))
-    config.kitl_stub_patch = patch
+    patch.setattr(KitlSession, "guests", lambda self, header: StubGuests(self.run, header))
+    config.stash[PATCH] = patch
 
 
 def pytest_unconfigure(config):
-    config.kitl_stub_patch.undo()
+    config.stash[PATCH].undo()
 """
 
 
@@ -135,15 +120,15 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("KITL_KERNELS_DIR", raising=False)
 
 
-def copy_scenario(pytester: pytest.Pytester, name: str) -> Path:
-    return Path(shutil.copytree(SCENARIOS / name, pytester.path / name))
+def use(pytester: pytest.Pytester, *scenarios: str) -> None:
+    """Copy scenario files of tests/data/plugin (and the .bpf.c they name) into the run."""
+    for name in ("progs.bpf.c", *scenarios):
+        shutil.copy(PLUGIN_DATA / name, pytester.path / name)
 
 
 def stubbed(pytester: pytest.Pytester) -> Path:
     """The outcomes scenario plus the stub conftest; returns the run directory to use."""
-    (pytester.path / "outcomes").mkdir()
-    shutil.copy(DATA / "progs.bpf.c", pytester.path / "outcomes")
-    (pytester.path / "outcomes" / "scenario.yaml").write_text(OUTCOMES_YAML, encoding="utf-8")
+    use(pytester, "outcomes.yaml")
     pytester.makeconftest(STUB_CONFTEST)
     return pytester.path / "run"
 
@@ -154,16 +139,12 @@ def collect(pytester: pytest.Pytester, *args: str) -> tuple[pytest.RunResult, li
     return result, [line for line in result.outlines if "::" in line]
 
 
-def expected_ids(path: str, kernels: list[str], configs: list[str] | None = None) -> list[str]:
-    """Node ids of one scenario file in run order: kernel, then config by name, then cases."""
-    scenario = load_scenario(Path(path))
-    names = sorted(c.name for c in scenario.configs if configs is None or c.name in configs)
-    return [
-        f"{path}::{scenario.name}::{case.name}[{kernel}-{config}]"
-        for kernel in kernels
-        for config in names
-        for case in scenario.cases
-    ]
+def xdp_ids(kernel: str, configs: tuple[str, ...] = XDP_CONFIGS) -> list[str]:
+    return [f"xdp.yaml::xdp::{c}[{kernel}-{x}]" for x in configs for c in XDP_CASES]
+
+
+def tc_ids(kernel: str, file: str = "tc.yaml") -> list[str]:
+    return [f"{file}::tc::{c}[{kernel}-default]" for c in TC_CASES]
 
 
 def label(nodeid: str) -> str:
@@ -183,129 +164,120 @@ def output(result: pytest.RunResult) -> str:
 def test_one_item_per_case_kernel_config_in_kernel_then_config_order(
     pytester: pytest.Pytester,
 ) -> None:
-    copy_scenario(pytester, "xdp-basics")
+    use(pytester, "xdp.yaml")
     result, ids = collect(pytester, "--kitl", "--kitl-kernels", "debian-6.1,debian-7.2")
     assert result.ret == pytest.ExitCode.OK
-    expected = expected_ids("xdp-basics/scenario.yaml", ["debian-6.1", "debian-7.2"])
-    assert len(expected) == 5 * 2 * 3
-    assert ids == expected
-    assert ids[0] == "xdp-basics/scenario.yaml::xdp-basics::pass-test-run[debian-6.1-hardened]"
-    result.stdout.fnmatch_lines(["30 tests collected in *"])
+    assert ids == [*xdp_ids("debian-6.1"), *xdp_ids("debian-7.2")]
+    assert ids[:3] == [
+        "xdp.yaml::xdp::pass[debian-6.1-hardened]",
+        "xdp.yaml::xdp::drop[debian-6.1-hardened]",
+        "xdp.yaml::xdp::rejected[debian-6.1-hardened]",
+    ]
+    result.stdout.fnmatch_lines(["18 tests collected in *"])
 
 
 def test_run_order_is_kernel_by_kernel_across_scenario_files(pytester: pytest.Pytester) -> None:
     """Two files: every cell of the first kernel (in --kitl-kernels order) before any of the
-    second, and within a kernel config by config, whatever file a cell comes from."""
-    copy_scenario(pytester, "tc")
-    copy_scenario(pytester, "xdp-basics")
-    kernels = ["debian-7.2", "debian-6.1"]
-    result, ids = collect(pytester, "--kitl", "--kitl-kernels", ",".join(kernels))
+    second; on a kernel config by config (by name), whatever file a cell comes from."""
+    use(pytester, "tc.yaml", "xdp.yaml")
+    result, ids = collect(pytester, "--kitl", "--kitl-kernels", "debian-7.2,debian-6.1")
     assert result.ret == pytest.ExitCode.OK
-    tc = expected_ids("tc/scenario.yaml", kernels)
-    xdp = expected_ids("xdp-basics/scenario.yaml", kernels)
-    # tc has the one config "default", which sorts before xdp-basics' hardened/interp/jit
-    assert ids == [*tc[:6], *xdp[:15], *tc[6:], *xdp[15:]]
-    labels = [label(i) for i in ids]
-    assert labels[:21] == ["debian-7.2-default"] * 6 + [
-        f"debian-7.2-{c}" for c in ("hardened", "interp", "jit") for _ in range(5)
+    # tc's one config "default" sorts before xdp's hardened, interp, jit
+    assert ids == [
+        *tc_ids("debian-7.2"),
+        *xdp_ids("debian-7.2"),
+        *tc_ids("debian-6.1"),
+        *xdp_ids("debian-6.1"),
+    ]
+    assert [label(i) for i in ids[:11]] == ["debian-7.2-default"] * 2 + [
+        f"debian-7.2-{x}" for x in XDP_CONFIGS for _ in XDP_CASES
     ]
 
 
-def test_scenario_kernels_are_the_default_and_catalog_fills_in(pytester: pytest.Pytester) -> None:
-    copy_scenario(pytester, "xdp-basics")  # kernels: [debian-6.1, debian-7.2]
-    no_kernels = pytester.path / "own" / "scenario.yaml"
-    no_kernels.parent.mkdir()
-    shutil.copy(DATA / "progs.bpf.c", no_kernels.parent)
-    no_kernels.write_text(OUTCOMES_YAML.replace("kernels: [debian-6.1]\n", ""), encoding="utf-8")
+def test_kernels_are_the_scenarios_else_the_catalog_defaults(pytester: pytest.Pytester) -> None:
+    use(pytester, "tc.yaml", "xdp.yaml")  # xdp names debian-6.1 and debian-7.2; tc none
     result, ids = collect(pytester, "--kitl")
     assert result.ret == pytest.ExitCode.OK
-    own = {label(i) for i in ids if i.startswith("own/")}
-    xdp = {label(i) for i in ids if i.startswith("xdp-basics/")}
-    catalog = ["debian-5.10", "debian-6.1", "debian-6.12", "debian-7.2", "debian-7.3"]
-    assert own == {f"{k}-default" for k in catalog}
-    assert {x.rsplit("-", 1)[0] for x in xdp} == {"debian-6.1", "debian-7.2"}
+    defaults = [e.name for e in load_catalog().defaults()]
+    assert len(defaults) > 2
+    # kernels in the order first seen (tc.yaml is collected first), each one's cells together
+    kernels = dict.fromkeys([*defaults, *XDP_KERNELS])
+    assert ids == [
+        i
+        for k in kernels
+        for i in [*(tc_ids(k) if k in defaults else []), *(xdp_ids(k) if k in XDP_KERNELS else [])]
+    ]
+    assert {label(i).rsplit("-", 1)[0] for i in ids if i.startswith("xdp")} == set(XDP_KERNELS)
 
 
 def test_yaml_is_collected_only_with_kitl(pytester: pytest.Pytester) -> None:
-    copy_scenario(pytester, "xdp-basics")
+    use(pytester, "xdp.yaml")
     result, ids = collect(pytester)
     assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
     assert ids == []
     pytester.makeini("[pytest]\nkitl = true\n")
     result, ids = collect(pytester)
     assert result.ret == pytest.ExitCode.OK
-    assert len(ids) == 30
+    assert ids == [*xdp_ids("debian-6.1"), *xdp_ids("debian-7.2")]
 
 
 def test_yaml_without_objects_and_cases_is_ignored(pytester: pytest.Pytester) -> None:
-    copy_scenario(pytester, "tc")
-    (pytester.path / "tc" / "scenario.yaml").rename(pytester.path / "tc" / "scenario.yml")
+    use(pytester, "tc.yaml")
+    (pytester.path / "tc.yaml").rename(pytester.path / "tc.yml")
     (pytester.path / "only_objects.yaml").write_text("objects: {a: 1}\nfoo: [\n")
     (pytester.path / "only_cases.yaml").write_text("cases: [1, 2]\nbar: {\n")
     (pytester.path / "nested.yaml").write_text("top:\n  objects: {}\n  cases: []\n")
-    result, ids = collect(pytester, "--kitl")
-    assert result.ret == pytest.ExitCode.OK  # broken YAML in them: never even parsed
-    assert ids == expected_ids("tc/scenario.yml", ["debian-6.1", "debian-7.2"])
+    result, ids = collect(pytester, "--kitl", "--kitl-kernels", "debian-6.1")
+    assert result.ret == pytest.ExitCode.OK  # the broken YAML in them is never parsed
+    assert ids == tc_ids("debian-6.1", file="tc.yml")
 
 
 def test_configs_option_keeps_only_that_config(pytester: pytest.Pytester) -> None:
-    copy_scenario(pytester, "xdp-basics")
+    use(pytester, "xdp.yaml")
     result, ids = collect(pytester, "--kitl", "--kitl-configs", "jit")
     assert result.ret == pytest.ExitCode.OK
-    assert ids == expected_ids("xdp-basics/scenario.yaml", ["debian-6.1", "debian-7.2"], ["jit"])
-    assert len(ids) == 10
+    assert ids == [*xdp_ids("debian-6.1", ("jit",)), *xdp_ids("debian-7.2", ("jit",))]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="plugin bug: ScenarioFile.collect passes an empty config list to plan() for a "
-    "scenario with none of the --kitl-configs names, which means 'every config'",
-)
 def test_configs_option_drops_scenarios_without_that_config(pytester: pytest.Pytester) -> None:
     """As `kitl run --configs jit` plans it (harness.matrix.plan): tc has only 'default'."""
-    copy_scenario(pytester, "tc")
-    copy_scenario(pytester, "xdp-basics")
-    _, ids = collect(pytester, "--kitl", "--kitl-configs", "jit")
-    assert [i for i in ids if i.startswith("tc/")] == []
+    use(pytester, "tc.yaml", "xdp.yaml")
+    _, ids = collect(pytester, "--kitl", "--kitl-kernels", "debian-6.1", "--kitl-configs", "jit")
+    assert ids == xdp_ids("debian-6.1", ("jit",))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="plugin bug: a --kitl-configs name no scenario has is silently dropped and every "
-    "config runs; plan() calls it a usage error",
-)
 def test_unknown_config_is_a_usage_error(pytester: pytest.Pytester) -> None:
-    copy_scenario(pytester, "xdp-basics")
+    use(pytester, "xdp.yaml")
     result, ids = collect(pytester, "--kitl", "--kitl-configs", "bogus")
     assert ids == []
     assert result.ret == pytest.ExitCode.USAGE_ERROR
 
 
 def test_shards_partition_the_run_order(pytester: pytest.Pytester) -> None:
-    copy_scenario(pytester, "xdp-basics")
-    base = ["--kitl", "--kitl-configs", "jit,interp"]
+    use(pytester, "tc.yaml", "xdp.yaml")
+    base = ["--kitl", "--kitl-kernels", "debian-6.1,debian-7.2"]
     _, everything = collect(pytester, *base)
-    assert len(everything) == 20
+    assert len(everything) == 22
     shards: list[list[str]] = []
     for index in (1, 2, 3):
         result, ids = collect(pytester, *base, "--kitl-shard", f"{index}/3")
         assert result.ret == pytest.ExitCode.OK
         result.stdout.fnmatch_lines(
-            [f"{len(ids)}/20 tests collected ({20 - len(ids)} deselected)*"]
+            [f"{len(ids)}/22 tests collected ({22 - len(ids)} deselected)*"]
         )
         shards.append(ids)
-    assert [len(s) for s in shards] == [7, 7, 6]
+    assert [len(s) for s in shards] == [8, 7, 7]
     # contiguous slices of the run order, in shard order: disjoint, and together everything
     assert [i for s in shards for i in s] == everything
 
 
 def test_bad_shard_is_a_usage_error(pytester: pytest.Pytester) -> None:
-    copy_scenario(pytester, "xdp-basics")
+    use(pytester, "xdp.yaml")
     result, ids = collect(pytester, "--kitl", "--kitl-shard", "3/2")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert ids == []
     assert [line for line in result.errlines if line.strip()] == [
-        "ERROR: --shard '3/2': expected I/N with 1 <= I <= N, e.g. 2/4"
+        "ERROR: shard '3/2': expected I/N with 1 <= I <= N, e.g. 2/4"
     ]
     assert "Traceback" not in output(result)
 
@@ -313,14 +285,14 @@ def test_bad_shard_is_a_usage_error(pytester: pytest.Pytester) -> None:
 def test_unknown_kernel_is_a_one_line_collection_error(pytester: pytest.Pytester) -> None:
     """Not a pytest usage error (exit 4): the name is checked while collecting each scenario
     file, so it is a collection error (exit 2, "Interrupted")."""
-    copy_scenario(pytester, "xdp-basics")
+    use(pytester, "xdp.yaml")
     result, ids = collect(pytester, "--kitl", "--kitl-kernels", "debian-6.1,debian-9")
     assert result.ret == pytest.ExitCode.INTERRUPTED
     assert ids == []
-    lines = [line for line in result.outlines if "debian-9" in line]
-    assert lines == [
-        "unknown kernel 'debian-9' (known kernels: debian-5.10, debian-6.1, debian-6.12, "
-        "debian-7.2, debian-7.3; or path:/path/to/bzImage for a local build)"
+    known = ", ".join(load_catalog().names())
+    assert [line for line in result.outlines if "debian-9" in line] == [
+        f"unknown kernel 'debian-9' (known kernels: {known}; "
+        "or path:/path/to/bzImage for a local build)"
     ]
     result.stdout.fnmatch_lines(["*Interrupted: 1 error during collection*"])
     assert "Traceback" not in output(result)
@@ -330,16 +302,16 @@ def test_unknown_kernel_is_a_one_line_collection_error(pytester: pytest.Pytester
 def test_invalid_scenario_is_a_one_line_collection_error(
     pytester: pytest.Pytester, bad: str
 ) -> None:
-    source = DATA / bad
+    source = BAD_DATA / bad
     # the first line of each bad file names the error: "# error: LINE:COL: message"
     position_and_message = source.read_text().splitlines()[0].removeprefix("# error: ")
     shutil.copy(source, pytester.path / "bad.yaml")
-    shutil.copy(DATA / "progs.bpf.c", pytester.path)
+    shutil.copy(BAD_DATA / "progs.bpf.c", pytester.path)
     result, ids = collect(pytester, "--kitl", "--kitl-kernels", "debian-6.1")
     assert result.ret == pytest.ExitCode.INTERRUPTED
     assert ids == []
-    section = result.outlines.index(next(li for li in result.outlines if "ERROR collecting" in li))
-    assert result.outlines[section + 1] == f"{pytester.path / 'bad.yaml'}:{position_and_message}"
+    header = next(n for n, line in enumerate(result.outlines) if "ERROR collecting" in line)
+    assert result.outlines[header + 1] == f"{pytester.path / 'bad.yaml'}:{position_and_message}"
     assert "ERROR bad.yaml" in result.outlines
     assert "Traceback" not in output(result)
 
@@ -445,8 +417,7 @@ def test_known_failure_is_xfailed(pytester: pytest.Pytester) -> None:
     assert result.ret == pytest.ExitCode.OK
     assert [line for line in result.outlines if line.startswith(("kitl: known", "XFAIL"))] == [
         f"kitl: known: {OUTCOME_IDS[2]} FAILED: fails on purpose ({expect}:2)",
-        f"XFAIL outcomes/scenario.yaml::{OUTCOME_IDS[2]} - "
-        f"known failure ({expect}:2): fails on purpose",
+        f"XFAIL outcomes.yaml::{OUTCOME_IDS[2]} - known failure ({expect}:2): fails on purpose",
     ]
 
 
@@ -460,11 +431,6 @@ def test_expired_known_failure_fails_the_session(pytester: pytest.Pytester) -> N
     result.stdout.fnmatch_lines([f"kitl: expired on 2020-01-01: fixed long ago ({expect}:2)"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="plugin bug: _known_entry returns None at the first matching entry when it has "
-    "expired, instead of going on to a later unexpired one (apply_known calls the cell known)",
-)
 def test_expired_entry_does_not_hide_a_later_live_one(pytester: pytest.Pytester) -> None:
     run = stubbed(pytester)
     expect = expect_file(pytester, ("old", "2020-01-01"), ("still broken", "2099-01-01"))
@@ -474,11 +440,6 @@ def test_expired_entry_does_not_hide_a_later_live_one(pytester: pytest.Pytester)
     result.assert_outcomes(xfailed=1, deselected=3)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="plugin bug: with --kitl-lines, _Progress.pytest_report_teststatus returns an "
-    "empty verbose word, so the short summary lines lose their FAILED/SKIPPED word",
-)
 def test_short_summary_keeps_the_outcome_word_with_kitl_lines(pytester: pytest.Pytester) -> None:
     run = stubbed(pytester)
     result = pytester.runpytest_inprocess(
@@ -489,23 +450,14 @@ def test_short_summary_keeps_the_outcome_word_with_kitl_lines(pytester: pytest.P
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="plugin bug: pytest.skip() in CellItem.runtest reports the plugin's own source "
-    "line as the skip location instead of the scenario case",
-)
 def test_skip_is_reported_at_the_scenario_case(pytester: pytest.Pytester) -> None:
     run = stubbed(pytester)
     result = pytester.runpytest_inprocess(*INNER, "--kitl", "--kitl-output", str(run), "-rs")
-    line = OUTCOMES_YAML.splitlines().index("  - name: skips") + 1
-    result.stdout.fnmatch_lines([f"SKIPPED [[]1[]] outcomes/scenario.yaml:{line}: needs tcx*"])
+    text = (PLUGIN_DATA / "outcomes.yaml").read_text()
+    line = text.splitlines().index("  - name: skips") + 1
+    result.stdout.fnmatch_lines([f"SKIPPED [[]1[]] outcomes.yaml:{line}: needs tcx*"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="plugin bug: _Progress.pytest_runtest_logstart asks kernel_of() about every node "
-    "id; a parametrized Python test `t[1-2]` is taken for a cell of kernel '1'",
-)
 def test_kitl_lines_announces_no_boot_for_python_tests(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         test_plain="""
@@ -531,7 +483,7 @@ def test_kernel_of_finds_the_longest_known_kernel_name(pytester: pytest.Pytester
         "--kitl", "--kitl-kernels", "debian-6.1-rt", "--kitl-output", str(pytester.path / "r")
     )
     session = KitlSession(config)
-    node = "xdp-basics/scenario.yaml::xdp-basics::drop-udp"
+    node = "xdp.yaml::xdp::drop"
     got = {
         nodeid: session.kernel_of(nodeid)
         for nodeid in (
@@ -540,8 +492,9 @@ def test_kernel_of_finds_the_longest_known_kernel_name(pytester: pytest.Pytester
             f"{node}[debian-6.12-interp]",  # debian-6.1 is a prefix, but not of "debian-6.12-"
             f"{node}[debian-6.1-rt-jit]",  # both debian-6.1 and debian-6.1-rt fit: longest
             f"{node}[debian-6.1-rt-jit]@debian-6.1-rt",
-            f"{node}[custom-k-default]",  # no known name: all but the config
+            f"{node}[custom-k-default]",  # no known name: none, unless guessing
             "tests/test_x.py::test_y",
+            "tests/test_x.py::test_pair[1-2]",  # a plain parametrized test is no cell
         )
     }
     assert got == {
@@ -550,20 +503,18 @@ def test_kernel_of_finds_the_longest_known_kernel_name(pytester: pytest.Pytester
         f"{node}[debian-6.12-interp]": "debian-6.12",
         f"{node}[debian-6.1-rt-jit]": "debian-6.1-rt",
         f"{node}[debian-6.1-rt-jit]@debian-6.1-rt": "debian-6.1-rt",
-        f"{node}[custom-k-default]": "custom-k",
+        f"{node}[custom-k-default]": None,
         "tests/test_x.py::test_y": None,
+        "tests/test_x.py::test_pair[1-2]": None,
     }
+    # the scheduler guesses (all but the config) so an unknown kernel still groups
+    assert session.kernel_of(f"{node}[custom-k-default]", guess=True) == "custom-k"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="plugin bug: kernel_of() cuts the node id at its last '@' even when that '@' is "
-    "in the path (a Jenkins workspace@2) and no xdist group follows",
-)
 def test_kernel_of_with_at_sign_in_the_path(pytester: pytest.Pytester) -> None:
     config = pytester.parseconfigure("--kitl", "--kitl-output", str(pytester.path / "r"))
     session = KitlSession(config)
-    assert session.kernel_of("ws@2/tc/scenario.yaml::tc::shot[debian-6.1-default]") == "debian-6.1"
+    assert session.kernel_of("ws@2/tc.yaml::tc::shot[debian-6.1-default]") == "debian-6.1"
 
 
 def test_loadgroup_runs_each_kernel_on_one_worker(pytester: pytest.Pytester) -> None:
@@ -595,6 +546,8 @@ def test_loadgroup_runs_each_kernel_on_one_worker(pytester: pytest.Pytester) -> 
         workers.setdefault(cell["kernel"], set()).add(cell["observed"]["worker"])
     assert {k: len(w) for k, w in workers.items()} == {k: 1 for k in kernels}
     assert set().union(*workers.values()) == {"gw0", "gw1"}
+    # every worker picks the header kernel (for vmlinux.h) from the same list: all kernels
+    assert all(cell["observed"]["header"] == sorted(kernels) for cell in cells)
     # the controller learns the total from the workers' collections
     result.stdout.fnmatch_lines(["[[]  12/12[]] *"])
     assert (run / "report" / "summary.md").is_file()

@@ -63,12 +63,8 @@ def test_example_passes_in_one_boot(
         shutil.copy(EXAMPLES / name, pytester.path / name)
     pytester.makepyfile(test_zz_hygiene=HYGIENE)
     started = time.monotonic()
-    # -p harness.fixtures: registers the fixtures even where the kitl plugin does not (yet)
+    # the kitl plugin (entry point) registers the fixtures itself
     result = pytester.runpytest_subprocess(
-        "-p",
-        "kitl",
-        "-p",
-        "harness.fixtures",
         "-p",
         "no:cacheprovider",
         "--kitl-kernels",

@@ -1,0 +1,343 @@
+"""`kitl verify`: every program of every BPF object, loaded on its own on every kernel and
+config of the matrix, veristat style, without writing a scenario.
+
+Each object becomes a scenario built in memory: one case per program (filtered by --prog),
+expecting a successful load unless a bulk expectations file (harness.verify_expect) says
+otherwise.  The cases run through the same pytest plugin, guests, run directory, reports,
+`kitl compare` and `kitl repro` as `kitl run`; the plugin collects `.o` files when
+`--kitl-verify` is given and builds these scenarios with `scenario_for_object`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import re
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from harness import accel, progtypes, runner, verify_expect
+from harness.elfobj import read_object
+from harness.errors import KitlError, UsageError
+from harness.matrix import Shard, plan, shard_cells
+from harness.progtypes import IGNORED_CODES, ProgType
+from harness.resolve import Kernels
+from harness.scenario import (
+    BpfObject,
+    Case,
+    LoadOptions,
+    Override,
+    PacketSpec,
+    RunConfig,
+    Scenario,
+    TestRunDrive,
+)
+from harness.scenario_expect import Expect
+
+# A section libbpf has no program type for: it still gets a cell, which the load fails.
+UNKNOWN_TYPE = ProgType("unknown", 0, "?", (), IGNORED_CODES)
+UNPRIVILEGED = "unprivileged"  # the suffix of a case loaded without capabilities
+_CONFIG = re.compile(r"^([a-z0-9][a-z0-9._-]{0,63}):(.+)$")
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    programs: tuple[str, ...] = ()  # fnmatch globs on program names; empty: all
+    log_level: int = 5
+    log_size: int | None = None
+    flags: tuple[str, ...] = ()  # names from progtypes.PROG_LOAD_FLAGS
+    btf_custom_path: Path | None = None
+    privileges: tuple[str, ...] = ("privileged",)  # and/or "unprivileged"
+    test_run: bool = False
+    configs: tuple[RunConfig, ...] = (RunConfig("default"),)
+
+
+def objects_in(paths: Sequence[Path]) -> list[Path]:
+    """The object files named, or found under the directories named (*.o), sorted."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*.o") if p.is_file())
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise UsageError(f"{path}: no such object file or directory")
+    if not found:
+        raise UsageError(f"no BPF objects (*.o) in {', '.join(map(str, paths))}")
+    return list(dict.fromkeys(p.resolve() for p in found))
+
+
+def parse_flags(text: str) -> tuple[str, ...]:
+    names = tuple(f.strip() for f in text.split(",") if f.strip())
+    for name in names:
+        if name not in progtypes.PROG_LOAD_FLAGS:
+            known = ", ".join(progtypes.PROG_LOAD_FLAGS)
+            raise UsageError(f"unknown program load flag {name!r}", hint=f"flags: {known}")
+    return names
+
+
+def parse_config(text: str) -> RunConfig:
+    """NAME:KEY=VALUE[,KEY=VALUE]: a config of sysctls, e.g.
+    interp:net.core.bpf_jit_enable=0."""
+    m = _CONFIG.match(text)
+    pairs = [p.split("=", 1) for p in m.group(2).split(",")] if m else []
+    if not m or any(len(p) != 2 or not p[0].strip() for p in pairs):
+        raise UsageError(
+            f"--config {text!r}: expected NAME:SYSCTL=VALUE[,SYSCTL=VALUE]",
+            hint="e.g. interp:net.core.bpf_jit_enable=0",
+        )
+    return RunConfig(m.group(1), tuple((k.strip(), v.strip()) for k, v in pairs))
+
+
+def scenario_name(obj: Path) -> str:
+    name = obj.name.removesuffix(".o").removesuffix(".bpf")
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "object"
+
+
+def scenario_for_object(obj: Path, options: VerifyOptions) -> Scenario:
+    """One case per selected program of `obj` (and per privilege asked for)."""
+    try:
+        info = read_object(obj)
+    except KitlError as exc:
+        raise UsageError(f"{obj}: {exc}") from None
+    name = scenario_name(obj)
+    cases: list[Case] = []
+    for prog in info.programs:
+        if options.programs and not any(
+            fnmatch.fnmatchcase(prog.name, g) for g in options.programs
+        ):
+            continue
+        match = progtypes.match_section(prog.section)
+        prog_type = match.prog_type if match else UNKNOWN_TYPE
+        for privilege in options.privileges:
+            unprivileged = privilege == UNPRIVILEGED
+            load = LoadOptions(
+                options.log_level,
+                options.log_size,
+                options.flags,
+                options.btf_custom_path,
+                unprivileged=unprivileged,
+            )
+            # the program's own return value, where the kernel can run it without a target
+            drive = None
+            if options.test_run and prog_type.test_run and not unprivileged:
+                spec = PacketSpec(l3="ipv4", l4="udp") if prog_type.test_run_data else None
+                drive = TestRunDrive(packet=spec)
+            cases.append(
+                Case(
+                    f"{prog.name}.{UNPRIVILEGED}" if unprivileged else prog.name,
+                    name,
+                    prog.name,
+                    prog.section,
+                    prog_type,
+                    Expect(),
+                    load=load,
+                    drive=drive,
+                )
+            )
+    obj_def = BpfObject(name, path=obj, info=info)
+    return Scenario(name, obj, (obj_def,), tuple(cases), configs=options.configs)
+
+
+def with_expectations(scenario: Scenario, overrides: dict[str, tuple[Override, ...]]) -> Scenario:
+    """The scenario with each case's expectations (by case name) from the bulk file."""
+    cases = tuple(
+        Case(
+            c.name, c.object, c.program, c.section, c.prog_type, c.expect, c.description,
+            c.requires, c.load, c.attach, c.drive, overrides.get(c.name, ()), line=c.line,
+        )
+        for c in scenario.cases
+    )  # fmt: skip
+    return Scenario(
+        scenario.name, scenario.path, scenario.objects, cases, scenario.description,
+        scenario.kernels, scenario.configs, scenario.topology,
+    )  # fmt: skip
+
+
+# --- the command ---------------------------------------------------------------------------
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="+", type=Path, metavar="OBJ_OR_DIR")
+    p.add_argument("--kernels", default="", metavar="A,B", help="default: the default kernels")
+    p.add_argument("--kernel", action="append", default=[], help="one kernel (repeatable)")
+    p.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="NAME:SYSCTL=VALUE[,...]",
+        help="a config of sysctls, e.g. interp:net.core.bpf_jit_enable=0 (repeatable)",
+    )
+    p.add_argument("--prog", action="append", default=[], metavar="GLOB", help="only these")
+    p.add_argument("--log-level", type=int, default=5, help="1 log, 2 verbose, 4 stats (5)")
+    p.add_argument("--log-size", type=int, default=None, metavar="BYTES")
+    p.add_argument("--flags", default="", metavar="BPF_F_X,BPF_F_Y", help="program load flags")
+    p.add_argument("--btf", type=Path, default=None, metavar="FILE", help="btf_custom_path")
+    p.add_argument(
+        "--privilege",
+        default="privileged",
+        choices=("privileged", "unprivileged", "both"),
+        help="unprivileged: loaded without CAP_SYS_ADMIN/BPF/PERFMON/NET_ADMIN",
+    )
+    p.add_argument("--test-run", action="store_true", help="record each program's test_run retval")
+    p.add_argument("--expect", type=Path, default=None, metavar="FILE", help="bulk expectations")
+    p.add_argument("-n", dest="workers", default=None, metavar="N|auto", help="parallel VMs")
+    p.add_argument("--output", type=Path, default=None, help="run directory (default runs/<time>)")
+    p.add_argument("--shard", default=None, metavar="I/N")
+    p.add_argument("--accel", default="auto", choices=accel.ACCELS)
+    p.add_argument("--boot-timeout", type=float, default=None, metavar="SECONDS")
+    p.add_argument("--dry-run", action="store_true", help="print the pytest command and exit")
+
+
+def options_from(args: argparse.Namespace) -> VerifyOptions:
+    return VerifyOptions(
+        programs=tuple(args.prog),
+        log_level=args.log_level,
+        log_size=args.log_size,
+        flags=parse_flags(args.flags),
+        btf_custom_path=args.btf.resolve() if args.btf else None,
+        privileges=("privileged", UNPRIVILEGED) if args.privilege == "both" else (args.privilege,),
+        test_run=args.test_run,
+        configs=tuple(parse_config(c) for c in args.config) or (RunConfig("default"),),
+    )
+
+
+def verify_argv(args: argparse.Namespace, objects: Sequence[Path], run_dir: Path) -> list[str]:
+    """The exact pytest command `kitl verify` executes."""
+    argv = [sys.executable, "-m", "pytest", "-c", str(runner.INI), "--rootdir", str(Path.cwd())]
+    argv += ["-p", "no:cacheprovider", "--kitl-verify", "--kitl-lines", "-q", "--no-header"]
+    argv += ["--kitl-output", str(run_dir), "--kitl-accel", args.accel]
+    argv += ["--kitl-log-level", str(args.log_level), "--kitl-privilege", args.privilege]
+    kernels = [*(k.strip() for k in args.kernels.split(",") if k.strip()), *args.kernel]
+    if kernels:
+        argv += ["--kitl-kernels", ",".join(dict.fromkeys(kernels))]
+    for flag, value in (
+        ("--kitl-prog", ",".join(args.prog)),
+        ("--kitl-flags", args.flags),
+        ("--kitl-btf", str(args.btf.resolve()) if args.btf else ""),
+        ("--kitl-verify-expect", str(args.expect.resolve()) if args.expect else ""),
+        ("--kitl-shard", args.shard or ""),
+        ("--kitl-log-size", str(args.log_size or "")),
+        ("--kitl-boot-timeout", str(args.boot_timeout or "")),
+    ):
+        if value:
+            argv += [flag, value]
+    for config in args.config:
+        argv += ["--kitl-verify-config", config]
+    if args.test_run:
+        argv.append("--kitl-test-run")
+    if args.workers and args.workers != "1":
+        argv += ["-n", str(args.workers), "--dist", "loadgroup"]
+    return [*argv, *(str(o) for o in objects)]
+
+
+def run(args: argparse.Namespace) -> int:
+    objects = objects_in(args.paths)
+    options = options_from(args)
+    bulk = load_bulk(args.expect) if args.expect else None
+    scenarios = [scenario_for_object(o, options) for o in objects]
+    if bulk is not None:
+        scenarios = [bulk.apply(s) for s in scenarios]
+    ks = Kernels.open()
+    kernels = [*(k.strip() for k in args.kernels.split(",") if k.strip()), *args.kernel]
+    defaults = [e.name for e in ks.catalog.defaults()]
+    for name in kernels:
+        ks.catalog.get(name)
+    shard = Shard.parse(args.shard) if args.shard else None
+    cells = shard_cells(plan(scenarios, kernels, [], defaults), shard)
+    if not cells:
+        raise UsageError("no program to verify", hint="check --prog and the objects' sections")
+    run_dir = (args.output or Path("runs") / time.strftime("verify-%Y%m%d-%H%M%S")).resolve()
+    status = runner.launch(ks, args, verify_argv(args, objects, run_dir), cells, run_dir)
+    if not args.dry_run and (run_dir / "results.json").is_file():
+        print_table(run_dir)
+    return status
+
+
+def print_table(run_dir: Path) -> None:
+    """Programs x kernel-config: `loaded INSNS` or the failure class, marked `!` where it
+    is not what was expected; with a single cell, its whole verifier log (the one-command
+    repro of a verifier failure)."""
+    cells = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))["cells"]
+    columns = list(dict.fromkeys(f"{c['kernel']}-{c['config']}" for c in cells))
+    rows: dict[str, dict[str, str]] = {}
+    for c in cells:
+        insns = (c.get("verifier") or {}).get("verified_insns") or ""
+        observed = c.get("observed") or {}
+        if c["outcome"] == "SKIPPED":
+            verdict = "skipped"
+        elif (observed.get("load") or {}).get("ok"):
+            verdict = f"loaded {insns}".strip()
+        else:
+            verdict = str(observed.get("error_class") or c["outcome"]).lower()
+        if c["outcome"] not in ("PASSED", "SKIPPED"):
+            verdict = "!" + verdict  # not what was expected
+        rows.setdefault(f"{c['scenario']}/{c['case']}", {})[f"{c['kernel']}-{c['config']}"] = (
+            verdict
+        )
+    width = max([len(r) for r in rows] + [7])
+    print(f"{'program':<{width}}  " + "  ".join(f"{col:<22}" for col in columns))
+    for name, row in rows.items():
+        print(f"{name:<{width}}  " + "  ".join(f"{row.get(col, '-'):<22}" for col in columns))
+    if len(cells) == 1 and cells[0].get("log_path"):
+        print((run_dir / cells[0]["log_path"]).read_text(encoding="utf-8"), end="")
+
+
+# --- bulk expectations ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BulkExpectations:
+    """A kitl-verify.yaml (harness.verify_expect) turned into each case's expectations."""
+
+    expectations: verify_expect.Expectations
+
+    def apply(self, scenario: Scenario) -> Scenario:
+        """Every entry that can match a case (whatever the kernel) becomes an override of
+        it, in reverse file order: overrides apply in turn, so of those whose kernel range
+        holds, the first in the file has the last word, which is first-match semantics."""
+        obj = scenario.objects[0].path or scenario.path
+        overrides: dict[str, tuple[Override, ...]] = {}
+        cases: list[Case] = []
+        for case in scenario.cases:
+            # whatever their kernel range: the engine picks by the cell's kernel
+            matching = [
+                e
+                for e in self.expectations.entries
+                if replace(e, kernel=None).matches(
+                    obj.name, case.program, None, case.load.unprivileged
+                )
+            ]
+            overrides[case.name] = tuple(_override(e, case) for e in reversed(matching))
+            wants_retval = any(e.retval is not None for e in matching)
+            if wants_retval and case.drive is None and case.prog_type.test_run:
+                spec = PacketSpec(l3="ipv4", l4="udp") if case.prog_type.test_run_data else None
+                cases.append(replace(case, drive=TestRunDrive(packet=spec)))
+            else:
+                cases.append(case)
+        return with_expectations(replace(scenario, cases=tuple(cases)), overrides)
+
+
+def _override(entry: verify_expect.Entry, case: Case) -> Override:
+    rejected = entry.verdict == "rejected"
+    retval = None
+    if entry.retval is not None:
+        try:
+            retval = progtypes.resolve_retval(case.prog_type, case.section, entry.retval)
+        except ValueError as exc:
+            raise UsageError(f"{entry.where}: retval: {exc}") from None
+    expect = Expect(
+        load="rejected" if rejected else "ok",
+        log=tuple(m.regex.pattern if m.regex else re.escape(m.text) for m in entry.log),
+        error_class=entry.error_class,
+        retval=retval,
+    )
+    return Override(expect, ("load", "log", "error_class", "retval"), kernel=entry.kernel)
+
+
+def load_bulk(path: Path) -> BulkExpectations:
+    return BulkExpectations(verify_expect.load_expectations(path))

@@ -1,0 +1,344 @@
+"""Expectations in bulk for `kitl verify`: the `kitl-verify.yaml` file.
+
+    expect:
+      - object: "xdp_*.bpf.o"      # optional: fnmatch glob on the object's file name ("*")
+        program: "xdp_drop*"       # required: fnmatch glob on the program (function) name
+        verdict: rejected          # accepted | rejected (default accepted)
+        log:                       # optional: messages the verifier log has, in this order
+          - "R1 offset is outside" #   a plain string is a substring
+          - "/invalid access to (packet|map)/"   # /.../ is a Python regex (re.M)
+        error_class: VERIFIER_REJECTED   # optional, needs verdict: rejected
+        retval: XDP_PASS           # optional: test_run's return value, a number or a name of
+                                   #   the program type's codes (resolved when judging)
+        kernel: ">=5.17"           # optional: a kernel version range
+        privilege: unprivileged    # privileged | unprivileged | any (default any)
+        reason: "why"              # optional: quoted when the expectation fails
+
+Entries are tried in file order and the FIRST whose object, program, kernel and privilege
+match applies, so a specific entry must come before a broad one (an entry that an earlier one
+hides completely is an error).  A program no entry matches is expected to load.  Globs are
+case-sensitive.  Every problem of the file is collected; `VerifyExpectError` names the first at
+file:line:column and carries all of them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePath
+from typing import Literal
+
+import yaml
+
+from harness import progtypes, yamlsrc
+from harness.errors import ConfigError
+from harness.scenario import ScenarioError
+from harness.scenario_expect import (
+    ERROR_CLASSES,
+    Either,
+    Int,
+    Pos,
+    Reader,
+    Seq,
+    Str,
+    VersionRange,
+    describe,
+    kernel_version,
+    obj,
+    parse_version_range,
+    suggest,
+    usable,
+)
+from harness.yamlsrc import LocDict, LocList, where
+
+DEFAULT_NAME = "kitl-verify.yaml"
+TOP_KEYS = ("expect",)
+MAX_ENTRIES = 100_000
+VerdictName = Literal["accepted", "rejected"]
+Privilege = Literal["privileged", "unprivileged", "any"]
+
+ENTRY = obj(
+    {
+        "object": Str(doc="fnmatch glob on the object's file name (default *)"),
+        "program": Str(doc="fnmatch glob on the program (function) name"),
+        "verdict": Str(choices=("accepted", "rejected")),
+        "log": Seq(Str(), 1, 64, single_ok=True, doc="substrings or /regexes/, in order"),
+        "error_class": Str(choices=ERROR_CLASSES),
+        "retval": Either((Int(progtypes.S32_MIN, progtypes.U32_MAX), Str())),
+        "kernel": Str(doc='a kernel version range, e.g. ">=5.17"'),
+        "privilege": Str(choices=("privileged", "unprivileged", "any")),
+        "reason": Str(),
+    },
+    required=("program",),
+)
+
+
+class VerifyExpectError(ScenarioError):
+    """The first problem of an expectation file (as str()), with all of them in `errors`."""
+
+
+@dataclass(frozen=True)
+class LogMessage:
+    """A message of `log:`: a substring, or a regex when written as /.../."""
+
+    text: str  # as written
+    regex: re.Pattern[str] | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> LogMessage:
+        """Raises re.error for a bad regex."""
+        if len(text) > 2 and text.startswith("/") and text.endswith("/"):
+            return cls(text, re.compile(text[1:-1], re.M))
+        return cls(text)
+
+    def search(self, log: str, pos: int) -> int | None:
+        """The end of the first occurrence at or after `pos`, or None."""
+        if self.regex is not None:
+            m = self.regex.search(log, pos)
+            return m.end() if m else None
+        found = log.find(self.text, pos)
+        return None if found < 0 else found + len(self.text)
+
+    def __str__(self) -> str:
+        return self.text if self.regex is not None else repr(self.text)
+
+
+@dataclass(frozen=True)
+class Entry:
+    program_glob: str
+    object_glob: str = "*"
+    verdict: VerdictName = "accepted"
+    log: tuple[LogMessage, ...] = ()
+    error_class: str | None = None
+    retval: int | str | None = None  # as written; resolved for the program's type in judge()
+    kernel: VersionRange | None = None
+    privilege: Privilege = "any"
+    reason: str = ""
+    path: Path = Path(DEFAULT_NAME)
+    line: int = 0
+    # Compiled once: find() runs for every (object, program, kernel, privilege) of a run.
+    program_re: re.Pattern[str] = field(init=False, repr=False, compare=False)
+    object_re: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "program_re", re.compile(fnmatch.translate(self.program_glob)))
+        object.__setattr__(self, "object_re", re.compile(fnmatch.translate(self.object_glob)))
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}:{self.line}"
+
+    def matches(
+        self,
+        object_name: str,
+        program: str,
+        version: tuple[int, int, int] | None,
+        unprivileged: bool,
+    ) -> bool:
+        if not self.program_re.match(program) or not self.object_re.match(
+            PurePath(object_name).name
+        ):
+            return False
+        if self.privilege != "any" and (self.privilege == "unprivileged") != unprivileged:
+            return False
+        # An unreadable release cannot be shown to be in range.
+        return self.kernel is None or (version is not None and self.kernel.contains(version))
+
+    def hides(self, later: Entry) -> bool:
+        """Whether this entry matches every cell `later` matches (so `later` never applies)."""
+        return (
+            self.privilege in ("any", later.privilege)
+            and (
+                self.kernel is None
+                or (later.kernel is not None and self.kernel.clauses == later.kernel.clauses)
+            )
+            and _covers(self.program_glob, self.program_re, later.program_glob)
+            and _covers(self.object_glob, self.object_re, later.object_glob)
+        )
+
+
+def _covers(broad: str, broad_re: re.Pattern[str], narrow: str) -> bool:
+    # With only "*" wildcards on both sides, `broad` matching the text of `narrow` means it
+    # matches every name `narrow` does; "?" and "[...]" are too subtle to decide, so only
+    # equality counts then.
+    if broad in ("*", narrow):
+        return True
+    if "?" in broad or "[" in broad or "?" in narrow or "[" in narrow:
+        return False
+    return broad_re.match(narrow) is not None
+
+
+@dataclass(frozen=True)
+class Expectations:
+    path: Path
+    entries: tuple[Entry, ...] = ()
+
+    def find(
+        self, object_name: str, program: str, kernel_release: str, unprivileged: bool
+    ) -> Entry | None:
+        """The first entry that matches (object_name may be a path: its file name is matched);
+        None means no expectation: the program is expected to load."""
+        try:
+            version: tuple[int, int, int] | None = kernel_version(kernel_release)
+        except ValueError:
+            version = None
+        for entry in self.entries:
+            if entry.matches(object_name, program, version, unprivileged):
+                return entry
+        return None
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+
+def _glob(rd: Reader, d: LocDict, key: str, what: str) -> str:
+    value = str(d.get(key, "*"))
+    if not value.strip():
+        rd.error(f"{what}.{key}: empty glob", where(d, key, value=True), 'use "*" to match all')
+    elif key == "object" and "/" in value:
+        msg = f"{what}.object: {value[:60]!r} can never match: it is matched on the file name"
+        rd.error(msg, where(d, key, value=True), f"did you mean {PurePath(value).name!r}?")
+    return value
+
+
+def _log(rd: Reader, d: LocDict, what: str) -> tuple[LogMessage, ...]:
+    items = d.get("log", ())
+    texts: list[str] = [items] if isinstance(items, str) else list(items)
+    out = []
+    for i, text in enumerate(texts):
+        at = where(items, i) if isinstance(items, LocList) else where(d, "log", value=True)
+        name = f"{what}.log[{i}]" if isinstance(items, LocList) else f"{what}.log"
+        if not text.strip():
+            rd.error(f"{name}: empty message", at, "an empty message would match any log")
+            continue
+        try:
+            out.append(LogMessage.parse(text))
+        except (re.error, RecursionError, OverflowError) as exc:
+            rd.error(f"{name}: bad regular expression {text[:60]!r}: {exc}", at)
+    return tuple(out)
+
+
+def _entry(rd: Reader, items: LocList, index: int) -> Entry | None:
+    what, errors = f"expect[{index}]", len(rd.errors)
+    raw = items[index]
+    if not rd.validate(raw, ENTRY, what, where(items, index)) and not isinstance(raw, LocDict):
+        return None
+    d = usable(raw, ENTRY)  # the keys of a good shape, so their own checks still run
+    program, object_glob = _glob(rd, d, "program", what), _glob(rd, d, "object", what)
+    log = _log(rd, d, what)
+    kernel = None
+    if "kernel" in d:
+        try:
+            kernel = parse_version_range(d["kernel"])
+        except ValueError as exc:
+            msg = f"{what}.kernel: bad version range: {exc}"
+            rd.error(msg, where(d, "kernel", value=True), 'e.g. ">=5.17" or ">=5.10,<6.1"')
+    verdict = d.get("verdict", "accepted")
+    # A bad verdict is reported already; guessing "accepted" would add a false second error.
+    if "error_class" in d and verdict == "accepted" and ("verdict" in d or "verdict" not in raw):
+        hint = "add verdict: rejected, or drop error_class"
+        msg = f"{what}.error_class: an error class needs verdict: rejected"
+        rd.error(msg, where(d, "error_class"), hint)
+    retval = d.get("retval")
+    if isinstance(retval, str) and not retval.strip():
+        rd.error(f"{what}.retval: empty return value", where(d, "retval", value=True))
+    if retval is not None and verdict == "rejected":
+        hint = "drop retval, or expect verdict: accepted"
+        rd.error(f"{what}.retval: a rejected program never runs", where(d, "retval"), hint)
+    if len(rd.errors) > errors:
+        return None
+    return Entry(
+        program_glob=program,
+        object_glob=object_glob,
+        verdict=verdict,
+        log=log,
+        error_class=d.get("error_class"),
+        retval=retval,
+        kernel=kernel,
+        privilege=d.get("privilege", "any"),
+        reason=d.get("reason", ""),
+        path=raw.path,
+        line=raw.line,
+    )
+
+
+def _entries(rd: Reader, doc: object, text: str) -> list[Entry]:
+    if doc is None:
+        return []
+    if not isinstance(doc, LocDict):
+        at = where(doc) if isinstance(doc, LocList) else _scalar_pos(rd.path, text)
+        rd.error(f"expected a mapping with expect:, got {describe(doc)}", at)
+        return []
+    for key in doc:
+        if key not in TOP_KEYS:
+            rd.error(f"unknown key {key!r}", where(doc, key), suggest(key, TOP_KEYS, "keys"))
+    items = doc.get("expect")
+    if items is None:
+        return []
+    if not isinstance(items, LocList):
+        hint = "a list of entries, each starting with - program: GLOB"
+        rd.error(f"expect: expected a list, got {describe(items)}", where(doc, "expect"), hint)
+        return []
+    if len(items) > MAX_ENTRIES:
+        rd.error(f"expect: more than {MAX_ENTRIES} entries", where(doc, "expect"))
+        return []
+    parsed = [(i, e) for i in range(len(items)) if (e := _entry(rd, items, i)) is not None]
+    for j, (index, later) in enumerate(parsed):
+        earlier = next((e for _, e in parsed[:j] if e.hides(later)), None)
+        if earlier is not None:
+            rd.error(
+                f"expect[{index}]: never applies: the entry on line {earlier.line} "
+                f"(program {earlier.program_glob!r}) comes first and matches all it does",
+                where(items, index),
+                "entries are tried in order: put the specific entry before the broad one",
+            )
+    return [e for _, e in parsed]
+
+
+def _scalar_pos(path: Path, text: str) -> Pos:
+    # yamlsrc gives scalars no position; the composed node has it.
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    assert node is not None  # the document is a scalar, not empty
+    mark = node.start_mark
+    return {"path": path, "line": mark.line + 1, "column": mark.column + 1}
+
+
+def parse_expectations(path: Path, text: str) -> Expectations:
+    """Parse the text of an expectation file, attributed to `path`; VerifyExpectError (a
+    ConfigError) names the first problem and carries all in `.errors`."""
+    doc = yamlsrc.load(path, text)
+    rd = Reader(path)
+    entries = _entries(rd, doc, text)
+    if rd.errors:
+        raise VerifyExpectError(rd.errors)
+    return Expectations(path, tuple(entries))
+
+
+def load_expectations(path: Path) -> Expectations:
+    """Read and parse an expectation file (ConfigError with file:line:column on any error)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("no such file", path=path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read: {exc}", path=path) from None
+    return parse_expectations(path, text)
+
+
+# --- judging ---------------------------------------------------------------------------------
+
+
+def log_in_order(patterns: Sequence[LogMessage | str], log: str) -> tuple[int | None, int]:
+    """(index of the first pattern not found after the previous one's match, or None when all
+    are found; the offset where the search stopped: the end of the last match).  Plain strings
+    are read as in the file: /.../ is a regex."""
+    pos = 0
+    for index, pattern in enumerate(patterns):
+        message = LogMessage.parse(pattern) if isinstance(pattern, str) else pattern
+        end = message.search(log, pos)
+        if end is None:
+            return index, pos
+        pos = end
+    return None, pos

@@ -1,0 +1,119 @@
+"""kitl verify without a VM: objects into in-memory scenarios, options, bulk expectations
+turned into per-case overrides (first match wins per kernel and privilege), the pytest
+command line."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from harness import verify
+from harness.errors import UsageError
+from harness.verify_expect import parse_expectations
+from tests.unit.test_libbpf_layout import compile_bpf
+
+# The programs of tests/data/verify/basic.bpf.c, without vmlinux.h (no kernel needed here).
+BASIC = """\
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+SEC("xdp") int xdp_ok(struct xdp_md *ctx) { return XDP_PASS; }
+SEC("xdp") int xdp_oob(struct xdp_md *ctx) { return XDP_DROP; }
+SEC("socket") int sock_keep(struct __sk_buff *skb) { return skb->len; }
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+@pytest.fixture(scope="module")
+def basic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    src = tmp_path_factory.mktemp("src") / "basic.bpf.c"
+    src.write_text(BASIC)
+    return compile_bpf(src, tmp_path_factory.mktemp("obj"))
+
+
+def test_one_case_per_program_and_privilege(basic: Path) -> None:
+    options = verify.VerifyOptions(privileges=("privileged", "unprivileged"), test_run=True)
+    scenario = verify.scenario_for_object(basic, options)
+    assert scenario.name == "basic"
+    names = [c.name for c in scenario.cases]
+    assert names == [
+        "xdp_ok", "xdp_ok.unprivileged", "xdp_oob", "xdp_oob.unprivileged",
+        "sock_keep", "sock_keep.unprivileged",
+    ]  # fmt: skip
+    ok = scenario.case("xdp_ok")
+    assert (ok.prog_type.name, ok.section, ok.load.unprivileged) == ("xdp", "xdp", False)
+    assert ok.drive is not None  # --test-run: packet programs get a built packet
+    assert scenario.case("xdp_ok.unprivileged").drive is None  # nothing stays loaded
+    assert scenario.case("xdp_ok.unprivileged").load.unprivileged
+
+
+def test_prog_globs_and_load_options(basic: Path) -> None:
+    options = verify.VerifyOptions(programs=("xdp_*",), log_level=2, flags=("BPF_F_TEST_RND_HI32",))
+    cases = verify.scenario_for_object(basic, options).cases
+    assert [c.name for c in cases] == ["xdp_ok", "xdp_oob"]
+    assert cases[0].load.log_level == 2
+    assert cases[0].load.flags_value == 4
+
+
+def test_bad_flags_and_configs_are_usage_errors() -> None:
+    with pytest.raises(UsageError, match="unknown program load flag 'BPF_F_NOPE'"):
+        verify.parse_flags("BPF_F_SLEEPABLE,BPF_F_NOPE")
+    assert verify.parse_config("interp:net.core.bpf_jit_enable=0").sysctl == (
+        ("net.core.bpf_jit_enable", "0"),
+    )
+    with pytest.raises(UsageError, match="expected NAME:SYSCTL=VALUE"):
+        verify.parse_config("interp")
+
+
+def test_objects_in_finds_objects_and_refuses_nothing(tmp_path: Path, basic: Path) -> None:
+    assert verify.objects_in([basic.parent]) == [basic.resolve()]
+    with pytest.raises(UsageError, match="no BPF objects"):
+        verify.objects_in([tmp_path])
+    with pytest.raises(UsageError, match="no such object file"):
+        verify.objects_in([tmp_path / "missing.o"])
+
+
+BULK = """\
+expect:
+  - program: xdp_oob
+    kernel: "<6.0"
+    verdict: rejected
+    log: "invalid access to packet"
+  - program: "*"
+    privilege: unprivileged
+    verdict: rejected
+    error_class: PERMISSION
+  - program: "xdp_*"
+    retval: XDP_PASS
+"""
+
+
+def test_bulk_expectations_become_first_match_overrides(basic: Path, tmp_path: Path) -> None:
+    bulk = verify.BulkExpectations(parse_expectations(tmp_path / "kitl-verify.yaml", BULK))
+    options = verify.VerifyOptions(privileges=("privileged", "unprivileged"))
+    scenario = bulk.apply(verify.scenario_for_object(basic, options))
+    oob = scenario.case("xdp_oob")
+    old, new = oob.expect_for("5.10.0-46-amd64", "default"), oob.expect_for("6.1.0-56", "default")
+    assert (old.load, old.log) == ("rejected", ("invalid\\ access\\ to\\ packet",))
+    assert (new.load, new.retval) == ("ok", 2)  # the xdp_* entry: XDP_PASS
+    assert oob.drive is not None  # a retval is expected: test_run is added
+    unpriv = scenario.case("sock_keep.unprivileged").expect_for("6.1.0-56", "default")
+    assert (unpriv.load, unpriv.error_class) == ("rejected", "PERMISSION")
+    assert scenario.case("sock_keep").expect_for("6.1.0-56", "default").load == "ok"
+
+
+def test_verify_argv_is_exact(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    verify.add_arguments(parser)
+    args = parser.parse_args(
+        ["o", "--kernels", "debian-6.1", "--prog", "x*", "--flags", "BPF_F_SLEEPABLE", "-n", "2"]
+    )
+    argv = verify.verify_argv(args, [Path("/o/a.o")], tmp_path)
+    tail = argv[argv.index("--kitl-verify") :]
+    assert tail == [
+        "--kitl-verify", "--kitl-lines", "-q", "--no-header", "--kitl-output", str(tmp_path),
+        "--kitl-accel", "auto", "--kitl-log-level", "5", "--kitl-privilege", "privileged",
+        "--kitl-kernels", "debian-6.1", "--kitl-prog", "x*", "--kitl-flags", "BPF_F_SLEEPABLE",
+        "-n", "2", "--dist", "loadgroup", "/o/a.o",
+    ]  # fmt: skip
