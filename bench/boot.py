@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import stop_on_sigterm
+
 from harness import accel
 from harness.kernel import Kernel
 from harness.resolve import Kernels
@@ -73,12 +75,8 @@ def kitl_boot(kernel: Kernel, accel_name: str) -> float:
         return ready
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM unwinds like Ctrl-C: the VM context managers tear down
-
-
 def main() -> int:
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("kernels", nargs="*")
     parser.add_argument("--rounds", type=int, default=3)

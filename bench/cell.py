@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import signal
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import stop_on_sigterm
 
 from harness import accel, packet
 from harness.agentclient import AgentClient
@@ -48,12 +49,8 @@ char LICENSE[] SEC("license") = "GPL";
 """
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM unwinds like Ctrl-C: the VM context managers tear down
-
-
 def main() -> int:
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kernel", default="debian-6.1")
     parser.add_argument("-n", type=int, default=20)

@@ -15,21 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from common import stamp, stop_on_sigterm
+
 ROOT = Path(__file__).resolve().parents[1]
 KITL = [sys.executable, "-m", "harness.cli"]
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # the child kitl/pytest processes get SIGINT from the group
 
 
 def _timed(argv: list[str]) -> float:
@@ -53,7 +48,7 @@ def _node_ids(run_dir: Path) -> list[tuple[str, str]]:
 
 
 def main() -> int:
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="*", default=[str(ROOT / "scenarios")])
     parser.add_argument("--kernels", default="debian-6.1,debian-7.2")
@@ -77,7 +72,7 @@ def main() -> int:
             naive_each.append(_timed(argv))
         naive = sum(naive_each) / len(naive_each) * len(nodes)
     extrapolated = len(sample) < len(nodes)
-    print(f"date {time.strftime('%Y-%m-%d %H:%M')}  host {platform.node()}  cpus {os.cpu_count()}")
+    print(stamp())
     print(f"cells {len(nodes)} on {args.kernels}")
     print(f"kitl -n 1        {n1:8.1f} s")
     print(f"kitl -n 2        {n2:8.1f} s   (-n 1 / -n 2 = {n1 / n2:.2f}; goal >= 1.6)")

@@ -13,16 +13,15 @@ at least 0.67x bpftool's (at most 1.5x the time per program).  Not a test.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import stamp, stop_on_sigterm
 
 from harness.compile import compile_object, kernel_btf, vmlinux_h
 from harness.resolve import Kernels
@@ -44,10 +43,6 @@ char LICENSE[] SEC("license") = "GPL";
 """
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def _kitl(*argv: str) -> tuple[float, str]:
     started = time.monotonic()
     argv_ = [sys.executable, "-m", "harness.cli", *argv]
@@ -60,7 +55,7 @@ def _kitl(*argv: str) -> tuple[float, str]:
 
 
 def main() -> int:
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kernel", default="debian-6.1")
     parser.add_argument("-n", type=int, default=60)
@@ -91,7 +86,7 @@ def main() -> int:
         raise SystemExit("no timing from the guest loop:\n" + out[-2000:])
     bpftool_each = (float(m.group(2)) - float(m.group(1))) / args.n
     kitl_each = (t_many - t_one) / (args.n - 1)
-    print(f"date {time.strftime('%Y-%m-%d %H:%M')}  host {platform.node()}  cpus {os.cpu_count()}")
+    print(stamp())
     print(f"kernel {args.kernel}, {args.n} programs (one per object)")
     print(f"kitl verify: 1 object {t_one:.1f} s, {args.n} objects {t_many:.1f} s")
     print(f"kitl    per program {kitl_each * 1000:8.1f} ms  ({1 / kitl_each:6.1f} programs/s)")

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness import caps, drive, libbpf
+from harness import caps, drive, elfobj, libbpf
 from harness.net import NETNS_DIR, GuestError, Topology, ifindex_of, in_netns
 
 LEAK_SETTLE_S = 2.0  # ids of freed objects leave the kernel's idr shortly after close()
@@ -196,6 +196,7 @@ class Agent:
             kconfig=args.get("kconfig"),
             prog_flags=int(args.get("prog_flags", 0)),
             ifindex=ifindex,
+            presets=_presets(args["object"], args.get("globals") or {}),
         )
         return libbpf.BpfObject.load_one(lib, args["object"], args["program"], opts)
 
@@ -387,6 +388,31 @@ class Agent:
                 "kind": "internal",
                 "traceback": traceback.format_exc(),
             }
+
+
+def _presets(obj: str, values: dict[str, int]) -> tuple[tuple[str, int, bytes], ...]:
+    """(section, offset, bytes) of each global variable to preset, from the object's ELF
+    symbols; a name the object has no global for is a clear error."""
+    if not values:
+        return ()
+    info = elfobj.parse_object(Path(obj).read_bytes(), obj)
+    found = {g.name: g for g in info.globals}
+    out = []
+    for name, value in values.items():
+        var = found.get(name)
+        if var is None:
+            known = ", ".join(sorted(found)) or "none"
+            raise AgentError(
+                f"the object has no global variable {name!r} (globals: {known})", "setup"
+            )
+        try:
+            data = int(value).to_bytes(var.size, "little", signed=int(value) < 0)
+        except OverflowError:
+            raise AgentError(
+                f"{name} = {value} does not fit its {var.size} bytes", "setup"
+            ) from None
+        out.append((var.section, var.offset, data))
+    return tuple(out)
 
 
 def _read_text(path: str) -> str | None:

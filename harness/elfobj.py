@@ -47,6 +47,17 @@ class ObjectProgram:
 
 
 @dataclass(frozen=True)
+class GlobalVar:
+    """A global variable libbpf keeps in a data map (.data, .rodata, .bss and their
+    .data.NAME flavours): where its initial value sits in that map."""
+
+    name: str
+    section: str
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True)
 class ObjectInfo:
     source: Path
     programs: tuple[ObjectProgram, ...]
@@ -54,6 +65,7 @@ class ObjectInfo:
     license: str | None = None
     sections: tuple[str, ...] = ()
     compiled: bool = True  # False: scanned from C source
+    globals: tuple[GlobalVar, ...] = ()
 
     def program(self, name: str) -> ObjectProgram | None:
         for prog in self.programs:
@@ -144,7 +156,7 @@ def parse_object(data: bytes, what: str = "<bytes>") -> ObjectInfo:
     shstr = _contents(rd, sections[shstrndx], "section name table")
     names = [_cstr(shstr, s.name_off) for s in sections]
 
-    programs, maps = _symbols(rd, sections, names)
+    programs, maps, global_vars = _symbols(rd, sections, names)
     license_text = None
     if "license" in names:
         raw = _contents(rd, sections[names.index("license")], "license section")
@@ -155,19 +167,26 @@ def parse_object(data: bytes, what: str = "<bytes>") -> ObjectInfo:
         maps=maps,
         license=license_text,
         sections=tuple(n for n in names[1:] if n),
+        globals=global_vars,
     )
+
+
+def _is_data(section: str) -> bool:
+    return any(section == s or section.startswith(s + ".") for s in (".data", ".rodata", ".bss"))
 
 
 def _symbols(
     rd: _Reader, sections: list[_Section], names: list[str]
-) -> tuple[tuple[ObjectProgram, ...], tuple[str, ...]]:
-    """Programs (in section, offset order, as libbpf lists them) and map names."""
+) -> tuple[tuple[ObjectProgram, ...], tuple[str, ...], tuple[GlobalVar, ...]]:
+    """Programs (in section, offset order, as libbpf lists them), map names, and global
+    variables of the data sections."""
     programs: list[tuple[int, int, ObjectProgram]] = []
     maps: list[tuple[int, str]] = []
+    global_vars: list[GlobalVar] = []
     shnum = len(sections)
     symtab = next((s for s in sections if s.type == SHT_SYMTAB), None)
     if symtab is None:
-        return (), ()
+        return (), (), ()
     if symtab.entsize not in (0, _SYM.size) or not 0 < symtab.link < shnum:
         raise ValueError(f"{rd.what}: malformed symbol table")
     map_sections = {i for i, n in enumerate(names) if n in (".maps", "maps")}
@@ -184,9 +203,12 @@ def _symbols(
             )
         elif shndx in map_sections and kind in (STT_OBJECT, 0):
             maps.append((value, _cstr(strtab, st_name)))
+        elif kind == STT_OBJECT and _is_data(names[shndx]):
+            global_vars.append(GlobalVar(_cstr(strtab, st_name), names[shndx], value, size))
     return (
         tuple(p for _, _, p in sorted(programs, key=lambda t: (t[0], t[1]))),
         tuple(name for _, name in sorted(maps)),
+        tuple(global_vars),
     )
 
 

@@ -288,6 +288,8 @@ class Engine:
             load_args["btf_custom_path"] = self.guest_object(case.load.btf_custom_path)
         if case.load.unprivileged:
             load_args["unprivileged"] = True
+        if case.load.globals:
+            load_args["globals"] = dict(case.load.globals)
         if isinstance(case.attach, XdpAttach) and case.attach.mode == "hw":
             # offload: the program is bound to the device when it is loaded
             load_args.update(offload_dev=case.attach.dev, offload_ns=case.attach.ns)

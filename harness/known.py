@@ -267,13 +267,7 @@ def parse_known(path: Path, text: str) -> KnownFailures:
 
 def load_known(path: Path) -> KnownFailures:
     """Read and parse an expectation file (ConfigError with file:line:column on any error)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError("no such file", path=path) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read: {exc}", path=path) from None
-    return parse_known(path, text)
+    return parse_known(path, yamlsrc.read_text(path))
 
 
 # --- applying --------------------------------------------------------------------------------

@@ -97,6 +97,7 @@ _FUNCTIONS: dict[str, tuple[Any, tuple[Any, ...], tuple[int, int]]] = {
     "bpf_program__type": (_I, (_P,), (0, 7)),
     "bpf_program__expected_attach_type": (_I, (_P,), (0, 7)),
     "bpf_map__name": (_STR, (_P,), (0, 0)),
+    "bpf_map__initial_value": (_P, (_P, _P), (0, 5)),
     "bpf_map__fd": (_I, (_P,), (0, 0)),
     "bpf_map__type": (_I, (_P,), (0, 1)),
     "bpf_map__key_size": (_U32, (_P,), (0, 1)),
@@ -355,6 +356,20 @@ def live_ids(lib: Libbpf) -> dict[str, frozenset[int]]:
     return out
 
 
+def _preset(lib: Libbpf, obj: int, presets: tuple[tuple[str, int, bytes], ...]) -> None:
+    """Write global variables' initial values into the opened object's data maps (libbpf
+    names them "<object>.<section>", e.g. "prog_bpf.rodata"), before the load freezes them."""
+    for section, offset, data in presets:
+        m = lib.c.bpf_object__next_map(obj, None)
+        while m and not lib.c.bpf_map__name(m).decode().endswith(section):
+            m = lib.c.bpf_object__next_map(obj, m)
+        size = ctypes.c_size_t(0)
+        base = lib.c.bpf_map__initial_value(m, ctypes.byref(size)) if m else None
+        if not base or offset + len(data) > size.value:
+            raise KeyError(f"no room for a global at {section}+{offset} in the object")
+        ctypes.memmove(base + offset, data, len(data))
+
+
 @dataclass(frozen=True)
 class LoadOptions:
     log_level: int = BPF_LOG_LEVEL1 | BPF_LOG_STATS  # 2 (|4) for the full trace, 0 for none
@@ -364,6 +379,8 @@ class LoadOptions:
     kconfig: str | None = None  # config text for __kconfig externs (guests lack /boot/config)
     prog_flags: int = 0  # BPF_F_* OR'ed into the program's own flags
     ifindex: int = 0  # bind to a device (offload) before the load
+    # initial values of global variables: (data section, offset in it, little-endian bytes)
+    presets: tuple[tuple[str, int, bytes], ...] = ()
 
     def __post_init__(self) -> None:
         # Kernels up to 6.3 reject log buffers under 128 bytes; above the max is EINVAL.
@@ -532,6 +549,7 @@ class BpfObject(Attachable):
             )
             return None, failed, False
         try:
+            _preset(lib, obj, opts.presets)
             programs = cls._programs(lib, obj)
             names = [c.bpf_program__name(p).decode() for p in programs]
             if program not in names:

@@ -78,6 +78,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     verify.addoption("--kitl-test-run", action="store_true", help="test_run each program")
     verify.addoption("--kitl-verify-expect", default=None, metavar="FILE")
+    verify.addoption("--kitl-global", action="append", default=[], metavar="NAME=VALUE")
+    verify.addoption("--kitl-test-run-input", default=None, metavar="HEX")
     verify.addoption(
         "--kitl-verify-config",
         action="append",
@@ -142,6 +144,8 @@ class KitlSession:
                 test_run=get("kitl_test_run"),
                 configs=tuple(verify.parse_config(c) for c in get("kitl_verify_config"))
                 or (RunConfig("default"),),
+                globals=tuple(verify.parse_global(g) for g in get("kitl_global")),
+                test_run_input=verify.parse_hex(get("kitl_test_run_input")),
             )
         return self._verify
 

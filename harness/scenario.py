@@ -198,6 +198,7 @@ class LoadOptions:
     flags: tuple[str, ...] = ()  # names from progtypes.PROG_LOAD_FLAGS
     btf_custom_path: Path | None = None
     unprivileged: bool = False  # load without CAP_SYS_ADMIN, CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN
+    globals: tuple[tuple[str, int], ...] = ()  # initial values of global variables
 
     @property
     def flags_value(self) -> int:
@@ -763,7 +764,10 @@ class _CaseParser:
             else None
         )
         level = m.get("log_level", DEFAULT_LOG_LEVEL)
-        return LoadOptions(level, m.get("log_size"), tuple(m.get("flags", ())), btf)
+        presets = tuple((m.get("globals") or {}).items())
+        return LoadOptions(
+            level, m.get("log_size"), tuple(m.get("flags", ())), btf, globals=presets
+        )
 
     # -- attach
 

@@ -864,6 +864,12 @@ CASE = obj(
                 "log_size": Int(128, (2**32 - 1) >> 2),
                 "flags": Seq(Str(choices=tuple(progtypes.PROG_LOAD_FLAGS)), max_items=16),
                 "btf_custom_path": Str(doc="a BTF file, relative to the scenario"),
+                "globals": Map(
+                    Int(-(2**63), 2**64 - 1),
+                    Str(IDENT, "C identifiers"),
+                    doc="initial values of global variables (.data/.rodata/.bss), set before "
+                    "the load, like veristat -G",
+                ),
             }
         ),
         "attach": ATTACH,

@@ -53,7 +53,9 @@ class VerifyOptions:
     btf_custom_path: Path | None = None
     privileges: tuple[str, ...] = ("privileged",)  # and/or "unprivileged"
     test_run: bool = False
+    test_run_input: bytes | None = None  # packet (packet types) or context; None: a default
     configs: tuple[RunConfig, ...] = (RunConfig("default"),)
+    globals: tuple[tuple[str, int], ...] = ()  # veristat's -G "name = value"
 
 
 def objects_in(paths: Sequence[Path]) -> list[Path]:
@@ -93,6 +95,33 @@ def parse_config(text: str) -> RunConfig:
     return RunConfig(m.group(1), tuple((k.strip(), v.strip()) for k, v in pairs))
 
 
+def parse_hex(text: str | None) -> bytes | None:
+    if text is None:
+        return None
+    try:
+        data = bytes.fromhex(re.sub(r"[\s:]", "", text))
+    except ValueError:
+        raise UsageError(f"--test-run-input: {text[:40]!r} is not hex bytes") from None
+    if not data:
+        raise UsageError("--test-run-input: no bytes")
+    return data
+
+
+def parse_global(text: str) -> tuple[str, int]:
+    """NAME=VALUE (veristat's -G "name = value"): an integer, 0x hex, true or false."""
+    name, _, value = text.partition("=")
+    name, value = name.strip(), value.strip().lower()
+    number = {"true": 1, "false": 0}.get(value)
+    if number is None:
+        try:
+            number = int(value, 0)
+        except ValueError:
+            number = None
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or number is None:
+        raise UsageError(f"--global {text!r}: expected NAME=VALUE, e.g. max_entries=64")
+    return name, number
+
+
 def scenario_name(obj: Path) -> str:
     name = obj.name.removesuffix(".o").removesuffix(".bpf")
     return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "object"
@@ -121,12 +150,12 @@ def scenario_for_object(obj: Path, options: VerifyOptions) -> Scenario:
                 options.flags,
                 options.btf_custom_path,
                 unprivileged=unprivileged,
+                globals=options.globals,
             )
             # the program's own return value, where the kernel can run it without a target
             drive = None
             if options.test_run and prog_type.test_run and not unprivileged:
-                spec = PacketSpec(l3="ipv4", l4="udp") if prog_type.test_run_data else None
-                drive = TestRunDrive(packet=spec)
+                drive = _test_run(prog_type, options.test_run_input)
             cases.append(
                 Case(
                     f"{prog.name}.{UNPRIVILEGED}" if unprivileged else prog.name,
@@ -141,6 +170,16 @@ def scenario_for_object(obj: Path, options: VerifyOptions) -> Scenario:
             )
     obj_def = BpfObject(name, path=obj, info=info)
     return Scenario(name, obj, (obj_def,), tuple(cases), configs=options.configs)
+
+
+def _test_run(prog_type: ProgType, given: bytes | None) -> TestRunDrive:
+    """The input of a program's test_run: the bytes given (the packet of a packet type, else
+    the context), or an Ethernet/IPv4/UDP packet for packet types and no context."""
+    if prog_type.test_run_data:
+        if given is not None:
+            return TestRunDrive(data=given)
+        return TestRunDrive(packet=PacketSpec(l3="ipv4", l4="udp"))
+    return TestRunDrive(ctx_data=given)
 
 
 def with_expectations(scenario: Scenario, overrides: dict[str, tuple[Override, ...]]) -> Scenario:
@@ -184,6 +223,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="unprivileged: loaded without CAP_SYS_ADMIN/BPF/PERFMON/NET_ADMIN",
     )
     p.add_argument("--test-run", action="store_true", help="record each program's test_run retval")
+    p.add_argument(
+        "--test-run-input",
+        default=None,
+        metavar="HEX",
+        help="test_run input: the packet of packet programs (>= 14 bytes), else the context",
+    )
+    p.add_argument(
+        "--global",
+        dest="globals",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="preset a global variable before the load, like veristat -G (repeatable)",
+    )
     p.add_argument("--expect", type=Path, default=None, metavar="FILE", help="bulk expectations")
     p.add_argument("-n", dest="workers", default=None, metavar="N|auto", help="parallel VMs")
     p.add_argument("--output", type=Path, default=None, help="run directory (default runs/<time>)")
@@ -203,6 +256,8 @@ def options_from(args: argparse.Namespace) -> VerifyOptions:
         privileges=("privileged", UNPRIVILEGED) if args.privilege == "both" else (args.privilege,),
         test_run=args.test_run,
         configs=tuple(parse_config(c) for c in args.config) or (RunConfig("default"),),
+        globals=tuple(parse_global(g) for g in args.globals),
+        test_run_input=parse_hex(args.test_run_input),
     )
 
 
@@ -228,6 +283,10 @@ def verify_argv(args: argparse.Namespace, objects: Sequence[Path], run_dir: Path
             argv += [flag, value]
     for config in args.config:
         argv += ["--kitl-verify-config", config]
+    for preset in args.globals:
+        argv += ["--kitl-global", preset]
+    if args.test_run_input:
+        argv += ["--kitl-test-run-input", args.test_run_input]
     if args.test_run:
         argv.append("--kitl-test-run")
     if args.workers and args.workers != "1":
@@ -315,8 +374,7 @@ class BulkExpectations:
             overrides[case.name] = tuple(_override(e, case) for e in reversed(matching))
             wants_retval = any(e.retval is not None for e in matching)
             if wants_retval and case.drive is None and case.prog_type.test_run:
-                spec = PacketSpec(l3="ipv4", l4="udp") if case.prog_type.test_run_data else None
-                cases.append(replace(case, drive=TestRunDrive(packet=spec)))
+                cases.append(replace(case, drive=_test_run(case.prog_type, None)))
             else:
                 cases.append(case)
         return with_expectations(replace(scenario, cases=tuple(cases)), overrides)

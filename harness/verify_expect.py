@@ -33,7 +33,6 @@ from typing import Literal
 import yaml
 
 from harness import progtypes, yamlsrc
-from harness.errors import ConfigError
 from harness.scenario import ScenarioError
 from harness.scenario_expect import (
     ERROR_CLASSES,
@@ -318,13 +317,7 @@ def parse_expectations(path: Path, text: str) -> Expectations:
 
 def load_expectations(path: Path) -> Expectations:
     """Read and parse an expectation file (ConfigError with file:line:column on any error)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError("no such file", path=path) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read: {exc}", path=path) from None
-    return parse_expectations(path, text)
+    return parse_expectations(path, yamlsrc.read_text(path))
 
 
 # --- judging ---------------------------------------------------------------------------------

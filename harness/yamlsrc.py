@@ -100,15 +100,20 @@ class _Builder:
         return out
 
 
+def read_text(path: Path) -> str:
+    """A configuration file's text; a file that is missing or unreadable is a ConfigError."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("no such file", path=path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read: {exc}", path=path) from None
+
+
 def load(path: Path, text: str | None = None) -> Any:
     """Parse one YAML document from `path` (or `text`, attributed to `path`)."""
     if text is None:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError("no such file", path=path) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read: {exc}", path=path) from None
+        text = read_text(path)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except RecursionError:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness import verify
+from harness.elfobj import read_object
 from harness.errors import UsageError
 from harness.verify_expect import parse_expectations
 from tests.unit.test_libbpf_layout import compile_bpf
@@ -117,3 +118,32 @@ def test_verify_argv_is_exact(tmp_path: Path) -> None:
         "--kitl-kernels", "debian-6.1", "--kitl-prog", "x*", "--kitl-flags", "BPF_F_SLEEPABLE",
         "-n", "2", "--dist", "loadgroup", "/o/a.o",
     ]  # fmt: skip
+
+
+def test_globals_and_test_run_input_parse() -> None:
+    assert verify.parse_global("verdict=1") == ("verdict", 1)
+    assert verify.parse_global(" mask = 0xff ") == ("mask", 255)
+    assert verify.parse_global("on=true") == ("on", 1)
+    with pytest.raises(UsageError, match="expected NAME=VALUE"):
+        verify.parse_global("1x=2")
+    assert verify.parse_hex("0a:00 00") == b"\n\0\0"
+    with pytest.raises(UsageError, match="not hex bytes"):
+        verify.parse_hex("zz")
+
+
+GLOBALS = """\
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+const volatile __u32 verdict = XDP_PASS;
+__u64 hits;
+SEC("xdp") int xdp_global(struct xdp_md *ctx) { hits++; return verdict; }
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+def test_the_elf_reader_finds_global_variables(tmp_path: Path) -> None:
+    src = tmp_path / "globals.bpf.c"
+    src.write_text(GLOBALS)
+    info = read_object(compile_bpf(src, tmp_path))
+    found = {g.name: (g.section, g.size) for g in info.globals}
+    assert found == {"verdict": (".rodata", 4), "hits": (".bss", 8)}

@@ -43,7 +43,7 @@ def test_every_program_meets_the_bulk_expectations(objects: Path, tmp_path: Path
     status = main([*argv, "--expect", str(DATA / "expect.yaml"), "--output", str(run)])
     results = cells(run)
     assert status == 0, {k: c["reason"] for k, c in results.items() if c["outcome"] != "PASSED"}
-    assert len(results) == 8  # 4 programs, each privileged and unprivileged
+    assert len(results) == 10  # 5 programs, each privileged and unprivileged
 
     def cell(name: str) -> dict[str, Any]:
         return results[f"{name}[{KERNEL}-default]"]
@@ -75,3 +75,11 @@ def test_a_flag_makes_the_sleepable_program_load(objects: Path, tmp_path: Path) 
     assert main([*argv, "--flags", "BPF_F_SLEEPABLE", "--output", str(run2)]) == 0
     loaded = cells(run2)[f"sleepable::copy_user[{KERNEL}-default]"]
     assert loaded["observed"]["load"]["ok"] is True
+
+
+def test_a_preset_global_reaches_the_program(objects: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    argv = ["verify", str(objects), "--kernel", KERNEL, "--prog", "xdp_global", "--test-run"]
+    assert main([*argv, "--global", "verdict=1", "--output", str(run)]) == 0
+    cell = cells(run)[f"globals::xdp_global[{KERNEL}-default]"]
+    assert cell["observed"]["test_run"]["retval"] == 1  # XDP_DROP, not the compiled XDP_PASS
