@@ -77,6 +77,8 @@ class Engine:
         self._in_guest: dict[Path, str] = {}
         self._hashes: dict[Path, str] = {}
         self._guest_facts: dict[str, Any] | None = None
+        # the guest's console and dmesg logs, relative to the run directory (when known)
+        self.guest_logs: tuple[str, str] = ("", "")
         self._enums: dict[str, int] | None = None
         self.release = kernel.release
         # the sysctls of the config in effect in the guest, and what the kernel refused
@@ -135,6 +137,8 @@ class Engine:
             prog_type=case.prog_type.name,
             section=case.section,
             scenario_file=str(scenario.path.resolve()),
+            console_path=self.guest_logs[0],
+            dmesg_path=self.guest_logs[1],
         )
         if self._refused:
             cell.outcome, cell.reason = Outcome.SKIPPED, self._refused

@@ -117,6 +117,7 @@ class _Guest:
     vm: VM
     engine: Engine
     stack: ExitStack
+    console: Path
     boots: int = 1
     booted_s: float = 0.0
 
@@ -150,6 +151,10 @@ class Guests:
                 return self._boot_failed(cell, kernel, guest)
             guest.engine.objects = objects
             result = guest.engine.run_cell(cell.scenario, cell.case, cell.config)
+            result.console_path = str(guest.console.relative_to(self.run.path))
+            result.dmesg_path = str(
+                self.run.guest_file(kernel.name, "dmesg").relative_to(self.run.path)
+            )
             if result.outcome in RESTART_AFTER:
                 self.discard(kernel.name)
             if result.outcome is not Outcome.VM_LOST or attempt == 2:
@@ -179,7 +184,12 @@ class Guests:
             self._boot_failures[kernel.name] = exc
             return exc
         engine = Engine(vm, agent, kernel, self.run, {}, cache=self.cache)
-        guest = _Guest(vm, engine, stack, boots, time.monotonic() - started)
+        dmesg = self.run.guest_file(kernel.name, "dmesg")
+        engine.guest_logs = (
+            str(console.relative_to(self.run.path)),
+            str(dmesg.relative_to(self.run.path)),
+        )
+        guest = _Guest(vm, engine, stack, console, boots, time.monotonic() - started)
         self._guests[kernel.name] = guest
         return guest
 

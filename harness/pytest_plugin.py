@@ -14,6 +14,7 @@ results.json and the reports at the end.  `kitl run` is a thin front over this.
 from __future__ import annotations
 
 import datetime
+import os
 import re
 import sys
 import time
@@ -186,8 +187,18 @@ class KitlSession:
             decision = accel.decide(choice, cache, lambda: accel.qemu_kvm_probe(kernels[0].vmlinuz))
             timeout = self.config.getoption("kitl_boot_timeout")
 
+            # parallel guests share the host's cores: under TCG a vCPU is a busy host thread
+            workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+            cpus = max(1, min(2, (os.cpu_count() or 2) // max(1, workers)))
+
             def make_vm(kernel: Kernel, console: Path) -> VM:
-                return VM(kernel, accel=decision.accel, console_path=console, boot_timeout=timeout)
+                return VM(
+                    kernel,
+                    accel=decision.accel,
+                    console_path=console,
+                    boot_timeout=timeout,
+                    cpus=cpus,
+                )
 
             self._guests = Guests(self.run, cache, make_vm, newest(kernels))
         return self._guests

@@ -57,6 +57,8 @@ class CellResult:
     scenario_file: str = ""  # absolute path of the scenario, for `kitl repro`
     object_file: str = ""  # the compiled object that was loaded, and its hash
     object_sha256: str = ""
+    console_path: str = ""  # the guest's console and dmesg, relative to the run directory
+    dmesg_path: str = ""
 
     @property
     def cell_id(self) -> str:

@@ -75,6 +75,8 @@ def test_xdp_basics_effects_are_measured(run_dir: Path, name: str) -> None:
     assert run["timings"]["ns_per_op"] > 0
     assert run["verifier"]["verified_insns"] > 0
     assert run["object_sha256"]
+    assert run["console_path"] == f"guest/{name}.console.log"
+    assert run["dmesg_path"] == f"guest/{name}.dmesg.log"
     assert Path(run["object_file"]).is_file()
     rejected = results[f"xdp-basics::unchecked-access-rejected{jit}"]
     assert rejected["observed"]["error_class"] == "VERIFIER_REJECTED"
