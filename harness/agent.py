@@ -142,6 +142,9 @@ class Agent:
             obj, result = self._load(lib, args, ifindex)
         out = dataclasses.asdict(result)
         out["libbpf_version"] = ".".join(map(str, lib.version))
+        if obj is None:
+            # a failure may be the loader's, not the kernel's: say what this libbpf lacks
+            out["libbpf_lacks"] = lib.missing_features()
         if obj is not None:
             handle = next(self._handles)
             self.objects[handle] = obj

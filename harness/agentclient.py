@@ -25,9 +25,10 @@ class AgentCallError(KitlError):
 class AgentClient:
     """One agent per VM; `call()` sends a request and waits for its answer."""
 
-    def __init__(self, vm: VM, *, python: str | None = None) -> None:
+    def __init__(self, vm: VM, *, python: str | None = None, libbpf: str | None = None) -> None:
         self.vm = vm
         self.python = python or sys.executable
+        self.libbpf = libbpf  # a libbpf.so path for the agent to load; None: the system's
         self._stream: LineStream | None = None
         self._ids = itertools.count(1)
 
@@ -40,7 +41,10 @@ class AgentClient:
 
     def start(self) -> dict[str, Any]:
         # -u: unbuffered; -I: ignore user site and PYTHON* env, the guest sees the host's.
-        self._stream = self.vm.channel.start([self.python, "-u", "-m", "harness.agent"])
+        argv = [self.python, "-u", "-m", "harness.agent"]
+        if self.libbpf:
+            argv = ["env", f"KITL_LIBBPF={self.libbpf}", *argv]
+        self._stream = self.vm.channel.start(argv)
         answer: dict[str, Any] = self.call("ping", timeout=AGENT_START_TIMEOUT)
         return answer
 

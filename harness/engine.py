@@ -79,6 +79,7 @@ class Engine:
         self._guest_facts: dict[str, Any] | None = None
         # the guest's console and dmesg logs, relative to the run directory (when known)
         self.guest_logs: tuple[str, str] = ("", "")
+        self.libbpf = ""  # the loader's name when it is not the system's (recorded per cell)
         self._enums: dict[str, int] | None = None
         self.release = kernel.release
         # the sysctls of the config in effect in the guest, and what the kernel refused
@@ -139,6 +140,7 @@ class Engine:
             scenario_file=str(scenario.path.resolve()),
             console_path=self.guest_logs[0],
             dmesg_path=self.guest_logs[1],
+            libbpf=self.libbpf,
         )
         if self._refused:
             cell.outcome, cell.reason = Outcome.SKIPPED, self._refused

@@ -91,7 +91,12 @@ def judge(case: Case, expect: Expect, seen: Observed) -> tuple[Outcome, str]:
                 else Outcome.LOAD_FAILED
             )
             error = parse_log(load.get("log", "")).error or load.get("libbpf_messages", "")
-            return kind, f"{seen.error_class}: {str(error).strip()[:300]}"
+            reason = f"{seen.error_class}: {str(error).strip()[:300]}"
+            if seen.error_class == "UNSUPPORTED_PROG_TYPE" and load.get("libbpf_lacks"):
+                # libbpf could not map SEC() to a type: a newer loader may know it
+                reason += f" (libbpf {load.get('libbpf_version')} lacks newer APIs, e.g. "
+                reason += f"{', '.join(load['libbpf_lacks'][-2:])})"
+            return kind, reason
         if expect.error_class and expect.error_class != seen.error_class:
             return Outcome.FAILED, f"rejected as {seen.error_class}, expected {expect.error_class}"
         missing = _regexes_in_order(

@@ -26,6 +26,7 @@ from harness.scenario import Case, RunConfig, Scenario
 from harness.scenario_expect import kernel_version
 from harness.vm import VM
 
+SYSTEM_LIBBPF = "system"  # the libbpf.so.1 of the host (Debian bookworm: 1.1.2)
 # Outcomes after which the guest cannot be trusted for the next cell.
 RESTART_AFTER = frozenset({Outcome.KERNEL_CRASH, Outcome.VM_LOST, Outcome.TIMED_OUT})
 
@@ -54,10 +55,17 @@ class Cell:
     case: Case
     kernel: str
     config: RunConfig
+    libbpf: str = SYSTEM_LIBBPF  # the loader: "system", "debian-X" or a path
+
+    @property
+    def label(self) -> str:
+        """KERNEL-CONFIG, and -LIBBPF when the loader is not the system's."""
+        base = f"{self.kernel}-{self.config.name}"
+        return base if self.libbpf == SYSTEM_LIBBPF else f"{base}-{self.libbpf}"
 
     @property
     def cell_id(self) -> str:
-        return f"{self.scenario.name}::{self.case.name}[{self.kernel}-{self.config.name}]"
+        return f"{self.scenario.name}::{self.case.name}[{self.label}]"
 
 
 def plan(
@@ -65,6 +73,7 @@ def plan(
     kernels: Sequence[str],
     configs: Sequence[str],
     default_kernels: Sequence[str],
+    libbpfs: Sequence[str] = (SYSTEM_LIBBPF,),
 ) -> list[Cell]:
     """Every cell, in run order: kernel by kernel (one boot each), then config (one sysctl
     switch each), then the scenarios' own order.  `kernels` empty: each scenario's
@@ -83,9 +92,13 @@ def plan(
         chosen = [c for c in scenario.configs if not configs or c.name in configs]
         for kernel in names:
             for config in chosen:
-                cells += [Cell(scenario, case, kernel, config) for case in scenario.cases]
+                cells += [
+                    Cell(scenario, case, kernel, config, libbpf)
+                    for libbpf in libbpfs
+                    for case in scenario.cases
+                ]
     order = {k: i for i, k in enumerate(dict.fromkeys(c.kernel for c in cells))}
-    return sorted(cells, key=lambda c: (order[c.kernel], c.config.name))
+    return sorted(cells, key=lambda c: (order[c.kernel], c.config.name, c.libbpf))
 
 
 def shard_cells(cells: Sequence[Cell], shard: Shard | None) -> list[Cell]:
@@ -115,7 +128,7 @@ def newest(kernels: Sequence[Kernel]) -> Kernel:
 @dataclass
 class _Guest:
     vm: VM
-    engine: Engine
+    engines: dict[str, Engine]  # by libbpf: one agent process per loader in the guest
     stack: ExitStack
     console: Path
     boots: int = 1
@@ -131,6 +144,8 @@ class Guests:
     make_vm: Callable[[Kernel, Path], VM]
     header_kernel: Kernel
     on_boot: Callable[[Kernel], None] = lambda kernel: None
+    # a libbpf name to the .so the guest agent loads (None: the system's)
+    libbpf_path: Callable[[str], str | None] = lambda name: None
     _guests: dict[str, _Guest] = field(default_factory=dict)
     _boots: dict[str, int] = field(default_factory=dict)
     _boot_failures: dict[str, KitlError] = field(default_factory=dict)
@@ -149,12 +164,11 @@ class Guests:
             guest = self._guest(kernel)
             if isinstance(guest, KitlError):
                 return self._boot_failed(cell, kernel, guest)
-            guest.engine.objects = objects
-            result = guest.engine.run_cell(cell.scenario, cell.case, cell.config)
-            result.console_path = str(guest.console.relative_to(self.run.path))
-            result.dmesg_path = str(
-                self.run.guest_file(kernel.name, "dmesg").relative_to(self.run.path)
-            )
+            engine = self._engine(guest, cell.libbpf)
+            if isinstance(engine, KitlError):
+                return self._boot_failed(cell, kernel, engine)
+            engine.objects = objects
+            result = engine.run_cell(cell.scenario, cell.case, cell.config)
             if result.outcome in RESTART_AFTER:
                 self.discard(kernel.name)
             if result.outcome is not Outcome.VM_LOST or attempt == 2:
@@ -178,20 +192,34 @@ class Guests:
         stack = ExitStack()
         try:
             vm = stack.enter_context(self.make_vm(kernel, console))
-            agent = stack.enter_context(AgentClient(vm))
         except KitlError as exc:
             stack.close()
             self._boot_failures[kernel.name] = exc
             return exc
-        engine = Engine(vm, agent, kernel, self.run, {}, cache=self.cache)
-        dmesg = self.run.guest_file(kernel.name, "dmesg")
-        engine.guest_logs = (
-            str(console.relative_to(self.run.path)),
-            str(dmesg.relative_to(self.run.path)),
-        )
-        guest = _Guest(vm, engine, stack, console, boots, time.monotonic() - started)
+        guest = _Guest(vm, {}, stack, console, boots, time.monotonic() - started)
         self._guests[kernel.name] = guest
         return guest
+
+    def _engine(self, guest: _Guest, libbpf: str) -> Engine | KitlError:
+        """The engine (and guest agent) for one libbpf in a booted guest, started once."""
+        if libbpf in guest.engines:
+            return guest.engines[libbpf]
+        kernel = guest.vm.kernel
+        try:
+            agent = guest.stack.enter_context(
+                AgentClient(guest.vm, libbpf=self.libbpf_path(libbpf))
+            )
+        except KitlError as exc:
+            return exc
+        engine = Engine(guest.vm, agent, kernel, self.run, {}, cache=self.cache)
+        engine.libbpf = "" if libbpf == SYSTEM_LIBBPF else libbpf
+        dmesg = self.run.guest_file(kernel.name, "dmesg")
+        engine.guest_logs = (
+            str(guest.console.relative_to(self.run.path)),
+            str(dmesg.relative_to(self.run.path)),
+        )
+        guest.engines[libbpf] = engine
+        return engine
 
     def _boot_failed(self, cell: Cell, kernel: Kernel, exc: KitlError) -> CellResult:
         result = CellResult(
@@ -207,6 +235,7 @@ class Guests:
             prog_type=cell.case.prog_type.name,
             section=cell.case.section,
             scenario_file=str(cell.scenario.path.resolve()),
+            libbpf="" if cell.libbpf == SYSTEM_LIBBPF else cell.libbpf,
         )
         self.run.append(result)
         return result

@@ -24,12 +24,12 @@ from typing import Any
 
 import pytest
 
-from harness import accel, report, verify
+from harness import accel, libbpf_build, report, verify
 from harness import known as known_mod
 from harness.cache import Cache
 from harness.errors import KitlError, UsageError
 from harness.kernel import Kernel
-from harness.matrix import Cell, Guests, Shard, newest, plan, shard_cells
+from harness.matrix import SYSTEM_LIBBPF, Cell, Guests, Shard, newest, plan, shard_cells
 from harness.outcome import Outcome
 from harness.resolve import Kernels
 from harness.results import CellResult, RunDir, finalize
@@ -53,6 +53,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "default set)",
     )
     group.addoption("--kitl-configs", default="", metavar="X,Y", help="only these configs")
+    group.addoption(
+        "--kitl-libbpf",
+        default="system",
+        metavar="A,B",
+        help="the loaders: system (the host's libbpf.so.1), debian-X (built from that "
+        "kernel's source), or a path to a libbpf.so",
+    )
     group.addoption("--kitl-output", default=None, metavar="DIR", help="the run directory")
     group.addoption("--kitl-accel", default="auto", choices=accel.ACCELS)
     group.addoption("--kitl-boot-timeout", type=float, default=None, metavar="SECONDS")
@@ -107,6 +114,7 @@ class KitlSession:
         self.config = config
         self.kernel_names = _names(config.getoption("kitl_kernels"))
         self.configs = _names(config.getoption("kitl_configs"))
+        self.libbpfs = _names(config.getoption("kitl_libbpf")) or [SYSTEM_LIBBPF]
         shard = config.getoption("kitl_shard")
         self.shard = Shard.parse(shard) if shard else None
         self.worker = hasattr(config, "workerinput")
@@ -161,6 +169,17 @@ class KitlSession:
             self._resolved[name] = self.kernels.get(name)
         return self._resolved[name]
 
+    def libbpf_path(self, name: str) -> str | None:
+        """The libbpf.so a loader name stands for (None: the system's)."""
+        if name == SYSTEM_LIBBPF:
+            return None
+        if name.startswith("debian-"):
+            return str(libbpf_build.libbpf_for(name, self.kernels).path)
+        path = Path(name)
+        if not path.is_file():
+            raise UsageError(f"--libbpf {name}: no such file (a libbpf.so, system or debian-X)")
+        return str(path.resolve())
+
     def kernel_of(self, nodeid: str, *, guess: bool = False) -> str | None:
         """The kernel of a cell's node id `...case[KERNEL-CONFIG]` (names contain dashes:
         the longest known name that fits wins)."""
@@ -200,7 +219,9 @@ class KitlSession:
                     cpus=cpus,
                 )
 
-            self._guests = Guests(self.run, cache, make_vm, newest(kernels))
+            self._guests = Guests(
+                self.run, cache, make_vm, newest(kernels), libbpf_path=self.libbpf_path
+            )
         return self._guests
 
     def close(self) -> None:
@@ -293,7 +314,9 @@ class ScenarioFile(pytest.File):
         wanted = [c for c in session.configs if any(k.name == c for k in scenario.configs)]
         if session.configs and not wanted:
             return  # none of the configs asked for is this scenario's
-        cells = plan([scenario], session.kernel_names, wanted, session.default_kernels())
+        cells = plan(
+            [scenario], session.kernel_names, wanted, session.default_kernels(), session.libbpfs
+        )
         for cell in cells:
             session.kernels.catalog.get(cell.kernel)  # an unknown name is a usage error
         yield ScenarioNode.from_parent(self, name=scenario.name, scenario=scenario, cells=cells)
@@ -314,7 +337,9 @@ class ObjectFile(ScenarioFile):
         scenario = verify.scenario_for_object(self.path, session.verify_options())
         if session.verify_expect is not None:
             scenario = session.verify_expect.apply(scenario)
-        cells = plan([scenario], session.kernel_names, [], session.default_kernels())
+        cells = plan(
+            [scenario], session.kernel_names, [], session.default_kernels(), session.libbpfs
+        )
         yield ScenarioNode.from_parent(self, name=scenario.name, scenario=scenario, cells=cells)
 
 
@@ -325,7 +350,7 @@ class ScenarioNode(pytest.Collector):
 
     def collect(self) -> Iterator[pytest.Item]:
         for cell in self.cells:
-            name = f"{cell.case.name}[{cell.kernel}-{cell.config.name}]"
+            name = f"{cell.case.name}[{cell.label}]"
             item = CellItem.from_parent(self, name=name, cell=cell)
             item.add_marker(pytest.mark.xdist_group(cell.kernel))
             yield item

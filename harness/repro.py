@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from harness import accel, verify
+from harness import accel, libbpf_build, verify
 from harness.agentclient import AgentClient
 from harness.cache import Cache
 from harness.engine import build_objects
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     with (
         tempfile.TemporaryDirectory(prefix="kitl-repro-") as tmp,
         VM(kernel, accel=decision.accel, console_path=Path(tmp) / "console.log") as vm,
-        AgentClient(vm) as agent,
+        AgentClient(vm, libbpf=_libbpf_path(str(cell.get("libbpf") or ""), ks)) as agent,
     ):
         if sysctls:
             agent.call("sysctl", {"values": sysctls})
@@ -161,6 +161,15 @@ def _object(cell: dict[str, Any], scenario: Any, name: str, kernel: Any, cache: 
     if digest and hashlib.sha256(built.read_bytes()).hexdigest() != digest:
         stderr.print("kitl: warning: the object differs from the run's (source or header changed)")
     return built
+
+
+def _libbpf_path(name: str, ks: Kernels) -> str | None:
+    """The loader the cell ran with: "" is the system's libbpf."""
+    if not name:
+        return None
+    if name.startswith("debian-"):
+        return str(libbpf_build.libbpf_for(name, ks).path)
+    return name
 
 
 def _page(path: Path, no_pager: bool) -> None:

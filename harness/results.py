@@ -59,10 +59,16 @@ class CellResult:
     object_sha256: str = ""
     console_path: str = ""  # the guest's console and dmesg, relative to the run directory
     dmesg_path: str = ""
+    libbpf: str = ""  # the loader when it is not the system's: "debian-7.2" or a path
+
+    @property
+    def label(self) -> str:
+        base = f"{self.kernel}-{self.config}"
+        return f"{base}-{self.libbpf}" if self.libbpf else base
 
     @property
     def cell_id(self) -> str:
-        return f"{self.scenario}::{self.case}[{self.kernel}-{self.config}]"
+        return f"{self.scenario}::{self.case}[{self.label}]"
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -91,7 +97,8 @@ class RunDir:
             / "logs"
             / safe_name(cell.kernel)
             / safe_name(cell.config)
-            / f"{safe_name(cell.scenario)}.{safe_name(cell.case)}.verifier.log"
+            / f"{safe_name(cell.scenario)}.{safe_name(cell.case)}"
+            f"{'.' + safe_name(cell.libbpf) if cell.libbpf else ''}.verifier.log"
         )
 
     def write_verifier_log(self, cell: CellResult, text: str) -> None:

@@ -19,11 +19,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from harness import accel
+from harness import accel, libbpf_build
 from harness.errors import UsageError
 from harness.known import DEFAULT_NAME as KNOWN_DEFAULT
 from harness.known import load_known
-from harness.matrix import Cell, Shard, plan, shard_cells
+from harness.libbpf import FLOOR
+from harness.matrix import SYSTEM_LIBBPF, Cell, Shard, plan, shard_cells
 from harness.outcome import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from harness.progress import DownloadProgress, stderr
 from harness.resolve import Kernels
@@ -46,6 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--configs", default="", metavar="X,Y", help="only these configs")
     p.add_argument("--config", action="append", default=[], help="one config (repeatable)")
     p.add_argument("-n", dest="workers", default=None, metavar="N|auto", help="parallel VMs")
+    add_libbpf_argument(p)
     p.add_argument("--output", type=Path, default=None, help="run directory (default runs/<time>)")
     p.add_argument("--shard", default=None, metavar="I/N", help="run shard I of N of the matrix")
     p.add_argument(
@@ -63,6 +65,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accel", default="auto", choices=accel.ACCELS)
     p.add_argument("--boot-timeout", type=float, default=None, metavar="SECONDS")
     p.add_argument("--dry-run", action="store_true", help="print the pytest command and exit")
+
+
+def add_libbpf_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--libbpf",
+        default=SYSTEM_LIBBPF,
+        metavar="A,B",
+        help="the loaders, an axis of the matrix: system (the host's libbpf.so.1), "
+        "debian-X (built from that catalog kernel's source), or a path to a libbpf.so",
+    )
+
+
+def libbpf_names(text: str) -> list[str]:
+    names = _names(text) or [SYSTEM_LIBBPF]
+    for name in names:
+        if name != SYSTEM_LIBBPF and not name.startswith("debian-") and not Path(name).is_file():
+            raise UsageError(f"--libbpf {name}: not system, debian-X or an existing libbpf.so")
+    return names
 
 
 def _names(*sources: Sequence[str] | str) -> list[str]:
@@ -84,6 +104,7 @@ def pytest_argv(args: argparse.Namespace, paths: Sequence[Path], run_dir: Path) 
         argv += ["--kitl-kernels", ",".join(kernels)]
     if configs:
         argv += ["--kitl-configs", ",".join(configs)]
+    argv += ["--kitl-libbpf", ",".join(libbpf_names(args.libbpf))]
     if args.shard:
         argv += ["--kitl-shard", args.shard]
     if args.expect:
@@ -104,7 +125,8 @@ def run(args: argparse.Namespace, scenarios: list[Scenario]) -> int:
     for name in kernels:
         ks.catalog.get(name)  # unknown names: one line, exit 2
     shard = Shard.parse(args.shard) if args.shard else None
-    cells = shard_cells(plan(scenarios, kernels, configs, defaults), shard)
+    libbpfs = libbpf_names(args.libbpf)
+    cells = shard_cells(plan(scenarios, kernels, configs, defaults, libbpfs), shard)
     if not cells:
         raise UsageError("the matrix is empty: no cell to run")
     if args.expect is not None:
@@ -127,6 +149,15 @@ def launch(
     needed = list(dict.fromkeys(c.kernel for c in cells))
     with DownloadProgress() as progress:
         fetched = [ks.get(name, progress) for name in needed]
+    for loader in dict.fromkeys(c.libbpf for c in cells):
+        if loader.startswith("debian-"):  # built once here, not by every worker
+            built = libbpf_build.libbpf_for(loader, ks)
+            if tuple(int(x) for x in built.version.split(".")[:2]) < FLOOR:
+                raise UsageError(
+                    f"--libbpf {loader}: its libbpf is {built.version}; kitl loads with "
+                    f"libbpf >= {'.'.join(map(str, FLOOR))}"
+                )
+            stderr.print(f"kitl: libbpf {loader}: {built.version} ({built.path})")
     first = fetched[0]
     decision = accel.decide(args.accel, ks.store.cache, lambda: accel.qemu_kvm_probe(first.vmlinuz))
     argv[argv.index("--kitl-accel") + 1] = decision.accel

@@ -19,6 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from harness import accel, progtypes, runner, verify_expect
 from harness.elfobj import read_object
@@ -239,6 +240,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--expect", type=Path, default=None, metavar="FILE", help="bulk expectations")
     p.add_argument("-n", dest="workers", default=None, metavar="N|auto", help="parallel VMs")
+    runner.add_libbpf_argument(p)
     p.add_argument("--output", type=Path, default=None, help="run directory (default runs/<time>)")
     p.add_argument("--shard", default=None, metavar="I/N")
     p.add_argument("--accel", default="auto", choices=accel.ACCELS)
@@ -267,6 +269,7 @@ def verify_argv(args: argparse.Namespace, objects: Sequence[Path], run_dir: Path
     argv += ["-p", "no:cacheprovider", "--kitl-verify", "--kitl-lines", "-q", "--no-header"]
     argv += ["--kitl-output", str(run_dir), "--kitl-accel", args.accel]
     argv += ["--kitl-log-level", str(args.log_level), "--kitl-privilege", args.privilege]
+    argv += ["--kitl-libbpf", ",".join(runner.libbpf_names(args.libbpf))]
     kernels = [*(k.strip() for k in args.kernels.split(",") if k.strip()), *args.kernel]
     if kernels:
         argv += ["--kitl-kernels", ",".join(dict.fromkeys(kernels))]
@@ -307,7 +310,8 @@ def run(args: argparse.Namespace) -> int:
     for name in kernels:
         ks.catalog.get(name)
     shard = Shard.parse(args.shard) if args.shard else None
-    cells = shard_cells(plan(scenarios, kernels, [], defaults), shard)
+    libbpfs = runner.libbpf_names(args.libbpf)
+    cells = shard_cells(plan(scenarios, kernels, [], defaults, libbpfs), shard)
     if not cells:
         raise UsageError("no program to verify", hint="check --prog and the objects' sections")
     run_dir = (args.output or Path("runs") / time.strftime("verify-%Y%m%d-%H%M%S")).resolve()
@@ -322,7 +326,12 @@ def print_table(run_dir: Path) -> None:
     is not what was expected; with a single cell, its whole verifier log (the one-command
     repro of a verifier failure)."""
     cells = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))["cells"]
-    columns = list(dict.fromkeys(f"{c['kernel']}-{c['config']}" for c in cells))
+
+    def column(c: dict[str, Any]) -> str:
+        base = f"{c['kernel']}-{c['config']}"
+        return f"{base}-{c['libbpf']}" if c.get("libbpf") else base
+
+    columns = list(dict.fromkeys(column(c) for c in cells))
     rows: dict[str, dict[str, str]] = {}
     for c in cells:
         insns = (c.get("verifier") or {}).get("verified_insns") or ""
@@ -335,9 +344,7 @@ def print_table(run_dir: Path) -> None:
             verdict = str(observed.get("error_class") or c["outcome"]).lower()
         if c["outcome"] not in ("PASSED", "SKIPPED"):
             verdict = "!" + verdict  # not what was expected
-        rows.setdefault(f"{c['scenario']}/{c['case']}", {})[f"{c['kernel']}-{c['config']}"] = (
-            verdict
-        )
+        rows.setdefault(f"{c['scenario']}/{c['case']}", {})[column(c)] = verdict
     width = max([len(r) for r in rows] + [7])
     print(f"{'program':<{width}}  " + "  ".join(f"{col:<22}" for col in columns))
     for name, row in rows.items():
