@@ -4,7 +4,9 @@ dpkg/tar/make, and one real build of debian-7.2's libbpf loaded with the ctypes 
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -17,7 +19,6 @@ from harness.catalog import Catalog, CatalogEntry, DebianSource, PathSource
 from harness.debian import Package
 from harness.errors import BuildError, UsageError
 from harness.kernel import KernelStore
-from harness.libbpf import Libbpf
 from harness.libbpf_build import (
     BuiltLibbpf,
     cache_dir,
@@ -255,11 +256,26 @@ def test_debian_7_2_libbpf_builds_loads_and_has_tcx() -> None:
     built = libbpf_for("debian-7.2", kernels)
     assert built.path.is_file()
     assert built.source.startswith("linux-source-7.2_")
-    lib = Libbpf(str(built.path))
-    assert lib.version >= (1, 3)
-    assert built.version.startswith(f"{lib.version[0]}.{lib.version[1]}.")
-    assert lib.has("bpf_program__attach_tcx")
-    assert not Libbpf(SYSTEM_LIBBPF).has("bpf_program__attach_tcx")
+    # in a child: a library loaded here would shadow the system's libbpf.so.1 (same soname)
+    # for every later test in this process
+    probe = (
+        "import json, sys\n"
+        "from harness.libbpf import Libbpf\n"
+        "new, old = Libbpf(sys.argv[1]), Libbpf(sys.argv[2])\n"
+        "print(json.dumps([new.version, new.has('bpf_program__attach_tcx'),"
+        " old.has('bpf_program__attach_tcx')]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe, str(built.path), SYSTEM_LIBBPF],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    version, new_has_tcx, old_has_tcx = json.loads(out)
+    assert tuple(version) >= (1, 3)
+    assert built.version.startswith(f"{version[0]}.{version[1]}.")
+    assert new_has_tcx
+    assert not old_has_tcx
 
     started = time.monotonic()
     again = libbpf_for("debian-7.2", kernels)

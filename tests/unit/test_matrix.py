@@ -211,9 +211,9 @@ def test_read_cells_last_record_wins_at_the_end(tmp_path: Path) -> None:
     )
     cells = read_cells(run)
     assert [(c["case"], c["outcome"], c.get("libbpf")) for c in cells] == [
-        ("b", "PASSED", None),
-        ("a", "PASSED", None),
-        ("c", "PASSED", None),
+        ("b", "PASSED", ""),
+        ("a", "PASSED", ""),
+        ("c", "PASSED", ""),
         ("c", "PASSED", "1.1.2"),
     ]
 
@@ -352,6 +352,8 @@ def test_pytest_argv_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         "debian-6.1,debian-7.2,debian-7.3",
         "--kitl-configs",
         "jit,interp",
+        "--kitl-libbpf",
+        "system",
         "--kitl-shard",
         "2/3",
         "--kitl-expect",
@@ -399,5 +401,7 @@ def test_pytest_argv_workers(
         str(tmp_path / "run"),
         "--kitl-accel",
         "auto",
+        "--kitl-libbpf",
+        "system",
         *tail,
     ]
