@@ -8,11 +8,16 @@ the guest, `bpftool prog load OBJ PIN` + `rm PIN` for every object.  Goal: kitl'
 at least 0.67x bpftool's (at most 1.5x the time per program).  Not a test.
 
     .venv/bin/python bench/verify.py [--kernel debian-6.1] [-n 60]
+
+With --matrix P it measures the second goal instead: P programs (5 per object) verified on
+two kernels with -n 2, whose wall time must be within 1.25x of (the two boots + every
+cell's engine time) / 2 workers.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import subprocess
@@ -27,10 +32,11 @@ from harness.compile import compile_object, kernel_btf, vmlinux_h
 from harness.resolve import Kernels
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCE = """#include "vmlinux.h"
+HEADER = """#include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
-SEC("xdp")
+"""
+PROGRAM = """SEC("xdp")
 int prog_{i}(struct xdp_md *ctx)
 {{
 	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
@@ -39,8 +45,12 @@ int prog_{i}(struct xdp_md *ctx)
 		return XDP_ABORTED;
 	return eth->h_proto == bpf_htons({i}) ? XDP_DROP : XDP_PASS;
 }}
-char LICENSE[] SEC("license") = "GPL";
 """
+LICENSE = 'char LICENSE[] SEC("license") = "GPL";\n'
+
+
+def source(*numbers: int) -> str:
+    return HEADER + "".join(PROGRAM.format(i=i) for i in numbers) + LICENSE
 
 
 def _kitl(*argv: str) -> tuple[float, str]:
@@ -54,12 +64,44 @@ def _kitl(*argv: str) -> tuple[float, str]:
     return seconds, proc.stdout + proc.stderr
 
 
+def _matrix(programs: int, kernels: str) -> int:
+    ks = Kernels.open()
+    names = kernels.split(",")
+    header = vmlinux_h(kernel_btf(ks.get(names[0])), ks.store.cache)
+    with tempfile.TemporaryDirectory(prefix="kitl-bench-verify-matrix-") as tmp:
+        objects = Path(tmp, "objects")
+        objects.mkdir()
+        for o in range(max(1, programs // 5)):
+            c = Path(tmp, f"o{o:04d}.bpf.c")
+            c.write_text(source(*(10000 + o * 5 + k for k in range(5))))
+            shutil.copy(compile_object(c, header, ks.store.cache), objects / f"o{o:04d}.bpf.o")
+        run = Path(tmp, "run")
+        wall, out = _kitl(
+            "verify", str(objects), "--kernels", kernels, "-n", "2", "--output", str(run)
+        )
+        cells = json.loads((run / "results.json").read_text())["cells"]
+    boots = [float(b) for b in re.findall(r"up in ([0-9.]+)s", out)]
+    loads = sum(c["timings"]["case_s"] for c in cells)
+    ideal = (sum(boots) + loads) / 2
+    print(stamp())
+    print(f"{len(cells)} cells ({programs} programs x {len(names)} kernels), -n 2")
+    print(
+        f"wall {wall:.1f} s; boots {' + '.join(f'{b:.1f}' for b in boots)} s; cells {loads:.1f} s"
+    )
+    print(f"wall / ((boots + cells) / 2) = {wall / ideal:.2f} (goal <= 1.25)")
+    return 0
+
+
 def main() -> int:
     stop_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kernel", default="debian-6.1")
     parser.add_argument("-n", type=int, default=60)
+    parser.add_argument("--matrix", type=int, default=0, metavar="PROGRAMS")
+    parser.add_argument("--kernels", default="debian-6.1,debian-7.2", help="for --matrix")
     args = parser.parse_args()
+    if args.matrix:
+        return _matrix(args.matrix, args.kernels)
     ks = Kernels.open()
     header = vmlinux_h(kernel_btf(ks.get(args.kernel)), ks.store.cache)
     with tempfile.TemporaryDirectory(prefix="kitl-bench-verify-") as tmp:
@@ -68,7 +110,7 @@ def main() -> int:
             d.mkdir()
         for i in range(args.n):
             c = src / f"p{i:04d}.bpf.c"
-            c.write_text(SOURCE.format(i=1000 + i))
+            c.write_text(source(1000 + i))
             shutil.copy(compile_object(c, header, ks.store.cache), many / f"p{i:04d}.bpf.o")
         shutil.copy(many / "p0000.bpf.o", one / "p0000.bpf.o")
         t_one, _ = _kitl("verify", str(one), "--kernel", args.kernel, "--output", f"{tmp}/r1")

@@ -25,9 +25,10 @@ from harness.known import DEFAULT_NAME as KNOWN_DEFAULT
 from harness.known import load_known
 from harness.libbpf import FLOOR
 from harness.matrix import SYSTEM_LIBBPF, Cell, Shard, plan, shard_cells
-from harness.outcome import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from harness.outcome import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Outcome, exit_code
 from harness.progress import DownloadProgress, stderr
 from harness.resolve import Kernels
+from harness.results import read_cells
 from harness.scenario import Scenario
 
 BUNDLED = Path(__file__).resolve().parent.parent / "scenarios"
@@ -50,6 +51,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_libbpf_argument(p)
     p.add_argument("--output", type=Path, default=None, help="run directory (default runs/<time>)")
     p.add_argument("--shard", default=None, metavar="I/N", help="run shard I of N of the matrix")
+    p.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help="finish an interrupted run: only its missing cells, into the same directory",
+    )
     p.add_argument(
         "--expect",
         type=Path,
@@ -111,6 +119,8 @@ def pytest_argv(args: argparse.Namespace, paths: Sequence[Path], run_dir: Path) 
         argv += ["--kitl-expect", str(args.expect)]
     if args.boot_timeout:
         argv += ["--kitl-boot-timeout", str(args.boot_timeout)]
+    if getattr(args, "resume", None):
+        argv.append("--kitl-resume")
     if args.workers and args.workers != "1":
         argv += ["-n", str(args.workers), "--dist", "loadgroup"]
     return [*argv, *(str(p) for p in paths)]
@@ -133,9 +143,22 @@ def run(args: argparse.Namespace, scenarios: list[Scenario]) -> int:
         load_known(args.expect)
     elif Path(KNOWN_DEFAULT).is_file():
         load_known(Path(KNOWN_DEFAULT))
+    if args.resume is not None:
+        if not (args.resume / "results.jsonl").is_file():
+            raise UsageError(f"--resume {args.resume}: not a kitl run directory")
+        if args.output is not None and args.output.resolve() != args.resume.resolve():
+            raise UsageError("--resume writes into the run it resumes: drop --output")
+        args.output = args.resume
     run_dir = (args.output or Path("runs") / time.strftime("%Y%m%d-%H%M%S")).resolve()
     paths = [p.resolve() for p in (args.paths or [BUNDLED])]
-    return launch(ks, args, pytest_argv(args, paths, run_dir), cells, run_dir)
+    status = launch(ks, args, pytest_argv(args, paths, run_dir), cells, run_dir)
+    if args.resume is None or args.dry_run:
+        return status
+    # the verdict of a resumed run is that of all its cells, old and new
+    outcomes = [c.get("outcome") for c in read_cells(run_dir)]
+    return exit_code(
+        Outcome(str(o)) if o in Outcome.__members__ else Outcome.ERROR for o in outcomes
+    )
 
 
 def launch(

@@ -125,8 +125,21 @@ def load(path: Path, text: str | None = None) -> Any:
         raise ConfigError(
             f"invalid YAML: {exc.problem or exc.context}", path=path, line=line, column=col
         ) from None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow: no mark
+        before = text[: exc.position]
+        line, column = before.count("\n") + 1, exc.position - (before.rfind("\n") + 1) + 1
+        char = (
+            exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or "?")
+        )
+        raise ConfigError(
+            f"invalid YAML: character U+{char:04X} is not allowed here",
+            path=path,
+            line=line,
+            column=column,
+        ) from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML: {exc}", path=path) from None
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"invalid YAML: {first}", path=path, line=1) from None
     if node is None:
         return None
     builder = _Builder(path)

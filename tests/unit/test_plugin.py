@@ -551,3 +551,23 @@ def test_loadgroup_runs_each_kernel_on_one_worker(pytester: pytest.Pytester) -> 
     # the controller learns the total from the workers' collections
     result.stdout.fnmatch_lines(["[[]  12/12[]] *"])
     assert (run / "report" / "summary.md").is_file()
+
+
+def test_resume_runs_only_what_is_missing(pytester: pytest.Pytester) -> None:
+    """A run killed after some cells: --kitl-resume on the same directory runs the cells
+    it lacks (and those an interrupted run left as infrastructure outcomes), no others."""
+    run = stubbed(pytester)
+    first = pytester.runpytest_inprocess(*INNER, "--kitl", "--kitl-output", str(run))
+    first.assert_outcomes(passed=1, skipped=1, failed=2)
+    lines = (run / "results.jsonl").read_text().splitlines()
+    # as if killed: the last cell never finished, the third was cut off by a lost VM
+    third = json.loads(lines[2])
+    third["outcome"] = "VM_LOST"
+    (run / "results.jsonl").write_text("\n".join([*lines[:2], json.dumps(third)]) + "\n")
+    again = pytester.runpytest_inprocess(
+        *INNER, "--kitl", "--kitl-output", str(run), "--kitl-resume"
+    )
+    again.assert_outcomes(failed=2, deselected=2)
+    cells = json.loads((run / "results.json").read_text())["cells"]
+    assert sorted(c["id"] for c in cells) == sorted(OUTCOME_IDS)
+    assert {c["outcome"] for c in cells} == {"PASSED", "SKIPPED", "FAILED", "VERIFIER_REJECTED"}
