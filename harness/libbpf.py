@@ -356,6 +356,15 @@ def live_ids(lib: Libbpf) -> dict[str, frozenset[int]]:
     return out
 
 
+def _attach_type(lib: Libbpf, prog: int) -> str:
+    """libbpf's name of the program's expected attach type; "" for the programs that have
+    none (their 0 would read as BPF_CGROUP_INET_INGRESS, which only cgroup_skb means)."""
+    value = int(lib.c.bpf_program__expected_attach_type(prog))
+    if value == 0 and lib.prog_type_name(lib.c.bpf_program__type(prog)) != "cgroup_skb":
+        return ""
+    return lib.attach_type_name(value)
+
+
 def _preset(lib: Libbpf, obj: int, presets: tuple[tuple[str, int, bytes], ...]) -> None:
     """Write global variables' initial values into the opened object's data maps (libbpf
     names them "<object>.<section>", e.g. "prog_bpf.rodata"), before the load freezes them."""
@@ -576,7 +585,7 @@ class BpfObject(Attachable):
                 program=program,
                 section=c.bpf_program__section_name(prog).decode(),
                 prog_type=lib.prog_type_name(c.bpf_program__type(prog)),
-                attach_type=lib.attach_type_name(c.bpf_program__expected_attach_type(prog)),
+                attach_type=_attach_type(lib, prog),
                 ok=rc == 0,
                 errno=-rc if rc < 0 else 0,
                 log=text,

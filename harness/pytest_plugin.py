@@ -540,8 +540,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     kitl.close()
     if kitl.worker:
         return
+    cells = read_cells(kitl.run_path)
     meta = {
-        "kernels": kitl.kernel_names,
+        # the kernels asked for, or (the scenarios' or the catalog's) those that ran
+        "kernels": kitl.kernel_names or list(dict.fromkeys(str(c["kernel"]) for c in cells)),
         "configs": kitl.configs,
         "shard": str(kitl.shard) if kitl.shard else None,
         "argv": sys.argv,

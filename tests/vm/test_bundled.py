@@ -98,6 +98,8 @@ def test_bundled_scenarios_pass(name: str, tmp_path: Path) -> None:
     assert count(shot, "counts", 0) == 50
     assert cell("tc", "count-udp-traffic")["observed"]["traffic"]["delivered"] == 50
     assert cell("tc", "shot-test-run")["observed"]["test_run"]["retval"] == 2
+    # a tc program has no expected attach type (its 0 is not BPF_CGROUP_INET_INGRESS)
+    assert shot["observed"]["load"]["attach_type"] == ""
 
     # tracing: every hook counted exactly the trigger's syscalls
     for case, key, want in [
@@ -116,6 +118,7 @@ def test_bundled_scenarios_pass(name: str, tmp_path: Path) -> None:
     denied = cell("cgroup", "connect4-denied-port")
     assert denied["observed"]["syscall"]["status"] == 3
     assert count(denied, "counts", 0) == 1
+    assert denied["observed"]["load"]["attach_type"] == "cgroup_inet4_connect"
     drop = cell("cgroup", "egress-drop-udp")
     assert drop["observed"]["traffic"]["delivered"] == 0
     assert drop["observed"]["traffic"]["send_errors"] == {"Operation not permitted": 40}
