@@ -433,24 +433,10 @@ def cmd_accel(args: argparse.Namespace) -> int:
     return 0
 
 
-def _scenario_files(paths: Sequence[Path]) -> list[Path]:
-    files: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            files += sorted(p for p in path.rglob("*.yaml") if p.is_file())
-        elif path.exists():
-            files.append(path)
-        else:
-            raise UsageError(f"{path}: no such scenario file or directory")
-    if not files:
-        raise UsageError(f"no scenario files (*.yaml) in {', '.join(map(str, paths))}")
-    return files
-
-
 def _load_scenarios(paths: Sequence[Path], allow_outside: bool) -> list[scenario_mod.Scenario]:
     errors: list[str] = []
     loaded = []
-    for path in _scenario_files(paths):
+    for path in runner.files_under(paths, ".yaml", "scenario", "scenario files"):
         try:
             loaded.append(scenario_mod.load_scenario(path, allow_outside=allow_outside))
         except scenario_mod.ScenarioError as exc:

@@ -153,7 +153,7 @@ class Engine:
         """Switch the guest to `config`: its sysctls, and every sysctl an earlier config
         changed back to its value at boot, so configs never leak into each other."""
         if self._boot_sysctls is None:
-            self._boot_sysctls = dict(self.agent.call("facts")["sysctl"])
+            self._boot_sysctls = dict(self._facts()["sysctl"])
         wanted: dict[str, Any] = {
             k: self._boot_sysctls[k] for k in self._touched if self._boot_sysctls.get(k) is not None
         }

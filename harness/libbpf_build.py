@@ -118,6 +118,22 @@ def first_error(log: str) -> str:
     return lines[-1] if lines else "(no output)"
 
 
+SYSTEM = "system"  # the host's libbpf.so.1, found by the guest's dynamic loader
+
+
+def loader_path(name: str, kernels: Kernels) -> str | None:
+    """The libbpf.so a loader name stands for: None for the system's ("system", or "" as
+    cells record it), the built one for debian-X, else a path to an existing file."""
+    if name in (SYSTEM, ""):
+        return None
+    if name.startswith("debian-"):
+        return str(libbpf_for(name, kernels).path)
+    path = Path(name)
+    if not path.is_file():
+        raise UsageError(f"--libbpf {name}: no such file (a libbpf.so, system or debian-X)")
+    return str(path.resolve())
+
+
 def libbpf_for(
     name: str, kernels: Kernels, progress: Progress | None = None, run: Runner = subprocess.run
 ) -> BuiltLibbpf:

@@ -20,13 +20,13 @@ from harness.cache import Cache
 from harness.engine import Engine, build_objects
 from harness.errors import KitlError, UsageError
 from harness.kernel import Kernel
+from harness.libbpf_build import SYSTEM as SYSTEM_LIBBPF
 from harness.outcome import Outcome, outcome_for_error
 from harness.results import CellResult, RunDir, safe_name
 from harness.scenario import Case, RunConfig, Scenario
 from harness.scenario_expect import kernel_version
 from harness.vm import VM
 
-SYSTEM_LIBBPF = "system"  # the libbpf.so.1 of the host (Debian bookworm: 1.1.2)
 # Outcomes after which the guest cannot be trusted for the next cell.
 RESTART_AFTER = frozenset({Outcome.KERNEL_CRASH, Outcome.VM_LOST, Outcome.TIMED_OUT})
 

@@ -29,7 +29,8 @@ from harness import known as known_mod
 from harness.cache import Cache
 from harness.errors import KitlError, UsageError
 from harness.kernel import Kernel
-from harness.matrix import SYSTEM_LIBBPF, Cell, Guests, Shard, newest, plan, shard_cells
+from harness.libbpf_build import SYSTEM as SYSTEM_LIBBPF
+from harness.matrix import Cell, Guests, Shard, newest, plan, shard_cells
 from harness.outcome import Outcome
 from harness.resolve import Kernels
 from harness.results import CellResult, RunDir, finalize, read_cells
@@ -176,14 +177,7 @@ class KitlSession:
 
     def libbpf_path(self, name: str) -> str | None:
         """The libbpf.so a loader name stands for (None: the system's)."""
-        if name == SYSTEM_LIBBPF:
-            return None
-        if name.startswith("debian-"):
-            return str(libbpf_build.libbpf_for(name, self.kernels).path)
-        path = Path(name)
-        if not path.is_file():
-            raise UsageError(f"--libbpf {name}: no such file (a libbpf.so, system or debian-X)")
-        return str(path.resolve())
+        return libbpf_build.loader_path(name, self.kernels)
 
     def kernel_of(self, nodeid: str, *, guess: bool = False) -> str | None:
         """The kernel of a cell's node id `...case[KERNEL-CONFIG]` (names contain dashes:

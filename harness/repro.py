@@ -112,12 +112,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     cache = ks.store.cache
     decision = accel.decide(args.accel, cache, lambda: accel.qemu_kvm_probe(kernel.vmlinuz))
+    loader = libbpf_build.loader_path(str(cell.get("libbpf") or ""), ks)  # the cell's libbpf
     out = args.run_dir / "repro" / f"{safe_name(args.cell_id)}.verifier.log"
     out.parent.mkdir(parents=True, exist_ok=True)
     with (
         tempfile.TemporaryDirectory(prefix="kitl-repro-") as tmp,
         VM(kernel, accel=decision.accel, console_path=Path(tmp) / "console.log") as vm,
-        AgentClient(vm, libbpf=_libbpf_path(str(cell.get("libbpf") or ""), ks)) as agent,
+        AgentClient(vm, libbpf=loader) as agent,
     ):
         if sysctls:
             agent.call("sysctl", {"values": sysctls})
@@ -161,15 +162,6 @@ def _object(cell: dict[str, Any], scenario: Any, name: str, kernel: Any, cache: 
     if digest and hashlib.sha256(built.read_bytes()).hexdigest() != digest:
         stderr.print("kitl: warning: the object differs from the run's (source or header changed)")
     return built
-
-
-def _libbpf_path(name: str, ks: Kernels) -> str | None:
-    """The loader the cell ran with: "" is the system's libbpf."""
-    if not name:
-        return None
-    if name.startswith("debian-"):
-        return str(libbpf_build.libbpf_for(name, ks).path)
-    return name
 
 
 def _page(path: Path, no_pager: bool) -> None:

@@ -24,7 +24,8 @@ from harness.errors import UsageError
 from harness.known import DEFAULT_NAME as KNOWN_DEFAULT
 from harness.known import load_known
 from harness.libbpf import FLOOR
-from harness.matrix import SYSTEM_LIBBPF, Cell, Shard, plan, shard_cells
+from harness.libbpf_build import SYSTEM as SYSTEM_LIBBPF
+from harness.matrix import Cell, Shard, plan, shard_cells
 from harness.outcome import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Outcome, exit_code
 from harness.progress import DownloadProgress, stderr
 from harness.resolve import Kernels
@@ -86,14 +87,38 @@ def add_libbpf_argument(p: argparse.ArgumentParser) -> None:
 
 
 def libbpf_names(text: str) -> list[str]:
-    names = _names(text) or [SYSTEM_LIBBPF]
-    for name in names:
+    loaders = names(text) or [SYSTEM_LIBBPF]
+    for name in loaders:
         if name != SYSTEM_LIBBPF and not name.startswith("debian-") and not Path(name).is_file():
             raise UsageError(f"--libbpf {name}: not system, debian-X or an existing libbpf.so")
-    return names
+    return loaders
 
 
-def _names(*sources: Sequence[str] | str) -> list[str]:
+def files_under(paths: Sequence[Path], suffix: str, one: str, many: str) -> list[Path]:
+    """The files named, and those ending in `suffix` below the directories named, sorted
+    per directory; a missing path or an empty result is a usage error."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.rglob(f"*{suffix}") if p.is_file())
+        elif path.exists():
+            found.append(path)
+        else:
+            raise UsageError(f"{path}: no such {one} file or directory")
+    if not found:
+        raise UsageError(f"no {many} (*{suffix}) in {', '.join(map(str, paths))}")
+    return found
+
+
+def pytest_base(run_dir: Path, accel_name: str, collect: str) -> list[str]:
+    """The start of every pytest command the fronts run: kitl's own ini, the plugin's
+    collection flag (`--kitl` or `--kitl-verify`), one line per cell, the run directory."""
+    argv = [sys.executable, "-m", "pytest", "-c", str(INI), "--rootdir", str(Path.cwd())]
+    argv += ["-p", "no:cacheprovider", collect, "--kitl-lines", "-q", "--no-header"]
+    return [*argv, "--kitl-output", str(run_dir), "--kitl-accel", accel_name]
+
+
+def names(*sources: Sequence[str] | str) -> list[str]:
     out: list[str] = []
     for source in sources:
         items = source.split(",") if isinstance(source, str) else list(source)
@@ -103,11 +128,9 @@ def _names(*sources: Sequence[str] | str) -> list[str]:
 
 def pytest_argv(args: argparse.Namespace, paths: Sequence[Path], run_dir: Path) -> list[str]:
     """The exact pytest command `kitl run` executes."""
-    argv = [sys.executable, "-m", "pytest", "-c", str(INI), "--rootdir", str(Path.cwd())]
-    argv += ["-p", "no:cacheprovider", "--kitl", "--kitl-lines", "-q", "--no-header"]
-    argv += ["--kitl-output", str(run_dir), "--kitl-accel", args.accel]
-    kernels = _names(args.kernels, args.kernel)
-    configs = _names(args.configs, args.config)
+    argv = pytest_base(run_dir, args.accel, "--kitl")
+    kernels = names(args.kernels, args.kernel)
+    configs = names(args.configs, args.config)
     if kernels:
         argv += ["--kitl-kernels", ",".join(kernels)]
     if configs:
@@ -129,8 +152,8 @@ def pytest_argv(args: argparse.Namespace, paths: Sequence[Path], run_dir: Path) 
 def run(args: argparse.Namespace, scenarios: list[Scenario]) -> int:
     """Check what can be checked, fetch the kernels, decide the accelerator, run pytest."""
     ks = Kernels.open()
-    kernels = _names(args.kernels, args.kernel)
-    configs = _names(args.configs, args.config)
+    kernels = names(args.kernels, args.kernel)
+    configs = names(args.configs, args.config)
     defaults = [e.name for e in ks.catalog.defaults()]
     for name in kernels:
         ks.catalog.get(name)  # unknown names: one line, exit 2

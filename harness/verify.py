@@ -14,7 +14,6 @@ import argparse
 import fnmatch
 import json
 import re
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -61,16 +60,7 @@ class VerifyOptions:
 
 def objects_in(paths: Sequence[Path]) -> list[Path]:
     """The object files named, or found under the directories named (*.o), sorted."""
-    found: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found += sorted(p for p in path.rglob("*.o") if p.is_file())
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise UsageError(f"{path}: no such object file or directory")
-    if not found:
-        raise UsageError(f"no BPF objects (*.o) in {', '.join(map(str, paths))}")
+    found = runner.files_under(paths, ".o", "object", "BPF objects")
     return list(dict.fromkeys(p.resolve() for p in found))
 
 
@@ -265,14 +255,12 @@ def options_from(args: argparse.Namespace) -> VerifyOptions:
 
 def verify_argv(args: argparse.Namespace, objects: Sequence[Path], run_dir: Path) -> list[str]:
     """The exact pytest command `kitl verify` executes."""
-    argv = [sys.executable, "-m", "pytest", "-c", str(runner.INI), "--rootdir", str(Path.cwd())]
-    argv += ["-p", "no:cacheprovider", "--kitl-verify", "--kitl-lines", "-q", "--no-header"]
-    argv += ["--kitl-output", str(run_dir), "--kitl-accel", args.accel]
+    argv = runner.pytest_base(run_dir, args.accel, "--kitl-verify")
     argv += ["--kitl-log-level", str(args.log_level), "--kitl-privilege", args.privilege]
     argv += ["--kitl-libbpf", ",".join(runner.libbpf_names(args.libbpf))]
-    kernels = [*(k.strip() for k in args.kernels.split(",") if k.strip()), *args.kernel]
+    kernels = runner.names(args.kernels, args.kernel)
     if kernels:
-        argv += ["--kitl-kernels", ",".join(dict.fromkeys(kernels))]
+        argv += ["--kitl-kernels", ",".join(kernels)]
     for flag, value in (
         ("--kitl-prog", ",".join(args.prog)),
         ("--kitl-flags", args.flags),
@@ -305,7 +293,7 @@ def run(args: argparse.Namespace) -> int:
     if bulk is not None:
         scenarios = [bulk.apply(s) for s in scenarios]
     ks = Kernels.open()
-    kernels = [*(k.strip() for k in args.kernels.split(",") if k.strip()), *args.kernel]
+    kernels = runner.names(args.kernels, args.kernel)
     defaults = [e.name for e in ks.catalog.defaults()]
     for name in kernels:
         ks.catalog.get(name)

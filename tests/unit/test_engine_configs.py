@@ -36,7 +36,7 @@ class StubAgent:
 def engine(agent: StubAgent) -> Engine:
     e = Engine.__new__(Engine)  # only the config switching is exercised: no VM, no kernel
     e.agent = agent  # type: ignore[assignment]
-    e._boot_sysctls, e._touched = None, set()
+    e._boot_sysctls, e._touched, e._guest_facts = None, set(), None
     return e
 
 
