@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,10 @@ PROBE_SECONDS = 20.0
 KVM_DEVICE = Path("/dev/kvm")
 # The decompressed kernel's first line; the broken-KVM hang happens before it.
 _ALIVE_MARK = b"Linux version"
+_TAIL_BYTES = 8192  # > one read (4096), so a mark split across reads is kept
+# How long `decide` waits for a probe on top of its own bound: qemu stuck in a KVM ioctl
+# may not even die on SIGKILL, and the run must not wait for it.
+PROBE_GRACE_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,13 @@ def qemu_kvm_probe(vmlinuz: Path, seconds: float = PROBE_SECONDS) -> ProbeResult
         "-append",
         "console=ttyS0 earlyprintk=serial,ttyS0 panic=-1",
     ]
+    return console_probe(argv, seconds)
+
+
+def console_probe(argv: list[str], seconds: float) -> ProbeResult:
+    """Run `argv` and watch its output for the kernel's first line for at most `seconds`;
+    the process is killed either way.  Only a tail of the output is kept: a guest that
+    floods its console costs no memory."""
     started = time.monotonic()
     try:
         proc = subprocess.Popen(
@@ -117,7 +129,7 @@ def qemu_kvm_probe(vmlinuz: Path, seconds: float = PROBE_SECONDS) -> ProbeResult
         while time.monotonic() - started < seconds:
             chunk = proc.stdout.read(4096)
             if chunk:
-                seen += chunk
+                seen = (seen + chunk)[-_TAIL_BYTES:]
                 if _ALIVE_MARK in seen:
                     return ProbeResult(True, "guest kernel started", time.monotonic() - started)
             elif proc.poll() is not None:
@@ -127,12 +139,21 @@ def qemu_kvm_probe(vmlinuz: Path, seconds: float = PROBE_SECONDS) -> ProbeResult
     finally:
         proc.kill()
         proc.wait()
-    tail = seen.decode("ascii", "replace").strip().splitlines()[-1:] or ["no console output"]
     return ProbeResult(
         False,
-        f"guest hung under KVM (last console line: {tail[0][:80]!r})",
+        f"guest hung under KVM (last console line: {_last_line(seen)[:80]!r})",
         time.monotonic() - started,
     )
+
+
+def _last_line(seen: bytes) -> str:
+    """The last complete console line (output cut off mid-line is a fragment), else
+    whatever there is."""
+    text = seen.decode("ascii", "replace").replace("\r", "")
+    complete = [ln for ln in text[: text.rfind("\n") + 1].splitlines() if ln.strip()]
+    if complete:
+        return complete[-1].strip()
+    return text.strip() or "no console output"
 
 
 def decide(
@@ -142,9 +163,11 @@ def decide(
     *,
     kvm_available: Callable[[], bool] = kvm_usable,
     fingerprint: Callable[[], str] = host_fingerprint,
+    probe_timeout: float = PROBE_SECONDS + PROBE_GRACE_SECONDS,
 ) -> AccelDecision:
     """Resolve --accel.  `probe` boots a kernel under KVM; None means no kernel is at hand,
-    in which case `auto` picks TCG without caching a verdict."""
+    in which case `auto` picks TCG without caching a verdict.  A probe that does not
+    answer within `probe_timeout` (or fails) counts as a KVM that hangs: TCG, cached."""
     if requested not in ACCELS:
         raise UsageError(f"--accel {requested!r}: expected one of {', '.join(ACCELS)}")
     if requested == "tcg":
@@ -169,7 +192,7 @@ def decide(
         return AccelDecision(cached["accel"], cached["reason"] + " (cached verdict)")
     if probe is None:
         return AccelDecision("tcg", "KVM not yet probed on this host")
-    result = probe()
+    result = _bounded(probe, probe_timeout)
     accel = "kvm" if result.works else "tcg"
     reason = f"KVM probe: {result.detail} after {result.seconds:.1f}s"
     verdicts[key] = {"accel": accel, "reason": reason}
@@ -178,3 +201,27 @@ def decide(
     tmp.write_text(json.dumps(verdicts, indent=2) + "\n", encoding="utf-8")
     tmp.replace(verdict_file)
     return AccelDecision(accel, reason, probed=True)
+
+
+def _bounded(probe: Probe, timeout: float) -> ProbeResult:
+    """`probe()` in a daemon thread, given up on after `timeout` seconds (the thread is left
+    behind, stuck; it does not keep the process alive)."""
+    box: list[ProbeResult] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            box.append(probe())
+        except Exception as exc:  # any failure of the probe is a KVM we cannot trust
+            failure.append(exc)
+
+    started = time.monotonic()
+    thread = threading.Thread(target=run, name="kitl-kvm-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if box:
+        return box[0]
+    waited = time.monotonic() - started
+    if failure:
+        return ProbeResult(False, f"probe failed ({failure[0]})", waited)
+    return ProbeResult(False, "no answer (qemu stuck in KVM?)", waited)

@@ -78,7 +78,15 @@ class Agent:
             "sysctl": {n: _read_sysctl(n) for n in names},
             "lsm": _read_text("/sys/kernel/security/lsm"),
             "cgroup2": Path("/sys/fs/cgroup/cgroup.controllers").exists(),
+            "libbpf_version": self._libbpf_version(),
         }
+
+    def _libbpf_version(self) -> str:
+        """ "1.8" of the loader; "" when it does not load (the first load reports why)."""
+        try:
+            return ".".join(map(str, self.libbpf().version))
+        except (OSError, libbpf.LibbpfError):
+            return ""
 
     def sysctl(self, args: dict[str, Any]) -> dict[str, Any]:
         """Set sysctls; report per key the value in effect or why the kernel refused."""

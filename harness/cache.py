@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -79,11 +80,17 @@ def staging_dir(final: Path) -> Iterator[Path]:
         raise
 
 
-def remove_stale_partials(directory: Path) -> None:
-    """Drop leftovers of killed writers (only call while holding the item's lock)."""
+def remove_stale_partials(directory: Path, item: str | None = None) -> None:
+    """Drop leftovers of killed writers (only call while holding the item's lock).
+
+    With `item`, only the staging directories `staging_dir(directory / item)` makes: other
+    items' may belong to live writers holding their own locks."""
     if not directory.is_dir():
         return
+    own = re.compile(rf"\.{re.escape(item)}\.[^.]+\.partial") if item is not None else None
     for entry in directory.iterdir():
+        if own is not None and not own.fullmatch(entry.name):
+            continue
         if entry.name.endswith(".partial"):
             if entry.is_dir():
                 shutil.rmtree(entry, ignore_errors=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from harness import yamlsrc
 from harness.errors import ConfigError, UsageError
-from harness.yamlsrc import LocDict, where
+from harness.yamlsrc import LocDict, LocList, where
 
 KERNELS_DIR_ENV = "KITL_KERNELS_DIR"
 EXTRA_CATALOG_ENV = "KITL_CATALOG_EXTRA"
@@ -40,6 +40,16 @@ class PathSource:
 
 
 @dataclass(frozen=True)
+class BuildSource:
+    """A kernel kitl builds: the Debian linux-source of catalog kernel `source`, a base
+    config, then `fragments` (in order; later ones win)."""
+
+    source: str  # a catalog name with `debian:` (e.g. "debian-6.12")
+    fragments: tuple[Path, ...] = ()
+    base: str = "virtme"  # "virtme": defconfig + virtme-ng's options; "debian": Debian's
+
+
+@dataclass(frozen=True)
 class CatalogEntry:
     name: str
     description: str = ""
@@ -47,6 +57,7 @@ class CatalogEntry:
     debian: DebianSource | None = None
     path: PathSource | None = None
     cmdline: tuple[str, ...] = field(default=())  # extra kernel arguments for every boot
+    build: BuildSource | None = None
 
 
 @dataclass(frozen=True)
@@ -125,7 +136,7 @@ def _entry(name: str, body: object, parent: LocDict, path: Path) -> CatalogEntry
         )
     if not isinstance(body, LocDict):
         raise ConfigError(f"kernel {name!r}: expected a mapping", **where(parent, name))
-    allowed = {"description", "default", "debian", "path", "cmdline"}
+    allowed = {"description", "default", "debian", "path", "cmdline", "build"}
     for key in body:
         if key not in allowed:
             raise ConfigError(
@@ -133,8 +144,10 @@ def _entry(name: str, body: object, parent: LocDict, path: Path) -> CatalogEntry
                 hint="allowed: " + ", ".join(sorted(allowed)),
                 **where(body, key),
             )
-    if ("debian" in body) == ("path" in body):
-        raise ConfigError(f"kernel {name!r}: give exactly one of 'debian' or 'path'", **where(body))
+    if sum(key in body for key in ("debian", "path", "build")) != 1:
+        raise ConfigError(
+            f"kernel {name!r}: give exactly one of 'debian', 'path' or 'build'", **where(body)
+        )
     description = body.get("description", "")
     default = body.get("default", False)
     if not isinstance(description, str):
@@ -146,7 +159,8 @@ def _entry(name: str, body: object, parent: LocDict, path: Path) -> CatalogEntry
         raise ConfigError("cmdline must be a list of strings", **where(body, "cmdline", value=True))
     debian = _debian(name, body["debian"], body) if "debian" in body else None
     local = _path(name, body["path"], body, path.parent) if "path" in body else None
-    return CatalogEntry(name, description, default, debian, local, tuple(cmdline))
+    build = _build(name, body["build"], body, path.parent) if "build" in body else None
+    return CatalogEntry(name, description, default, debian, local, tuple(cmdline), build)
 
 
 def _debian(name: str, spec: object, parent: LocDict) -> DebianSource:
@@ -201,3 +215,37 @@ def _path(name: str, spec: object, parent: LocDict, base: Path) -> PathSource:
     if vmlinuz is None:
         raise ConfigError(f"kernel {name!r}: path.vmlinuz is required", **where(spec))
     return PathSource(vmlinuz, values["modules"], values["config"])
+
+
+def _build(name: str, spec: object, parent: LocDict, base: Path) -> BuildSource:
+    if not isinstance(spec, LocDict):
+        raise ConfigError(f"kernel {name!r}: build must be a mapping", **where(parent, "build"))
+    for key in spec:
+        if key not in {"source", "fragments", "base"}:
+            raise ConfigError(f"kernel {name!r}: unknown key build.{key}", **where(spec, key))
+    source = spec.get("source")
+    if not isinstance(source, str) or not _NAME.match(source):
+        raise ConfigError(
+            f"kernel {name!r}: build.source must name a Debian catalog kernel, e.g. debian-6.12",
+            **where(spec, "source", value=True) if "source" in spec else where(spec),
+        )
+    fragments = spec.get("fragments", [])
+    if not isinstance(fragments, list) or not all(isinstance(f, str) for f in fragments):
+        raise ConfigError(
+            f"kernel {name!r}: build.fragments must be a list of config fragment files",
+            **where(spec, "fragments", value=True),
+        )
+    paths = []
+    for i, raw in enumerate(fragments):
+        fragment = (base / raw).resolve()
+        if not fragment.is_file():
+            at = where(fragments, i) if isinstance(fragments, LocList) else where(spec)
+            raise ConfigError(f"kernel {name!r}: no such config fragment {raw!r}", **at)
+        paths.append(fragment)
+    kind = spec.get("base", "virtme")
+    if kind not in ("virtme", "debian"):
+        raise ConfigError(
+            f"kernel {name!r}: build.base must be virtme or debian",
+            **where(spec, "base", value=True),
+        )
+    return BuildSource(source, tuple(paths), kind)

@@ -16,15 +16,14 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-from harness import __version__, accel, compare, debian, report, repro, runner, verify
+from harness import __version__, accel, compare, debian, interrupts, report, repro, runner, verify
 from harness import scenario as scenario_mod
 from harness.bootcheck import BootCheck, check
 from harness.cache import Cache
 from harness.catalog import CatalogEntry
-from harness.errors import KitlError, UsageError
+from harness.errors import DISK_ERRNOS, RUN_FAILURE_EXIT, KitlError, UsageError
 from harness.kernel import Kernel
 from harness.lockfile import LockedKernel
 from harness.outcome import EXIT_USAGE, Outcome, exit_code, outcome_for_error
@@ -396,7 +395,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
             outcome = outcome_for_error(exc)
             splat = getattr(exc, "splat_text", "")
             if outcome is Outcome.KERNEL_CRASH:
-                print(f"kitl: kernel crash on {kernel.name}: {exc}", file=sys.stderr)
+                # the message names the fingerprint and the crash site; then the splat
+                print(f"kitl: {exc}", file=sys.stderr)
                 print(splat, file=sys.stderr)
                 return 1
             raise
@@ -517,11 +517,6 @@ COMMANDS = {
 }
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    # SIGTERM unwinds like Ctrl-C, so every context manager tears its VM down.
-    raise KeyboardInterrupt
-
-
 def _split_command(argv: list[str]) -> tuple[list[str], list[str]]:
     """`kitl exec [OPTIONS] KERNEL [OPTIONS] -- CMD...`: everything after the first `--` is
     the guest command, untouched by option parsing (so options may follow KERNEL)."""
@@ -539,17 +534,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif command:
         args = make_parser().parse_args([*own, "--", *command])
     handler = COMMANDS[(args.command, getattr(args, "kernels_command", None))]
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    # SIGTERM unwinds like Ctrl-C, so every context manager tears its VM down (and a
+    # signal during a teardown waits for it to finish)
+    restore = interrupts.install()
     try:
         return handler(args)
     except KitlError as exc:
         print(f"kitl: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("kitl: interrupted", file=sys.stderr)
-        return 130
+    except OSError as exc:
+        if exc.errno not in DISK_ERRNOS:
+            raise  # anything else is a bug: its traceback is what we need to see
+        # the disk (cache, run directory) failed under a step that has no typed error
+        where = f"{exc.filename}: " if exc.filename else ""  # a failed write names none
+        print(
+            f"kitl: {where}{exc.strerror or exc} (check the disk kitl writes to, then rerun)",
+            file=sys.stderr,
+        )
+        return RUN_FAILURE_EXIT
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, interrupts.Stopped) else signal.SIGINT
+        print(f"kitl: interrupted ({interrupts.signal_name(signum)})", file=sys.stderr)
+        return 128 + signum
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        restore()
 
 
 if __name__ == "__main__":

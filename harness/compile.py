@@ -21,6 +21,7 @@ from pathlib import Path
 from harness.cache import Cache
 from harness.errors import BuildError, MissingToolError
 from harness.kernel import Kernel
+from harness.results import safe_name
 
 _XZ_MAGIC = b"\xfd7zXZ\x00"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -121,7 +122,8 @@ def compile_object(source: Path, header: Path, cache: Cache, cflags: Sequence[st
         hasher.update(b"\0")
     for local in sorted(source.parent.glob("*.h")):  # local headers the source may include
         hasher.update(local.name.encode() + local.read_bytes())
-    out = cache.root / "objects" / f"{source.stem}-{hasher.hexdigest()[:16]}.o"
+    # safe_name: a long or odd source name must not make an unwritable cache file name
+    out = cache.root / "objects" / f"{safe_name(source.stem)}-{hasher.hexdigest()[:16]}.o"
     if out.is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,9 @@ expressions over `SEC("...")` definitions.  It is an approximation for early err
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +79,11 @@ class ObjectInfo:
         return [p.name for p in self.programs]
 
 
+class ObjectFormatError(ValueError):
+    """The bytes are not a (well-formed, little-endian) BPF object.  A file that cannot be
+    read at all raises a plain ValueError instead."""
+
+
 class _Reader:
     def __init__(self, data: bytes, what: str) -> None:
         self.data = data
@@ -84,7 +91,7 @@ class _Reader:
 
     def unpack(self, fmt: struct.Struct, offset: int, item: str) -> tuple[int, ...]:
         if offset < 0 or offset + fmt.size > len(self.data):
-            raise ValueError(
+            raise ObjectFormatError(
                 f"{self.what}: truncated ELF file: {item} at offset {offset} needs "
                 f"{fmt.size} bytes, the file has {len(self.data)}"
             )
@@ -93,7 +100,7 @@ class _Reader:
 
     def chunk(self, offset: int, size: int, item: str) -> bytes:
         if offset < 0 or size < 0 or offset + size > len(self.data):
-            raise ValueError(
+            raise ObjectFormatError(
                 f"{self.what}: truncated ELF file: {item} at offset {offset} needs "
                 f"{size} bytes, the file has {len(self.data)}"
             )
@@ -120,16 +127,18 @@ def _cstr(table: bytes, offset: int) -> str:
 
 
 def parse_object(data: bytes, what: str = "<bytes>") -> ObjectInfo:
-    """Parse the bytes of a BPF object; raises ValueError (naming `what`) if they are not one."""
+    """Parse the bytes of a BPF object; ObjectFormatError (naming `what`) if they are not one."""
     if len(data) < 4 or data[:4] != b"\x7fELF":
-        raise ValueError(f"{what}: not an ELF file (no \\x7fELF magic)")
+        raise ObjectFormatError(f"{what}: not an ELF file (no \\x7fELF magic)")
     if len(data) < _EHDR.size:
-        raise ValueError(f"{what}: truncated ELF file: {len(data)} bytes, no complete header")
+        raise ObjectFormatError(
+            f"{what}: truncated ELF file: {len(data)} bytes, no complete header"
+        )
     ident = data[:16]
     if ident[4] != 2:
-        raise ValueError(f"{what}: not a 64-bit ELF file (BPF objects are ELF64)")
+        raise ObjectFormatError(f"{what}: not a 64-bit ELF file (BPF objects are ELF64)")
     if ident[5] != 1:
-        raise ValueError(
+        raise ObjectFormatError(
             f"{what}: big-endian ELF (compiled for bpfeb?); kitl reads little-endian "
             "objects (clang -target bpf on x86 gives bpfel)"
         )
@@ -138,21 +147,23 @@ def parse_object(data: bytes, what: str = "<bytes>") -> ObjectInfo:
         rd.unpack(_EHDR, 0, "ELF header")
     )
     if machine != EM_BPF:
-        raise ValueError(f"{what}: not a BPF object (ELF machine {machine}, BPF is {EM_BPF})")
+        raise ObjectFormatError(
+            f"{what}: not a BPF object (ELF machine {machine}, BPF is {EM_BPF})"
+        )
     if shoff == 0:
-        raise ValueError(f"{what}: ELF file without section headers")
+        raise ObjectFormatError(f"{what}: ELF file without section headers")
     if shentsize != _SHDR.size:
-        raise ValueError(f"{what}: unexpected section header size {shentsize}")
+        raise ObjectFormatError(f"{what}: unexpected section header size {shentsize}")
     first = _section(rd, shoff, 0)
     if shnum == 0:  # extended numbering: the count is in section 0
         shnum = first.size
     if shstrndx == SHN_XINDEX:
         shstrndx = first.link
     if shnum * _SHDR.size > len(data):
-        raise ValueError(f"{what}: truncated ELF file: {shnum} section headers do not fit")
+        raise ObjectFormatError(f"{what}: truncated ELF file: {shnum} section headers do not fit")
     sections = [_section(rd, shoff, i) for i in range(shnum)]
     if not 0 < shstrndx < shnum:
-        raise ValueError(f"{what}: bad section name table index {shstrndx}")
+        raise ObjectFormatError(f"{what}: bad section name table index {shstrndx}")
     shstr = _contents(rd, sections[shstrndx], "section name table")
     names = [_cstr(shstr, s.name_off) for s in sections]
 
@@ -188,7 +199,7 @@ def _symbols(
     if symtab is None:
         return (), (), ()
     if symtab.entsize not in (0, _SYM.size) or not 0 < symtab.link < shnum:
-        raise ValueError(f"{rd.what}: malformed symbol table")
+        raise ObjectFormatError(f"{rd.what}: malformed symbol table")
     map_sections = {i for i, n in enumerate(names) if n in (".maps", "maps")}
     syms = _contents(rd, symtab, "symbol table")
     strtab = _contents(rd, sections[symtab.link], "symbol name table")
@@ -226,9 +237,16 @@ def _contents(rd: _Reader, sec: _Section, item: str) -> bytes:
 
 
 def read_object(path: Path) -> ObjectInfo:
-    """Read a compiled BPF object; ValueError if it cannot be read or is not one."""
+    """Read a compiled BPF object; ValueError if it cannot be read or is not one (then
+    ObjectFormatError)."""
     try:
-        with path.open("rb") as f:
+        # O_NONBLOCK and the regular-file check: a FIFO or device named *.o must not hang
+        # or stream forever (the flag does not change reads of a regular file)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ValueError(f"{path}: not a regular file")
+        with os.fdopen(fd, "rb") as f:
             data = f.read(MAX_OBJECT_BYTES + 1)
     except OSError as exc:
         raise ValueError(f"{path}: cannot read: {exc.strerror or exc}") from None

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from harness import console as consolelog
 from harness import packet
 from harness.agentclient import AgentCallError, AgentClient
 from harness.cache import Cache
@@ -35,9 +36,10 @@ from harness.scenario import (
     TrafficDrive,
     XdpAttach,
 )
-from harness.scenario_expect import Expect
+from harness.scenario_expect import Expect, kernel_version
 from harness.verifier import parse_log
 from harness.vm import VM
+from harness.watchdog import DEFAULT_CELL_TIMEOUT, Watchdog, timed_out_reason
 
 Report = Callable[[CellResult], None]
 CASE_TIMEOUT = 300.0  # generous: TCG, and a first load of a big object
@@ -88,6 +90,9 @@ class Engine:
         self._refused = ""
         self._boot_sysctls: dict[str, Any] | None = None
         self._touched: set[str] = set()
+        # the wall-time budget of one cell (kitl run --cell-timeout), and the running one's
+        self.cell_timeout = DEFAULT_CELL_TIMEOUT
+        self._dog: Watchdog | None = None
 
     def _sha256(self, path: Path) -> str:
         if path not in self._hashes:
@@ -119,11 +124,10 @@ class Engine:
         return cells
 
     def run_cell(self, scenario: Scenario, case: Case, config: RunConfig) -> CellResult:
-        """One (case, config) in this guest: the config's sysctls are switched only when
-        they differ from the ones in effect.  The cell is appended to the run directory."""
-        if self._config != config.sysctl or self._sysctls is None:
-            self._sysctls, self._refused = self._apply(config)
-            self._config = config.sysctl
+        """One (case, config) in this guest, within the cell timeout: the config's sysctls
+        are switched only when they differ from the ones in effect.  A guest that fails
+        under the cell (crash, hang, lost) makes an outcome, never an exception.  The cell
+        is appended to the run directory."""
         cell = CellResult(
             scenario=scenario.name,
             case=case.name,
@@ -133,7 +137,6 @@ class Engine:
             kernel_release=self.kernel.release,
             kernel_digest=self.kernel.digest,
             accel=self.vm.accel,
-            sysctls=dict(self._sysctls),
             program=f"{case.object}/{case.program}",
             prog_type=case.prog_type.name,
             section=case.section,
@@ -142,12 +145,56 @@ class Engine:
             dmesg_path=self.guest_logs[1],
             libbpf=self.libbpf,
         )
-        if self._refused:
-            cell.outcome, cell.reason = Outcome.SKIPPED, self._refused
-        else:
-            self._run_case(scenario, case, config, cell)
+        mark = len(self.vm.console_text())
+        with Watchdog(self.cell_timeout, self.vm.kill) as dog:
+            self._dog, self.agent.deadline, self.agent.first_timeout = dog, dog.deadline, ""
+            try:
+                if self._config != config.sysctl or self._sysctls is None:
+                    self._sysctls, self._refused = self._apply(config)
+                    self._config = config.sysctl
+                cell.sysctls = dict(self._sysctls)
+                if self._refused:
+                    cell.outcome, cell.reason = Outcome.SKIPPED, self._refused
+                else:
+                    self._run_case(scenario, case, config, cell)
+            except KitlError as exc:  # outside the case: switching the config, facts
+                cell.outcome, cell.reason = outcome_for_error(exc), str(exc)
+            finally:
+                self._dog, self.agent.deadline = None, None
+        self._explain(cell, dog, self.vm.console_text()[mark:])
         self.run.append(cell)
         return cell
+
+    def _explain(self, cell: CellResult, dog: Watchdog, console: str) -> None:
+        """What the watchdog and the guest's console (what it printed during the cell) say
+        about the cell: a crash's splat and fingerprint, an overrun budget, OOM kills."""
+        oom = consolelog.oom_kills(console)
+        if oom:
+            cell.observed["oom_kills"] = oom
+        if cell.outcome is Outcome.KERNEL_CRASH:
+            splat = consolelog.first_crash(console) or consolelog.first_crash(
+                self.vm.console_text()
+            )
+            if splat is not None:
+                cell.crash = {
+                    "title": splat.title,
+                    "fingerprint": splat.fingerprint,
+                    "signature": splat.signature,
+                    "functions": list(splat.functions),
+                    "text": splat.text,
+                }
+        elif dog.fired or (
+            dog.expired and cell.outcome in (Outcome.TIMED_OUT, Outcome.VM_LOST, Outcome.ERROR)
+        ):
+            # the watchdog's kill shows as a lost VM; either way the budget ran out
+            cell.reason = timed_out_reason(dog.seconds, self.agent.first_timeout or cell.reason)
+            cell.outcome = Outcome.TIMED_OUT
+        if oom and cell.outcome not in (Outcome.PASSED, Outcome.SKIPPED):
+            cell.reason = f"{cell.reason} (the guest ran out of memory: {'; '.join(oom)})"
+
+    def _budget(self) -> float:
+        """Seconds left to the running cell (what a command it runs may take)."""
+        return self._dog.remaining() if self._dog is not None else CASE_TIMEOUT
 
     def _apply(self, config: RunConfig) -> tuple[dict[str, Any], str]:
         """Switch the guest to `config`: its sysctls, and every sysctl an earlier config
@@ -171,13 +218,22 @@ class Engine:
     def _run_case(
         self, scenario: Scenario, case: Case, config: RunConfig, cell: CellResult
     ) -> None:
-        expect = case.expect_for(self.kernel.release, config.name)
+        loader = str(self._facts().get("libbpf_version") or "")
+        btf = self._facts().get("btf")
+        expect = case.expect_for(
+            self.kernel.release, config.name, loader, btf if isinstance(btf, bool) else None
+        )
         cell.expected = _expect_json(expect)
         seen = Observed()
         started = time.monotonic()
         topology = scenario.topology
         has_topology = bool(topology.netns or topology.veth or topology.netdevsim)
         try:
+            wanted = case.requires.libbpf
+            if wanted is not None and not (loader and wanted.contains(kernel_version(loader))):
+                cell.outcome = Outcome.SKIPPED
+                cell.reason = f"the case needs libbpf {wanted.text}; this loader is {loader or '?'}"
+                return
             missing = self._missing_requirements(case, seen)
             if missing:
                 cell.outcome = Outcome.SKIPPED
@@ -292,6 +348,9 @@ class Engine:
             load_args["prog_flags"] = case.load.flags_value
         if case.load.btf_custom_path is not None:
             load_args["btf_custom_path"] = self.guest_object(case.load.btf_custom_path)
+        external = self.kernel.external_btf
+        if case.load.external_btf and external is not None and not self._facts()["btf"]:
+            load_args["btf_custom_path"] = self.guest_object(external)
         if case.load.unprivileged:
             load_args["unprivileged"] = True
         if case.load.globals:
@@ -321,6 +380,7 @@ class Engine:
                 "log_truncated",
                 "libbpf_version",
                 "log_level",
+                "failed_stage",
             )
         }
         stats = parse_log(str(seen.load.get("log", ""))).stats
@@ -400,7 +460,13 @@ class Engine:
         elif isinstance(drive, SyscallDrive) and drive.action == "run":
             seen.syscall = self.agent.call(
                 "run",
-                {"argv": list(drive.argv), "ns": drive.ns, "cgroup": cgroup},
+                # the command may take what is left of the cell; the agent kills it then
+                {
+                    "argv": list(drive.argv),
+                    "ns": drive.ns,
+                    "cgroup": cgroup,
+                    "timeout": self._budget(),
+                },
                 timeout=CASE_TIMEOUT,
             )
         elif isinstance(drive, SyscallDrive):

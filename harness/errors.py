@@ -7,6 +7,7 @@ run failures (download failed, boot timeout, SSH never ready) exit 1.  The CLI p
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 USAGE_EXIT = 2
@@ -83,6 +84,15 @@ class BuildError(KitlError):
     """Building a module (netdevsim) failed."""
 
 
+class WriteError(KitlError):
+    """Results or reports could not be written (disk full, quota, read-only, I/O error);
+    what was written before stays readable."""
+
+
+# A full, read-only or failing disk: the user fixes the machine, not the input.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG})
+
+
 class BootError(KitlError):
     """The guest did not come up: QEMU failed or its set-up inside the guest failed."""
 
@@ -102,7 +112,10 @@ class GuestTimeoutError(KitlError):
 class KernelCrashError(GuestLostError):
     """The guest kernel panicked or oopsed; carries the console splat."""
 
-    def __init__(self, message: str, *, splat_text: str, fingerprint: str) -> None:
+    def __init__(
+        self, message: str, *, splat_text: str, fingerprint: str, signature: str = ""
+    ) -> None:
         super().__init__(message)
         self.splat_text = splat_text
         self.fingerprint = fingerprint
+        self.signature = signature  # what the fingerprint hashes: title | call trace

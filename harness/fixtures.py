@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import pytest
 
-from harness import accel
+from harness import accel, libbpf_build
 from harness.agentclient import AgentClient
 from harness.cache import Cache
 from harness.compile import compile_object, kernel_btf, vmlinux_h
@@ -222,12 +222,19 @@ class GuestPool:
                 vm = stack.enter_context(
                     VM(kernel, accel=self._accel, console_path=console, boot_timeout=timeout)
                 )
-                agent = stack.enter_context(AgentClient(vm))
+                agent = stack.enter_context(AgentClient(vm, libbpf=self.libbpf_path()))
                 self._guests[name] = (Guest(vm, agent, kernel), stack.pop_all())
         except KitlError as exc:
             self._failed[name] = f"kitl: {name} did not come up: {exc} (console log: {console})"
             pytest.fail(self._failed[name], pytrace=False)
         return self._guests[name][0]
+
+    def libbpf_path(self) -> str | None:
+        """The first loader of --kitl-libbpf (else the default): the libbpf the agent loads."""
+        given = str(self.config.getoption("kitl_libbpf", "") or "").split(",")
+        loaders = [libbpf_build.canonical(n.strip()) for n in given if n.strip()]
+        first = loaders[0] if loaders else libbpf_build.DEFAULT
+        return libbpf_build.loader_path(first, self.kernels)
 
     def discard(self, name: str) -> None:
         guest = self._guests.pop(name, None)

@@ -30,6 +30,10 @@ class Observed:
     notes: list[str] = field(default_factory=list)  # e.g. requirements libbpf could not probe
 
 
+# libbpf's words for a SEC() it has no definition for (0.7 up to 1.8)
+_UNKNOWN_SECTION = re.compile(r"missing BPF prog type, check ELF section name '([^']*)'")
+
+
 def _regexes_in_order(patterns: tuple[str, ...], text: str) -> str | None:
     """None if every pattern matches after the previous one's match, else the first missing,
     with the log lines around where the search stopped."""
@@ -92,8 +96,14 @@ def judge(case: Case, expect: Expect, seen: Observed) -> tuple[Outcome, str]:
             )
             error = parse_log(load.get("log", "")).error or load.get("libbpf_messages", "")
             reason = f"{seen.error_class}: {str(error).strip()[:300]}"
-            if seen.error_class == "UNSUPPORTED_PROG_TYPE" and load.get("libbpf_lacks"):
+            unknown = _UNKNOWN_SECTION.search(str(load.get("libbpf_messages", "")))
+            if seen.error_class == "UNSUPPORTED_PROG_TYPE" and unknown:
                 # libbpf could not map SEC() to a type: a newer loader may know it
+                reason += (
+                    f" (libbpf {load.get('libbpf_version')} does not know "
+                    f'SEC("{unknown.group(1)}"); a newer libbpf may: --libbpf default)'
+                )
+            elif seen.error_class == "UNSUPPORTED_PROG_TYPE" and load.get("libbpf_lacks"):
                 reason += f" (libbpf {load.get('libbpf_version')} lacks newer APIs, e.g. "
                 reason += f"{', '.join(load['libbpf_lacks'][-2:])})"
             return kind, reason

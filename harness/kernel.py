@@ -56,6 +56,9 @@ class Kernel:
     digest: str = ""  # sha256 of the image package (Debian) or of the bzImage (path:)
     netdevsim: Path | None = None
     cmdline: tuple[str, ...] = ()
+    # a kernel built without BTF: its BTF generated outside the image (pahole), for
+    # scenarios that hand it to libbpf (`load: {btf: external}`)
+    external_btf: Path | None = None
 
     @property
     def has_btf_config(self) -> bool:
@@ -101,13 +104,18 @@ class KernelStore:
             return None
         try:
             data = json.loads(manifest.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        if not isinstance(data, dict):
             return None
         if data.get("digest") != locked.digest or data.get("release") != locked.release:
             return None
-        kernel = self._from_manifest(kdir, data)
-        if not kernel.vmlinuz.is_file() or (kernel.modules and not kernel.modules.is_dir()):
-            return None  # damaged after the fact (e.g. someone deleted files): refetch
+        try:
+            kernel = self._from_manifest(kdir, data)
+        except (OSError, KeyError, UnicodeDecodeError):
+            return None  # a manifest with missing fields, or an unreadable config: refetch
+        if not _intact(kernel, data):
+            return None  # damaged after the fact (files deleted or cut short): refetch
         return kernel
 
     def _from_manifest(self, kdir: Path, data: dict[str, object]) -> Kernel:
@@ -138,12 +146,13 @@ class KernelStore:
             ready = self.installed(locked)  # another process may have finished meanwhile
             if ready is not None:
                 return ready
-            remove_stale_partials(self.cache.kernels)
+            final = self.cache.kernel_dir(locked.name, locked.version)
+            # only this kernel's leftovers: another kernel's may be a live fetch
+            remove_stale_partials(self.cache.kernels, final.name)
             started = time.monotonic()
             debs = {
                 role: self._download(locked, role, pkg, progress) for role, pkg in locked.packages
             }
-            final = self.cache.kernel_dir(locked.name, locked.version)
             with staging_dir(final) as stage:
                 self._unpack(locked, debs, stage, progress)
                 nsim = netdevsim.build_and_install(
@@ -160,6 +169,7 @@ class KernelStore:
                 )
                 self._depmod(stage / "root", locked.release)
                 shutil.rmtree(stage / "build", ignore_errors=True)
+                vmlinuz = stage / "root" / "boot" / f"vmlinuz-{locked.release}"
                 manifest = {
                     "name": locked.name,
                     "release": locked.release,
@@ -171,6 +181,7 @@ class KernelStore:
                         for r, p in locked.packages
                     ],
                     "netdevsim": str(nsim.relative_to(stage / "root")) if nsim else None,
+                    "vmlinuz_size": vmlinuz.stat().st_size,  # a later cut is refetched
                     "fetch_seconds": round(time.monotonic() - started, 1),
                 }
                 (stage / MANIFEST).write_text(
@@ -244,6 +255,19 @@ class KernelStore:
         )
         if proc.returncode != 0:
             raise FetchError(f"depmod failed for {release}: {proc.stderr.strip()[-300:]}")
+
+
+def _intact(kernel: Kernel, manifest: dict[str, object]) -> bool:
+    """Whether the files a ready kernel needs are all still there (cheap: stats only)."""
+    assert kernel.modules is not None  # a cached kernel always has its modules
+    boot = kernel.vmlinuz.parent
+    needed = [kernel.vmlinuz, boot / f"config-{kernel.release}"]
+    if kernel.netdevsim is not None:
+        needed.append(kernel.netdevsim)
+    if not all(p.is_file() for p in needed) or not kernel.modules.is_dir():
+        return False
+    size = manifest.get("vmlinuz_size")  # absent in manifests of older kitl versions
+    return size is None or kernel.vmlinuz.stat().st_size == size
 
 
 def _normalise_layout(root: Path, release: str) -> None:

@@ -315,12 +315,18 @@ class ProgInfo:
 
 
 def prog_info(lib: Libbpf, fd: int) -> ProgInfo:
-    """bpf_obj_get_info_by_fd into a zeroed 232-byte buffer (works with libbpf 1.1)."""
+    """The kernel's bpf_prog_info into a zeroed 232-byte buffer: through libbpf >= 1.2's
+    typed bpf_prog_get_info_by_fd, else the generic call 1.1 has (the same syscall)."""
     buf = ctypes.create_string_buffer(PROG_INFO_SIZE)
     length = ctypes.c_uint32(PROG_INFO_SIZE)
-    rc = int(lib.c.bpf_obj_get_info_by_fd(fd, buf, ctypes.byref(length)))
+    function = (
+        "bpf_prog_get_info_by_fd"
+        if lib.has("bpf_prog_get_info_by_fd")
+        else "bpf_obj_get_info_by_fd"
+    )
+    rc = int(getattr(lib.c, function)(fd, buf, ctypes.byref(length)))
     if rc < 0:
-        raise LibbpfError(-rc, f"bpf_obj_get_info_by_fd({fd})")
+        raise LibbpfError(-rc, f"{function}({fd})")
     raw, size = buf.raw, int(length.value)
     u32 = {k: struct.unpack_from("<I", raw, off)[0] for k, off in _INFO_U32.items()}
     u64 = {k: struct.unpack_from("<Q", raw, off)[0] for k, off in _INFO_U64.items()}
@@ -419,6 +425,9 @@ class ProgramLoad:
     log_level: int = 0
     log_size: int = 0  # the buffer used by the final attempt
     attempts: int = 1  # loads, counting ENOSPC retries with a bigger buffer
+    # where a failure happened: "open" (the ELF), "prepare" (libbpf's BTF, maps and
+    # relocations, before the verifier; libbpf >= 1.6 only), "load" (the kernel's load)
+    failed_stage: str = ""
 
     @property
     def error(self) -> str:
@@ -555,6 +564,7 @@ class BpfObject(Attachable):
                 jited_len=None,
                 verified_insns=None,
                 log_level=opts.log_level,
+                failed_stage="open",
             )
             return None, failed, False
         try:
@@ -575,7 +585,14 @@ class BpfObject(Attachable):
                 c.bpf_program__set_log_buf(prog, log.address, log_size)
                 c.bpf_program__set_log_level(prog, opts.log_level)
             started = time.perf_counter_ns()
-            rc = int(c.bpf_object__load(obj))
+            stage = "load"
+            # libbpf >= 1.6 splits the load: a failure in prepare is libbpf's (BTF, maps,
+            # CO-RE), and the verifier never saw the program
+            rc = int(c.bpf_object__prepare(obj)) if lib.has("bpf_object__prepare") else 0
+            if rc != 0:
+                stage = "prepare"
+            else:
+                rc = int(c.bpf_object__load(obj))
             load_ns = time.perf_counter_ns() - started
             messages = lib.drain_messages()
             raw = log.read() if log else b""
@@ -599,6 +616,7 @@ class BpfObject(Attachable):
                 verified_insns=info.verified_insns if info else None,
                 log_level=opts.log_level,
                 log_size=log_size if log else 0,
+                failed_stage="" if rc == 0 else stage,
             )
         except BaseException:
             c.bpf_object__close(obj)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.cache import Cache, staging_dir
+from harness.catalog import Catalog
 from harness.debian import Package
 from harness.errors import BuildError, UsageError
 from harness.kernel import Progress
@@ -119,12 +120,46 @@ def first_error(log: str) -> str:
 
 
 SYSTEM = "system"  # the host's libbpf.so.1, found by the guest's dynamic loader
+# The default loader, as cells record it: the libbpf of the newest Debian kernel in the
+# catalog (so bundled scenarios can use current section names).  "default" on the command
+# line and in scenarios; "" in cells and ids, so the common case carries no suffix.
+DEFAULT = ""
+DEFAULT_NAME = "default"
+
+
+def canonical(name: str) -> str:
+    """A loader name as cells record it ("default" -> "")."""
+    return DEFAULT if name == DEFAULT_NAME else name
+
+
+def spelled(name: str) -> str:
+    """A loader name as the command line spells it ("" -> "default")."""
+    return DEFAULT_NAME if name == DEFAULT else name
+
+
+def default_loader(catalog: Catalog) -> str:
+    """debian-X of the catalog's newest Debian series: the libbpf the default stands for."""
+    debian = [e for e in catalog.entries if e.debian is not None]
+    if not debian:
+        raise UsageError("the catalog has no Debian kernel to take the default libbpf from")
+    newest = max(debian, key=lambda e: _series_key(e.debian.series if e.debian else ""))
+    return newest.name
+
+
+def _series_key(series: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in re.findall(r"\d+", series))
+
+
+def resolved_name(name: str, catalog: Catalog) -> str:
+    """The name a loader is built or found by: the default's debian-X, else itself."""
+    return default_loader(catalog) if canonical(name) == DEFAULT else name
 
 
 def loader_path(name: str, kernels: Kernels) -> str | None:
-    """The libbpf.so a loader name stands for: None for the system's ("system", or "" as
-    cells record it), the built one for debian-X, else a path to an existing file."""
-    if name in (SYSTEM, ""):
+    """The libbpf.so a loader name stands for: None for the system's, the built one for
+    debian-X (and for the default), else a path to an existing file."""
+    name = resolved_name(name, kernels.catalog)
+    if name == SYSTEM:
         return None
     if name.startswith("debian-"):
         return str(libbpf_for(name, kernels).path)

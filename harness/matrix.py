@@ -15,17 +15,19 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness import interrupts
 from harness.agentclient import AgentClient
 from harness.cache import Cache
 from harness.engine import Engine, build_objects
 from harness.errors import KitlError, UsageError
 from harness.kernel import Kernel
-from harness.libbpf_build import SYSTEM as SYSTEM_LIBBPF
+from harness.libbpf_build import DEFAULT as DEFAULT_LIBBPF
 from harness.outcome import Outcome, outcome_for_error
 from harness.results import CellResult, RunDir, safe_name
 from harness.scenario import Case, RunConfig, Scenario
 from harness.scenario_expect import kernel_version
 from harness.vm import VM
+from harness.watchdog import DEFAULT_CELL_TIMEOUT
 
 # Outcomes after which the guest cannot be trusted for the next cell.
 RESTART_AFTER = frozenset({Outcome.KERNEL_CRASH, Outcome.VM_LOST, Outcome.TIMED_OUT})
@@ -55,13 +57,13 @@ class Cell:
     case: Case
     kernel: str
     config: RunConfig
-    libbpf: str = SYSTEM_LIBBPF  # the loader: "system", "debian-X" or a path
+    libbpf: str = DEFAULT_LIBBPF  # the loader: "" (the default), "system", "debian-X", a path
 
     @property
     def label(self) -> str:
-        """KERNEL-CONFIG, and -LIBBPF when the loader is not the system's."""
+        """KERNEL-CONFIG, and -LIBBPF when the loader is not the default."""
         base = f"{self.kernel}-{self.config.name}"
-        return base if self.libbpf == SYSTEM_LIBBPF else f"{base}-{self.libbpf}"
+        return f"{base}-{self.libbpf}" if self.libbpf else base
 
     @property
     def cell_id(self) -> str:
@@ -73,12 +75,13 @@ def plan(
     kernels: Sequence[str],
     configs: Sequence[str],
     default_kernels: Sequence[str],
-    libbpfs: Sequence[str] = (SYSTEM_LIBBPF,),
+    libbpfs: Sequence[str] = (),
 ) -> list[Cell]:
     """Every cell, in run order: kernel by kernel (one boot each), then config (one sysctl
     switch each), then the scenarios' own order.  `kernels` empty: each scenario's
     `kernels:`, else the catalog defaults.  `configs` empty: every config of a scenario;
-    else the named ones a scenario has (a name no scenario has is a usage error)."""
+    else the named ones a scenario has (a name no scenario has is a usage error).
+    `libbpfs` empty: each scenario's `libbpf:`, else the default loader."""
     known_configs = {c.name for s in scenarios for c in s.configs}
     unknown = [c for c in configs if c not in known_configs]
     if unknown:
@@ -90,11 +93,12 @@ def plan(
     for scenario in scenarios:
         names = list(kernels) or list(scenario.kernels) or list(default_kernels)
         chosen = [c for c in scenario.configs if not configs or c.name in configs]
+        loaders = list(libbpfs) or list(scenario.libbpf) or [DEFAULT_LIBBPF]
         for kernel in names:
             for config in chosen:
                 cells += [
                     Cell(scenario, case, kernel, config, libbpf)
-                    for libbpf in libbpfs
+                    for libbpf in loaders
                     for case in scenario.cases
                 ]
     order = {k: i for i, k in enumerate(dict.fromkeys(c.kernel for c in cells))}
@@ -146,6 +150,7 @@ class Guests:
     on_boot: Callable[[Kernel], None] = lambda kernel: None
     # a libbpf name to the .so the guest agent loads (None: the system's)
     libbpf_path: Callable[[str], str | None] = lambda name: None
+    cell_timeout: float = DEFAULT_CELL_TIMEOUT  # each cell's wall-time budget (watchdog)
     _guests: dict[str, _Guest] = field(default_factory=dict)
     _boots: dict[str, int] = field(default_factory=dict)
     _boot_failures: dict[str, KitlError] = field(default_factory=dict)
@@ -212,7 +217,8 @@ class Guests:
         except KitlError as exc:
             return exc
         engine = Engine(guest.vm, agent, kernel, self.run, {}, cache=self.cache)
-        engine.libbpf = "" if libbpf == SYSTEM_LIBBPF else libbpf
+        engine.cell_timeout = self.cell_timeout
+        engine.libbpf = libbpf
         dmesg = self.run.guest_file(kernel.name, "dmesg")
         engine.guest_logs = (
             str(guest.console.relative_to(self.run.path)),
@@ -235,7 +241,7 @@ class Guests:
             prog_type=cell.case.prog_type.name,
             section=cell.case.section,
             scenario_file=str(cell.scenario.path.resolve()),
-            libbpf="" if cell.libbpf == SYSTEM_LIBBPF else cell.libbpf,
+            libbpf=cell.libbpf,
         )
         self.run.append(result)
         return result
@@ -246,16 +252,20 @@ class Guests:
 
     def discard(self, kernel: str) -> None:
         """Tear a guest down (after a crash or hang); the next cell boots a fresh one."""
-        guest = self._guests.pop(kernel, None)
-        if guest is not None:
-            guest.stack.close()
+        with interrupts.shielded():  # forgotten but still running would be an orphan
+            guest = self._guests.pop(kernel, None)
+            if guest is not None:
+                guest.stack.close()
 
-    def close(self) -> None:
-        """Save each guest's dmesg next to its console log, then tear every guest down."""
+    def close(self, *, dmesg: bool = True) -> None:
+        """Save each guest's dmesg next to its console log (not when interrupted: the
+        user wants the VMs gone now), then tear every guest down."""
         for name, guest in list(self._guests.items()):
             try:
-                dmesg = guest.vm.run(["dmesg"], timeout=60)
-                self.run.guest_file(name, "dmesg").write_text(dmesg.stdout, encoding="utf-8")
+                if dmesg:
+                    text = guest.vm.run(["dmesg"], timeout=60).stdout
+                    self.run.guest_file(name, "dmesg").write_text(text, encoding="utf-8")
             except KitlError:
                 pass  # the guest is going away anyway; its console log has the story
-            self.discard(name)
+            finally:
+                self.discard(name)

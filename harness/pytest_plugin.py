@@ -18,24 +18,24 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from harness import accel, libbpf_build, report, verify
+from harness import accel, interrupts, libbpf_build, report, verify
 from harness import known as known_mod
 from harness.cache import Cache
-from harness.errors import KitlError, UsageError
+from harness.errors import KitlError, UsageError, WriteError
 from harness.kernel import Kernel
-from harness.libbpf_build import SYSTEM as SYSTEM_LIBBPF
 from harness.matrix import Cell, Guests, Shard, newest, plan, shard_cells
 from harness.outcome import Outcome
 from harness.resolve import Kernels
 from harness.results import CellResult, RunDir, finalize, read_cells
 from harness.scenario import RunConfig, Scenario, load_scenario
 from harness.vm import VM
+from harness.watchdog import DEFAULT_CELL_TIMEOUT
 
 # the fixtures for Python tests (a booted guest, objects, topologies), with their hook
 pytest_plugins = ("harness.fixtures",)
@@ -56,14 +56,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--kitl-configs", default="", metavar="X,Y", help="only these configs")
     group.addoption(
         "--kitl-libbpf",
-        default="system",
+        default="",
         metavar="A,B",
-        help="the loaders: system (the host's libbpf.so.1), debian-X (built from that "
-        "kernel's source), or a path to a libbpf.so",
+        help="the loaders: default (the libbpf of the catalog's newest Debian kernel), "
+        "system (the host's libbpf.so.1), debian-X (built from that kernel's source) or a "
+        "path to a libbpf.so; without it, each scenario's libbpf:, else default",
     )
     group.addoption("--kitl-output", default=None, metavar="DIR", help="the run directory")
     group.addoption("--kitl-accel", default="auto", choices=accel.ACCELS)
     group.addoption("--kitl-boot-timeout", type=float, default=None, metavar="SECONDS")
+    group.addoption(
+        "--kitl-cell-timeout",
+        type=float,
+        default=DEFAULT_CELL_TIMEOUT,
+        metavar="SECONDS",
+        help="a cell still running after this is TIMED_OUT and its VM replaced "
+        f"(default {DEFAULT_CELL_TIMEOUT:g})",
+    )
     group.addoption("--kitl-shard", default=None, metavar="I/N", help="run shard I of N")
     group.addoption(
         "--kitl-resume",
@@ -78,6 +87,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--kitl-lines", action="store_true", help="one line per cell instead of dots (kitl run)"
+    )
+    group.addoption(
+        "--kitl-allow-outside",
+        action="store_true",
+        help="let scenarios name files outside their own directory",
     )
     parser.addini("kitl", type="bool", default=False, help="collect kitl scenario files")
     verify = parser.getgroup("kitl-verify", "kitl verify: every program of BPF objects")
@@ -120,7 +134,8 @@ class KitlSession:
         self.config = config
         self.kernel_names = _names(config.getoption("kitl_kernels"))
         self.configs = _names(config.getoption("kitl_configs"))
-        self.libbpfs = _names(config.getoption("kitl_libbpf")) or [SYSTEM_LIBBPF]
+        # [] when not given: each scenario's libbpf:, else the default loader
+        self.libbpfs = [libbpf_build.canonical(n) for n in _names(config.getoption("kitl_libbpf"))]
         shard = config.getoption("kitl_shard")
         self.shard = Shard.parse(shard) if shard else None
         self.worker = hasattr(config, "workerinput")
@@ -219,16 +234,22 @@ class KitlSession:
                 )
 
             self._guests = Guests(
-                self.run, cache, make_vm, newest(kernels), libbpf_path=self.libbpf_path
+                self.run,
+                cache,
+                make_vm,
+                newest(kernels),
+                libbpf_path=self.libbpf_path,
+                cell_timeout=self.config.getoption("kitl_cell_timeout"),
             )
         return self._guests
 
-    def close(self) -> None:
+    def close(self, *, dmesg: bool = True) -> None:
         if self._guests is not None:
-            self._guests.close()
+            self._guests.close(dmesg=dmesg)
 
 
 _SESSION = pytest.StashKey[KitlSession]()
+_RESTORE = pytest.StashKey[Callable[[], None]]()
 
 
 def _session(config: pytest.Config) -> KitlSession:
@@ -258,6 +279,19 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(_XdistHooks(), "kitl-xdist")
     if config.getoption("kitl_lines"):
         config.pluginmanager.register(_Progress(config), "kitl-progress")
+    # SIGTERM like Ctrl-C, in the controller and in every worker: the running cell stops,
+    # its VM is torn down as the stack unwinds, and the session still writes what finished.
+    config.stash[_RESTORE] = interrupts.install(interrupts.once(_interrupted))
+
+
+def _interrupted(signum: int) -> BaseException:
+    name = interrupts.signal_name(signum)
+    return pytest.Session.Interrupted(f"kitl: stopped by {name}; the running cell has no result")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _RESTORE in config.stash:
+        config.stash[_RESTORE]()
 
 
 class _XdistHooks:
@@ -308,7 +342,8 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
 
 class ScenarioFile(pytest.File):
     def collect(self) -> Iterator[pytest.Item | pytest.Collector]:
-        scenario = load_scenario(self.path)
+        outside = bool(self.config.getoption("kitl_allow_outside", False))
+        scenario = load_scenario(self.path, allow_outside=outside)
         session = _session(self.config)
         wanted = [c for c in session.configs if any(k.name == c for k in scenario.configs)]
         if session.configs and not wanted:
@@ -371,7 +406,10 @@ class CellItem(pytest.Item):
         session = _session(self.config)
         kernel = session.kernel(self.cell.kernel)
         guests = session.guests(_header_kernels(self.session))
-        result = guests.run_cell(self.cell, kernel)
+        try:
+            result = guests.run_cell(self.cell, kernel)
+        except WriteError as exc:  # the disk is full: no later cell could be recorded either
+            pytest.exit(f"kitl: {exc}", returncode=1)
         self.result = result
         self.user_properties.append(("kitl_line", cell_line(result)))
         booted = guests.boot_seconds(kernel.name)
@@ -492,7 +530,8 @@ class _Progress:
 
     @pytest.hookimpl
     def pytest_report_teststatus(self, report: pytest.TestReport) -> tuple[str, str, str] | None:
-        if "kitl_line" not in dict(report.user_properties):
+        # a collection report has no user_properties
+        if "kitl_line" not in dict(getattr(report, "user_properties", ())):
             return None
         if hasattr(report, "wasxfail"):
             return "xfailed", "", "XFAIL"
@@ -526,12 +565,26 @@ class _Progress:
             self._write(f"kitl: booting {kernel} (its first cell starts)")
 
 
+def _loaders(cells: Sequence[Mapping[str, Any]], default: str) -> str:
+    """The loaders of a run with their versions: "default (debian-7.3) 1.8, system 1.1"."""
+    versions: dict[str, str] = {}
+    for cell in cells:
+        version = (cell.get("verifier") or {}).get("libbpf_version")
+        name = str(cell.get("libbpf") or "")
+        if version and name not in versions:
+            versions[name] = str(version)
+    return ", ".join(
+        f"{name or f'default ({default})'} {version}" for name, version in versions.items()
+    )
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     if not _active(config) or _SESSION not in config.stash:
         return
     kitl = _session(config)
-    kitl.close()
+    interrupts.stop_quietly()  # closing down: a signal now must not cut the teardown short
+    kitl.close(dmesg=exitstatus != pytest.ExitCode.INTERRUPTED)
     if kitl.worker:
         return
     cells = read_cells(kitl.run_path)
@@ -540,12 +593,19 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         "kernels": kitl.kernel_names or list(dict.fromkeys(str(c["kernel"]) for c in cells)),
         "configs": kitl.configs,
         "shard": str(kitl.shard) if kitl.shard else None,
+        "libbpf": _loaders(cells, libbpf_build.default_loader(kitl.kernels.catalog)),
         "argv": sys.argv,
     }
-    cells = finalize(kitl.run_path, meta)
+    try:
+        cells = finalize(kitl.run_path, meta)
+        if cells:
+            report.render_all(kitl.run_path)
+    except KitlError as exc:  # e.g. the disk filled up: one line, the cells already kept
+        sys.stderr.write(f"kitl: {exc}\n")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        return
     if not cells:
         return
-    report.render_all(kitl.run_path)
     if kitl.known is not None:
         known_report = known_mod.apply_known(cells, kitl.known, kitl.today)
         kitl.known_lines = known_report.lines()

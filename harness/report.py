@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import report_html
-from harness.errors import UsageError
+from harness.errors import DISK_ERRNOS, UsageError, WriteError
 from harness.outcome import Outcome
 from harness.results import safe_name
 from harness.scenario_expect import kernel_version
@@ -445,7 +445,7 @@ def render_markdown(report: Report) -> str:
     meta = [f"run `{report.run_dir}`"] if "`" not in str(report.run_dir) else []
     if report.kernels:
         meta.append("kernels " + ", ".join(md_escape(k) for k in report.kernels))
-    for key in ("accel", "started", "finished"):
+    for key in ("accel", "libbpf", "started", "finished"):
         if value := _text(report.meta.get(key)):
             meta.append(f"{key} {md_escape(value)}")
     out += [" · ".join(meta), ""]
@@ -567,7 +567,10 @@ def render_all(
     try:
         return [write_atomic(out / name, data) for name, data in files]
     except OSError as exc:
-        raise UsageError(f"{out}: cannot write the report ({exc.strerror})") from None
+        message = f"{out}: cannot write the report ({exc.strerror})"
+        if exc.errno in DISK_ERRNOS:  # the machine's problem, not the arguments'
+            raise WriteError(message) from None
+        raise UsageError(message) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

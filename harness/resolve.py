@@ -6,8 +6,11 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness import kbuild
 from harness.cache import Cache
 from harness.catalog import Catalog, CatalogEntry, load_catalog
+from harness.debian import Package
+from harness.errors import UsageError
 from harness.kernel import Kernel, KernelStore, Progress, path_kernel
 from harness.lockfile import LockedKernel, LockFile
 
@@ -30,6 +33,12 @@ class Kernels:
     def installed(self, entry: CatalogEntry) -> Kernel | None:
         if entry.path is not None:
             return path_kernel(entry)
+        if entry.build is not None:
+            _, pkg = self._build_source(entry)
+            assert entry.build is not None
+            key = kbuild.build_key(pkg.sha256, entry.build, kbuild.fragments_of(entry.build))
+            built = kbuild.installed(kbuild.cache_dir(self.store.cache, entry.name, key))
+            return kbuild.kernel_of(entry, built) if built else None
         return self.store.installed(self.locked(entry))
 
     def get(self, name: str, progress: Progress | None = None) -> Kernel:
@@ -37,5 +46,41 @@ class Kernels:
         entry = self.catalog.get(name)
         if entry.path is not None:
             return path_kernel(entry)
+        if entry.build is not None:
+            return self._built(entry, progress)
         kernel = self.store.fetch(self.locked(entry), progress)
         return dataclasses.replace(kernel, cmdline=entry.cmdline)
+
+    def _build_source(self, entry: CatalogEntry) -> tuple[LockedKernel, Package]:
+        """The lock entry and linux-source package a `build:` entry is built from."""
+        assert entry.build is not None
+        source = self.catalog.get(entry.build.source)
+        if source.debian is None:
+            raise UsageError(
+                f"{entry.name}: build.source {source.name} is not a Debian kernel",
+                hint="only Debian catalog kernels come with a linux-source package",
+            )
+        locked = self.locked(source)
+        pkg = locked.package("source")
+        if pkg is None:
+            raise UsageError(
+                f"kernels.lock pins no linux-source package for {source.name}",
+                hint=f"run `kitl kernels lock --update {source.name}`",
+            )
+        return locked, pkg
+
+    def _built(self, entry: CatalogEntry, progress: Progress | None) -> Kernel:
+        assert entry.build is not None
+        spec = entry.build
+        locked, pkg = self._build_source(entry)
+
+        def source() -> tuple[Path, str, Path | None]:
+            deb = self.store._download(locked, "source", pkg, progress)
+            config = None
+            if spec.base == "debian":  # Debian's own config, from the fetched image package
+                kernel = self.get(spec.source, progress)
+                config = kernel.vmlinuz.with_name(f"config-{kernel.release}")
+            return deb, pkg.sha256, config
+
+        built = kbuild.build(entry, self.store.cache, source, pkg.sha256, progress)
+        return kbuild.kernel_of(entry, built)

@@ -10,10 +10,13 @@ A run killed half-way keeps every finished cell in results.jsonl.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import re
 import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,17 +24,45 @@ from typing import Any
 
 from filelock import FileLock
 
-from harness.errors import UsageError
+from harness.errors import UsageError, WriteError
 from harness.outcome import Outcome
 
 RESULTS_SCHEMA = 1
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
+SAFE_NAME_MAX = 120
 
 
 def safe_name(text: str) -> str:
-    """A file-name-safe rendering of a scenario/case/kernel name (no '/', no '..')."""
-    cleaned = _UNSAFE.sub("_", text).strip(".") or "_"
-    return cleaned[:120]
+    """A file-name-safe rendering of a scenario/case/kernel/libbpf name: only
+    [A-Za-z0-9._+-], no leading dot (so never '.' or '..'), at most SAFE_NAME_MAX
+    characters.  A name that had to be changed gets a hash of the original appended, so two
+    different names never share a file ('a/b' and 'a_b', 'path:/x/y' and 'path:/x_y')."""
+    cleaned = _UNSAFE.sub("_", text).lstrip(".") or "_"
+    if cleaned == text and len(text) <= SAFE_NAME_MAX:
+        return text
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    return f"{cleaned[: SAFE_NAME_MAX - len(digest) - 1]}-{digest}"
+
+
+def _write_failed(path: Path, exc: OSError) -> WriteError:
+    return WriteError(f"{path}: cannot write: {exc.strerror or exc}")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write beside `path`, then rename: on any failure (disk full) the old file stays
+    whole and no temporary file is left behind."""
+    tmp: str | None = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode("utf-8"))
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide results from other users
+        os.replace(tmp, path)
+    except OSError as exc:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise _write_failed(path, exc) from None
 
 
 @dataclass
@@ -59,7 +90,9 @@ class CellResult:
     object_sha256: str = ""
     console_path: str = ""  # the guest's console and dmesg, relative to the run directory
     dmesg_path: str = ""
-    libbpf: str = ""  # the loader when it is not the system's: "debian-7.2" or a path
+    libbpf: str = ""  # the loader when it is not the default: "system", "debian-6.1", a path
+    # KERNEL_CRASH: the console splat (title, fingerprint, signature, functions, text)
+    crash: dict[str, Any] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -92,21 +125,22 @@ class RunDir:
         return cls(path, {**meta, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
     def verifier_log_path(self, cell: CellResult) -> Path:
-        return (
-            self.path
-            / "logs"
-            / safe_name(cell.kernel)
-            / safe_name(cell.config)
-            / f"{safe_name(cell.scenario)}.{safe_name(cell.case)}"
-            f"{'.' + safe_name(cell.libbpf) if cell.libbpf else ''}.verifier.log"
-        )
+        stem = f"{safe_name(cell.scenario)}.{safe_name(cell.case)}"
+        stem += f".{safe_name(cell.libbpf)}" if cell.libbpf else ""
+        if len(stem) > SAFE_NAME_MAX:  # three safe names may together pass NAME_MAX (255)
+            stem = safe_name(f"{cell.scenario}\0{cell.case}\0{cell.libbpf}")
+        kernel, config = safe_name(cell.kernel), safe_name(cell.config)
+        return self.path / "logs" / kernel / config / f"{stem}.verifier.log"
 
     def write_verifier_log(self, cell: CellResult, text: str) -> None:
         if not text:
             return
         path = self.verifier_log_path(cell)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _write_failed(path.parent, exc) from None
+        write_atomic(path, text)  # never half a log under the name a cell points to
         cell.log_path = str(path.relative_to(self.path))
 
     def guest_file(self, kernel: str, kind: str) -> Path:
@@ -114,16 +148,17 @@ class RunDir:
 
     def append(self, cell: CellResult) -> None:
         """Append one cell and flush it to disk: a run killed later keeps it.  Locked, as
-        several pytest-xdist workers append to the same file."""
+        several pytest-xdist workers append to the same file.  A write that fails part-way
+        (disk full) is cut back off, so the file holds whole lines only and the next
+        append does not run into a torn one; the failure is a WriteError."""
+        line = (json.dumps(cell.to_json()) + "\n").encode("utf-8")
+        jsonl = self.path / "results.jsonl"
+        try:
+            with FileLock(self.path / ".results.lock"):
+                _append_whole(jsonl, line)
+        except OSError as exc:
+            raise _write_failed(jsonl, exc) from None
         self.cells.append(cell)
-        line = json.dumps(cell.to_json()) + "\n"
-        with (
-            FileLock(self.path / ".results.lock"),
-            (self.path / "results.jsonl").open("a", encoding="utf-8") as f,
-        ):
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
 
     def finish(self) -> Path:
         body = {
@@ -132,10 +167,27 @@ class RunDir:
             "cells": [c.to_json() for c in self.cells],
         }
         out = self.path / "results.json"
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(out)
+        write_atomic(out, json.dumps(body, indent=2) + "\n")
         return out
+
+
+def _append_whole(path: Path, data: bytes) -> None:
+    """Append `data` with unbuffered writes (nothing left in a buffer to fail later) and
+    fsync; on failure truncate back to the size before, then raise."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+            raise
+    finally:
+        os.close(fd)
 
 
 def read_cells(path: Path) -> list[dict[str, Any]]:
@@ -165,10 +217,7 @@ def finalize(path: Path, meta: dict[str, Any]) -> list[dict[str, Any]]:
         "run": {**meta, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
         "cells": cells,
     }
-    out = path / "results.json"
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(out)
+    write_atomic(path / "results.json", json.dumps(body, indent=2) + "\n")
     return cells
 
 
@@ -180,20 +229,24 @@ def merge_runs(sources: list[Path], out: Path) -> list[dict[str, Any]]:
     for source in sources:
         if not (source / "results.jsonl").is_file() and not (source / "results.json").is_file():
             raise UsageError(f"{source}: not a kitl run directory (no results.json)")
-    out.mkdir(parents=True, exist_ok=True)
     metas: list[dict[str, Any]] = []
-    with (out / "results.jsonl").open("w", encoding="utf-8") as merged:
+    lines: list[str] = []
+    for source in sources:
+        cells = read_cells(source)
+        if not cells and (source / "results.json").is_file():  # jsonl may be gone
+            body = json.loads((source / "results.json").read_text(encoding="utf-8"))
+            cells = list(body.get("cells", []))
+        if (source / "results.json").is_file():
+            body = json.loads((source / "results.json").read_text(encoding="utf-8"))
+            metas.append(dict(body.get("run", {})))
+        lines += [json.dumps(cell) + "\n" for cell in cells]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
         for source in sources:
-            cells = read_cells(source)
-            if not cells and (source / "results.json").is_file():  # jsonl may be gone
-                body = json.loads((source / "results.json").read_text(encoding="utf-8"))
-                cells = list(body.get("cells", []))
-            if (source / "results.json").is_file():
-                body = json.loads((source / "results.json").read_text(encoding="utf-8"))
-                metas.append(dict(body.get("run", {})))
-            for cell in cells:
-                merged.write(json.dumps(cell) + "\n")
             for sub in ("logs", "guest"):
                 if (source / sub).is_dir():
                     shutil.copytree(source / sub, out / sub, dirs_exist_ok=True)
+    except OSError as exc:  # shutil.Error (many files) is an OSError too
+        raise _write_failed(out, exc) from None
+    write_atomic(out / "results.jsonl", "".join(lines))
     return finalize(out, {"merged_from": [str(s) for s in sources], "shards": metas})

@@ -11,6 +11,8 @@ and its exit status becomes kitl's.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import shlex
 import signal
 import subprocess
@@ -18,12 +20,14 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 
 from harness import accel, libbpf_build
 from harness.errors import UsageError
 from harness.known import DEFAULT_NAME as KNOWN_DEFAULT
 from harness.known import load_known
 from harness.libbpf import FLOOR
+from harness.libbpf_build import DEFAULT as DEFAULT_LIBBPF
 from harness.libbpf_build import SYSTEM as SYSTEM_LIBBPF
 from harness.matrix import Cell, Shard, plan, shard_cells
 from harness.outcome import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Outcome, exit_code
@@ -31,6 +35,7 @@ from harness.progress import DownloadProgress, stderr
 from harness.resolve import Kernels
 from harness.results import read_cells
 from harness.scenario import Scenario
+from harness.watchdog import DEFAULT_CELL_TIMEOUT
 
 BUNDLED = Path(__file__).resolve().parent.parent / "scenarios"
 INI = Path(__file__).resolve().parent / "pytest-kitl.ini"
@@ -73,25 +78,62 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--accel", default="auto", choices=accel.ACCELS)
     p.add_argument("--boot-timeout", type=float, default=None, metavar="SECONDS")
+    p.add_argument(
+        "--cell-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="a cell still running after this is TIMED_OUT and its VM replaced "
+        f"(default {DEFAULT_CELL_TIMEOUT:g})",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the pytest command and exit")
 
 
 def add_libbpf_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--libbpf",
-        default=SYSTEM_LIBBPF,
+        default="",
         metavar="A,B",
-        help="the loaders, an axis of the matrix: system (the host's libbpf.so.1), "
-        "debian-X (built from that catalog kernel's source), or a path to a libbpf.so",
+        help="the loaders, an axis of the matrix: default (the libbpf of the catalog's newest "
+        "Debian kernel, built from its source), system (the host's libbpf.so.1), debian-X "
+        "(built from that catalog kernel's source) or a path to a libbpf.so; without it, "
+        "each scenario's libbpf: list, else default",
     )
 
 
 def libbpf_names(text: str) -> list[str]:
-    loaders = names(text) or [SYSTEM_LIBBPF]
+    """The loaders named on the command line, as cells record them ([] when none)."""
+    loaders = [libbpf_build.canonical(n) for n in names(text)]
     for name in loaders:
-        if name != SYSTEM_LIBBPF and not name.startswith("debian-") and not Path(name).is_file():
-            raise UsageError(f"--libbpf {name}: not system, debian-X or an existing libbpf.so")
-    return loaders
+        named = name in (SYSTEM_LIBBPF, DEFAULT_LIBBPF) or name.startswith("debian-")
+        if not named and not Path(name).is_file():
+            raise UsageError(
+                f"--libbpf {name}: not default, system, debian-X or an existing libbpf.so"
+            )
+    return [str(Path(n).resolve()) if Path(n).is_file() else n for n in loaders]
+
+
+def libbpf_option(text: str) -> str:
+    """--libbpf as the plugin's --kitl-libbpf takes it: checked, "default" spelled out."""
+    return ",".join(map(libbpf_build.spelled, libbpf_names(text)))
+
+
+def build_loaders(ks: Kernels, loaders: Sequence[str]) -> None:
+    """Build (or find in the cache) the Debian-source libbpf of each loader once, before any
+    worker starts; refuse one older than the binding's floor."""
+    for loader in dict.fromkeys(loaders):
+        name = libbpf_build.resolved_name(loader, ks.catalog)
+        if not name.startswith("debian-"):
+            continue
+        ks.catalog.get(name)  # an unknown kernel name: one line, exit 2
+        built = libbpf_build.libbpf_for(name, ks)
+        if tuple(int(x) for x in built.version.split(".")[:2]) < FLOOR:
+            raise UsageError(
+                f"--libbpf {name}: its libbpf is {built.version}; kitl loads with "
+                f"libbpf >= {'.'.join(map(str, FLOOR))}"
+            )
+        label = f"default ({name})" if loader == DEFAULT_LIBBPF else name
+        stderr.print(f"kitl: libbpf {label}: {built.version} ({built.path})")
 
 
 def files_under(paths: Sequence[Path], suffix: str, one: str, many: str) -> list[Path]:
@@ -135,15 +177,22 @@ def pytest_argv(args: argparse.Namespace, paths: Sequence[Path], run_dir: Path) 
         argv += ["--kitl-kernels", ",".join(kernels)]
     if configs:
         argv += ["--kitl-configs", ",".join(configs)]
-    argv += ["--kitl-libbpf", ",".join(libbpf_names(args.libbpf))]
+    if loaders := libbpf_option(args.libbpf):
+        argv += ["--kitl-libbpf", loaders]
     if args.shard:
         argv += ["--kitl-shard", args.shard]
     if args.expect:
         argv += ["--kitl-expect", str(args.expect)]
     if args.boot_timeout:
         argv += ["--kitl-boot-timeout", str(args.boot_timeout)]
+    if args.cell_timeout is not None:
+        if args.cell_timeout <= 0:
+            raise UsageError(f"--cell-timeout {args.cell_timeout:g}: must be positive")
+        argv += ["--kitl-cell-timeout", str(args.cell_timeout)]
     if getattr(args, "resume", None):
         argv.append("--kitl-resume")
+    if getattr(args, "allow_outside", False):
+        argv.append("--kitl-allow-outside")
     if args.workers and args.workers != "1":
         argv += ["-n", str(args.workers), "--dist", "loadgroup"]
     return [*argv, *(str(p) for p in paths)]
@@ -172,16 +221,37 @@ def run(args: argparse.Namespace, scenarios: list[Scenario]) -> int:
         if args.output is not None and args.output.resolve() != args.resume.resolve():
             raise UsageError("--resume writes into the run it resumes: drop --output")
         args.output = args.resume
+        cells = _still_to_run(args.resume, cells)
     run_dir = (args.output or Path("runs") / time.strftime("%Y%m%d-%H%M%S")).resolve()
     paths = [p.resolve() for p in (args.paths or [BUNDLED])]
-    status = launch(ks, args, pytest_argv(args, paths, run_dir), cells, run_dir)
-    if args.resume is None or args.dry_run:
+    status = EXIT_OK
+    if cells:
+        status = launch(ks, args, pytest_argv(args, paths, run_dir), cells, run_dir)
+    if args.resume is None or args.dry_run or status > 128:  # > 128: stopped by a signal
         return status
     # the verdict of a resumed run is that of all its cells, old and new
     outcomes = [c.get("outcome") for c in read_cells(run_dir)]
     return exit_code(
         Outcome(str(o)) if o in Outcome.__members__ else Outcome.ERROR for o in outcomes
     )
+
+
+def _still_to_run(run_dir: Path, cells: list[Cell]) -> list[Cell]:
+    """The cells of the matrix a resumed run has no result for (or an infrastructure
+    one, which says nothing about the case: the plugin's --kitl-resume makes the same
+    choice), announced with the count."""
+    done = {
+        str(c["id"])
+        for c in read_cells(run_dir)
+        if c.get("outcome") in Outcome.__members__
+        and not Outcome(str(c["outcome"])).is_infrastructure
+    }
+    todo = [c for c in cells if c.cell_id not in done]
+    stderr.print(
+        f"kitl: resuming {run_dir}: {len(cells) - len(todo)} of {len(cells)} cells have a "
+        f"result, {len(todo)} to run"
+    )
+    return todo
 
 
 def launch(
@@ -195,38 +265,46 @@ def launch(
     needed = list(dict.fromkeys(c.kernel for c in cells))
     with DownloadProgress() as progress:
         fetched = [ks.get(name, progress) for name in needed]
-    for loader in dict.fromkeys(c.libbpf for c in cells):
-        if loader.startswith("debian-"):  # built once here, not by every worker
-            built = libbpf_build.libbpf_for(loader, ks)
-            if tuple(int(x) for x in built.version.split(".")[:2]) < FLOOR:
-                raise UsageError(
-                    f"--libbpf {loader}: its libbpf is {built.version}; kitl loads with "
-                    f"libbpf >= {'.'.join(map(str, FLOOR))}"
-                )
-            stderr.print(f"kitl: libbpf {loader}: {built.version} ({built.path})")
+    build_loaders(ks, [c.libbpf for c in cells])
     first = fetched[0]
     decision = accel.decide(args.accel, ks.store.cache, lambda: accel.qemu_kvm_probe(first.vmlinuz))
     argv[argv.index("--kitl-accel") + 1] = decision.accel
     stderr.print(
         f"kitl: {len(cells)} cells on {', '.join(needed)} ({decision.accel}); results in {run_dir}"
     )
-    return _pytest(argv)
+    return _pytest(argv, run_dir, resume="--kitl" in argv)  # kitl run, not kitl verify
 
 
-def _pytest(argv: list[str]) -> int:
-    """Run pytest as a child; SIGTERM and Ctrl-C reach it, so it tears its VMs down and
-    writes what it has before it exits."""
-    proc = subprocess.Popen(argv)
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: proc.terminate())
+def _pytest(argv: list[str], run_dir: Path, *, resume: bool = False) -> int:
+    """Run pytest as a child in its own process group.  SIGINT and SIGTERM are forwarded to
+    the whole group, so the controller and every xdist worker stop their cell, tear their
+    VMs down and write what finished; kitl then exits 128 + the signal's number."""
+    stopped: list[int] = []
+    children: list[subprocess.Popen[bytes]] = []
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        stopped.append(signum)
+        for child in children:  # the group: a terminal's Ctrl-C reaches only kitl's own
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while True:
-            try:
-                status = proc.wait()
-                break
-            except KeyboardInterrupt:
-                proc.send_signal(signal.SIGINT)
+        if not stopped:
+            children.append(subprocess.Popen(argv, process_group=0))
+            status = children[0].wait()
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if stopped:
+        finished = len(read_cells(run_dir))
+        print(
+            f"kitl: stopped by {signal.Signals(stopped[0]).name}: {finished} cells have a "
+            f"result in {run_dir / 'results.jsonl'}"
+            + (f"; kitl run --resume {run_dir} [same arguments] runs the rest" if resume else ""),
+            file=sys.stderr,
+        )
+        return 128 + stopped[0]
     if status == 0:
         return EXIT_OK
     if status == 4:  # pytest: usage error

@@ -12,6 +12,7 @@ conservative pattern: they become argv elements and directory names there.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
@@ -189,6 +190,7 @@ class Requires:
     kfuncs: tuple[str, ...] = ()
     btf: bool = False  # /sys/kernel/btf/vmlinux
     attach_types: tuple[str, ...] = ()  # libbpf names: "tcx_ingress", "cgroup_inet4_connect"
+    libbpf: VersionRange | None = None  # the loader's version must be in this range
 
 
 @dataclass(frozen=True)
@@ -199,6 +201,7 @@ class LoadOptions:
     btf_custom_path: Path | None = None
     unprivileged: bool = False  # load without CAP_SYS_ADMIN, CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN
     globals: tuple[tuple[str, int], ...] = ()  # initial values of global variables
+    external_btf: bool = False  # `btf: external`: kitl's BTF of a kernel built without it
 
     @property
     def flags_value(self) -> int:
@@ -378,9 +381,23 @@ class Case:
     overrides: tuple[Override, ...] = ()
     line: int = field(default=0, compare=False)
 
-    def expect_for(self, kernel_release: str, config: str) -> Expect:
-        """The expectation on a kernel (`uname -r`) in a config, overrides applied in order."""
-        return apply_overrides(self.expect, self.overrides, kernel_release, config)
+    def expect_for(
+        self,
+        kernel_release: str,
+        config: str,
+        libbpf_version: str = "",
+        kernel_btf: bool | None = None,
+    ) -> Expect:
+        """The expectation on a kernel (`uname -r`, with BTF or not) in a config with a
+        libbpf ("1.8"), overrides applied in order."""
+        return apply_overrides(
+            self.expect,
+            self.overrides,
+            kernel_release,
+            config,
+            libbpf_version=libbpf_version,
+            kernel_btf=kernel_btf,
+        )
 
     def retval_name(self, value: int) -> str:
         return progtypes.retval_name(self.prog_type, self.section, value)
@@ -396,6 +413,9 @@ class Scenario:
     kernels: tuple[str, ...] = ()  # empty: the catalog's defaults
     configs: tuple[RunConfig, ...] = (RunConfig("default"),)
     topology: Topology = Topology()
+    # the loaders as cells record them ("" the default, "system", "debian-X", an absolute
+    # path); empty: the default alone
+    libbpf: tuple[str, ...] = ()
 
     def case(self, name: str) -> Case:
         return _named(self.cases, name, "case")
@@ -531,7 +551,25 @@ class _Parser:
             tuple(doc.get("kernels", ())),
             self.configs,
             self.topology,
+            self._loaders(doc),
         )
+
+    def _loaders(self, doc: LocDict) -> tuple[str, ...]:
+        """The scenario's `libbpf:` list: default, system and debian-X as they are, anything
+        else a libbpf.so file relative to the scenario (inside its directory)."""
+        if not _ok(doc, "libbpf", SCENARIO):
+            return ()
+        loaders: list[str] = []
+        for i, name in enumerate(doc["libbpf"]):
+            if name == "default":
+                loaders.append("")
+            elif name == "system" or re.fullmatch(r"debian-[A-Za-z0-9._+-]{1,64}", name):
+                loaders.append(name)
+            else:
+                file = self.file_at(name, where(doc["libbpf"], i), f"libbpf[{i}]")
+                if file is not None:
+                    loaders.append(str(file))
+        return tuple(loaders)
 
     def _unique_cases(self, node: LocList, cases: list[Case | None]) -> None:
         first: dict[str, int] = {}
@@ -555,20 +593,23 @@ class _Parser:
         return False, None
 
     def file(self, d: LocDict, key: str, what: str) -> Path | None:
-        raw: str = d[key]
-        at = where(d, key, value=True)
+        return self.file_at(d[key], where(d, key, value=True), f"{what}.{key}")
+
+    def file_at(self, raw: str, at: dict[str, Any], what: str) -> Path | None:
+        """An existing file named relative to the scenario, inside its directory unless
+        allow_outside; else None and the error at `at`."""
         try:
             resolved = (self.base / raw).resolve() if raw.strip() else None
         except (OSError, RuntimeError, ValueError):
             resolved = None
         if resolved is None:
-            self.rd.error(f"{what}.{key}: bad path {raw[:80]!r}", at)
+            self.rd.error(f"{what}: bad path {raw[:80]!r}", at)
         elif not self.allow_outside and not resolved.is_relative_to(self.base):
             hint = "keep sources and objects in its directory, or pass allow_outside=True"
-            msg = f"{what}.{key}: {raw[:80]!r} is outside the scenario's directory {self.base}"
+            msg = f"{what}: {raw[:80]!r} is outside the scenario's directory {self.base}"
             self.rd.error(msg, at, hint)
         elif not resolved.is_file():
-            self.rd.error(f"{what}.{key}: no such file {raw[:80]!r}", at, f"looked for {resolved}")
+            self.rd.error(f"{what}: no such file {raw[:80]!r}", at, f"looked for {resolved}")
         else:
             return resolved
         return None
@@ -752,7 +793,20 @@ class _CaseParser:
         return Requires(
             helpers, tuple(m.get("prog_types", ())), tuple(m.get("map_types", ())),
             tuple(m.get("kfuncs", ())), m.get("btf", False), tuple(m.get("attach_types", ())),
+            self._libbpf_range(m, "libbpf", f"{self.what}.requires"),
         )  # fmt: skip
+
+    def _libbpf_range(self, m: LocDict, key: str, what: str) -> VersionRange | None:
+        """A range of libbpf versions, e.g. ">=1.3" (reported and None when malformed)."""
+        if key not in m:
+            return None
+        try:
+            return parse_version_range(m[key])
+        except ValueError as exc:
+            self.rd.error(
+                f"{what}.{key}: {exc}", where(m, key, value=True), 'e.g. ">=1.3" or "<1.3"'
+            )
+            return None
 
     def _load(self, d: LocDict) -> LoadOptions:
         m = d["load"]
@@ -765,8 +819,17 @@ class _CaseParser:
         )
         level = m.get("log_level", DEFAULT_LOG_LEVEL)
         presets = tuple((m.get("globals") or {}).items())
+        external = m.get("btf") == "external"
+        if external and "btf_custom_path" in m:
+            msg = f"{self.what}.load.btf: give btf: external or btf_custom_path, not both"
+            self.rd.error(msg, where(m, "btf"))
         return LoadOptions(
-            level, m.get("log_size"), tuple(m.get("flags", ())), btf, globals=presets
+            level,
+            m.get("log_size"),
+            tuple(m.get("flags", ())),
+            btf,
+            globals=presets,
+            external_btf=external,
         )
 
     # -- attach
@@ -1140,7 +1203,11 @@ class _CaseParser:
         if not _fits(when, OVERRIDE.field("when")):
             when = LocDict()  # reported; the expectation is still checked
         elif not when:
-            rd.error(f"{what}.when: give kernel: and/or config:", where(m, "when", value=True))
+            msg = f"{what}.when: give kernel:, config:, libbpf: and/or btf:"
+            rd.error(msg, where(m, "when", value=True))
+            return None
+        libbpf = self._libbpf_range(when, "libbpf", f"{what}.when")
+        if "libbpf" in when and libbpf is None:
             return None
         kernel = None
         if "kernel" in when:
@@ -1171,7 +1238,7 @@ class _CaseParser:
         if expect is None:
             return None
         own_at = {k: where(m["expect"], k) for k in usable(m["expect"], EXPECT)}
-        override = Override(expect, tuple(own_at), kernel, configs)
+        override = Override(expect, tuple(own_at), kernel, configs, libbpf, when.get("btf"))
         merged = override.apply(base)
         at = where(m, "expect")
         check_expect(

@@ -510,9 +510,21 @@ class Override:
     keys: tuple[str, ...]  # the Expect fields this override sets
     kernel: VersionRange | None = None
     configs: tuple[str, ...] = ()  # any of these (empty: any config)
+    libbpf: VersionRange | None = None  # the loader's version
+    btf: bool | None = None  # the kernel has BTF
 
-    def applies(self, version: tuple[int, int, int], config: str) -> bool:
+    def applies(
+        self,
+        version: tuple[int, int, int],
+        config: str,
+        libbpf: tuple[int, int, int] | None = None,
+        btf: bool | None = None,
+    ) -> bool:
         if self.kernel is not None and not self.kernel.contains(version):
+            return False
+        if self.btf is not None and btf is not self.btf:
+            return False
+        if self.libbpf is not None and (libbpf is None or not self.libbpf.contains(libbpf)):
             return False
         return not self.configs or config in self.configs
 
@@ -527,11 +539,20 @@ class Override:
 
 
 def apply_overrides(
-    expect: Expect, overrides: Sequence[Override], kernel_release: str, config: str
+    expect: Expect,
+    overrides: Sequence[Override],
+    kernel_release: str,
+    config: str,
+    *,
+    libbpf_version: str = "",
+    kernel_btf: bool | None = None,
 ) -> Expect:
+    """The expectation after the overrides that match, in order.  An override on the
+    libbpf version or on BTF never matches while that is unknown ("" / None)."""
     version = kernel_version(kernel_release)
+    loader = kernel_version(libbpf_version) if libbpf_version else None
     for override in overrides:
-        if override.applies(version, config):
+        if override.applies(version, config, loader, kernel_btf):
             expect = override.apply(expect)
     return expect
 
@@ -832,6 +853,8 @@ OVERRIDE = obj(
             {
                 "kernel": Str(doc='a kernel version range, e.g. "<5.17", ">=5.10,<6.1"'),
                 "config": Seq(_NAME, 1, single_ok=True, doc="config names (any of them)"),
+                "libbpf": Str(doc='a range of the loading libbpf\'s version, e.g. "<1.3"'),
+                "btf": Bool(doc="the kernel has BTF (/sys/kernel/btf/vmlinux) or not"),
             }
         ),
         "expect": EXPECT,
@@ -856,6 +879,7 @@ CASE = obj(
                     Str(re.compile(r"^[a-z0-9_]{1,64}$"), "libbpf attach type names"),
                     doc="e.g. tcx_ingress: the kernel's enum bpf_attach_type must have them",
                 ),
+                "libbpf": Str(doc='a range of the loading libbpf\'s version, e.g. ">=1.3"'),
             }
         ),
         "load": obj(
@@ -864,6 +888,11 @@ CASE = obj(
                 "log_size": Int(128, (2**32 - 1) >> 2),
                 "flags": Seq(Str(choices=tuple(progtypes.PROG_LOAD_FLAGS)), max_items=16),
                 "btf_custom_path": Str(doc="a BTF file, relative to the scenario"),
+                "btf": Str(
+                    choices=("external",),
+                    doc="external: on a kernel without BTF, the BTF kitl generated for it "
+                    "with pahole (kernels kitl builds), as btf_custom_path",
+                ),
                 "globals": Map(
                     Int(-(2**63), 2**64 - 1),
                     Str(IDENT, "C identifiers"),
@@ -915,6 +944,13 @@ SCENARIO = obj(
             hint="omit kernels: for the catalog's defaults",
         ),
         "configs": Map(CONFIG, _NAME, 1, 64),
+        "libbpf": Seq(
+            Str(re.compile(r"^[^\0\n]{1,4000}$")),
+            1,
+            16,
+            unique=True,
+            doc="the loaders: default, system, debian-X or a libbpf.so relative to the scenario",
+        ),
         "objects": Map(OBJECT, _NAME, 1, 64),
         "topology": obj(
             {

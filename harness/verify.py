@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import hashlib
 import json
 import re
 import time
@@ -21,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from harness import accel, progtypes, runner, verify_expect
-from harness.elfobj import read_object
-from harness.errors import KitlError, UsageError
+from harness.elfobj import ObjectFormatError, read_object
+from harness.errors import UsageError
 from harness.matrix import Shard, plan, shard_cells
 from harness.progtypes import IGNORED_CODES, ProgType
 from harness.resolve import Kernels
@@ -41,6 +42,7 @@ from harness.scenario_expect import Expect
 # A section libbpf has no program type for: it still gets a cell, which the load fails.
 UNKNOWN_TYPE = ProgType("unknown", 0, "?", (), IGNORED_CODES)
 UNPRIVILEGED = "unprivileged"  # the suffix of a case loaded without capabilities
+OBJECT_CASE = "object"  # the one case of an object that is not a BPF object
 _CONFIG = re.compile(r"^([a-z0-9][a-z0-9._-]{0,63}):(.+)$")
 
 
@@ -114,16 +116,27 @@ def parse_global(text: str) -> tuple[str, int]:
 
 
 def scenario_name(obj: Path) -> str:
+    """The object's file name without .bpf.o; characters outside [A-Za-z0-9._-] become
+    '_' and then a hash of the name is appended, so 'a b.o' and 'a_b.o' stay apart."""
     name = obj.name.removesuffix(".o").removesuffix(".bpf")
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "object"
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")
+    if cleaned == name and name:
+        return name
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{cleaned[:80] or 'object'}-{digest}"
 
 
 def scenario_for_object(obj: Path, options: VerifyOptions) -> Scenario:
-    """One case per selected program of `obj` (and per privilege asked for)."""
+    """One case per selected program of `obj` (and per privilege asked for).  An object
+    that is not a BPF object (empty, truncated, another machine's ELF) gets one case,
+    OBJECT_CASE, whose load fails in the guest with libbpf's own message: one cell per
+    loader, kernel and config says so, and the other objects still run."""
     try:
         info = read_object(obj)
-    except KitlError as exc:
-        raise UsageError(f"{obj}: {exc}") from None
+    except ObjectFormatError as exc:
+        return _unreadable_object(obj, str(exc), options)
+    except ValueError as exc:  # cannot be read at all: the guest could not get it either
+        raise UsageError(str(exc)) from None
     name = scenario_name(obj)
     cases: list[Case] = []
     for prog in info.programs:
@@ -161,6 +174,35 @@ def scenario_for_object(obj: Path, options: VerifyOptions) -> Scenario:
             )
     obj_def = BpfObject(name, path=obj, info=info)
     return Scenario(name, obj, (obj_def,), tuple(cases), configs=options.configs)
+
+
+def _unreadable_object(obj: Path, problem: str, options: VerifyOptions) -> Scenario:
+    """The scenario of an object kitl's ELF reader refuses: one case that loads it (no
+    program selected; libbpf fails opening it, before any program is looked up)."""
+    name = scenario_name(obj)
+    load = LoadOptions(
+        options.log_level,
+        options.log_size,
+        options.flags,
+        options.btf_custom_path,
+        unprivileged=options.privileges == (UNPRIVILEGED,),
+    )  # no globals: there is no data section to preset them in
+    case = Case(OBJECT_CASE, name, "", "", UNKNOWN_TYPE, Expect(), problem, load=load)
+    obj_def = BpfObject(name, path=obj)
+    return Scenario(name, obj, (obj_def,), (case,), problem, configs=options.configs)
+
+
+def duplicate_names(objects: Sequence[Path]) -> None:
+    """Two objects with one scenario name would write the same cells: refuse them."""
+    seen: dict[str, Path] = {}
+    for obj in objects:
+        name = scenario_name(obj)
+        if name in seen:
+            raise UsageError(
+                f"{seen[name]} and {obj} both verify as {name!r}; their cells would collide",
+                hint="rename one, or verify them in separate runs",
+            )
+        seen[name] = obj
 
 
 def _test_run(prog_type: ProgType, given: bytes | None) -> TestRunDrive:
@@ -257,7 +299,8 @@ def verify_argv(args: argparse.Namespace, objects: Sequence[Path], run_dir: Path
     """The exact pytest command `kitl verify` executes."""
     argv = runner.pytest_base(run_dir, args.accel, "--kitl-verify")
     argv += ["--kitl-log-level", str(args.log_level), "--kitl-privilege", args.privilege]
-    argv += ["--kitl-libbpf", ",".join(runner.libbpf_names(args.libbpf))]
+    if loaders := runner.libbpf_option(args.libbpf):
+        argv += ["--kitl-libbpf", loaders]
     kernels = runner.names(args.kernels, args.kernel)
     if kernels:
         argv += ["--kitl-kernels", ",".join(kernels)]
@@ -287,6 +330,7 @@ def verify_argv(args: argparse.Namespace, objects: Sequence[Path], run_dir: Path
 
 def run(args: argparse.Namespace) -> int:
     objects = objects_in(args.paths)
+    duplicate_names(objects)
     options = options_from(args)
     bulk = load_bulk(args.expect) if args.expect else None
     scenarios = [scenario_for_object(o, options) for o in objects]

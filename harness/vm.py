@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from harness import console as consolelog
+from harness import interrupts
 from harness.channel import Channel, CommandResult, SshChannel, sshd_config, write_keys
 from harness.errors import (
     BootError,
@@ -337,13 +338,14 @@ class VM:
         )
         return self.record
 
-    def _console_text(self) -> str:
+    def console_text(self) -> str:
+        """Everything the guest printed on its console (kept after the VM is gone)."""
         return self._console.text() if self._console is not None else ""
 
     def _wait_ready(self, deadline: float) -> str:
         assert self._proc is not None
         while True:
-            text = self._console_text()
+            text = self.console_text()
             release = consolelog.ready_release(text)
             if release:
                 return release
@@ -371,22 +373,37 @@ class VM:
         splat = consolelog.first_crash(text)
         if splat is not None and splat.fatal:
             raise KernelCrashError(
-                f"{self.kernel.name}: kernel crash: {splat.title}",
+                f"{self.kernel.name}: kernel crash: {splat.title} "
+                f"(fingerprint {splat.fingerprint}: {' < '.join(splat.site) or 'no call trace'})",
                 splat_text=splat.text,
                 fingerprint=splat.fingerprint,
+                signature=splat.signature,
             )
 
     def close(self) -> None:
         self._teardown()
 
+    def kill(self) -> None:
+        """Kill the guest's processes now, from any thread (the cell watchdog): every wait
+        on the guest then fails at once; the VM is torn down by its owner as usual."""
+        proc = self._proc
+        if proc is not None:
+            proc.kill_tree()
+
     def _teardown(self) -> None:
+        # held signals: a process group killed half-way would leave its qemu behind
+        with interrupts.shielded():
+            self._teardown_now()
+
+    def _teardown_now(self) -> None:
+        # the guest first: closing SSH to a frozen guest could wait on it
+        if self._proc is not None:
+            self._proc.kill_tree()
+            self._proc = None
         if self._channel is not None:
             with contextlib.suppress(Exception):
                 self._channel.close()
             self._channel = None
-        if self._proc is not None:
-            self._proc.kill_tree()
-            self._proc = None
         if self._console is not None:
             self._console.close()
             # keep the recorder's text readable after close; only the file handle goes
@@ -421,11 +438,11 @@ class VM:
         callers use it to tell a crash from a lost channel after any guest failure."""
         # The console may lag the failure by a moment: give the panic text time to land.
         for _ in range(20):
-            self._raise_if_crashed(self._console_text())
+            self._raise_if_crashed(self.console_text())
             if self._proc is None or self._proc.poll() is not None:
                 break
             time.sleep(0.1)
-        self._raise_if_crashed(self._console_text())
+        self._raise_if_crashed(self.console_text())
 
     def ssh_command(self) -> list[str]:
         """An OpenSSH client command line for an interactive shell in this guest."""

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
-/* tc (clsact + cls_bpf, direct action): drop UDP, count-and-pass everything. */
+/* tc (clsact + cls_bpf, direct action) and tcx links: drop UDP, count-and-pass everything.
+ * Current section names (libbpf >= 1.3): tc/ingress for cls_bpf, tcx/<direction> for links. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
@@ -35,9 +36,7 @@ static __always_inline int is_udp(struct __sk_buff *skb)
 	return eth->h_proto == bpf_htons(ETH_P_IP) && ip->protocol == IPPROTO_UDP;
 }
 
-/* key 0: UDP packets dropped */
-SEC("tc")
-int tc_drop_udp(struct __sk_buff *skb)
+static __always_inline int drop_udp(struct __sk_buff *skb)
 {
 	if (!is_udp(skb))
 		return TC_ACT_OK;
@@ -45,13 +44,44 @@ int tc_drop_udp(struct __sk_buff *skb)
 	return TC_ACT_SHOT;
 }
 
-/* key 1: UDP packets seen and let through */
-SEC("classifier")
-int tc_count_udp(struct __sk_buff *skb)
+static __always_inline int count_udp(struct __sk_buff *skb)
 {
 	if (is_udp(skb))
 		count(1);
 	return TC_ACT_OK;
+}
+
+/* key 0: UDP packets dropped */
+SEC("tc/ingress")
+int tc_drop_udp(struct __sk_buff *skb)
+{
+	return drop_udp(skb);
+}
+
+/* key 1: UDP packets seen and let through */
+SEC("tc/ingress")
+int tc_count_udp(struct __sk_buff *skb)
+{
+	return count_udp(skb);
+}
+
+SEC("tcx/ingress")
+int tcx_drop_udp(struct __sk_buff *skb)
+{
+	return drop_udp(skb);
+}
+
+SEC("tcx/egress")
+int tcx_count_udp(struct __sk_buff *skb)
+{
+	return count_udp(skb);
+}
+
+/* The legacy name every libbpf knows: the loader axis's reference point. */
+SEC("classifier")
+int legacy_drop_udp(struct __sk_buff *skb)
+{
+	return drop_udp(skb);
 }
 
 char LICENSE[] SEC("license") = "GPL";

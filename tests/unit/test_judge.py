@@ -92,3 +92,22 @@ def test_bytes_keys_compare_verbatim(case: Case) -> None:
     seen.maps = {"m": [["0a0b", "ff"]]}
     want = Expect(map=(MapExpect("m", (MapEntry(b"\x0a\x0b", b"\xff"),)),))
     assert judge(case, want, seen) == (Outcome.PASSED, "")
+
+
+# libbpf 1.1.2's messages for SEC("tc/ingress"), from a debian-7.2 run with --libbpf system
+OLD_LOADER = (
+    "libbpf: prog 'tc_drop_udp': missing BPF prog type, check ELF section name 'tc/ingress'\n"
+    "libbpf: prog 'tc_drop_udp': failed to load: -22\n"
+    "libbpf: failed to load object '/run/kitl-ddcd71fd22c18232.o'\n"
+)
+
+
+def test_a_section_the_loader_does_not_know_is_named_with_the_way_out(case: Case) -> None:
+    load = {"ok": False, "errno": 22, "log": "", "libbpf_messages": OLD_LOADER}
+    seen = Observed(load={**load, "libbpf_version": "1.1", "libbpf_lacks": ["x (1.6)"]})
+    outcome, reason = judge(case, case.expect, seen)
+    assert outcome is Outcome.LOAD_FAILED
+    assert seen.error_class == "UNSUPPORTED_PROG_TYPE"
+    assert reason.endswith(
+        '(libbpf 1.1 does not know SEC("tc/ingress"); a newer libbpf may: --libbpf default)'
+    )

@@ -328,6 +328,7 @@ def test_pytest_argv_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         accel="kvm",
         expect=Path("known.yaml"),
         boot_timeout=90.0,
+        libbpf="system",
     )
     paths = [Path("/s/tc/scenario.yaml"), Path("/s/xdp")]
     assert runner.pytest_argv(args, paths, Path("/runs/r1")) == [
@@ -401,7 +402,5 @@ def test_pytest_argv_workers(
         str(tmp_path / "run"),
         "--kitl-accel",
         "auto",
-        "--kitl-libbpf",
-        "system",
         *tail,
     ]

@@ -373,7 +373,7 @@ def test_run_directory_holds_every_cell_and_the_reports(pytester: pytest.Pyteste
     result.assert_outcomes(passed=1, skipped=1, failed=2)
     body = json.loads((run / "results.json").read_text())
     assert body["schema"] == 1
-    assert set(body["run"]) == {"kernels", "configs", "shard", "argv", "finished"}
+    assert set(body["run"]) == {"kernels", "configs", "shard", "libbpf", "argv", "finished"}
     assert body["run"]["shard"] is None
     cells = body["cells"]
     assert [c["id"] for c in cells] == OUTCOME_IDS

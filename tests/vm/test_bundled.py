@@ -25,7 +25,7 @@ BUNDLED = [
     "netdevsim",
 ]
 CASES = {
-    "tc": 6,
+    "tc": 8,
     "tracing": 8,
     "cgroup": 5,
     "lsm": 7,
@@ -64,9 +64,9 @@ def test_bundled_scenarios_pass(name: str, tmp_path: Path) -> None:
         assert arena["outcome"] == "SKIPPED", arena
         assert "arena" in arena["reason"]
     else:
-        # bookworm's libbpf 1.1 cannot probe arena maps: the kernel's BTF decides, noted
+        # the default loader (libbpf 1.8) probes arena maps itself: no fallback note
         assert arena["outcome"] == "PASSED", arena
-        assert any("cannot probe" in n for n in arena["observed"]["notes"]), arena["observed"]
+        assert not any("cannot probe" in n for n in arena["observed"].get("notes", []))
     # tcx links arrived in 6.6: 6.1 skips those cases, named by the missing attach type
     for case, attach_type in [
         ("tcx-shot-udp-traffic", "tcx_ingress"),
@@ -98,8 +98,12 @@ def test_bundled_scenarios_pass(name: str, tmp_path: Path) -> None:
     assert count(shot, "counts", 0) == 50
     assert cell("tc", "count-udp-traffic")["observed"]["traffic"]["delivered"] == 50
     assert cell("tc", "shot-test-run")["observed"]["test_run"]["retval"] == 2
-    # a tc program has no expected attach type (its 0 is not BPF_CGROUP_INET_INGRESS)
-    assert shot["observed"]["load"]["attach_type"] == ""
+    # SEC("tc/ingress") carries libbpf 1.3+'s expected attach type; the loader is the default
+    assert shot["observed"]["load"]["attach_type"] == "tcx_ingress"
+    assert shot["libbpf"] == ""
+    assert tuple(int(x) for x in shot["verifier"]["libbpf_version"].split(".")) >= (1, 8)
+    assert cell("tc", "current-section-name")["observed"]["test_run"]["retval"] == 2
+    assert cell("tc", "legacy-section-name")["observed"]["test_run"]["retval"] == 2
 
     # tracing: every hook counted exactly the trigger's syscalls
     for case, key, want in [

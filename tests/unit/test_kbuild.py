@@ -1,0 +1,183 @@
+"""Kernels kitl builds, without building: fragments, their merge, the landed-options check,
+the cache key, the commands, catalog `build:` entries, and the scenario keys that go with
+them (`load: {btf: external}`, `when: {btf: false}`)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from harness import kbuild
+from harness.catalog import BuildSource, load_catalog
+from harness.errors import ConfigError
+from harness.kernel import parse_config
+from harness.scenario import load_scenario
+
+KERNELS = Path(__file__).resolve().parents[2] / "kernels"
+SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
+FRAGMENTS = {
+    name: KERNELS / "configs" / f"{name}.config"
+    for name in ("kitl-base", "btf-off", "netdevsim", "jit-always-on", "no-bpf-lsm")
+}
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_a_fragment_sets_and_unsets_and_skips_comments(tmp_path: Path) -> None:
+    fragment = write(
+        tmp_path / "f.config",
+        '# why\n\nCONFIG_A=y\n# CONFIG_B is not set\nCONFIG_LSM="lockdown,bpf"\nCONFIG_N=16\n',
+    )
+    assert kbuild.parse_fragment(fragment) == {
+        "CONFIG_A": "y",
+        "CONFIG_B": "n",
+        "CONFIG_LSM": '"lockdown,bpf"',
+        "CONFIG_N": "16",
+    }
+
+
+def test_a_bad_fragment_line_is_located(tmp_path: Path) -> None:
+    fragment = write(tmp_path / "f.config", "CONFIG_A=y\nBPF=y\n")
+    with pytest.raises(ConfigError) as info:
+        kbuild.parse_fragment(fragment)
+    assert str(info.value).startswith(f"{fragment}:2: not a config line: 'BPF=y'")
+
+
+def test_later_fragments_win(tmp_path: Path) -> None:
+    first = write(tmp_path / "a.config", "CONFIG_A=y\nCONFIG_B=y\n")
+    second = write(tmp_path / "b.config", "# CONFIG_B is not set\nCONFIG_C=m\n")
+    assert kbuild.requested([first, second]) == {"CONFIG_A": "y", "CONFIG_B": "n", "CONFIG_C": "m"}
+
+
+def test_the_landed_check_names_what_did_not_land() -> None:
+    final = parse_config(
+        'CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_LSM="lockdown,bpf"\nCONFIG_C=m\n'
+    )
+    wanted = {
+        "CONFIG_A": "y",  # landed
+        "CONFIG_B": "n",  # landed as "is not set"
+        "CONFIG_GONE": "n",  # landed: absent is unset
+        "CONFIG_LSM": '"lockdown,bpf"',  # landed: quotes compare as the value
+        "CONFIG_C": "y",  # kconfig made it a module
+        "CONFIG_D": "y",  # a dependency is missing: absent
+    }
+    assert kbuild.unlanded(wanted, final) == ["CONFIG_C=y (got m)", "CONFIG_D=y (got unset)"]
+
+
+def test_the_bundled_btf_off_variant_lands_on_a_real_6_12_config() -> None:
+    """The base and btf-off fragments against the .config they produced on Debian's 6.12
+    source (saved from a real `virtme-configkernel --allnoconfig` run): all landed, and
+    the BTF-modules option btf-off must switch off too (it depends on BTF)."""
+    final = parse_config(
+        (Path(__file__).parents[1] / "data" / "kbuild" / "btf-off.config").read_text()
+    )
+    fragments = kbuild.fragments_of(BuildSource("debian-6.12", (FRAGMENTS["btf-off"],)))
+    assert fragments == [FRAGMENTS["kitl-base"], FRAGMENTS["btf-off"]]
+    assert kbuild.unlanded(kbuild.requested(fragments), final) == []
+    # without btf-off's second line, the check catches it
+    base_only = kbuild.requested([FRAGMENTS["kitl-base"]])
+    base_only["CONFIG_DEBUG_INFO_BTF"] = "n"
+    assert kbuild.unlanded(base_only, final) == ["CONFIG_DEBUG_INFO_BTF_MODULES=y (got unset)"]
+
+
+def test_the_cache_key_follows_source_base_and_fragment_contents(tmp_path: Path) -> None:
+    fragment = write(tmp_path / "f.config", "CONFIG_A=y\n")
+    spec = BuildSource("debian-6.12", (fragment,))
+    key = kbuild.build_key("aa" * 32, spec, [fragment])
+    assert key == kbuild.build_key("aa" * 32, spec, [fragment])  # stable
+    assert key != kbuild.build_key("bb" * 32, spec, [fragment])  # another source build
+    debian = BuildSource("debian-6.12", (fragment,), "debian")
+    assert key != kbuild.build_key("aa" * 32, debian, [fragment])
+    write(fragment, "CONFIG_A=n\n")
+    assert key != kbuild.build_key("aa" * 32, spec, [fragment])  # edited fragment
+
+
+def test_commands_are_argument_lists(tmp_path: Path) -> None:
+    argv = kbuild.configure_argv(tmp_path, [tmp_path / "a.config", tmp_path / "b c.config"])
+    assert argv[0].endswith("virtme-configkernel")
+    assert argv[1:] == [
+        "--allnoconfig",
+        "--custom",
+        str(tmp_path / "a.config"),
+        "--custom",
+        str(tmp_path / "b c.config"),
+    ]
+    assert kbuild.make_argv(tmp_path, 2, "bzImage", "modules") == [
+        "make",
+        "-C",
+        str(tmp_path),
+        "-j2",
+        "bzImage",
+        "modules",
+    ]
+    assert kbuild.pahole_argv(tmp_path / "vmlinux", tmp_path / "out.btf") == [
+        "pahole",
+        f"--btf_encode_detached={tmp_path / 'out.btf'}",
+        str(tmp_path / "vmlinux"),
+    ]
+
+
+def test_the_catalog_has_the_four_bundled_variants() -> None:
+    catalog = load_catalog(KERNELS / "catalog.yaml")
+    builds = {e.name: e.build for e in catalog.entries if e.build is not None}
+    assert {name: (b.source, b.fragments, b.base) for name, b in builds.items()} == {
+        f"debian-6.12-{variant}": ("debian-6.12", (FRAGMENTS[variant],), "virtme")
+        for variant in ("btf-off", "netdevsim", "jit-always-on", "no-bpf-lsm")
+    }
+    assert not any(catalog.get(name).default for name in builds)  # never built by surprise
+    for fragment in FRAGMENTS.values():
+        kbuild.parse_fragment(fragment)  # every bundled fragment parses
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("build: {source: debian-6.12, fragments: [nope.config]}", "no such config fragment"),
+        ("build: {source: debian-6.12, base: mine}", "build.base must be virtme or debian"),
+        ("build: {fragments: []}", "build.source must name a Debian catalog kernel"),
+        ("build: {source: x, flavour: y}", "unknown key build.flavour"),
+        (
+            "build: {source: debian-6.12}\n    debian: {series: '6.1', suites: [bookworm]}",
+            "give exactly one of 'debian', 'path' or 'build'",
+        ),
+    ],
+)
+def test_bad_build_entries_are_located(tmp_path: Path, body: str, message: str) -> None:
+    catalog = write(tmp_path / "catalog.yaml", f"kernels:\n  mine:\n    {body}\n")
+    with pytest.raises(ConfigError) as info:
+        load_catalog(catalog)
+    assert message in str(info.value)
+    assert str(info.value).startswith(f"{catalog}:")
+
+
+def test_the_core_btf_scenario_expects_missing_btf_only_without_btf(tmp_path: Path) -> None:
+    scenario = load_scenario(SCENARIOS / "core-btf" / "scenario.yaml")
+    plain, external = (
+        scenario.case("core-needs-kernel-btf"),
+        scenario.case("core-with-external-btf"),
+    )
+    without = plain.expect_for("6.12.117", "default", kernel_btf=False)
+    assert (without.load, without.error_class) == ("rejected", "MISSING_BTF")
+    assert plain.expect_for("6.12.117", "default", kernel_btf=True).retval == 2
+    assert plain.expect_for("6.12.117", "default").retval == 2  # BTF unknown: no override
+    assert external.load.external_btf
+    assert external.expect_for("6.12.117", "default", kernel_btf=False).retval == 2
+
+
+def test_btf_external_and_a_custom_path_exclude_each_other(tmp_path: Path) -> None:
+    for name in ("core.bpf.c", "scenario.yaml"):
+        shutil.copy(SCENARIOS / "core-btf" / name, tmp_path / name)
+    write(tmp_path / "v.btf", "")
+    path = tmp_path / "scenario.yaml"
+    path.write_text(
+        path.read_text().replace(
+            "load: {btf: external}", "load: {btf: external, btf_custom_path: v.btf}"
+        )
+    )
+    with pytest.raises(ConfigError, match="give btf: external or btf_custom_path, not both"):
+        load_scenario(path)
