@@ -8,10 +8,11 @@ import sys
 import time
 from typing import Any
 
+from harness import interrupts
 from harness.channel import LineStream
 from harness.errors import GuestLostError, GuestTimeoutError, KitlError
+from harness.interrupts import ANSWER_GRACE
 from harness.vm import VM
-from harness.watchdog import ANSWER_GRACE
 
 AGENT_START_TIMEOUT = 180.0  # a first Python start in a TCG guest, with imports, under load
 
@@ -40,9 +41,10 @@ class AgentClient:
         self._ids = itertools.count(1)
         # the running cell's deadline (monotonic): no call waits beyond it and a grace
         self.deadline: float | None = None
-        # the first timeout since the deadline was set: what hung, when cleanup calls that
-        # come after it fail too (the engine resets it per cell)
-        self.first_timeout = ""
+        # the first timeout or loss since the engine reset it (per cell): what went wrong,
+        # when the cleanup calls that follow fail too
+        self.first_failure = ""
+        self._lost = ""  # why the agent is gone: later calls fail at once with it
 
     def __enter__(self) -> AgentClient:
         self.start()
@@ -61,13 +63,16 @@ class AgentClient:
         return answer
 
     def call(self, op: str, args: dict[str, Any] | None = None, *, timeout: float = 60.0) -> Any:
+        interrupts.raise_if_stopping()  # no call during a stop: the agent may be busy for long
         if self._stream is None:
             raise GuestLostError("the guest agent is not running")
+        if self._lost:
+            raise GuestLostError(f"{op}: not sent, {self._lost}")
         if self.deadline is not None:
             left = self.deadline - time.monotonic()
             if left <= 0:
-                raise self._timed_out(GuestTimeoutError(f"{op}: not started, time is up"))
-            timeout = min(timeout, left + ANSWER_GRACE)
+                raise self._failed(GuestTimeoutError(f"{op}: not started, time is up"))
+            timeout = min(timeout, round(left + ANSWER_GRACE, 1))  # round: it is in messages
         rid = next(self._ids)
         try:
             self._stream.send_line(json.dumps({"id": rid, "op": op, "args": args or {}}))
@@ -79,20 +84,22 @@ class AgentClient:
                     continue  # not ours: stray output; the protocol owns stdout otherwise
                 if response.get("id") == rid:
                     break
-        except GuestTimeoutError as exc:
+        except GuestTimeoutError:
             self.vm.check_crash_after_failure()
-            raise self._timed_out(exc) from None
-        except GuestLostError:
-            self.vm.check_crash_after_failure()
-            raise
+            message = f"{op}: the guest agent did not answer within {timeout:g}s"
+            raise self._failed(GuestTimeoutError(message)) from None
+        except GuestLostError as exc:
+            self.vm.check_crash_after_failure()  # a kernel crash is raised as one
+            self._lost = f"the guest agent is gone: {exc}"
+            raise self._failed(GuestLostError(f"{op}: {self._lost}")) from None
         if not response.get("ok"):
             if response.get("kind") == "timeout":
-                raise self._timed_out(AgentTimeoutError(f"{op}: {response.get('error')}"))
+                raise self._failed(AgentTimeoutError(f"{op}: {response.get('error')}"))
             raise AgentCallError(op, str(response.get("error")), str(response.get("kind")))
         return response.get("result")
 
-    def _timed_out(self, exc: GuestTimeoutError) -> GuestTimeoutError:
-        self.first_timeout = self.first_timeout or str(exc)
+    def _failed(self, exc: KitlError) -> KitlError:
+        self.first_failure = self.first_failure or str(exc)
         return exc
 
     def close(self) -> None:

@@ -83,11 +83,13 @@ class SshLineStream:
         self._buffer = b""
         self._stderr = b""
 
+    # The messages below do not repeat the argv (the agent's is long: an env prefix and
+    # absolute paths); the caller names the process.
     def send_line(self, line: str) -> None:
         try:
             self._chan.sendall(line.encode() + b"\n")
         except (OSError, paramiko.SSHException, EOFError) as exc:
-            raise GuestLostError(f"lost the guest while talking to {self._argv}: {exc}") from None
+            raise GuestLostError(f"the connection broke ({type(exc).__name__} {exc})") from None
 
     def read_line(self, timeout: float) -> str:
         deadline = time.monotonic() + timeout
@@ -97,15 +99,16 @@ class SshLineStream:
             if self._chan.recv_ready():
                 data = self._chan.recv(65536)
                 if not data:
-                    raise GuestLostError(f"{self._argv} closed its output")
+                    raise GuestLostError("it closed its output")
                 self._buffer += data
                 continue
             if self._chan.closed or self._chan.exit_status_ready():
-                raise GuestLostError(
-                    f"{self._argv} ended: {self._stderr.decode(errors='replace')[-500:]}"
-                )
+                status = self._chan.exit_status if self._chan.exit_status_ready() else -1
+                said = self._stderr.decode(errors="replace").strip()[-500:]
+                how = "the connection closed" if status == -1 else f"it exited with {status}"
+                raise GuestLostError(f"{how}{': ' + said if said else ''}")
             if time.monotonic() > deadline:
-                raise GuestTimeoutError(f"no answer from {self._argv} within {timeout:g}s")
+                raise GuestTimeoutError(f"no answer within {timeout:g}s")
             time.sleep(0.002)
         line, _, self._buffer = self._buffer.partition(b"\n")
         return line.decode("utf-8", "replace")

@@ -18,7 +18,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from harness import __version__, accel, compare, debian, interrupts, report, repro, runner, verify
+from harness import (
+    __version__,
+    accel,
+    compare,
+    debian,
+    interrupts,
+    kbuild,
+    report,
+    repro,
+    runner,
+    verify,
+)
 from harness import scenario as scenario_mod
 from harness.bootcheck import BootCheck, check
 from harness.cache import Cache
@@ -56,7 +67,10 @@ def make_parser() -> argparse.ArgumentParser:
     ksub = kernels.add_subparsers(dest="kernels_command", required=True, metavar="ACTION")
     p = ksub.add_parser("list", help="the catalog: name, release, fetched?, BTF, key CONFIG_ flags")
     p.add_argument("--json", action="store_true")
-    p = ksub.add_parser("fetch", help="download and unpack kernels (default: the default set)")
+    p = ksub.add_parser(
+        "fetch",
+        help="download and unpack kernels, or build the build: ones (default: the default set)",
+    )
     p.add_argument("names", nargs="*", metavar="NAME")
     p.add_argument("--json", action="store_true")
     p.add_argument("--dry-run", action="store_true", help="print what would be downloaded")
@@ -181,6 +195,11 @@ def cmd_kernels_fetch(args: argparse.Namespace) -> int:
     entries = ks.catalog.select(args.names)
     if args.dry_run:
         for entry in entries:
+            if entry.build is not None:
+                _, pkg = ks.source_package(entry.build.source)
+                print(f"{entry.name} source {pkg.url} sha256:{pkg.sha256}")
+                for argv in kbuild.commands(entry.build, Path("linux-source")):
+                    print(f"{entry.name} build {shlex.join(argv)}")
             if entry.debian is None:
                 continue
             for role, pkg in ks.locked(entry).packages:

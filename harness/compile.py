@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from harness.results import safe_name
 
 _XZ_MAGIC = b"\xfd7zXZ\x00"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_GZIP_MAGIC = b"\x1f\x8b\x08"  # gzip, deflate
 BPF_CFLAGS = ("-target", "bpf", "-g", "-O2", "-D__TARGET_ARCH_x86", "-Wall", "-Wno-unused-function")
 
 
@@ -35,18 +37,24 @@ def _partial(out: Path) -> Path:
 
 
 def extract_vmlinux(bzimage: bytes) -> bytes:
-    """The uncompressed vmlinux ELF inside a bzImage (xz or zstd payload)."""
-    for magic in (_XZ_MAGIC, _ZSTD_MAGIC):
+    """The uncompressed vmlinux ELF inside a bzImage (xz or zstd payload: Debian's; gzip:
+    the default of the small config kitl builds kernels with)."""
+    for magic in (_XZ_MAGIC, _ZSTD_MAGIC, _GZIP_MAGIC):
         start = bzimage.find(magic)
         while start != -1:
             elf = _try_decompress(bzimage[start:], magic)
             if elf is not None and elf[:4] == b"\x7fELF":
                 return elf
             start = bzimage.find(magic, start + 1)
-    raise BuildError("no xz or zstd compressed vmlinux found in the kernel image")
+    raise BuildError("no xz, zstd or gzip compressed vmlinux found in the kernel image")
 
 
 def _try_decompress(data: bytes, magic: bytes) -> bytes | None:
+    if magic == _GZIP_MAGIC:
+        try:  # a decompressobj stops at the end of the member: trailing bytes are fine
+            return zlib.decompressobj(wbits=31).decompress(data)
+        except zlib.error:
+            return None
     if magic == _XZ_MAGIC:
         try:
             return lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(data)

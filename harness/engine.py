@@ -20,6 +20,7 @@ from harness.agentclient import AgentCallError, AgentClient
 from harness.cache import Cache
 from harness.compile import compile_object, kernel_btf, vmlinux_h
 from harness.errors import KitlError
+from harness.interrupts import DEFAULT_CELL_TIMEOUT, Watchdog, timed_out_reason
 from harness.judge import Observed, judge
 from harness.kernel import Kernel
 from harness.outcome import Outcome, outcome_for_error
@@ -39,7 +40,6 @@ from harness.scenario import (
 from harness.scenario_expect import Expect, kernel_version
 from harness.verifier import parse_log
 from harness.vm import VM
-from harness.watchdog import DEFAULT_CELL_TIMEOUT, Watchdog, timed_out_reason
 
 Report = Callable[[CellResult], None]
 CASE_TIMEOUT = 300.0  # generous: TCG, and a first load of a big object
@@ -123,11 +123,14 @@ class Engine:
                     return cells  # the caller restarts the VM for what is left
         return cells
 
-    def run_cell(self, scenario: Scenario, case: Case, config: RunConfig) -> CellResult:
+    def run_cell(
+        self, scenario: Scenario, case: Case, config: RunConfig, *, retry_of: str = ""
+    ) -> CellResult:
         """One (case, config) in this guest, within the cell timeout: the config's sysctls
         are switched only when they differ from the ones in effect.  A guest that fails
         under the cell (crash, hang, lost) makes an outcome, never an exception.  The cell
-        is appended to the run directory."""
+        is appended to the run directory; `retry_of` (why the first attempt lost its VM)
+        goes into the reason of a retry's record."""
         cell = CellResult(
             scenario=scenario.name,
             case=case.name,
@@ -147,7 +150,7 @@ class Engine:
         )
         mark = len(self.vm.console_text())
         with Watchdog(self.cell_timeout, self.vm.kill) as dog:
-            self._dog, self.agent.deadline, self.agent.first_timeout = dog, dog.deadline, ""
+            self._dog, self.agent.deadline, self.agent.first_failure = dog, dog.deadline, ""
             try:
                 if self._config != config.sysctl or self._sysctls is None:
                     self._sysctls, self._refused = self._apply(config)
@@ -162,6 +165,9 @@ class Engine:
             finally:
                 self._dog, self.agent.deadline = None, None
         self._explain(cell, dog, self.vm.console_text()[mark:])
+        if retry_of:
+            note = f"retried once on a fresh VM; the first attempt: {retry_of}"
+            cell.reason = f"{cell.reason} ({note})" if cell.reason else note
         self.run.append(cell)
         return cell
 
@@ -187,8 +193,10 @@ class Engine:
             dog.expired and cell.outcome in (Outcome.TIMED_OUT, Outcome.VM_LOST, Outcome.ERROR)
         ):
             # the watchdog's kill shows as a lost VM; either way the budget ran out
-            cell.reason = timed_out_reason(dog.seconds, self.agent.first_timeout or cell.reason)
+            cell.reason = timed_out_reason(dog.seconds, self.agent.first_failure or cell.reason)
             cell.outcome = Outcome.TIMED_OUT
+        elif cell.outcome is Outcome.VM_LOST and self.agent.first_failure:
+            cell.reason = self.agent.first_failure  # the loss, not a cleanup call after it
         if oom and cell.outcome not in (Outcome.PASSED, Outcome.SKIPPED):
             cell.reason = f"{cell.reason} (the guest ran out of memory: {'; '.join(oom)})"
 
@@ -264,7 +272,9 @@ class Engine:
         missing: list[str] = []
         if req.btf and not self._facts()["btf"]:
             missing.append("kernel BTF (/sys/kernel/btf/vmlinux)")
-        if case.prog_type.name == "lsm" and "bpf" not in str(self._facts()["lsm"]).split(","):
+        if case.prog_type.name == "lsm" and self.kernel.config.get("CONFIG_BPF_LSM") == "n":
+            missing.append("BPF LSM (the kernel is built without CONFIG_BPF_LSM)")
+        elif case.prog_type.name == "lsm" and "bpf" not in str(self._facts()["lsm"]).split(","):
             # LSM programs attach either way, but run only when BPF LSM is active
             missing.append(
                 "an active BPF LSM (bpf is not in lsm=; add it to the boot command line)"
@@ -465,7 +475,7 @@ class Engine:
                     "argv": list(drive.argv),
                     "ns": drive.ns,
                     "cgroup": cgroup,
-                    "timeout": self._budget(),
+                    "timeout": round(self._budget(), 1),
                 },
                 timeout=CASE_TIMEOUT,
             )

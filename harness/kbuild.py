@@ -125,6 +125,22 @@ def pahole_argv(vmlinux: Path, out: Path) -> list[str]:
     return ["pahole", f"--btf_encode_detached={out}", str(vmlinux)]
 
 
+def commands(spec: BuildSource, tree: Path, jobs: int | None = None) -> list[list[str]]:
+    """The commands a build runs in the unpacked tree, in order (for --dry-run); pahole runs
+    only when the result has DWARF and no BTF."""
+    jobs = jobs or os.cpu_count() or 2
+    out = "<cache>/builds/<name>-<key>"
+    configure = configure_argv(tree, fragments_of(spec))
+    if spec.base == "debian":
+        configure = make_argv(tree, 1, "olddefconfig")
+    return [
+        configure,
+        make_argv(tree, jobs, "bzImage", "modules"),
+        make_argv(tree, 1, f"INSTALL_MOD_PATH={out}/root", "modules_install"),
+        pahole_argv(tree / "vmlinux", Path(out) / "vmlinux.btf"),
+    ]
+
+
 def cache_dir(cache: Cache, name: str, key: str) -> Path:
     return cache.root / "builds" / f"{name}-{key[:16]}"
 
@@ -140,8 +156,9 @@ def installed(final: Path) -> Built | None:
     release = str(data.get("release", ""))
     if not (final / "root" / "boot" / f"vmlinuz-{release}").is_file():
         return None  # damaged: build again
-    btf = final / "vmlinux.btf"
-    return Built(final, release, 0.0, btf if btf.is_file() else None)
+    btf = final / "vmlinux.btf"  # also where compile.kernel_btf caches a BTF kernel's own
+    external = data.get("btf") == "external" and btf.is_file()
+    return Built(final, release, 0.0, btf if external else None)
 
 
 def build(
@@ -213,7 +230,7 @@ def build(
             (stage / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
             log.rename(stage / "build.log")
         external = final / "vmlinux.btf"
-        return Built(final, release, seconds, external if external.is_file() else None)
+        return Built(final, release, seconds, external if btf == "external" else None)
 
 
 def kernel_of(entry: CatalogEntry, built: Built) -> Kernel:

@@ -173,16 +173,7 @@ def libbpf_for(
     name: str, kernels: Kernels, progress: Progress | None = None, run: Runner = subprocess.run
 ) -> BuiltLibbpf:
     """The libbpf of catalog kernel `name` (debian-X), built once and cached."""
-    entry = kernels.catalog.get(name)
-    if entry.debian is None:
-        raise UsageError(f"{name} is not a Debian kernel: only those come with a libbpf source")
-    locked = kernels.locked(entry)
-    pkg = locked.package("source")
-    if pkg is None:
-        raise UsageError(
-            f"kernels.lock pins no linux-source package for {name}",
-            hint=f"run `kitl kernels lock --update {name}`",
-        )
+    locked, pkg = kernels.source_package(name)
     cache = kernels.store.cache
     final = cache_dir(cache, pkg.version)
     ready = _installed(final, pkg)

@@ -20,6 +20,7 @@ from harness.agentclient import AgentClient
 from harness.cache import Cache
 from harness.engine import Engine, build_objects
 from harness.errors import KitlError, UsageError
+from harness.interrupts import DEFAULT_CELL_TIMEOUT
 from harness.kernel import Kernel
 from harness.libbpf_build import DEFAULT as DEFAULT_LIBBPF
 from harness.outcome import Outcome, outcome_for_error
@@ -27,7 +28,6 @@ from harness.results import CellResult, RunDir, safe_name
 from harness.scenario import Case, RunConfig, Scenario
 from harness.scenario_expect import kernel_version
 from harness.vm import VM
-from harness.watchdog import DEFAULT_CELL_TIMEOUT
 
 # Outcomes after which the guest cannot be trusted for the next cell.
 RESTART_AFTER = frozenset({Outcome.KERNEL_CRASH, Outcome.VM_LOST, Outcome.TIMED_OUT})
@@ -165,6 +165,7 @@ class Guests:
         """Run one cell, booting its kernel if needed; a VM lost mid-cell gets one retry
         on a fresh VM; a guest that crashed or hung is replaced for the next cell."""
         objects = self.objects_for(cell.scenario)
+        lost = ""  # why the first attempt lost its VM
         for attempt in (1, 2):
             guest = self._guest(kernel)
             if isinstance(guest, KitlError):
@@ -173,13 +174,12 @@ class Guests:
             if isinstance(engine, KitlError):
                 return self._boot_failed(cell, kernel, engine)
             engine.objects = objects
-            result = engine.run_cell(cell.scenario, cell.case, cell.config)
+            result = engine.run_cell(cell.scenario, cell.case, cell.config, retry_of=lost)
             if result.outcome in RESTART_AFTER:
                 self.discard(kernel.name)
             if result.outcome is not Outcome.VM_LOST or attempt == 2:
-                if attempt == 2:
-                    result.reason = f"{result.reason} (retried once on a fresh VM)".strip()
                 return result
+            lost = f"{result.outcome}: {result.reason}"
         raise AssertionError("unreachable")
 
     def _guest(self, kernel: Kernel) -> _Guest | KitlError:

@@ -28,6 +28,7 @@ from harness import accel, interrupts, libbpf_build, report, verify
 from harness import known as known_mod
 from harness.cache import Cache
 from harness.errors import KitlError, UsageError, WriteError
+from harness.interrupts import DEFAULT_CELL_TIMEOUT
 from harness.kernel import Kernel
 from harness.matrix import Cell, Guests, Shard, newest, plan, shard_cells
 from harness.outcome import Outcome
@@ -35,7 +36,6 @@ from harness.resolve import Kernels
 from harness.results import CellResult, RunDir, finalize, read_cells
 from harness.scenario import RunConfig, Scenario, load_scenario
 from harness.vm import VM
-from harness.watchdog import DEFAULT_CELL_TIMEOUT
 
 # the fixtures for Python tests (a booted guest, objects, topologies), with their hook
 pytest_plugins = ("harness.fixtures",)

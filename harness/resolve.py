@@ -34,8 +34,7 @@ class Kernels:
         if entry.path is not None:
             return path_kernel(entry)
         if entry.build is not None:
-            _, pkg = self._build_source(entry)
-            assert entry.build is not None
+            _, pkg = self.source_package(entry.build.source)
             key = kbuild.build_key(pkg.sha256, entry.build, kbuild.fragments_of(entry.build))
             built = kbuild.installed(kbuild.cache_dir(self.store.cache, entry.name, key))
             return kbuild.kernel_of(entry, built) if built else None
@@ -51,28 +50,27 @@ class Kernels:
         kernel = self.store.fetch(self.locked(entry), progress)
         return dataclasses.replace(kernel, cmdline=entry.cmdline)
 
-    def _build_source(self, entry: CatalogEntry) -> tuple[LockedKernel, Package]:
-        """The lock entry and linux-source package a `build:` entry is built from."""
-        assert entry.build is not None
-        source = self.catalog.get(entry.build.source)
+    def source_package(self, name: str) -> tuple[LockedKernel, Package]:
+        """The lock entry and the locked linux-source package of Debian catalog kernel
+        `name` (what libbpf and kernel builds are made from)."""
+        source = self.catalog.get(name)
         if source.debian is None:
             raise UsageError(
-                f"{entry.name}: build.source {source.name} is not a Debian kernel",
-                hint="only Debian catalog kernels come with a linux-source package",
+                f"{name} is not a Debian kernel: only those come with a linux-source package"
             )
         locked = self.locked(source)
         pkg = locked.package("source")
         if pkg is None:
             raise UsageError(
-                f"kernels.lock pins no linux-source package for {source.name}",
-                hint=f"run `kitl kernels lock --update {source.name}`",
+                f"kernels.lock pins no linux-source package for {name}",
+                hint=f"run `kitl kernels lock --update {name}`",
             )
         return locked, pkg
 
     def _built(self, entry: CatalogEntry, progress: Progress | None) -> Kernel:
         assert entry.build is not None
         spec = entry.build
-        locked, pkg = self._build_source(entry)
+        locked, pkg = self.source_package(spec.source)
 
         def source() -> tuple[Path, str, Path | None]:
             deb = self.store._download(locked, "source", pkg, progress)

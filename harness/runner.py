@@ -24,6 +24,7 @@ from types import FrameType
 
 from harness import accel, libbpf_build
 from harness.errors import UsageError
+from harness.interrupts import DEFAULT_CELL_TIMEOUT
 from harness.known import DEFAULT_NAME as KNOWN_DEFAULT
 from harness.known import load_known
 from harness.libbpf import FLOOR
@@ -35,7 +36,6 @@ from harness.progress import DownloadProgress, stderr
 from harness.resolve import Kernels
 from harness.results import read_cells
 from harness.scenario import Scenario
-from harness.watchdog import DEFAULT_CELL_TIMEOUT
 
 BUNDLED = Path(__file__).resolve().parent.parent / "scenarios"
 INI = Path(__file__).resolve().parent / "pytest-kitl.ini"
@@ -247,9 +247,10 @@ def _still_to_run(run_dir: Path, cells: list[Cell]) -> list[Cell]:
         and not Outcome(str(c["outcome"])).is_infrastructure
     }
     todo = [c for c in cells if c.cell_id not in done]
-    stderr.print(
+    print(  # not rich's console: it would wrap the path
         f"kitl: resuming {run_dir}: {len(cells) - len(todo)} of {len(cells)} cells have a "
-        f"result, {len(todo)} to run"
+        f"result, {len(todo)} to run",
+        file=sys.stderr,
     )
     return todo
 

@@ -4,6 +4,7 @@ them (`load: {btf: external}`, `when: {btf: false}`)."""
 
 from __future__ import annotations
 
+import gzip
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 
 from harness import kbuild
 from harness.catalog import BuildSource, load_catalog
+from harness.compile import extract_vmlinux
 from harness.errors import ConfigError
 from harness.kernel import parse_config
 from harness.scenario import load_scenario
@@ -181,3 +183,22 @@ def test_btf_external_and_a_custom_path_exclude_each_other(tmp_path: Path) -> No
     )
     with pytest.raises(ConfigError, match="give btf: external or btf_custom_path, not both"):
         load_scenario(path)
+
+
+def test_dry_run_commands_name_every_step(tmp_path: Path) -> None:
+    spec = BuildSource("debian-6.12", (FRAGMENTS["btf-off"],))
+    configure, make, install, pahole = kbuild.commands(spec, tmp_path, jobs=2)
+    assert configure == kbuild.configure_argv(tmp_path, kbuild.fragments_of(spec))
+    assert make == ["make", "-C", str(tmp_path), "-j2", "bzImage", "modules"]
+    assert install[-1] == "modules_install"
+    assert pahole[0] == "pahole"
+    debian = BuildSource("debian-6.12", (), "debian")
+    assert kbuild.commands(debian, tmp_path)[0][-1] == "olddefconfig"
+
+
+def test_a_gzip_bzimage_payload_is_found() -> None:
+    """Kernels kitl builds keep allnoconfig's gzip compression (Debian's use xz or zstd):
+    their vmlinux is found past the setup code and any stray gzip-looking bytes."""
+    elf = b"\x7fELF" + bytes(range(256)) * 64
+    image = b"MZ setup code \x1f\x8b\x08 not a stream " + gzip.compress(elf) + b"\0" * 512
+    assert extract_vmlinux(image) == elf

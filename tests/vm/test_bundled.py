@@ -23,6 +23,7 @@ BUNDLED = [
     "socket-filter",
     "test-run-only",
     "netdevsim",
+    "core-btf",
 ]
 CASES = {
     "tc": 8,
@@ -33,6 +34,7 @@ CASES = {
     "socket-filter": 3,
     "test-run-only": 2,
     "netdevsim": 3,
+    "core-btf": 2,
 }
 
 

@@ -1,0 +1,64 @@
+"""Build time of the kernels kitl builds (`build:` catalog entries), cold and cached.
+
+    .venv/bin/python bench/kbuild.py [NAME...] [--build]
+
+Cold: a build's own record (kitl-build.json: wall seconds from unpacking to the cached
+result, and the make -j it used).  With --build, entries not built yet are built now
+(tens of minutes each on 2 cores; run it on a quiet machine, the figure is the build's
+wall time).  Cached: `Kernels.get(NAME)` of a built entry, the cost every later run pays
+(the cache key hashes the fragments; the kernel's digest is the bzImage's sha256), median
+of 5.  Prints one line per entry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+from common import stamp, stop_on_sigterm
+
+from harness import kbuild
+from harness.cache import Cache
+from harness.resolve import Kernels
+
+
+def main() -> int:
+    stop_on_sigterm()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("names", nargs="*", help="build entries (default: all)")
+    parser.add_argument("--build", action="store_true", help="build what is not built yet")
+    args = parser.parse_args()
+    ks = Kernels.open(Cache.default())
+    names = args.names or [e.name for e in ks.catalog.entries if e.build is not None]
+    print(stamp())
+    print(f"{'kernel':<28} {'cold build':>11} {'jobs':>5} {'cached get':>11}  release")
+    for name in names:
+        entry = ks.catalog.get(name)
+        if entry.build is None:
+            print(f"{name}: not a build entry", file=sys.stderr)
+            return 2
+        kernel = ks.installed(entry)
+        if kernel is None and args.build:
+            kernel = ks.get(name)
+        if kernel is None:
+            print(f"{name:<28} {'not built':>11}")
+            continue
+        root = kernel.vmlinuz.parents[2]  # <cache>/builds/<name>-<key>/root/boot/vmlinuz-R
+        record = json.loads((root / kbuild.MANIFEST).read_text())
+        cached = []
+        for _ in range(5):
+            started = time.perf_counter()
+            ks.get(name)
+            cached.append(time.perf_counter() - started)
+        print(
+            f"{name:<28} {record['build_seconds'] / 60:>9.1f}m {record['jobs']:>5} "
+            f"{statistics.median(cached) * 1000:>9.0f}ms  {kernel.release}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
