@@ -164,15 +164,18 @@ class Guests:
     def run_cell(self, cell: Cell, kernel: Kernel) -> CellResult:
         """Run one cell, booting its kernel if needed; a VM lost mid-cell gets one retry
         on a fresh VM; a guest that crashed or hung is replaced for the next cell."""
-        objects = self.objects_for(cell.scenario)
+        try:
+            objects = self.objects_for(cell.scenario)
+        except KitlError as exc:  # a source that does not compile: the cell says why
+            return self._failed(cell, kernel, exc, "cannot build the scenario's objects")
         lost = ""  # why the first attempt lost its VM
         for attempt in (1, 2):
             guest = self._guest(kernel)
             if isinstance(guest, KitlError):
-                return self._boot_failed(cell, kernel, guest)
+                return self._failed(cell, kernel, guest, f"{kernel.name} did not come up")
             engine = self._engine(guest, cell.libbpf)
             if isinstance(engine, KitlError):
-                return self._boot_failed(cell, kernel, engine)
+                return self._failed(cell, kernel, engine, f"{kernel.name} did not come up")
             engine.objects = objects
             result = engine.run_cell(cell.scenario, cell.case, cell.config, retry_of=lost)
             if result.outcome in RESTART_AFTER:
@@ -227,14 +230,15 @@ class Guests:
         guest.engines[libbpf] = engine
         return engine
 
-    def _boot_failed(self, cell: Cell, kernel: Kernel, exc: KitlError) -> CellResult:
+    def _failed(self, cell: Cell, kernel: Kernel, exc: KitlError, why: str) -> CellResult:
+        """The result of a cell that could not start: no guest, or no objects."""
         result = CellResult(
             scenario=cell.scenario.name,
             case=cell.case.name,
             kernel=kernel.name,
             config=cell.config.name,
             outcome=outcome_for_error(exc),
-            reason=f"{kernel.name} did not come up: {exc}",
+            reason=f"{why}: {exc}",
             kernel_release=kernel.release,
             kernel_digest=kernel.digest,
             program=f"{cell.case.object}/{cell.case.program}",

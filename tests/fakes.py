@@ -7,15 +7,19 @@ teardown) runs unchanged.
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from harness import runner
 from harness.channel import CommandResult
 from harness.errors import GuestLostError
-from harness.vm import BootSpec, ConsoleRecorder
+from harness.kernel import Kernel
+from harness.vm import VM, BootSpec, ConsoleRecorder
 
 
 @dataclass
@@ -156,3 +160,27 @@ class FakeLauncher:
         chan = FakeChannel(self.processes[-1], dict(self.scripted), lose_after=self.lose_after)
         self.channels.append(chan)
         return chan
+
+
+def run_args(**kw: object) -> argparse.Namespace:
+    """`kitl run`'s parsed arguments: the defaults, then `kw`."""
+    parser = argparse.ArgumentParser()
+    runner.add_arguments(parser)
+    args = parser.parse_args([])
+    for key, value in kw.items():
+        setattr(args, key, value)
+    return args
+
+
+def fake_vm(tmp_path: Path, boot_timeout: float = 30) -> VM:
+    """A VM over the fake launcher (the host plays the guest), for `with fake_vm(...) as vm`."""
+    image = tmp_path / "vmlinuz"
+    image.write_bytes(b"")
+    kernel = Kernel(name="fake", release="6.1.0-fake", vmlinuz=image, modules=None)
+    return VM(
+        kernel,
+        accel="tcg",
+        console_path=tmp_path / "c.log",
+        launcher=FakeLauncher(),
+        boot_timeout=boot_timeout,
+    )

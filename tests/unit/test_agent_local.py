@@ -11,9 +11,7 @@ import pytest
 
 from harness.agent import serve
 from harness.agentclient import AgentCallError, AgentClient
-from harness.kernel import Kernel
-from harness.vm import VM
-from tests.fakes import FakeLauncher
+from tests.fakes import fake_vm
 
 
 def test_protocol_answers_every_line_and_survives_bad_requests() -> None:
@@ -45,19 +43,7 @@ def test_protocol_answers_every_line_and_survives_bad_requests() -> None:
 
 
 def test_client_over_the_fake_vm(tmp_path: Path) -> None:
-    image = tmp_path / "vmlinuz"
-    image.write_bytes(b"")
-    kernel = Kernel(name="fake", release="6.1.0-fake", vmlinuz=image, modules=None)
-    with (
-        VM(
-            kernel,
-            accel="tcg",
-            console_path=tmp_path / "c.log",
-            launcher=FakeLauncher(),
-            boot_timeout=5,
-        ) as vm,
-        AgentClient(vm) as agent,
-    ):
+    with fake_vm(tmp_path, boot_timeout=5) as vm, AgentClient(vm) as agent:
         assert agent.call("run", {"argv": ["echo", "x"]})["stdout"] == "x\n"
         with pytest.raises(AgentCallError) as info:
             agent.call("run", {"argv": ["true"], "ns": "missing"})

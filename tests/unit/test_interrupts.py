@@ -4,7 +4,6 @@ and says what finished."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import sys
@@ -18,6 +17,7 @@ import pytest
 from harness import interrupts, runner
 from harness.agentclient import AgentClient
 from harness.errors import UsageError
+from tests.fakes import run_args
 
 
 @pytest.fixture
@@ -125,21 +125,12 @@ def _state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
-def namespace(**kw: object) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    runner.add_arguments(parser)
-    args = parser.parse_args([])
-    for key, value in kw.items():
-        setattr(args, key, value)
-    return args
-
-
 def test_the_cell_timeout_reaches_the_plugin(tmp_path: Path) -> None:
-    argv = runner.pytest_argv(namespace(cell_timeout=45.0), [], tmp_path)
+    argv = runner.pytest_argv(run_args(cell_timeout=45.0), [], tmp_path)
     assert argv[argv.index("--kitl-cell-timeout") + 1] == "45.0"
-    assert "--kitl-cell-timeout" not in runner.pytest_argv(namespace(), [], tmp_path)
+    assert "--kitl-cell-timeout" not in runner.pytest_argv(run_args(), [], tmp_path)
     with pytest.raises(UsageError, match="--cell-timeout 0: must be positive"):
-        runner.pytest_argv(namespace(cell_timeout=0.0), [], tmp_path)
+        runner.pytest_argv(run_args(cell_timeout=0.0), [], tmp_path)
 
 
 def test_cleanup_that_would_talk_to_a_guest_raises_the_stop_again() -> None:

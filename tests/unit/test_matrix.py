@@ -4,7 +4,6 @@ pytest command `kitl run` builds."""
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import sys
@@ -15,13 +14,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness import runner
-from harness.errors import UsageError
+from harness import matrix, runner
+from harness.cache import Cache
+from harness.errors import BuildError, UsageError
 from harness.kernel import Kernel
 from harness.matrix import Cell, Shard, newest, plan, shard_cells
 from harness.outcome import Outcome
 from harness.results import CellResult, RunDir, finalize, merge_runs, read_cells
 from harness.scenario import RunConfig, Scenario, load_scenario
+from tests.fakes import run_args
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "plugin"
 CATALOG_DEFAULTS = ["debian-5.10", "debian-6.1"]
@@ -307,18 +308,9 @@ def test_merge_runs_takes_a_killed_shard_with_no_complete_cell(tmp_path: Path) -
 # --- kitl run's pytest command -----------------------------------------------------------
 
 
-def namespace(**kw: Any) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    runner.add_arguments(parser)
-    args = parser.parse_args([])
-    for key, value in kw.items():
-        setattr(args, key, value)
-    return args
-
-
 def test_pytest_argv_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    args = namespace(
+    args = run_args(
         kernels="debian-6.1,debian-7.2",
         kernel=["debian-6.1", "debian-7.3"],
         configs="jit",
@@ -383,7 +375,7 @@ def test_pytest_argv_workers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: str | None, tail: list[str]
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    argv = runner.pytest_argv(namespace(workers=workers), [], tmp_path / "run")
+    argv = runner.pytest_argv(run_args(workers=workers), [], tmp_path / "run")
     assert argv == [
         sys.executable,
         "-m",
@@ -404,3 +396,27 @@ def test_pytest_argv_workers(
         "auto",
         *tail,
     ]
+
+
+def test_an_object_that_does_not_compile_is_the_cells_outcome(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """clang failing is recorded per cell (no guest is booted, no traceback)."""
+
+    def broken(*args: object) -> dict[tuple[str, str], Path]:
+        raise BuildError("clang: progs.bpf.c:3:1: error: unknown type name 'u33'")
+
+    def no_boot(kernel: Kernel, console: Path) -> Any:
+        raise AssertionError("nothing boots for a scenario whose objects do not build")
+
+    monkeypatch.setattr(matrix, "build_objects", broken)
+    kernel = Kernel("debian-6.1", "6.1.0-56-amd64", tmp_path / "vmlinuz", None)
+    guests = matrix.Guests(RunDir(tmp_path / "run", {}), Cache(tmp_path), no_boot, kernel)
+    cell = plan([scenario("tc")], ["debian-6.1"], [], [])[0]
+    got = guests.run_cell(cell, kernel)
+    assert got.outcome is Outcome.ERROR
+    assert got.reason == (
+        "cannot build the scenario's objects: "
+        "clang: progs.bpf.c:3:1: error: unknown type name 'u33'"
+    )
+    assert [c["id"] for c in read_cells(tmp_path / "run")] == [cell.cell_id]

@@ -25,7 +25,6 @@ from harness.compile import compile_object
 from harness.engine import Engine
 from harness.errors import UsageError
 from harness.judge import Observed, judge
-from harness.kernel import Kernel
 from harness.libbpf import BpfObject, Libbpf
 from harness.matrix import plan
 from harness.outcome import Outcome
@@ -33,8 +32,7 @@ from harness.report import render_all
 from harness.results import SAFE_NAME_MAX, CellResult, RunDir, finalize, safe_name
 from harness.scenario import check
 from harness.scenario_expect import Expect
-from harness.vm import VM
-from tests.fakes import FakeLauncher
+from tests.fakes import fake_vm
 from tests.unit.test_libbpf_layout import compile_bpf
 
 REPO = Path(__file__).resolve().parents[2]
@@ -163,23 +161,11 @@ def test_corrupt_object_cells_run_to_load_failed_with_libbpfs_reason(
     """The whole cell path (engine, agent, judge, run directory, verify table) with the
     guest played by the host: only corrupt objects, so nothing loads into the host kernel."""
     monkeypatch.setattr(Engine, "guest_object", lambda self, path: str(path))
-    image = tmp_path / "vmlinuz"
-    image.write_bytes(b"")
-    kernel = Kernel(name="fake", release="6.1.0-fake", vmlinuz=image, modules=None)
     run = RunDir(tmp_path / "run", {})
     scenarios = [verify.scenario_for_object(p, verify.VerifyOptions()) for p in corrupt.values()]
     objects = {(s.name, o.name): o.path for s in scenarios for o in s.objects if o.path}
-    with (
-        VM(
-            kernel,
-            accel="tcg",
-            console_path=tmp_path / "c.log",
-            launcher=FakeLauncher(),
-            boot_timeout=30,
-        ) as vm,
-        AgentClient(vm) as agent,
-    ):
-        engine = Engine(vm, agent, kernel, run, objects, cache=Cache(tmp_path / "cache"))
+    with fake_vm(tmp_path) as vm, AgentClient(vm) as agent:
+        engine = Engine(vm, agent, vm.kernel, run, objects, cache=Cache(tmp_path / "cache"))
         results = [engine.run_cell(s, s.cases[0], s.configs[0]) for s in scenarios]
     for result, path in zip(results, corrupt.values(), strict=True):
         assert result.outcome is Outcome.LOAD_FAILED, result.reason
