@@ -252,16 +252,21 @@ def test_the_matrix_survives_every_fault_and_reports_each(fault_run: FaultRun) -
         "after-killed": "PASSED",
         "oom": "FAILED",
         "after-oom": "PASSED",
+        "bpf-loop-hang": "TIMED_OUT",
+        "after-bpf-loop": "PASSED",
+        "ssh-dropped": "VM_LOST",  # the retry dropped its SSH too
+        "after-ssh-dropped": "PASSED",
     }, text
     assert not run.left, f"processes of the run outlived it: {run.left}"
     # every record is whole JSON (records() parsed each), in run order, and the records
     # written before each fault are still there, unchanged, in results.json
     assert [r["case"] for r in run.records] == [
         "before", "panic", "after-panic", "hang", "after-hang", "frozen", "after-frozen",
-        "killed", "killed", "after-killed", "oom", "after-oom",
+        "killed", "killed", "after-killed", "oom", "after-oom", "bpf-loop-hang",
+        "after-bpf-loop", "ssh-dropped", "ssh-dropped", "after-ssh-dropped",
     ]  # fmt: skip
     for record in run.records:
-        if record["case"] != "killed":  # its retry's record replaces the lost attempt's
+        if record["case"] not in ("killed", "ssh-dropped"):  # a retry's record wins
             assert record == run.cells[record["case"]]
 
 
@@ -345,6 +350,38 @@ def test_qemu_killed_from_outside_is_vm_lost_then_retried_once_on_a_fresh_vm(
         "killed",
         detect_s=round(detect, 1),
         retry_s=round(injector.when("killed", 1) - injector.when("killed", 0), 1),
+    )
+
+
+def test_a_program_spinning_in_bpf_loop_times_out(fault_run: FaultRun) -> None:
+    """The hang is inside the kernel (BPF_PROG_TEST_RUN of a bpf_loop program), not in a
+    command: the agent cannot answer, the watchdog gives up and the VM is replaced."""
+    cell = fault_run.cells["bpf-loop-hang"]
+    assert "no result within the cell timeout of 30s" in cell["reason"], cell["reason"]
+    assert CELL_TIMEOUT - 1 <= cell["timings"]["case_s"] <= CELL_TIMEOUT + 10
+    after = fault_run.cells["after-bpf-loop"]
+    assert after["console_path"] != cell["console_path"], "the next cell runs on a fresh VM"
+    injector = fault_run.injector
+    recover = injector.when("after-bpf-loop") - injector.when("bpf-loop-hang")
+    assert recover <= RESTART_LIMIT
+    figures("bpf_loop", detect_s=round(cell["timings"]["case_s"], 1), recover_s=round(recover, 1))
+
+
+def test_ssh_dropped_is_vm_lost_after_one_retry(fault_run: FaultRun) -> None:
+    """The guest's sshd killed mid-cell (by the cell's own command, so the retry does it
+    again): VM_LOST, retried once on a fresh VM, then reported; the run goes on."""
+    assert fault_run.outcomes("ssh-dropped") == ["VM_LOST", "VM_LOST"]
+    final = fault_run.cells["ssh-dropped"]
+    assert "retried once on a fresh VM; the first attempt: VM_LOST" in final["reason"]
+    first = next(r for r in fault_run.records if r["case"] == "ssh-dropped")
+    assert first["console_path"] != final["console_path"]
+    after = fault_run.cells["after-ssh-dropped"]
+    assert after["console_path"] != final["console_path"]
+    injector = fault_run.injector
+    figures(
+        "ssh_dropped",
+        detect_s=round(first["timings"]["case_s"], 1),
+        retry_s=round(injector.when("ssh-dropped", 1) - injector.when("ssh-dropped", 0), 1),
     )
 
 

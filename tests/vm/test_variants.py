@@ -25,10 +25,12 @@ import pytest
 
 from harness import kbuild
 from harness.cache import Cache
+from harness.catalog import BuildSource, kernels_dir
 from harness.cli import main
 from harness.resolve import Kernels
 
 SCENARIOS = Path(__file__).parents[2] / "scenarios"
+KERNELS_DIR = kernels_dir()
 VARIANTS = {
     "debian-6.12-btf-off": {"CONFIG_DEBUG_INFO_BTF": "n", "CONFIG_DEBUG_INFO": "y"},
     "debian-6.12-netdevsim": {"CONFIG_NETDEVSIM": "y", "CONFIG_DEBUG_INFO_BTF": "y"},
@@ -61,6 +63,18 @@ def test_every_bundled_variant_configures_with_its_options_landed(
         # what every variant keeps from kitl's base: BPF, the JIT, veth, clsact, BPF tracing
         for key in ("CONFIG_BPF_SYSCALL", "CONFIG_BPF_JIT", "CONFIG_VETH", "CONFIG_NET_CLS_BPF"):
             assert final.get(key) == "y", (name, key)
+    # the other base: Debian's own config with the btf-off fragment (configured, not built:
+    # that build takes hours on 2 cores, see docs/benchmarks.md)
+    debian = kernels.get("debian-6.12")
+    spec = BuildSource("debian-6.12", (KERNELS_DIR / "configs" / "btf-off.config",), "debian")
+    (tree / ".config").unlink()
+    config = debian.vmlinuz.with_name(f"config-{debian.release}")
+    final = kbuild.configure(tree, spec, kbuild.fragments_of(spec), config, log)
+    assert kbuild.fragments_of(spec) == list(spec.fragments)  # no kitl base on Debian's
+    assert kbuild.unlanded(kbuild.requested(spec.fragments), final) == []
+    assert final.get("CONFIG_DEBUG_INFO_BTF", "n") == "n"
+    assert final.get("CONFIG_BPF_LSM") == "y"  # the rest is Debian's
+    assert sum(v == "m" for v in final.values()) > 3000  # thousands of modules
 
 
 def test_btf_off_kernel_missing_btf_then_external_btf(kernels: Kernels, tmp_path: Path) -> None:
