@@ -81,7 +81,7 @@ class Engine:
         self._guest_facts: dict[str, Any] | None = None
         # the guest's console and dmesg logs, relative to the run directory (when known)
         self.guest_logs: tuple[str, str] = ("", "")
-        self.libbpf = ""  # the loader's name when it is not the system's (recorded per cell)
+        self.libbpf = ""  # the loader as cells record it ("": the default loader)
         self._enums: dict[str, int] | None = None
         self.release = kernel.release
         # the sysctls of the config in effect in the guest, and what the kernel refused

@@ -36,12 +36,17 @@ from harness.cache import Cache, staging_dir
 from harness.catalog import BuildSource, CatalogEntry, kernels_dir
 from harness.errors import BuildError, ConfigError
 from harness.kernel import Kernel, Progress, parse_config, sha256_file
+from harness.netdevsim import Runner
 
 RECIPE = 1  # part of the cache key: bump when the steps below change what they produce
 MANIFEST = "kitl-build.json"
 BASE_FRAGMENT = "configs/kitl-base.config"
 _SET = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
 _UNSET = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$")
+# A compiler error, a missing file or tool (make's own `***` line only says "Error 127"),
+# make giving up.
+_ERROR = re.compile(r"\berror\b:|: not found|No such file|\*\*\*|^Error", re.I)
+
 # Debian's config names signing keys that only exist in Debian's build tree
 _DEBIAN_OVERRIDES = ('CONFIG_SYSTEM_TRUSTED_KEYS=""', 'CONFIG_MODULE_SIG_KEY=""')
 
@@ -109,7 +114,8 @@ def fragments_of(spec: BuildSource) -> list[Path]:
     return [*base, *spec.fragments]
 
 
-def configure_argv(tree: Path, fragments: Sequence[Path]) -> list[str]:
+def configure_argv(fragments: Sequence[Path]) -> list[str]:
+    """virtme-ng's configurator (run in the tree), the venv's own when there is one."""
     tool = Path(sys.executable).with_name("virtme-configkernel")
     argv = [str(tool) if tool.exists() else "virtme-configkernel", "--allnoconfig"]
     for fragment in fragments:
@@ -130,7 +136,7 @@ def commands(spec: BuildSource, tree: Path, jobs: int | None = None) -> list[lis
     only when the result has DWARF and no BTF."""
     jobs = jobs or os.cpu_count() or 2
     out = "<cache>/builds/<name>-<key>"
-    configure = configure_argv(tree, fragments_of(spec))
+    configure = configure_argv(fragments_of(spec))
     if spec.base == "debian":
         configure = make_argv(tree, 1, "olddefconfig")
     return [
@@ -141,11 +147,14 @@ def commands(spec: BuildSource, tree: Path, jobs: int | None = None) -> list[lis
     ]
 
 
-def cache_dir(cache: Cache, name: str, key: str) -> Path:
-    return cache.root / "builds" / f"{name}-{key[:16]}"
+def cache_dir(cache: Cache, entry: CatalogEntry, source_sha256: str) -> Path:
+    """Where the build of `entry` from the source package with this digest is cached."""
+    assert entry.build is not None
+    key = build_key(source_sha256, entry.build, fragments_of(entry.build))
+    return cache.root / "builds" / f"{entry.name}-{key[:16]}"
 
 
-Source = Callable[[], tuple[Path, str, Path | None]]  # (deb, its sha256, Debian config)
+Source = Callable[[], tuple[Path, Path | None]]  # (the source deb, Debian's config)
 
 
 def installed(final: Path) -> Built | None:
@@ -174,7 +183,7 @@ def build(
     assert spec is not None
     fragments = fragments_of(spec)
     wanted = requested(fragments)  # a malformed fragment fails before anything is unpacked
-    final = cache_dir(cache, entry.name, build_key(source_sha256, spec, fragments))
+    final = cache_dir(cache, entry, source_sha256)
     ready = installed(final)
     if ready is not None:
         return ready
@@ -184,7 +193,7 @@ def build(
             return ready
         for stale in final.parent.glob(f".{final.name}.*.partial"):
             shutil.rmtree(stale, ignore_errors=True)  # a killed build of this key
-        deb, _, debian_config = source()
+        deb, debian_config = source()
         started = time.monotonic()
         log = final.with_name(final.name + ".log")  # outside the stage: kept on failure
         log.unlink(missing_ok=True)
@@ -206,13 +215,11 @@ def build(
             shutil.copy2(tree / "arch" / "x86" / "boot" / "bzImage", boot / f"vmlinuz-{release}")
             shutil.copy2(tree / ".config", boot / f"config-{release}")
             if final_config.get("CONFIG_MODULES") == "y":
-                _sh(
-                    make_argv(tree, 1, f"INSTALL_MOD_PATH={stage / 'root'}", "modules_install"),
-                    log,
-                )
+                install = f"INSTALL_MOD_PATH={stage / 'root'}"
+                run_logged(make_argv(tree, 1, install, "modules_install"), log)
             btf = "kernel" if final_config.get("CONFIG_DEBUG_INFO_BTF") == "y" else "none"
             if btf == "none" and final_config.get("CONFIG_DEBUG_INFO") == "y":
-                _sh(pahole_argv(tree / "vmlinux", stage / "vmlinux.btf"), log)
+                run_logged(pahole_argv(tree / "vmlinux", stage / "vmlinux.btf"), log)
                 btf = "external"
             shutil.rmtree(tree.parent)
             seconds = round(time.monotonic() - started, 1)
@@ -257,12 +264,12 @@ def unpack(
     if progress:
         progress(f"{name}: unpacking {deb.name}", 0, 0)
     dest.mkdir(parents=True)
-    _sh(["dpkg-deb", "-x", str(deb), str(dest / "deb")], log)
+    run_logged(["dpkg-deb", "-x", str(deb), str(dest / "deb")], log)
     tarballs = sorted((dest / "deb" / "usr" / "src").glob("linux-source-*.tar.xz"))
     if not tarballs:
         raise BuildError(f"{deb.name} holds no linux-source tarball")
     jobs = os.cpu_count() or 2
-    _sh(["tar", "-I", f"xz -T{jobs}", "-xf", str(tarballs[0]), "-C", str(dest)], log)
+    run_logged(["tar", "-I", f"xz -T{jobs}", "-xf", str(tarballs[0]), "-C", str(dest)], log)
     shutil.rmtree(dest / "deb")
     trees = [p for p in dest.iterdir() if p.is_dir() and p.name.startswith("linux-source-")]
     if len(trees) != 1:
@@ -279,14 +286,14 @@ def configure(
 ) -> dict[str, str]:
     """Write the tree's .config from the base and the fragments; return it parsed."""
     if spec.base == "virtme":
-        _sh(configure_argv(tree, fragments), log, cwd=tree)
+        run_logged(configure_argv(fragments), log, cwd=tree)
     elif debian_config is None:
         raise BuildError(f"{spec.source} has no Debian config to start from")
     else:
         text = debian_config.read_text(encoding="utf-8")
         extra = [f.read_text(encoding="utf-8") for f in fragments]
         (tree / ".config").write_text("\n".join([text, *_DEBIAN_OVERRIDES, *extra]) + "\n")
-        _sh(make_argv(tree, 1, "olddefconfig"), log)
+        run_logged(make_argv(tree, 1, "olddefconfig"), log)
     return parse_config((tree / ".config").read_text(encoding="utf-8"))
 
 
@@ -296,6 +303,7 @@ def _make(tree: Path, log: Path, progress: Progress | None, name: str, jobs: int
     with log.open("a", buffering=1) as out:  # line-buffered: `tail -f` shows the progress
         out.write(f"$ {' '.join(argv)}\n")
         out.flush()
+        start = out.tell()
         with subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
         ) as proc:
@@ -307,28 +315,52 @@ def _make(tree: Path, log: Path, progress: Progress | None, name: str, jobs: int
                     compiled += 1
                     if progress and compiled % 100 == 0:
                         progress(f"{name}: compiling ({compiled} objects)", 0, 0)
-        if proc.returncode != 0:
-            raise BuildError(f"{name}: make failed: {_first_error(log)} (log: {log})")
+    if proc.returncode != 0:
+        raise BuildError(
+            f"{name}: `{' '.join(argv)}` failed (exit {proc.returncode}): "
+            f"{first_error(output_since(log, start))}",
+            hint=f"full log: {log}",
+        )
 
 
-def _first_error(log: Path) -> str:
-    lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+def first_error(log: str) -> str:
+    """The line that explains a failed build: the first compiler error, missing file or
+    make failure (they come in that order in the log), else the last line."""
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
     for line in lines:
-        if re.search(r"\berror\b:|\*\*\*", line):
-            return line.strip()[:300]
-    return lines[-1].strip()[:300] if lines else "(no output)"
+        if _ERROR.search(line):
+            return line
+    return lines[-1] if lines else "(no output)"
 
 
-def _sh(argv: list[str], log: Path, cwd: Path | None = None) -> None:
+def run_logged(
+    argv: list[str], log: Path, run: Runner = subprocess.run, cwd: Path | None = None
+) -> None:
+    """Run one build step, its output appended to `log`; a failure names the command and
+    the first error of its own output (kernel and libbpf builds alike)."""
+    # LC_ALL=C: first_error looks for gcc's and make's English wording.
+    env = {**os.environ, "LC_ALL": "C"}
     with log.open("a") as out:
         out.write(f"$ {' '.join(argv)}\n")
         out.flush()
+        start = out.tell()
         try:
-            done = subprocess.run(argv, check=False, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
+            proc = run(argv, stdout=out, stderr=subprocess.STDOUT, env=env, check=False, cwd=cwd)
         except FileNotFoundError as exc:
             raise BuildError(f"{argv[0]} is not installed (run tools/setup.sh)") from exc
-    if done.returncode != 0:
-        raise BuildError(f"{' '.join(argv[:3])}... failed: {_first_error(log)} (log: {log})")
+    if proc.returncode != 0:
+        raise BuildError(
+            f"`{' '.join(argv)}` failed (exit {proc.returncode}): "
+            f"{first_error(output_since(log, start))}",
+            hint=f"full log: {log}",
+        )
+
+
+def output_since(log: Path, start: int) -> str:
+    """What was written to `log` from byte `start` on: one command's output."""
+    with log.open("rb") as f:
+        f.seek(start)
+        return f.read().decode(errors="replace")
 
 
 def _capture(argv: list[str], log: Path) -> str:

@@ -30,6 +30,7 @@ from harness.cache import Cache, staging_dir
 from harness.catalog import Catalog
 from harness.debian import Package
 from harness.errors import BuildError, UsageError
+from harness.kbuild import run_logged
 from harness.kernel import Progress
 from harness.netdevsim import Runner
 from harness.resolve import Kernels
@@ -48,9 +49,6 @@ SUBTREES = (
     "scripts/bpf*_doc.py",
 )
 _NODE = re.compile(r"^LIBBPF_(\d+)\.(\d+)\.(\d+)\s*\{", re.M)
-# A compiler error, a missing file or tool (make's own `***` line only says "Error 127"),
-# make giving up.
-_ERROR = re.compile(r"\berror\b:|: not found|No such file|\*\*\*|^Error", re.I)
 
 
 @dataclass(frozen=True)
@@ -107,16 +105,6 @@ def untar_argv(tarball: Path, dest: Path, top: str, jobs: int) -> list[str]:
         "--wildcards",
         *(f"{top}/{sub}" for sub in SUBTREES),
     ]
-
-
-def first_error(log: str) -> str:
-    """The line that explains a failed build: the first compiler error, missing file or
-    make failure (they come in that order in the log), else the last line."""
-    lines = [line.strip() for line in log.splitlines() if line.strip()]
-    for line in lines:
-        if _ERROR.search(line):
-            return line
-    return lines[-1] if lines else "(no output)"
 
 
 SYSTEM = "system"  # the host's libbpf.so.1, found by the guest's dynamic loader
@@ -230,33 +218,15 @@ def _build(deb: Path, series: str, work: Path, log: Path, run: Runner) -> tuple[
     work.mkdir(parents=True)
     top = f"linux-source-{series}"
     tarball = work / "usr" / "src" / f"{top}.tar.xz"
-    _sh(["dpkg-deb", "-x", str(deb), str(work)], log, run)
-    _sh(untar_argv(tarball, work, top, jobs), log, run)
+    run_logged(["dpkg-deb", "-x", str(deb), str(work)], log, run)
+    run_logged(untar_argv(tarball, work, top, jobs), log, run)
     tarball.unlink()  # 150 MB, not needed past this point
     tree = work / top
     version = map_version((tree / "tools" / "lib" / "bpf" / "libbpf.map").read_text())
     out = work / "out"
     out.mkdir()
-    _sh(make_argv(tree, out, jobs), log, run)
+    run_logged(make_argv(tree, out, jobs), log, run)
     built = out / "libbpf.so"
     if not built.exists():
         raise BuildError(f"libbpf from {deb.name}: make produced no {built.name}")
     return built, version
-
-
-def _sh(argv: list[str], log: Path, run: Runner) -> None:
-    # LC_ALL=C: first_error looks for gcc's and make's English wording.
-    env = {**os.environ, "LC_ALL": "C"}
-    with log.open("a") as out:
-        out.write(f"$ {' '.join(argv)}\n")
-        out.flush()
-        start = out.tell()
-        proc = run(argv, stdout=out, stderr=subprocess.STDOUT, env=env, check=False)
-    if proc.returncode != 0:
-        with log.open("rb") as f:
-            f.seek(start)  # this command's output only
-            output = f.read().decode(errors="replace")
-        raise BuildError(
-            f"`{' '.join(argv)}` failed (exit {proc.returncode}): {first_error(output)}",
-            hint=f"full log: {log}",
-        )

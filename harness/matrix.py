@@ -24,7 +24,7 @@ from harness.interrupts import DEFAULT_CELL_TIMEOUT
 from harness.kernel import Kernel
 from harness.libbpf_build import DEFAULT as DEFAULT_LIBBPF
 from harness.outcome import Outcome, outcome_for_error
-from harness.results import CellResult, RunDir, safe_name
+from harness.results import CellResult, RunDir, label, safe_name
 from harness.scenario import Case, RunConfig, Scenario
 from harness.scenario_expect import kernel_version
 from harness.vm import VM
@@ -62,8 +62,7 @@ class Cell:
     @property
     def label(self) -> str:
         """KERNEL-CONFIG, and -LIBBPF when the loader is not the default."""
-        base = f"{self.kernel}-{self.config.name}"
-        return f"{base}-{self.libbpf}" if self.libbpf else base
+        return label(self.kernel, self.config.name, self.libbpf)
 
     @property
     def cell_id(self) -> str:

@@ -32,7 +32,7 @@ from harness.kernel import Kernel
 from harness.matrix import Cell, Guests, Shard, newest, plan, shard_cells
 from harness.outcome import Outcome
 from harness.resolve import Kernels
-from harness.results import CellResult, RunDir, finalize, read_cells
+from harness.results import CellResult, RunDir, finalize, finished_ids, read_cells
 from harness.scenario import RunConfig, Scenario, load_scenario
 from harness.vm import VM
 
@@ -408,7 +408,7 @@ def pytest_collection_modifyitems(
     cells.sort(key=lambda i: (kernel_order[i.cell.kernel], i.cell.config.name, position[id(i)]))
     kept = shard_cells([i.cell for i in cells], kitl.shard)
     if config.getoption("kitl_resume"):
-        done = _finished_cells(kitl.run_path)
+        done = finished_ids(kitl.run_path)
         kept = [c for c in kept if c.cell_id not in done]
     keep_ids = {id(c) for c in kept}
     selected = [i for i in cells if id(i.cell) in keep_ids]
@@ -418,17 +418,6 @@ def pytest_collection_modifyitems(
         config.hook.pytest_deselected(items=deselected)
     items[:] = [*others, *selected]
     kitl.total = len(selected)
-
-
-def _finished_cells(run_path: Path) -> set[str]:
-    """Ids of the cells a run directory already has a result for, other than the ones an
-    interrupted or broken run left (infrastructure outcomes): --kitl-resume skips them."""
-    return {
-        str(c["id"])
-        for c in read_cells(run_path)
-        if c.get("outcome") in Outcome.__members__
-        and not Outcome(str(c["outcome"])).is_infrastructure
-    }
 
 
 def cell_line(cell: CellResult) -> str:

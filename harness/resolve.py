@@ -35,8 +35,7 @@ class Kernels:
             return path_kernel(entry)
         if entry.build is not None:
             _, pkg = self.source_package(entry.build.source)
-            key = kbuild.build_key(pkg.sha256, entry.build, kbuild.fragments_of(entry.build))
-            built = kbuild.installed(kbuild.cache_dir(self.store.cache, entry.name, key))
+            built = kbuild.installed(kbuild.cache_dir(self.store.cache, entry, pkg.sha256))
             return kbuild.kernel_of(entry, built) if built else None
         return self.store.installed(self.locked(entry))
 
@@ -72,13 +71,13 @@ class Kernels:
         spec = entry.build
         locked, pkg = self.source_package(spec.source)
 
-        def source() -> tuple[Path, str, Path | None]:
+        def source() -> tuple[Path, Path | None]:
             deb = self.store._download(locked, "source", pkg, progress)
             config = None
             if spec.base == "debian":  # Debian's own config, from the fetched image package
                 kernel = self.get(spec.source, progress)
                 config = kernel.vmlinuz.with_name(f"config-{kernel.release}")
-            return deb, pkg.sha256, config
+            return deb, config
 
         built = kbuild.build(entry, self.store.cache, source, pkg.sha256, progress)
         return kbuild.kernel_of(entry, built)

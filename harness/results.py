@@ -96,8 +96,7 @@ class CellResult:
 
     @property
     def label(self) -> str:
-        base = f"{self.kernel}-{self.config}"
-        return f"{base}-{self.libbpf}" if self.libbpf else base
+        return label(self.kernel, self.config, self.libbpf)
 
     @property
     def cell_id(self) -> str:
@@ -207,6 +206,23 @@ def read_cells(path: Path) -> list[dict[str, Any]]:
             cells.pop(key, None)  # re-inserted at the end: the order of the latest runs
             cells[key] = cell
     return list(cells.values())
+
+
+def finished_ids(path: Path) -> set[str]:
+    """Ids of the cells a run directory already has a result for, other than those an
+    interrupted or broken run left (infrastructure outcomes): what a resumed run skips."""
+    return {
+        str(c["id"])
+        for c in read_cells(path)
+        if c.get("outcome") in Outcome.__members__
+        and not Outcome(str(c["outcome"])).is_infrastructure
+    }
+
+
+def label(kernel: str, config: str, libbpf: str) -> str:
+    """The bracket of a cell id: KERNEL-CONFIG, and -LIBBPF when the loader is not the
+    default (recorded as "")."""
+    return f"{kernel}-{config}-{libbpf}" if libbpf else f"{kernel}-{config}"
 
 
 def finalize(path: Path, meta: dict[str, Any]) -> list[dict[str, Any]]:

@@ -34,7 +34,7 @@ from harness.matrix import Cell, Shard, plan, shard_cells
 from harness.outcome import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Outcome, exit_code
 from harness.progress import DownloadProgress, stderr
 from harness.resolve import Kernels
-from harness.results import read_cells
+from harness.results import finished_ids, read_cells
 from harness.scenario import Scenario
 
 BUNDLED = Path(__file__).resolve().parent.parent / "scenarios"
@@ -240,12 +240,7 @@ def _still_to_run(run_dir: Path, cells: list[Cell]) -> list[Cell]:
     """The cells of the matrix a resumed run has no result for (or an infrastructure
     one, which says nothing about the case: the plugin's --kitl-resume makes the same
     choice), announced with the count."""
-    done = {
-        str(c["id"])
-        for c in read_cells(run_dir)
-        if c.get("outcome") in Outcome.__members__
-        and not Outcome(str(c["outcome"])).is_infrastructure
-    }
+    done = finished_ids(run_dir)
     todo = [c for c in cells if c.cell_id not in done]
     print(  # not rich's console: it would wrap the path
         f"kitl: resuming {run_dir}: {len(cells) - len(todo)} of {len(cells)} cells have a "

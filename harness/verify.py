@@ -27,6 +27,7 @@ from harness.errors import UsageError
 from harness.matrix import Shard, plan, shard_cells
 from harness.progtypes import IGNORED_CODES, ProgType
 from harness.resolve import Kernels
+from harness.results import label
 from harness.scenario import (
     BpfObject,
     Case,
@@ -360,8 +361,7 @@ def print_table(run_dir: Path) -> None:
     cells = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))["cells"]
 
     def column(c: dict[str, Any]) -> str:
-        base = f"{c['kernel']}-{c['config']}"
-        return f"{base}-{c['libbpf']}" if c.get("libbpf") else base
+        return label(c["kernel"], c["config"], str(c.get("libbpf") or ""))
 
     columns = list(dict.fromkeys(column(c) for c in cells))
     rows: dict[str, dict[str, str]] = {}

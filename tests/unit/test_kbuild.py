@@ -100,7 +100,7 @@ def test_the_cache_key_follows_source_base_and_fragment_contents(tmp_path: Path)
 
 
 def test_commands_are_argument_lists(tmp_path: Path) -> None:
-    argv = kbuild.configure_argv(tmp_path, [tmp_path / "a.config", tmp_path / "b c.config"])
+    argv = kbuild.configure_argv([tmp_path / "a.config", tmp_path / "b c.config"])
     assert argv[0].endswith("virtme-configkernel")
     assert argv[1:] == [
         "--allnoconfig",
@@ -188,7 +188,7 @@ def test_btf_external_and_a_custom_path_exclude_each_other(tmp_path: Path) -> No
 def test_dry_run_commands_name_every_step(tmp_path: Path) -> None:
     spec = BuildSource("debian-6.12", (FRAGMENTS["btf-off"],))
     configure, make, install, pahole = kbuild.commands(spec, tmp_path, jobs=2)
-    assert configure == kbuild.configure_argv(tmp_path, kbuild.fragments_of(spec))
+    assert configure == kbuild.configure_argv(kbuild.fragments_of(spec))
     assert make == ["make", "-C", str(tmp_path), "-j2", "bzImage", "modules"]
     assert install[-1] == "modules_install"
     assert pahole[0] == "pahole"

@@ -18,11 +18,11 @@ from harness.cache import Cache
 from harness.catalog import Catalog, CatalogEntry, DebianSource, PathSource
 from harness.debian import Package
 from harness.errors import BuildError, UsageError
+from harness.kbuild import first_error
 from harness.kernel import KernelStore
 from harness.libbpf_build import (
     BuiltLibbpf,
     cache_dir,
-    first_error,
     libbpf_for,
     make_argv,
     map_version,
