@@ -41,6 +41,7 @@ from harness.outcome import EXIT_USAGE, Outcome, exit_code, outcome_for_error
 from harness.progress import DownloadProgress, stderr
 from harness.resolve import Kernels
 from harness.results import merge_runs
+from harness.slots import GuestSlots
 from harness.vm import VM, VngLauncher, free_port
 
 
@@ -329,6 +330,7 @@ def _vm(kernel: Kernel, args: argparse.Namespace, accel_name: str, console: Path
         boot_timeout=args.boot_timeout,
         cpus=args.cpus,
         memory=args.memory,
+        slots=GuestSlots.for_cache(Cache.default()),
     )
 
 
@@ -503,10 +505,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    merged = merge_runs(args.runs, args.output)
+    merged, duplicates = merge_runs(args.runs, args.output)
     for path in report.render_all(args.output):
         print(path)
     print(f"kitl: {len(merged)} cells from {len(args.runs)} run directories in {args.output}")
+    if duplicates:
+        print(f"kitl: {len(duplicates)} cells were in more than one run:", file=sys.stderr)
+        for duplicate in duplicates[:MERGE_SHOWN]:
+            print(f"  {duplicate.describe()}", file=sys.stderr)
+        if len(duplicates) > MERGE_SHOWN:
+            rest = len(duplicates) - MERGE_SHOWN
+            print(f"  ... and {rest} more (all in results.json: run.duplicates)", file=sys.stderr)
     outcomes = []
     for cell in merged:
         try:
@@ -515,6 +524,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
             outcomes.append(Outcome.ERROR)
     return exit_code(outcomes)
 
+
+MERGE_SHOWN = 20  # duplicate cells listed by kitl merge; results.json has them all
 
 COMMANDS = {
     ("kernels", "list"): cmd_kernels_list,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import console as consolelog
-from harness import packet
+from harness import hostload, packet
 from harness.agentclient import AgentCallError, AgentClient
 from harness.cache import Cache
 from harness.compile import compile_object, kernel_btf, vmlinux_h
@@ -194,6 +194,9 @@ class Engine:
         ):
             # the watchdog's kill shows as a lost VM; either way the budget ran out
             cell.reason = timed_out_reason(dog.seconds, self.agent.first_failure or cell.reason)
+            load = hostload.snapshot()
+            if load.overloaded:  # a starved guest runs out of time too: say which it was
+                cell.reason += f" ({load.verdict()})"
             cell.outcome = Outcome.TIMED_OUT
         elif cell.outcome is Outcome.VM_LOST and self.agent.first_failure:
             cell.reason = self.agent.first_failure  # the loss, not a cleanup call after it

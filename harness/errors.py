@@ -98,7 +98,12 @@ class BootError(KitlError):
 
 
 class BootTimeoutError(BootError):
-    """The guest did not announce readiness within the boot timeout."""
+    """The guest did not announce readiness within the boot timeout (the backstop: it was
+    still printing)."""
+
+
+class BootStalledError(BootError):
+    """The guest's console stopped advancing before it was ready: a stuck boot."""
 
 
 class GuestLostError(KitlError):

@@ -36,6 +36,7 @@ from harness.errors import GuestLostError, GuestTimeoutError, KernelCrashError, 
 from harness.kernel import Kernel
 from harness.resolve import Kernels
 from harness.results import safe_name
+from harness.slots import GuestSlots
 from harness.vm import VM
 
 # After these the guest cannot be trusted: the next test of that kernel boots a fresh one.
@@ -220,7 +221,13 @@ class GuestPool:
                     self._accel = accel.decide(choice, self.cache, probe).accel
                 timeout = self.config.getoption("kitl_boot_timeout", None)
                 vm = stack.enter_context(
-                    VM(kernel, accel=self._accel, console_path=console, boot_timeout=timeout)
+                    VM(
+                        kernel,
+                        accel=self._accel,
+                        console_path=console,
+                        boot_timeout=timeout,
+                        slots=GuestSlots.for_cache(self.cache),
+                    )
                 )
                 agent = stack.enter_context(AgentClient(vm, libbpf=self.libbpf_path()))
                 self._guests[name] = (Guest(vm, agent, kernel), stack.pop_all())

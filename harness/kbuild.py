@@ -2,7 +2,8 @@
 
 A catalog entry with `build: {source: debian-6.12, fragments: [configs/btf-off.config]}` is
 built once and cached by (source package digest, base, fragment contents, recipe):
- 1. unpack the catalog kernel's linux-source-X tarball (the whole tree, ~15 s);
+ 1. unpack the catalog kernel's linux-source-X tarball (the whole tree, ~15 s) into the
+    source's build tree, `<cache>/builds/tree-<digest>/`, unless it is there already;
  2. configure: base "virtme" runs virtme-ng's `virtme-configkernel --allnoconfig` with
     kernels/configs/kitl-base.config and the entry's fragments as custom snippets
     (allnoconfig + the options a virtme-ng guest needs + a small bootable guest with what
@@ -11,10 +12,12 @@ built once and cached by (source package digest, base, fragment contents, recipe
  3. check that every option the base fragment and the fragments ask for landed in the
     final .config, naming the ones that did not (a dependency kconfig dropped), before a
     minute is spent compiling;
- 4. `make bzImage modules`, `modules_install` into the cache, and, for a kernel without
-    BTF but with DWARF, the kernel's BTF written next to it with pahole
-    (--btf_encode_detached, as BTFHub makes BTF for old kernels): scenarios can hand it to
-    libbpf as btf_custom_path (`load: {btf: external}`).
+ 4. `make bzImage modules` in that tree: the first variant compiles everything, the next
+    ones only what their options change (Kbuild tracks which objects read which option);
+    `modules_install` into the cache, and, for a kernel without BTF but with DWARF, the
+    kernel's BTF written next to it with pahole (--btf_encode_detached, as BTFHub makes
+    BTF for old kernels): scenarios can hand it to libbpf as btf_custom_path
+    (`load: {btf: external}`).  The tree stays for the next variant (about 2.5 GB).
 The result boots like a `path:` entry.  Measured times are in docs/benchmarks.md.
 """
 
@@ -40,6 +43,7 @@ from harness.netdevsim import Runner
 
 RECIPE = 1  # part of the cache key: bump when the steps below change what they produce
 MANIFEST = "kitl-build.json"
+TREE_MARKER = ".kitl-unpacked"  # in a build tree's directory: the package it holds
 BASE_FRAGMENT = "configs/kitl-base.config"
 _SET = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
 _UNSET = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$")
@@ -141,7 +145,7 @@ def commands(spec: BuildSource, tree: Path, jobs: int | None = None) -> list[lis
         configure = make_argv(tree, 1, "olddefconfig")
     return [
         configure,
-        make_argv(tree, jobs, "bzImage", "modules"),
+        compile_argv(tree, jobs, shutil.which("ccache") is not None),
         make_argv(tree, 1, f"INSTALL_MOD_PATH={out}/root", "modules_install"),
         pahole_argv(tree / "vmlinux", Path(out) / "vmlinux.btf"),
     ]
@@ -170,6 +174,14 @@ def installed(final: Path) -> Built | None:
     return Built(final, release, 0.0, btf if external else None)
 
 
+def tree_dir(cache: Cache, source_sha256: str) -> Path:
+    """The build tree every variant of one linux-source package is built in, kept between
+    builds: a variant differs from the last one built in a few options, and Kbuild rebuilds
+    only the objects whose sources use a changed option (fixdep records, per object, the
+    CONFIG_ symbols it reads), so the second variant costs minutes, not a whole build."""
+    return cache.root / "builds" / f"tree-{source_sha256[:16]}"
+
+
 def build(
     entry: CatalogEntry,
     cache: Cache,
@@ -177,8 +189,9 @@ def build(
     source_sha256: str,
     progress: Progress | None = None,
 ) -> Built:
-    """The built kernel of `entry`, from the cache or built now (under a lock, so parallel
-    workers build it once)."""
+    """The built kernel of `entry`, from the cache or built now.  Builds of one source
+    share its tree and take its lock: parallel workers build a variant once, one variant at
+    a time."""
     spec = entry.build
     assert spec is not None
     fragments = fragments_of(spec)
@@ -187,7 +200,8 @@ def build(
     ready = installed(final)
     if ready is not None:
         return ready
-    with cache.lock(f"build-{final.name}"):
+    workspace = tree_dir(cache, source_sha256)
+    with cache.lock(f"build-{workspace.name}"):
         ready = installed(final)
         if ready is not None:
             return ready
@@ -198,7 +212,9 @@ def build(
         log = final.with_name(final.name + ".log")  # outside the stage: kept on failure
         log.unlink(missing_ok=True)
         with staging_dir(final) as stage:
-            tree = unpack(deb, stage / "src", log, progress, entry.name)
+            tree = unpacked_tree(
+                deb, workspace, source_sha256, log, progress=progress, name=entry.name
+            )
             final_config = configure(tree, spec, fragments, debian_config, log)
             missing = unlanded(wanted, final_config)
             if missing:
@@ -207,21 +223,8 @@ def build(
                     f"(a dependency is missing or kconfig overrode them): {'; '.join(missing)}"
                 )
             jobs = os.cpu_count() or 2
-            _make(tree, log, progress, entry.name, jobs)
-            release = _capture(["make", "-s", "-C", str(tree), "kernelrelease"], log).strip()
-            # Debian's layout: virtme-ng finds root/lib/modules/<release> from the image path
-            boot = stage / "root" / "boot"
-            boot.mkdir(parents=True)
-            shutil.copy2(tree / "arch" / "x86" / "boot" / "bzImage", boot / f"vmlinuz-{release}")
-            shutil.copy2(tree / ".config", boot / f"config-{release}")
-            if final_config.get("CONFIG_MODULES") == "y":
-                install = f"INSTALL_MOD_PATH={stage / 'root'}"
-                run_logged(make_argv(tree, 1, install, "modules_install"), log)
-            btf = "kernel" if final_config.get("CONFIG_DEBUG_INFO_BTF") == "y" else "none"
-            if btf == "none" and final_config.get("CONFIG_DEBUG_INFO") == "y":
-                run_logged(pahole_argv(tree / "vmlinux", stage / "vmlinux.btf"), log)
-                btf = "external"
-            shutil.rmtree(tree.parent)
+            compiled = _make(tree, log, progress=progress, name=entry.name, jobs=jobs, cache=cache)
+            release, btf = _install(tree, stage, final_config, log)
             seconds = round(time.monotonic() - started, 1)
             manifest = {
                 "name": entry.name,
@@ -232,12 +235,53 @@ def build(
                 "release": release,
                 "btf": btf,
                 "build_seconds": seconds,
+                "compiled_objects": compiled,  # fewer than a whole build: the tree was reused
                 "jobs": jobs,
             }
             (stage / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
             log.rename(stage / "build.log")
         external = final / "vmlinux.btf"
         return Built(final, release, seconds, external if btf == "external" else None)
+
+
+def _install(tree: Path, stage: Path, final_config: dict[str, str], log: Path) -> tuple[str, str]:
+    """Copy the built kernel out of the tree in Debian's layout (virtme-ng finds
+    root/lib/modules/<release> from the image path); return its release and where its BTF
+    is: "kernel", "external" (pahole wrote vmlinux.btf) or "none"."""
+    release = _capture(["make", "-s", "-C", str(tree), "kernelrelease"], log).strip()
+    boot = stage / "root" / "boot"
+    boot.mkdir(parents=True)
+    shutil.copy2(tree / "arch" / "x86" / "boot" / "bzImage", boot / f"vmlinuz-{release}")
+    shutil.copy2(tree / ".config", boot / f"config-{release}")
+    if final_config.get("CONFIG_MODULES") == "y":
+        install = f"INSTALL_MOD_PATH={stage / 'root'}"
+        run_logged(make_argv(tree, 1, install, "modules_install"), log)
+    btf = "kernel" if final_config.get("CONFIG_DEBUG_INFO_BTF") == "y" else "none"
+    if btf == "none" and final_config.get("CONFIG_DEBUG_INFO") == "y":
+        run_logged(pahole_argv(tree / "vmlinux", stage / "vmlinux.btf"), log)
+        btf = "external"
+    return release, btf
+
+
+def unpacked_tree(
+    deb: Path,
+    workspace: Path,
+    source_sha256: str,
+    log: Path,
+    *,
+    progress: Progress | None = None,
+    name: str = "",
+) -> Path:
+    """The source tree in `workspace`, unpacked now unless a whole one of this package is
+    there (its marker is written last, so a killed unpack is unpacked again)."""
+    marker = workspace / TREE_MARKER
+    trees = sorted(workspace.glob("linux-source-*"))
+    if marker.is_file() and marker.read_text().strip() == source_sha256 and len(trees) == 1:
+        return trees[0]
+    shutil.rmtree(workspace, ignore_errors=True)
+    tree = unpack(deb, workspace, log, progress, name)
+    marker.write_text(source_sha256 + "\n")
+    return tree
 
 
 def kernel_of(entry: CatalogEntry, built: Built) -> Kernel:
@@ -297,15 +341,39 @@ def configure(
     return parse_config((tree / ".config").read_text(encoding="utf-8"))
 
 
-def _make(tree: Path, log: Path, progress: Progress | None, name: str, jobs: int) -> None:
-    """make bzImage modules, its output in the log; progress counts compiled objects."""
-    argv = make_argv(tree, jobs, "bzImage", "modules")
+def compile_argv(tree: Path, jobs: int, ccache: bool) -> list[str]:
+    """The compile step.  With ccache, an object whose preprocessed source did not change
+    is not compiled again even when make rebuilds it: switching kernel BTF on or off makes
+    Kbuild rebuild every object (compiler_types.h, included by all, tests the option), yet
+    with gcc almost none of them differ."""
+    cc = ["CC=ccache gcc"] if ccache else []
+    return make_argv(tree, jobs, *cc, "bzImage", "modules")
+
+
+def ccache_env(cache: Cache) -> dict[str, str]:
+    """ccache's store inside kitl's cache, sized for a few variants of a small kernel."""
+    return {"CCACHE_DIR": str(cache.root / "ccache"), "CCACHE_MAXSIZE": "5G"}
+
+
+def _make(
+    tree: Path, log: Path, *, progress: Progress | None, name: str, jobs: int, cache: Cache
+) -> int:
+    """make bzImage modules, its output in the log; progress counts compiled objects, and
+    so does the return value."""
+    ccache = shutil.which("ccache") is not None
+    argv = compile_argv(tree, jobs, ccache)
+    env = {**os.environ, "LC_ALL": "C", **(ccache_env(cache) if ccache else {})}
     with log.open("a", buffering=1) as out:  # line-buffered: `tail -f` shows the progress
         out.write(f"$ {' '.join(argv)}\n")
         out.flush()
         start = out.tell()
         with subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            env=env,
         ) as proc:
             assert proc.stdout is not None
             compiled = 0
@@ -321,6 +389,7 @@ def _make(tree: Path, log: Path, progress: Progress | None, name: str, jobs: int
             f"{first_error(output_since(log, start))}",
             hint=f"full log: {log}",
         )
+    return compiled
 
 
 def first_error(log: str) -> str:

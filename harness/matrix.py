@@ -153,6 +153,7 @@ class Guests:
     _guests: dict[str, _Guest] = field(default_factory=dict)
     _boots: dict[str, int] = field(default_factory=dict)
     _boot_failures: dict[str, KitlError] = field(default_factory=dict)
+    _boot_consoles: dict[str, str] = field(default_factory=dict)  # relative to the run
     _objects: dict[tuple[str, str], Path] = field(default_factory=dict)
 
     def objects_for(self, scenario: Scenario) -> dict[tuple[str, str], Path]:
@@ -171,7 +172,7 @@ class Guests:
         for attempt in (1, 2):
             guest = self._guest(kernel)
             if isinstance(guest, KitlError):
-                return self._failed(cell, kernel, guest, f"{kernel.name} did not come up")
+                return self._not_booted(cell, kernel, guest)
             engine = self._engine(guest, cell.libbpf)
             if isinstance(engine, KitlError):
                 return self._failed(cell, kernel, engine, f"{kernel.name} did not come up")
@@ -190,6 +191,11 @@ class Guests:
         guest = self._guests.get(kernel.name)
         if guest is not None:
             return guest
+        # Cells come kernel by kernel (plan() orders them so, and a worker gets whole
+        # kernels): a guest whose kernel is done is idle from here on, yet under admission
+        # it would hold its slots, so it goes before the next one boots.
+        for done in [name for name in self._guests if name != kernel.name]:
+            self._retire(done)
         boots = self._boots.get(kernel.name, 0) + 1
         self._boots[kernel.name] = boots
         suffix = "" if boots == 1 else f".boot{boots}"
@@ -202,6 +208,10 @@ class Guests:
         except KitlError as exc:
             stack.close()
             self._boot_failures[kernel.name] = exc
+            self._boot_consoles[kernel.name] = str(console.relative_to(self.run.path))
+            self.run.record_boot_failure(
+                kernel.name, str(outcome_for_error(exc)), str(exc), console
+            )
             return exc
         guest = _Guest(vm, {}, stack, console, boots, time.monotonic() - started)
         self._guests[kernel.name] = guest
@@ -229,7 +239,24 @@ class Guests:
         guest.engines[libbpf] = engine
         return engine
 
-    def _failed(self, cell: Cell, kernel: Kernel, exc: KitlError, why: str) -> CellResult:
+    def boot_failure(self, kernel: str) -> KitlError | None:
+        return self._boot_failures.get(kernel)
+
+    def _not_booted(self, cell: Cell, kernel: Kernel, exc: KitlError) -> CellResult:
+        """A cell of a kernel that never came up: its outcome, and a pointer to the one
+        place that says why (run.boot_failures, the console), not the reason again."""
+        result = self._failed(cell, kernel, exc, "", append=False)
+        result.reason = (
+            f"not run: {kernel.name} did not boot ({result.outcome}; why, once for the "
+            "kernel: the run's boot failures and its console)"
+        )
+        result.console_path = self._boot_consoles.get(kernel.name, "")
+        self.run.append(result)
+        return result
+
+    def _failed(
+        self, cell: Cell, kernel: Kernel, exc: KitlError, why: str, *, append: bool = True
+    ) -> CellResult:
         """The result of a cell that could not start: no guest, or no objects."""
         result = CellResult(
             scenario=cell.scenario.name,
@@ -246,7 +273,8 @@ class Guests:
             scenario_file=str(cell.scenario.path.resolve()),
             libbpf=cell.libbpf,
         )
-        self.run.append(result)
+        if append:
+            self.run.append(result)
         return result
 
     def boot_seconds(self, kernel: str) -> float | None:
@@ -263,12 +291,17 @@ class Guests:
     def close(self, *, dmesg: bool = True) -> None:
         """Save each guest's dmesg next to its console log (not when interrupted: the
         user wants the VMs gone now), then tear every guest down."""
-        for name, guest in list(self._guests.items()):
-            try:
-                if dmesg:
-                    text = guest.vm.run(["dmesg"], timeout=60).stdout
-                    self.run.guest_file(name, "dmesg").write_text(text, encoding="utf-8")
-            except KitlError:
-                pass  # the guest is going away anyway; its console log has the story
-            finally:
-                self.discard(name)
+        for name in list(self._guests):
+            self._retire(name, dmesg=dmesg)
+
+    def _retire(self, name: str, *, dmesg: bool = True) -> None:
+        """Save a guest's dmesg next to its console log, then tear it down."""
+        guest = self._guests[name]
+        try:
+            if dmesg:
+                text = guest.vm.run(["dmesg"], timeout=60).stdout
+                self.run.guest_file(name, "dmesg").write_text(text, encoding="utf-8")
+        except KitlError:
+            pass  # the guest is going away anyway; its console log has the story
+        finally:
+            self.discard(name)

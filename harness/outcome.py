@@ -68,10 +68,10 @@ def outcome_for_error(exc: BaseException) -> Outcome:
     """The outcome a run failure stands for."""
     if isinstance(exc, errors.KernelCrashError):
         return Outcome.KERNEL_CRASH
-    if isinstance(exc, errors.BootTimeoutError | errors.GuestTimeoutError):
+    if isinstance(exc, errors.BootError):  # timed out and stalled boots too: never up
+        return Outcome.BOOT_FAILED
+    if isinstance(exc, errors.GuestTimeoutError):
         return Outcome.TIMED_OUT
     if isinstance(exc, errors.GuestLostError):
         return Outcome.VM_LOST
-    if isinstance(exc, errors.BootError):
-        return Outcome.BOOT_FAILED
     return Outcome.ERROR

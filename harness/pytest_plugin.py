@@ -34,6 +34,7 @@ from harness.outcome import Outcome
 from harness.resolve import Kernels
 from harness.results import CellResult, RunDir, finalize, finished_ids, read_cells
 from harness.scenario import RunConfig, Scenario, load_scenario
+from harness.slots import GuestSlots
 from harness.vm import VM
 
 # the fixtures for Python tests (a booted guest, objects, topologies), with their hook
@@ -152,6 +153,7 @@ class KitlSession:
             # parallel guests share the host's cores: under TCG a vCPU is a busy host thread
             workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
             cpus = max(1, min(2, (os.cpu_count() or 2) // max(1, workers)))
+            slots = GuestSlots.for_cache(cache)
 
             def make_vm(kernel: Kernel, console: Path) -> VM:
                 return VM(
@@ -160,6 +162,7 @@ class KitlSession:
                     console_path=console,
                     boot_timeout=timeout,
                     cpus=cpus,
+                    slots=slots,
                 )
 
             self._guests = Guests(
@@ -342,9 +345,11 @@ class CellItem(pytest.Item):
         self.result = result
         self.user_properties.append(("kitl_line", cell_line(result)))
         booted = guests.boot_seconds(kernel.name)
-        if kernel.name not in session.seen_kernels and booted is not None:
+        failure = guests.boot_failure(kernel.name)
+        if kernel.name not in session.seen_kernels and (booted is not None or failure):
             session.seen_kernels.add(kernel.name)
-            self.user_properties.append(("kitl_boot", f"{kernel.name} up in {booted:.1f}s"))
+            said = f"up in {booted:.1f}s" if booted is not None else f"did not boot: {failure}"
+            self.user_properties.append(("kitl_boot", f"{kernel.name} {said}"))
         if result.outcome is Outcome.PASSED:
             return
         if result.outcome is Outcome.SKIPPED:

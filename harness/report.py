@@ -459,8 +459,13 @@ def render_markdown(report: Report) -> str:
             shown.append(md_escape(cell.label) if cell else "")
         shown.append(md_escape(report.first_failing_kernel(row) or "—"))
         out.append("| " + " | ".join(shown) + " |")
-    failures = report.failures
+    out += _boot_failures_markdown(report)
+    unbooted = {_text(f.get("kernel")) for f in _boot_failures(report)}
+    not_run = [c for c in report.failures if c.outcome == "BOOT_FAILED" and c.kernel in unbooted]
+    failures = [c for c in report.failures if c not in not_run]
     out += ["", f"## Failures ({len(failures)})", ""]
+    if not_run:
+        out += [f"{len(not_run)} cells did not run: their kernel did not boot (above).", ""]
     if not failures:
         out += ["None.", ""]
     for cell in failures:
@@ -475,6 +480,29 @@ def render_markdown(report: Report) -> str:
         fence = _fence(command)
         out += ["Reproduce:", "", f"{fence}sh", command, fence, ""]
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _boot_failures(report: Report) -> list[Mapping[str, Any]]:
+    found = report.meta.get("boot_failures")
+    return [_mapping(f) for f in found] if isinstance(found, list) else []
+
+
+def _boot_failures_markdown(report: Report) -> list[str]:
+    """One entry per kernel that never came up: why, and its console's tail."""
+    failures = _boot_failures(report)
+    if not failures:
+        return []
+    out = ["", f"## Kernels that did not boot ({len(failures)})", ""]
+    for failure in failures:
+        kernel = _text(failure.get("kernel"))
+        out += [f"### {md_escape(kernel)}: {md_escape(_text(failure.get('outcome')))}", ""]
+        out += [f"> {md_escape(line) or ' '}" for line in _text(failure.get("reason")).splitlines()]
+        if console := report.inside(_text(failure.get("console_path"))):
+            text = tail(console)
+            fence = _fence(text)
+            out += ["", "Guest console (tail):", "", f"{fence}text", text, fence]
+        out.append("")
+    return out
 
 
 # -- veristat CSV -----------------------------------------------------------------------------

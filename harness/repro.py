@@ -32,6 +32,7 @@ from harness.progress import DownloadProgress, stderr
 from harness.resolve import Kernels
 from harness.results import read_cells, safe_name
 from harness.scenario import load_scenario
+from harness.slots import GuestSlots
 from harness.verifier import parse_log
 from harness.vm import VM
 
@@ -117,7 +118,12 @@ def run(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     with (
         tempfile.TemporaryDirectory(prefix="kitl-repro-") as tmp,
-        VM(kernel, accel=decision.accel, console_path=Path(tmp) / "console.log") as vm,
+        VM(
+            kernel,
+            accel=decision.accel,
+            console_path=Path(tmp) / "console.log",
+            slots=GuestSlots.for_cache(cache),
+        ) as vm,
         AgentClient(vm, libbpf=loader) as agent,
     ):
         if sysctls:

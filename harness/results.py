@@ -145,6 +145,17 @@ class RunDir:
     def guest_file(self, kernel: str, kind: str) -> Path:
         return self.path / "guest" / f"{safe_name(kernel)}.{kind}.log"
 
+    def record_boot_failure(self, kernel: str, outcome: str, reason: str, console: Path) -> None:
+        """A kernel that did not come up, said once for all its cells: written beside its
+        console log and gathered into results.json's run.boot_failures by `finalize`."""
+        record = {
+            "kernel": kernel,
+            "outcome": outcome,
+            "reason": reason,
+            "console_path": str(console.relative_to(self.path)),
+        }
+        write_atomic(self.guest_file(kernel, "boot-failure"), json.dumps(record) + "\n")
+
     def append(self, cell: CellResult) -> None:
         """Append one cell and flush it to disk: a run killed later keeps it.  Locked, as
         several pytest-xdist workers append to the same file.  A write that fails part-way
@@ -219,6 +230,19 @@ def finished_ids(path: Path) -> set[str]:
     }
 
 
+def boot_failures(path: Path) -> list[dict[str, Any]]:
+    """The kernels of a run that did not come up (RunDir.record_boot_failure), by name."""
+    found = []
+    for record in sorted((path / "guest").glob("*.boot-failure.log")):
+        try:
+            data = json.loads(record.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict):
+            found.append(data)
+    return found
+
+
 def label(kernel: str, config: str, libbpf: str) -> str:
     """The bracket of a cell id: KERNEL-CONFIG, and -LIBBPF when the loader is not the
     default (recorded as "")."""
@@ -228,6 +252,9 @@ def label(kernel: str, config: str, libbpf: str) -> str:
 def finalize(path: Path, meta: dict[str, Any]) -> list[dict[str, Any]]:
     """Write results.json from results.jsonl (several writers may have appended to it)."""
     cells = read_cells(path)
+    unbooted = {str(c.get("kernel")) for c in cells if c.get("outcome") == "BOOT_FAILED"}
+    if failures := [f for f in boot_failures(path) if f.get("kernel") in unbooted]:
+        meta = {**meta, "boot_failures": failures}
     body = {
         "schema": RESULTS_SCHEMA,
         "run": {**meta, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
@@ -237,16 +264,47 @@ def finalize(path: Path, meta: dict[str, Any]) -> list[dict[str, Any]]:
     return cells
 
 
-def merge_runs(sources: list[Path], out: Path) -> list[dict[str, Any]]:
-    """Combine run directories (shards of one matrix) into `out`: their cells (a cell in a
-    later source replaces the same cell of an earlier one) and their logs."""
+@dataclass(frozen=True)
+class Duplicate:
+    """A cell that more than one merged run has a result for, and which result was kept."""
+
+    cell_id: str
+    kept: str  # outcome
+    kept_from: Path
+    dropped: str
+    dropped_from: Path
+
+    def describe(self) -> str:
+        return (
+            f"{self.cell_id}: kept {self.kept} from {self.kept_from}, "
+            f"dropped {self.dropped} from {self.dropped_from}"
+        )
+
+
+def _is_infrastructure(cell: dict[str, Any]) -> bool:
+    outcome = str(cell.get("outcome"))
+    return outcome not in Outcome.__members__ or Outcome(outcome).is_infrastructure
+
+
+def preferred(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether `new` replaces `old` for the same cell: a real verdict (the kernel's, or a
+    skip) beats an infrastructure outcome (TIMED_OUT, VM_LOST, ERROR, BOOT_FAILED,
+    KERNEL_CRASH), which says nothing about the case; otherwise the later run wins."""
+    return _is_infrastructure(old) or not _is_infrastructure(new)
+
+
+def merge_runs(sources: list[Path], out: Path) -> tuple[list[dict[str, Any]], list[Duplicate]]:
+    """Combine run directories (shards of one matrix, a failed shard and its rerun) into
+    `out`: their cells and their logs.  A cell found in several sources keeps the result
+    `preferred` picks, and every such choice is returned, so none is made silently."""
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"{out}: exists and is not empty; merge writes a new run directory")
     for source in sources:
         if not (source / "results.jsonl").is_file() and not (source / "results.json").is_file():
             raise UsageError(f"{source}: not a kitl run directory (no results.json)")
     metas: list[dict[str, Any]] = []
-    lines: list[str] = []
+    chosen: dict[tuple[str, str], tuple[dict[str, Any], Path]] = {}
+    duplicates: list[Duplicate] = []
     for source in sources:
         cells = read_cells(source)
         if not cells and (source / "results.json").is_file():  # jsonl may be gone
@@ -255,7 +313,26 @@ def merge_runs(sources: list[Path], out: Path) -> list[dict[str, Any]]:
         if (source / "results.json").is_file():
             body = json.loads((source / "results.json").read_text(encoding="utf-8"))
             metas.append(dict(body.get("run", {})))
-        lines += [json.dumps(cell) + "\n" for cell in cells]
+        for cell in cells:
+            key = (str(cell.get("id")), str(cell.get("libbpf", "")))
+            if key not in chosen:
+                chosen[key] = (cell, source)
+                continue
+            old, old_source = chosen[key]
+            keep, drop = ((cell, source), (old, old_source))
+            if not preferred(old, cell):
+                keep, drop = drop, keep
+            chosen[key] = keep
+            duplicates.append(
+                Duplicate(
+                    key[0],
+                    str(keep[0].get("outcome")),
+                    keep[1],
+                    str(drop[0].get("outcome")),
+                    drop[1],
+                )
+            )
+    lines = [json.dumps(cell) + "\n" for cell, _ in chosen.values()]
     try:
         out.mkdir(parents=True, exist_ok=True)
         for source in sources:
@@ -265,4 +342,7 @@ def merge_runs(sources: list[Path], out: Path) -> list[dict[str, Any]]:
     except OSError as exc:  # shutil.Error (many files) is an OSError too
         raise _write_failed(out, exc) from None
     write_atomic(out / "results.jsonl", "".join(lines))
-    return finalize(out, {"merged_from": [str(s) for s in sources], "shards": metas})
+    meta = {"merged_from": [str(s) for s in sources], "shards": metas}
+    if duplicates:
+        meta["duplicates"] = [d.describe() for d in duplicates]
+    return finalize(out, meta), duplicates

@@ -216,20 +216,30 @@ def run(args: argparse.Namespace, scenarios: list[Scenario]) -> int:
     elif Path(KNOWN_DEFAULT).is_file():
         load_known(Path(KNOWN_DEFAULT))
     if args.resume is not None:
-        if not (args.resume / "results.jsonl").is_file():
-            raise UsageError(f"--resume {args.resume}: not a kitl run directory")
-        if args.output is not None and args.output.resolve() != args.resume.resolve():
-            raise UsageError("--resume writes into the run it resumes: drop --output")
-        args.output = args.resume
-        cells = _still_to_run(args.resume, cells)
+        cells = resumed(args, cells)
     run_dir = (args.output or Path("runs") / time.strftime("%Y%m%d-%H%M%S")).resolve()
     paths = [p.resolve() for p in (args.paths or [BUNDLED])]
     status = EXIT_OK
     if cells:
         status = launch(ks, args, pytest_argv(args, paths, run_dir), cells, run_dir)
+    return resumed_status(args, run_dir, status)
+
+
+def resumed(args: argparse.Namespace, cells: list[Cell]) -> list[Cell]:
+    """--resume RUN_DIR (kitl run and kitl verify): check it, write into it, and keep only
+    the cells it has no real result for."""
+    if not (args.resume / "results.jsonl").is_file():
+        raise UsageError(f"--resume {args.resume}: not a kitl run directory")
+    if args.output is not None and args.output.resolve() != args.resume.resolve():
+        raise UsageError("--resume writes into the run it resumes: drop --output")
+    args.output = args.resume
+    return _still_to_run(args.resume, cells)
+
+
+def resumed_status(args: argparse.Namespace, run_dir: Path, status: int) -> int:
+    """The exit status: a resumed run's is that of all its cells, old and new."""
     if args.resume is None or args.dry_run or status > 128:  # > 128: stopped by a signal
         return status
-    # the verdict of a resumed run is that of all its cells, old and new
     outcomes = [c.get("outcome") for c in read_cells(run_dir)]
     return exit_code(
         Outcome(str(o)) if o in Outcome.__members__ else Outcome.ERROR for o in outcomes
@@ -268,10 +278,11 @@ def launch(
     stderr.print(
         f"kitl: {len(cells)} cells on {', '.join(needed)} ({decision.accel}); results in {run_dir}"
     )
-    return _pytest(argv, run_dir, resume="--kitl" in argv)  # kitl run, not kitl verify
+    command = "verify" if "--kitl-verify" in argv else "run"
+    return _pytest(argv, run_dir, command=command)
 
 
-def _pytest(argv: list[str], run_dir: Path, *, resume: bool = False) -> int:
+def _pytest(argv: list[str], run_dir: Path, *, command: str = "run") -> int:
     """Run pytest as a child in its own process group.  SIGINT and SIGTERM are forwarded to
     the whole group, so the controller and every xdist worker stop their cell, tear their
     VMs down and write what finished; kitl then exits 128 + the signal's number."""
@@ -297,7 +308,7 @@ def _pytest(argv: list[str], run_dir: Path, *, resume: bool = False) -> int:
         print(
             f"kitl: stopped by {signal.Signals(stopped[0]).name}: {finished} cells have a "
             f"result in {run_dir / 'results.jsonl'}"
-            + (f"; kitl run --resume {run_dir} [same arguments] runs the rest" if resume else ""),
+            + f"; kitl {command} --resume {run_dir} [same arguments] runs the rest",
             file=sys.stderr,
         )
         return 128 + stopped[0]

@@ -25,6 +25,7 @@ from harness import accel, progtypes, runner, verify_expect
 from harness.elfobj import ObjectFormatError, read_object
 from harness.errors import UsageError
 from harness.matrix import Shard, plan, shard_cells
+from harness.outcome import EXIT_OK
 from harness.progtypes import IGNORED_CODES, ProgType
 from harness.resolve import Kernels
 from harness.results import label
@@ -276,6 +277,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     runner.add_libbpf_argument(p)
     p.add_argument("--output", type=Path, default=None, help="run directory (default runs/<time>)")
     p.add_argument("--shard", default=None, metavar="I/N")
+    p.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help="finish an interrupted verify: only its missing cells, into the same directory",
+    )
     p.add_argument("--accel", default="auto", choices=accel.ACCELS)
     p.add_argument("--boot-timeout", type=float, default=None, metavar="SECONDS")
     p.add_argument("--dry-run", action="store_true", help="print the pytest command and exit")
@@ -324,6 +332,8 @@ def verify_argv(args: argparse.Namespace, objects: Sequence[Path], run_dir: Path
         argv += ["--kitl-test-run-input", args.test_run_input]
     if args.test_run:
         argv.append("--kitl-test-run")
+    if getattr(args, "resume", None):
+        argv.append("--kitl-resume")
     if args.workers and args.workers != "1":
         argv += ["-n", str(args.workers), "--dist", "loadgroup"]
     return [*argv, *(str(o) for o in objects)]
@@ -347,11 +357,15 @@ def run(args: argparse.Namespace) -> int:
     cells = shard_cells(plan(scenarios, kernels, [], defaults, libbpfs), shard)
     if not cells:
         raise UsageError("no program to verify", hint="check --prog and the objects' sections")
+    if args.resume is not None:
+        cells = runner.resumed(args, cells)
     run_dir = (args.output or Path("runs") / time.strftime("verify-%Y%m%d-%H%M%S")).resolve()
-    status = runner.launch(ks, args, verify_argv(args, objects, run_dir), cells, run_dir)
+    status = EXIT_OK
+    if cells:
+        status = runner.launch(ks, args, verify_argv(args, objects, run_dir), cells, run_dir)
     if not args.dry_run and (run_dir / "results.json").is_file():
         print_table(run_dir)
-    return status
+    return runner.resumed_status(args, run_dir, status)
 
 
 def print_table(run_dir: Path) -> None:

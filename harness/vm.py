@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import os
 import shutil
 import signal
@@ -26,10 +27,11 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from harness import console as consolelog
-from harness import interrupts
+from harness import hostload, interrupts
 from harness.channel import Channel, CommandResult, SshChannel, sshd_config, write_keys
 from harness.errors import (
     BootError,
+    BootStalledError,
     BootTimeoutError,
     GuestLostError,
     GuestTimeoutError,
@@ -38,8 +40,18 @@ from harness.errors import (
 )
 from harness.guest import INIT_SCRIPT
 from harness.kernel import Kernel
+from harness.slots import Admission, GuestSlots
 
-BOOT_TIMEOUT = {"tcg": 300.0, "kvm": 90.0}
+log = logging.getLogger(__name__)
+
+# A boot is judged by its progress: while the console keeps growing the guest is alive,
+# however slow a loaded host makes it; no new console output for BOOT_STALL seconds is a
+# stuck boot.  BOOT_TIMEOUT is only the backstop (--boot-timeout sets it).  A quiet
+# TCG boot prints something every few seconds until the guest's set-up, which takes
+# under 10 s; 120 s of silence has not been seen from a live guest, even at load 7 on 2
+# cores.
+BOOT_TIMEOUT = {"tcg": 900.0, "kvm": 300.0}
+BOOT_STALL = {"tcg": 120.0, "kvm": 60.0}
 _VM_NUMBERS = itertools.count(1)
 GUEST_NET = "virtio-net-pci"
 
@@ -238,12 +250,18 @@ class VM:
         memory: str = "2G",
         rw_dirs: Sequence[tuple[str, Path]] = (),
         append: Sequence[str] = (),
+        slots: GuestSlots | None = None,
+        stall_window: float | None = None,
     ) -> None:
         self.kernel = kernel
         self.accel = accel
         self.console_path = console_path
         self.launcher: Launcher = launcher or VngLauncher()
         self.boot_timeout = boot_timeout or BOOT_TIMEOUT[accel]
+        self.stall_window = stall_window or BOOT_STALL[accel]
+        # None: not counted against the host's guest slots (the test suite's idle pool)
+        self.slots = slots
+        self._admission: Admission | None = None
         self.cpus, self.memory = cpus, memory
         self.rw_dirs = tuple(rw_dirs)
         self.append = tuple(append)
@@ -251,6 +269,7 @@ class VM:
         self._channel: Channel | None = None
         self._state: Path | None = None
         self._console: ConsoleRecorder | None = None
+        self._cpu_at_start: hostload.CpuTimes | None = None
         self.record: BootRecord | None = None
         self.ssh_port = 0
         self.host_key_line = ""
@@ -281,22 +300,28 @@ class VM:
         )
 
     def boot(self) -> BootRecord:
-        """Boot, retrying once when the first attempt fails before the guest is ready.
+        """Boot (once admitted: see harness.slots), retrying once on a fresh VM when the
+        first attempt fails or stalls before the guest is ready.
 
         Under TCG a guest kernel occasionally dies while live-patching its own text at boot
         (seen on 7.2: "Oops: int3" in ktime_get as the TSC clocksource is switched in, a
-        cross-vCPU code-modification race in the emulator).  That is the host's flake, not
-        the kernel under test, so one fresh boot is tried; the failed attempt's console is
-        kept next to the log as <log>.attempt1 and named in `record.retried`."""
+        cross-vCPU code-modification race in the emulator), and a guest starved by a
+        loaded host can stall.  Those are the host's, not the kernel under test's, so one
+        fresh boot is tried; the failed attempt's console is kept next to the log as
+        <log>.attempt1 and named in `record.retried`.  A boot that kept progressing until
+        the backstop is not retried: a second one on the same host would be as slow."""
+        if self.slots is not None and self._admission is None:
+            self._admission = self.slots.admit(self.cpus, self.kernel.name)
         try:
             return self._boot_once()
         except BootTimeoutError:
-            raise  # a hang already cost the whole timeout; a second one would double it
+            raise
         except (BootError, KernelCrashError) as first:
-            self._teardown()
+            self._teardown(keep_slots=True)
             kept = self.console_path.with_name(self.console_path.name + ".attempt1")
             if self.console_path.exists():
                 self.console_path.replace(kept)
+            log.info("%s: boot attempt 1 failed (%s); booting a fresh VM", self.kernel.name, first)
             record = self._boot_once()
             record.retried = f"{first} (console: {kept})"
             return record
@@ -313,6 +338,7 @@ class VM:
         self.ssh_port, self.host_key_line = spec.ssh_port, host_key.public_line
         self._console = ConsoleRecorder(self.console_path)
         started = time.monotonic()
+        self._cpu_at_start = hostload.cpu_times()
         self._proc = self.launcher.start(spec, self._console)
         deadline = started + self.boot_timeout
         release = self._wait_ready(deadline)
@@ -344,6 +370,7 @@ class VM:
 
     def _wait_ready(self, deadline: float) -> str:
         assert self._proc is not None
+        seen, progressed = -1, time.monotonic()
         while True:
             text = self.console_text()
             release = consolelog.ready_release(text)
@@ -361,13 +388,26 @@ class VM:
                     f"ready: {tail[-400:]}",
                     hint=f"full console log: {self.console_path}",
                 )
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if len(text) != seen:
+                seen, progressed = len(text), now
+            elif now - progressed > self.stall_window:
+                raise BootStalledError(
+                    f"{self.kernel.name}: boot stalled: no console output for "
+                    f"{self.stall_window:.0f}s ({self.accel}; {self._host_verdict()})",
+                    hint=f"console log: {self.console_path}",
+                )
+            if now > deadline:
                 raise BootTimeoutError(
-                    f"{self.kernel.name}: boot timed out after {self.boot_timeout:.0f}s "
-                    f"({self.accel})",
+                    f"{self.kernel.name}: boot timed out after {self.boot_timeout:.0f}s; the "
+                    f"console last advanced {now - progressed:.0f}s before "
+                    f"({self.accel}; {self._host_verdict()})",
                     hint=f"console log: {self.console_path}; raise --boot-timeout on slow hosts",
                 )
             time.sleep(0.1)
+
+    def _host_verdict(self) -> str:
+        return hostload.snapshot(since=self._cpu_at_start).verdict()
 
     def _raise_if_crashed(self, text: str) -> None:
         splat = consolelog.first_crash(text)
@@ -390,10 +430,13 @@ class VM:
         if proc is not None:
             proc.kill_tree()
 
-    def _teardown(self) -> None:
+    def _teardown(self, *, keep_slots: bool = False) -> None:
         # held signals: a process group killed half-way would leave its qemu behind
         with interrupts.shielded():
             self._teardown_now()
+            if self._admission is not None and not keep_slots:
+                self._admission.release()
+                self._admission = None
 
     def _teardown_now(self) -> None:
         # the guest first: closing SSH to a frozen guest could wait on it

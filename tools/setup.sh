@@ -9,14 +9,14 @@ cd "$(dirname "$0")/.."
 # bpftool, libbpf-dev load and inspect them; iproute2, ethtool, kmod, udev run the guest
 # topology; openssh-server is started inside the guest (the guest sees the host's root);
 # build-essential, libelf-dev, bc, flex, bison build netdevsim out of tree and, with
-# libssl-dev and dwarves (pahole: BTF), the kernels kitl builds from source; dpkg-dev's
-# dpkg-deb, xz-utils and zstd unpack kernel packages; busybox-static lets virtme-ng build an
-# initramfs; file tells virtme-ng a kernel's version; python3-venv makes the virtualenv;
-# chromium renders the HTML report in its test.
+# libssl-dev, dwarves (pahole: BTF) and ccache (variants share their objects), the kernels
+# kitl builds from source; dpkg-dev's dpkg-deb, xz-utils and zstd unpack kernel packages;
+# busybox-static lets virtme-ng build an initramfs; file tells virtme-ng a kernel's
+# version; python3-venv makes the virtualenv; chromium renders the HTML report in its test.
 packages=(
   qemu-system-x86 clang llvm bpftool libbpf-dev iproute2 ethtool kmod udev
   openssh-server openssh-client build-essential libelf-dev libssl-dev bc flex bison dwarves
-  xz-utils zstd busybox-static file binutils ca-certificates debian-archive-keyring
+  ccache xz-utils zstd busybox-static file binutils ca-certificates debian-archive-keyring
   python3 python3-venv python3-dev iputils-ping chromium
 )
 

@@ -110,7 +110,7 @@ def test_kitl_run_forwards_a_signal_to_the_whole_pytest_group(
 
     threading.Thread(target=signal_when_started, daemon=True).start()
     started = time.monotonic()
-    status = runner._pytest([sys.executable, "-c", child], run_dir, resume=True)
+    status = runner._pytest([sys.executable, "-c", child], run_dir, command="run")
     assert status == 128 + signal.SIGTERM
     assert time.monotonic() - started < 20
     worker = int((tmp_path / "worker").read_text())

@@ -265,7 +265,10 @@ def test_merge_runs_combines_shards_later_source_wins(tmp_path: Path) -> None:
     two = shard_dir(tmp_path / "two", result("b", Outcome.PASSED), result("c"), log="log two\n")
     (two / "results.jsonl").unlink()  # a finished run may keep results.json only
     out = tmp_path / "merged"
-    cells = merge_runs([one, two], out)
+    cells, duplicates = merge_runs([one, two], out)
+    assert [d.describe() for d in duplicates] == [
+        f"s::b[debian-6.1-jit]: kept PASSED from {two}, dropped FAILED from {one}"
+    ]
     assert [(c["case"], c["outcome"]) for c in cells] == [
         ("a", "PASSED"),
         ("b", "PASSED"),
@@ -296,13 +299,68 @@ def test_merge_runs_refuses_a_non_empty_output_and_a_non_run_dir(tmp_path: Path)
     with pytest.raises(UsageError, match=r"stranger: not a kitl run directory"):
         merge_runs([one, stranger], out)
     assert not out.exists()  # refused before anything was written
-    assert merge_runs([one], tmp_path / "empty-is-fine") == read_cells(one)
+    assert merge_runs([one], tmp_path / "empty-is-fine") == (read_cells(one), [])
 
 
 def test_merge_runs_takes_a_killed_shard_with_no_complete_cell(tmp_path: Path) -> None:
     one = shard_dir(tmp_path / "one", result("a"))
     killed = jsonl(tmp_path / "killed", record("b")[:30])
-    assert [c["case"] for c in merge_runs([one, killed], tmp_path / "out")] == ["a"]
+    assert [c["case"] for c in merge_runs([one, killed], tmp_path / "out")[0]] == ["a"]
+
+
+@pytest.mark.parametrize("rerun_first", [False, True])
+def test_merge_keeps_a_real_verdict_over_an_infrastructure_outcome(
+    tmp_path: Path, rerun_first: bool
+) -> None:
+    """A shard whose kernel timed out, merged with its rerun in either order: every cell
+    keeps the rerun's real verdict, never the TIMED_OUT, and the merge says so; a cell both
+    runs have a real verdict for keeps the later one."""
+    failed = shard_dir(
+        tmp_path / "failed",
+        result("a", Outcome.TIMED_OUT, reason="boot timed out"),
+        result("b", Outcome.VM_LOST),
+        result("c", Outcome.FAILED),
+    )
+    rerun = shard_dir(
+        tmp_path / "rerun",
+        result("a", Outcome.PASSED),
+        result("b", Outcome.VERIFIER_REJECTED),
+        result("c", Outcome.PASSED),
+    )
+    order = [rerun, failed] if rerun_first else [failed, rerun]
+    cells, duplicates = merge_runs(order, tmp_path / "merged")
+    outcomes = {c["case"]: c["outcome"] for c in cells}
+    later_c = "FAILED" if rerun_first else "PASSED"
+    assert outcomes == {"a": "PASSED", "b": "VERIFIER_REJECTED", "c": later_c}
+    said = {d.cell_id: (d.kept, d.kept_from, d.dropped) for d in duplicates}
+    assert said["s::a[debian-6.1-jit]"] == ("PASSED", rerun, "TIMED_OUT")
+    assert said["s::b[debian-6.1-jit]"] == ("VERIFIER_REJECTED", rerun, "VM_LOST")
+    body = json.loads((tmp_path / "merged" / "results.json").read_text())
+    assert len(body["run"]["duplicates"]) == 3
+
+
+def test_a_kernel_that_did_not_boot_is_recorded_once(tmp_path: Path) -> None:
+    rundir = RunDir(tmp_path / "run", {})
+    console = rundir.guest_file("debian-6.1", "console")
+    console.write_text("[ 1.0] rcu: INFO: rcu_preempt self-detected stall on CPU\n")
+    rundir.record_boot_failure("debian-6.1", "BOOT_FAILED", "debian-6.1: boot stalled", console)
+    for case in ("a", "b"):
+        rundir.append(result(case, Outcome.BOOT_FAILED, reason="not run: debian-6.1 did not boot"))
+    finalize(rundir.path, {})
+    body = json.loads((rundir.path / "results.json").read_text())
+    assert body["run"]["boot_failures"] == [
+        {
+            "kernel": "debian-6.1",
+            "outcome": "BOOT_FAILED",
+            "reason": "debian-6.1: boot stalled",
+            "console_path": "guest/debian-6.1.console.log",
+        }
+    ]
+    # a resumed run whose kernel then booted: the record no longer applies
+    rundir.append(result("a", Outcome.PASSED))
+    rundir.append(result("b", Outcome.PASSED))
+    finalize(rundir.path, {})
+    assert "boot_failures" not in json.loads((rundir.path / "results.json").read_text())["run"]
 
 
 # --- kitl run's pytest command -----------------------------------------------------------

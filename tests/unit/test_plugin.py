@@ -92,6 +92,9 @@ class StubGuests:
     def boot_seconds(self, kernel):
         return 1.0
 
+    def boot_failure(self, kernel):
+        return None
+
     def close(self):
         pass
 

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
-from harness.errors import BootError, BootTimeoutError, GuestLostError, KernelCrashError
+from harness.errors import (
+    BootError,
+    BootStalledError,
+    BootTimeoutError,
+    GuestLostError,
+    KernelCrashError,
+)
 from harness.kernel import Kernel
 from harness.outcome import Outcome, outcome_for_error
 from harness.vm import VM
@@ -91,10 +98,59 @@ def test_exit_before_ready_names_the_console_tail(tmp_path: Path) -> None:
 def test_boot_timeout_is_typed_and_kills_the_vm(tmp_path: Path) -> None:
     launcher = FakeLauncher(console=[(0.0, "Probing EDD (edd=off to disable)... ok\n")])
     vm = fake_vm(tmp_path, launcher, 0.5)
-    with pytest.raises(BootTimeoutError, match="timed out after 0s"):
+    with pytest.raises(BootTimeoutError, match="timed out after 0s") as info:
         vm.__enter__()
     assert launcher.processes[0].killed
-    assert outcome_for_error(BootTimeoutError("x")) is Outcome.TIMED_OUT
+    assert len(launcher.started) == 1  # the backstop is not retried: the guest was alive
+    assert "host overloaded: load" in str(info.value) or "host not overloaded" in str(info.value)
+    assert outcome_for_error(info.value) is Outcome.BOOT_FAILED  # the kernel never came up
+
+
+def stalling_vm(tmp_path: Path, launcher: FakeLauncher) -> VM:
+    return VM(
+        kernel(tmp_path),
+        accel="tcg",
+        console_path=tmp_path / "c.log",
+        launcher=launcher,
+        boot_timeout=30,
+        stall_window=0.4,
+    )
+
+
+def test_a_stalled_boot_is_retried_once_on_a_fresh_vm(tmp_path: Path) -> None:
+    stuck = [(0.0, "[    0.000000] Linux version 6.1.0-fake\n"), (5.0, "never\n")]
+    launcher = FakeLauncher(attempt_consoles=[stuck])
+    started = time.monotonic()
+    with stalling_vm(tmp_path, launcher) as vm:
+        assert vm.record is not None
+        assert "boot stalled: no console output for 0s" in vm.record.retried
+        assert "c.log.attempt1" in vm.record.retried
+    assert time.monotonic() - started < 4  # judged by the stall window, not the backstop
+    assert len(launcher.started) == 2
+    assert launcher.processes[0].killed
+    assert "Linux version" in (tmp_path / "c.log.attempt1").read_text()
+
+
+def test_a_boot_stalled_twice_fails_as_boot_failed_naming_the_host(tmp_path: Path) -> None:
+    stuck = [(0.0, "[    0.000000] Linux version 6.1.0-fake\n"), (5.0, "never\n")]
+    launcher = FakeLauncher(attempt_consoles=[stuck, stuck])
+    with pytest.raises(BootStalledError) as info:
+        stalling_vm(tmp_path, launcher).__enter__()
+    assert " cores" in str(info.value)  # the host's load, named
+    assert outcome_for_error(info.value) is Outcome.BOOT_FAILED
+    assert all(p.killed for p in launcher.processes)
+
+
+def test_a_slow_boot_that_keeps_printing_is_not_stalled(tmp_path: Path) -> None:
+    """Each line comes after more than half the stall window: slow, but progressing, as a
+    starved TCG guest is; the whole boot takes longer than the window several times."""
+    slow = [(0.25, f"[   {n}.000000] still booting\n") for n in range(8)]
+    launcher = FakeLauncher(console=[*slow, (0.25, "KITL-READY 6.1.0-fake\n")])
+    with stalling_vm(tmp_path, launcher) as vm:
+        assert vm.record is not None
+        assert vm.record.retried == ""
+        assert vm.record.boot_seconds > 1.6
+    assert len(launcher.started) == 1
 
 
 def test_guest_setup_failure_line_is_reported(tmp_path: Path) -> None:
