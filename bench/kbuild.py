@@ -3,11 +3,13 @@
     .venv/bin/python bench/kbuild.py [NAME...] [--build]
 
 Cold: a build's own record (kitl-build.json: wall seconds from unpacking to the cached
-result, and the make -j it used).  With --build, entries not built yet are built now
-(tens of minutes each on 2 cores; run it on a quiet machine, the figure is the build's
-wall time).  Cached: `Kernels.get(NAME)` of a built entry, the cost every later run pays
-(the cache key hashes the fragments; the kernel's digest is the bzImage's sha256), median
-of 5.  Prints one line per entry.
+result, the objects it compiled and the make -j it used).  Variants of one source share a
+build tree and ccache, so the first one built compiles the whole base and the next ones
+only what their options change.  With --build, entries not built yet are built now, in
+the order given (run it on a quiet machine: the figure is the build's wall time).
+Cached: `Kernels.get(NAME)` of a built entry, the cost every later run pays (the cache key
+hashes the fragments; the kernel's digest is the bzImage's sha256), median of 5.
+Prints one line per entry.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def main() -> int:
     ks = Kernels.open(Cache.default())
     names = args.names or [e.name for e in ks.catalog.entries if e.build is not None]
     print(stamp())
-    print(f"{'kernel':<28} {'cold build':>11} {'jobs':>5} {'cached get':>11}  release")
+    print(f"{'kernel':<28} {'build':>9} {'compiled':>9} {'jobs':>5} {'cached get':>11}  release")
     for name in names:
         entry = ks.catalog.get(name)
         if entry.build is None:
@@ -53,8 +55,9 @@ def main() -> int:
             started = time.perf_counter()
             ks.get(name)
             cached.append(time.perf_counter() - started)
+        compiled = record.get("compiled_objects", "?")  # builds before the shared tree: "?"
         print(
-            f"{name:<28} {record['build_seconds'] / 60:>9.1f}m {record['jobs']:>5} "
+            f"{name:<28} {record['build_seconds'] / 60:>8.1f}m {compiled:>9} {record['jobs']:>5} "
             f"{statistics.median(cached) * 1000:>9.0f}ms  {kernel.release}"
         )
     return 0

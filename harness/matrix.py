@@ -136,6 +136,7 @@ class _Guest:
     console: Path
     boots: int = 1
     booted_s: float = 0.0
+    waited_s: float = 0.0  # for guest slots, before the boot
 
 
 @dataclass
@@ -213,7 +214,9 @@ class Guests:
                 kernel.name, str(outcome_for_error(exc)), str(exc), console
             )
             return exc
-        guest = _Guest(vm, {}, stack, console, boots, time.monotonic() - started)
+        waited = vm.record.waited_s if vm.record is not None else 0.0
+        booted = time.monotonic() - started - waited
+        guest = _Guest(vm, {}, stack, console, boots, booted, waited)
         self._guests[kernel.name] = guest
         return guest
 
@@ -238,9 +241,6 @@ class Guests:
         )
         guest.engines[libbpf] = engine
         return engine
-
-    def boot_failure(self, kernel: str) -> KitlError | None:
-        return self._boot_failures.get(kernel)
 
     def _not_booted(self, cell: Cell, kernel: Kernel, exc: KitlError) -> CellResult:
         """A cell of a kernel that never came up: its outcome, and a pointer to the one
@@ -277,9 +277,18 @@ class Guests:
             self.run.append(result)
         return result
 
-    def boot_seconds(self, kernel: str) -> float | None:
+    def boot_line(self, kernel: str) -> str | None:
+        """ "KERNEL up in 16.5s", with any wait for guest slots before it, or why it did
+        not come up; None while it has not been booted."""
+        if (failure := self._boot_failures.get(kernel)) is not None:
+            return f"{kernel} did not boot: {failure}"
         guest = self._guests.get(kernel)
-        return guest.booted_s if guest else None
+        if guest is None:
+            return None
+        line = f"{kernel} up in {guest.booted_s:.1f}s"
+        if guest.waited_s >= 1:
+            line += f" (after {guest.waited_s:.1f}s waiting for guest slots)"
+        return line
 
     def discard(self, kernel: str) -> None:
         """Tear a guest down (after a crash or hang); the next cell boots a fresh one."""

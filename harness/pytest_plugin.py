@@ -13,6 +13,7 @@ results.json and the reports at the end.  `kitl run` is a thin front over this.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import re
@@ -163,6 +164,7 @@ class KitlSession:
                     boot_timeout=timeout,
                     cpus=cpus,
                     slots=slots,
+                    on_wait=self.tell,
                 )
 
             self._guests = Guests(
@@ -174,6 +176,17 @@ class KitlSession:
                 cell_timeout=self.config.getoption("kitl_cell_timeout"),
             )
         return self._guests
+
+    def tell(self, message: str) -> None:
+        """Say something now, past pytest's output capture: a wait the user should see
+        while nothing else moves.  An xdist worker has no terminal of its own; there the
+        kernel's boot line says it afterwards."""
+        writer = self.config.pluginmanager.get_plugin("terminalreporter")
+        capman = self.config.pluginmanager.get_plugin("capturemanager")
+        if writer is None or self.worker:
+            return
+        with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
+            writer.write_line(f"kitl: {message}")
 
     def close(self, *, dmesg: bool = True) -> None:
         if self._guests is not None:
@@ -344,12 +357,10 @@ class CellItem(pytest.Item):
             pytest.exit(f"kitl: {exc}", returncode=1)
         self.result = result
         self.user_properties.append(("kitl_line", cell_line(result)))
-        booted = guests.boot_seconds(kernel.name)
-        failure = guests.boot_failure(kernel.name)
-        if kernel.name not in session.seen_kernels and (booted is not None or failure):
+        line = guests.boot_line(kernel.name)
+        if kernel.name not in session.seen_kernels and line is not None:
             session.seen_kernels.add(kernel.name)
-            said = f"up in {booted:.1f}s" if booted is not None else f"did not boot: {failure}"
-            self.user_properties.append(("kitl_boot", f"{kernel.name} {said}"))
+            self.user_properties.append(("kitl_boot", line))
         if result.outcome is Outcome.PASSED:
             return
         if result.outcome is Outcome.SKIPPED:

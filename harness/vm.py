@@ -117,6 +117,11 @@ class PopenGuest:
             os.killpg(self._proc.pid, signal.SIGKILL)
 
 
+def _say(message: str) -> None:
+    """A wait the user should see, whatever the log level: why nothing seems to happen."""
+    print(f"kitl: {message}", file=sys.stderr, flush=True)
+
+
 def _vng() -> str:
     here = Path(sys.executable).parent / "vng"
     found = str(here) if here.exists() else shutil.which("vng")
@@ -233,6 +238,7 @@ class BootRecord:
     console: Path
     argv: list[str] = field(default_factory=list)
     retried: str = ""  # why the first boot attempt failed, when it did
+    waited_s: float = 0.0  # for guest slots (harness.slots), before the boot began
 
 
 class VM:
@@ -252,6 +258,7 @@ class VM:
         append: Sequence[str] = (),
         slots: GuestSlots | None = None,
         stall_window: float | None = None,
+        on_wait: Callable[[str], None] | None = None,
     ) -> None:
         self.kernel = kernel
         self.accel = accel
@@ -261,6 +268,7 @@ class VM:
         self.stall_window = stall_window or BOOT_STALL[accel]
         # None: not counted against the host's guest slots (the test suite's idle pool)
         self.slots = slots
+        self.on_wait = on_wait or _say  # how a wait for slots is told to the user
         self._admission: Admission | None = None
         self.cpus, self.memory = cpus, memory
         self.rw_dirs = tuple(rw_dirs)
@@ -311,9 +319,10 @@ class VM:
         <log>.attempt1 and named in `record.retried`.  A boot that kept progressing until
         the backstop is not retried: a second one on the same host would be as slow."""
         if self.slots is not None and self._admission is None:
-            self._admission = self.slots.admit(self.cpus, self.kernel.name)
+            self._admission = self.slots.admit(self.cpus, self.kernel.name, on_wait=self.on_wait)
+        waited = self._admission.waited_s if self._admission is not None else 0.0
         try:
-            return self._boot_once()
+            record = self._boot_once()
         except BootTimeoutError:
             raise
         except (BootError, KernelCrashError) as first:
@@ -324,7 +333,8 @@ class VM:
             log.info("%s: boot attempt 1 failed (%s); booting a fresh VM", self.kernel.name, first)
             record = self._boot_once()
             record.retried = f"{first} (console: {kept})"
-            return record
+        record.waited_s = waited
+        return record
 
     def _boot_once(self) -> BootRecord:
         self._state = Path(tempfile.mkdtemp(prefix="kitl-vm-"))

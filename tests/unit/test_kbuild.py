@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -212,3 +213,48 @@ def test_a_gzip_bzimage_payload_is_found() -> None:
     elf = b"\x7fELF" + bytes(range(256)) * 64
     image = b"MZ setup code \x1f\x8b\x08 not a stream " + gzip.compress(elf) + b"\0" * 512
     assert extract_vmlinux(image) == elf
+
+
+def source_deb(tmp_path: Path, text: str) -> Path:
+    """A real linux-source-X .deb (dpkg-deb --build) whose tarball holds one file."""
+    pkg = tmp_path / f"pkg-{len(list(tmp_path.iterdir()))}"
+    tree = pkg / "stage" / "linux-source-6.12"
+    tree.mkdir(parents=True)
+    (tree / "Makefile").write_text(text)
+    src = pkg / "root" / "usr" / "src"
+    src.mkdir(parents=True)
+    tar = ["tar", "-cJf", str(src / "linux-source-6.12.tar.xz"), "-C", str(pkg / "stage")]
+    subprocess.run([*tar, "linux-source-6.12"], check=True)
+    control = pkg / "root" / "DEBIAN"
+    control.mkdir()
+    (control / "control").write_text(
+        "Package: linux-source-6.12\nVersion: 1\nArchitecture: all\n"
+        "Maintainer: kitl <kitl@example.org>\nDescription: test\n"
+    )
+    deb = tmp_path / f"linux-source-6.12_{len(text)}_all.deb"
+    subprocess.run(
+        ["dpkg-deb", "--build", str(pkg / "root"), str(deb)], check=True, capture_output=True
+    )
+    return deb
+
+
+def test_the_build_tree_is_unpacked_once_and_kept_for_the_next_variant(tmp_path: Path) -> None:
+    """Variants of one source share its tree: a second build finds it (and the objects a
+    first build left in it); a tree without its marker (a killed unpack) or of another
+    package is unpacked anew."""
+    deb = source_deb(tmp_path, "first\n")
+    workspace = tmp_path / "builds" / "tree-aaaa"
+    log = tmp_path / "build.log"
+    tree = kbuild.unpacked_tree(deb, workspace, "aa" * 32, log)
+    assert (tree / "Makefile").read_text() == "first\n"
+    (tree / "kernel.o").write_text("an object a build left\n")
+    again = kbuild.unpacked_tree(deb, workspace, "aa" * 32, log)
+    assert again == tree
+    assert (again / "kernel.o").is_file()  # kept: the next variant builds on it
+    (workspace / kbuild.TREE_MARKER).unlink()  # as a killed unpack leaves it
+    fresh = kbuild.unpacked_tree(deb, workspace, "aa" * 32, log)
+    assert not (fresh / "kernel.o").exists()
+    other = source_deb(tmp_path, "second source\n")
+    moved = kbuild.unpacked_tree(other, workspace, "bb" * 32, log)
+    assert (moved / "Makefile").read_text() == "second source\n"
+    assert (workspace / kbuild.TREE_MARKER).read_text().strip() == "bb" * 32

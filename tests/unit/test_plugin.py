@@ -89,11 +89,8 @@ class StubGuests:
         self.run.append(result)
         return result
 
-    def boot_seconds(self, kernel):
-        return 1.0
-
-    def boot_failure(self, kernel):
-        return None
+    def boot_line(self, kernel):
+        return f"{kernel} up in 1.0s"
 
     def close(self):
         pass

@@ -14,7 +14,10 @@ from pathlib import Path
 import pytest
 
 from harness import slots
+from harness.kernel import Kernel
 from harness.slots import GuestSlots
+from harness.vm import VM
+from tests.fakes import FakeLauncher
 
 
 def hold(directory: str, vcpus: int, ready: str, seconds: float) -> None:
@@ -116,3 +119,32 @@ def test_capacity(
 ) -> None:
     monkeypatch.setenv(slots.SLOTS_ENV, env)
     assert slots.capacity(cores, memory) == expected
+
+
+def test_a_vm_waits_for_its_slots_before_it_boots_and_records_the_wait(tmp_path: Path) -> None:
+    holder = start_holder(tmp_path, vcpus=2, seconds=1.5)
+    image = tmp_path / "vmlinuz"
+    image.write_bytes(b"")
+    said: list[str] = []
+    launcher = FakeLauncher()
+    vm = VM(
+        Kernel(name="fake-6.1", release="6.1.0-fake", vmlinuz=image, modules=None),
+        accel="tcg",
+        console_path=tmp_path / "c.log",
+        launcher=launcher,
+        cpus=2,
+        slots=GuestSlots(tmp_path / "slots", 2),
+        on_wait=said.append,
+    )
+    with vm:
+        assert vm.record is not None
+        assert vm.record.waited_s > 0.8
+        assert said == [
+            "fake-6.1: waiting for 2 guest slots (all 2 taken by other kitl guests on this host)"
+        ]
+        holder.join()
+        assert GuestSlots(tmp_path / "slots", 2)._try(1) == []  # the VM holds both
+    free = GuestSlots(tmp_path / "slots", 2)._try(2)
+    assert len(free) == 2  # closing the VM gave them back
+    for lock in free:
+        lock.release()
