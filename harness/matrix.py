@@ -168,7 +168,7 @@ class Guests:
         try:
             objects = self.objects_for(cell.scenario)
         except KitlError as exc:  # a source that does not compile: the cell says why
-            return self._failed(cell, kernel, exc, "cannot build the scenario's objects")
+            return self._failed(cell, kernel, exc, f"cannot build the scenario's objects: {exc}")
         lost = ""  # why the first attempt lost its VM
         for attempt in (1, 2):
             guest = self._guest(kernel)
@@ -176,7 +176,9 @@ class Guests:
                 return self._not_booted(cell, kernel, guest)
             engine = self._engine(guest, cell.libbpf)
             if isinstance(engine, KitlError):
-                return self._failed(cell, kernel, engine, f"{kernel.name} did not come up")
+                return self._failed(
+                    cell, kernel, engine, f"{kernel.name} did not come up: {engine}"
+                )
             engine.objects = objects
             result = engine.run_cell(cell.scenario, cell.case, cell.config, retry_of=lost)
             if result.outcome in RESTART_AFTER:
@@ -245,17 +247,15 @@ class Guests:
     def _not_booted(self, cell: Cell, kernel: Kernel, exc: KitlError) -> CellResult:
         """A cell of a kernel that never came up: its outcome, and a pointer to the one
         place that says why (run.boot_failures, the console), not the reason again."""
-        result = self._failed(cell, kernel, exc, "", append=False)
-        result.reason = (
-            f"not run: {kernel.name} did not boot ({result.outcome}; why, once for the "
-            "kernel: the run's boot failures and its console)"
+        reason = (
+            f"not run: {kernel.name} did not boot ({outcome_for_error(exc)}; why, once for "
+            "the kernel: the run's boot failures and its console)"
         )
-        result.console_path = self._boot_consoles.get(kernel.name, "")
-        self.run.append(result)
-        return result
+        console = self._boot_consoles.get(kernel.name, "")
+        return self._failed(cell, kernel, exc, reason, console_path=console)
 
     def _failed(
-        self, cell: Cell, kernel: Kernel, exc: KitlError, why: str, *, append: bool = True
+        self, cell: Cell, kernel: Kernel, exc: KitlError, reason: str, *, console_path: str = ""
     ) -> CellResult:
         """The result of a cell that could not start: no guest, or no objects."""
         result = CellResult(
@@ -264,7 +264,7 @@ class Guests:
             kernel=kernel.name,
             config=cell.config.name,
             outcome=outcome_for_error(exc),
-            reason=f"{why}: {exc}",
+            reason=reason,
             kernel_release=kernel.release,
             kernel_digest=kernel.digest,
             program=f"{cell.case.object}/{cell.case.program}",
@@ -272,9 +272,9 @@ class Guests:
             section=cell.case.section,
             scenario_file=str(cell.scenario.path.resolve()),
             libbpf=cell.libbpf,
+            console_path=console_path,
         )
-        if append:
-            self.run.append(result)
+        self.run.append(result)
         return result
 
     def boot_line(self, kernel: str) -> str | None:
