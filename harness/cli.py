@@ -44,6 +44,8 @@ from harness.results import merge_runs
 from harness.slots import GuestSlots
 from harness.vm import VM, VngLauncher, free_port
 
+MERGE_SHOWN = 20  # duplicate cells listed by kitl merge; results.json has them all
+
 
 def _matrix_commands(sub: Any) -> None:
     p = sub.add_parser("merge", help="combine shard run directories into one, with reports")
@@ -524,8 +526,6 @@ def cmd_merge(args: argparse.Namespace) -> int:
             outcomes.append(Outcome.ERROR)
     return exit_code(outcomes)
 
-
-MERGE_SHOWN = 20  # duplicate cells listed by kitl merge; results.json has them all
 
 COMMANDS = {
     ("kernels", "list"): cmd_kernels_list,

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from harness import matrix, runner
 from harness.cache import Cache
+from harness.cli import MERGE_SHOWN, main
 from harness.errors import BuildError, UsageError
 from harness.kernel import Kernel
 from harness.matrix import Cell, Shard, newest, plan, shard_cells
@@ -478,3 +479,21 @@ def test_an_object_that_does_not_compile_is_the_cells_outcome(
         "clang: progs.bpf.c:3:1: error: unknown type name 'u33'"
     )
     assert [c["id"] for c in read_cells(tmp_path / "run")] == [cell.cell_id]
+
+
+def test_kitl_merge_lists_the_first_duplicates_and_counts_the_rest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cases = [f"c{n:02d}" for n in range(MERGE_SHOWN + 5)]
+    failed = shard_dir(tmp_path / "failed", *(result(c, Outcome.VM_LOST) for c in cases))
+    rerun = shard_dir(tmp_path / "rerun", *(result(c) for c in cases))
+    out = tmp_path / "merged"
+    assert main(["merge", str(failed), str(rerun), "--output", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"kitl: {len(cases)} cells were in more than one run:" in err
+    first = f"  s::c00[debian-6.1-jit]: kept PASSED from {rerun}, dropped VM_LOST from {failed}"
+    assert first in err.splitlines()
+    assert err.count("kept PASSED from") == MERGE_SHOWN
+    assert "... and 5 more (all in results.json: run.duplicates)" in err
+    body = json.loads((out / "results.json").read_text())
+    assert len(body["run"]["duplicates"]) == len(cases)
