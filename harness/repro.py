@@ -77,6 +77,7 @@ def command_line(run_dir: Path, cell_id: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    verify.check_log_level(args.log_level)
     cell = find_cell(args.run_dir, args.cell_id)
     if cell.get("scenario") == "*":
         raise UsageError(f"{args.cell_id} is a run-level failure, not a program to reload")

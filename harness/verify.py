@@ -39,7 +39,7 @@ from harness.scenario import (
     Scenario,
     TestRunDrive,
 )
-from harness.scenario_expect import Expect
+from harness.scenario_expect import LOG_LEVEL_MASK, Expect
 
 # A section libbpf has no program type for: it still gets a cell, which the load fails.
 UNKNOWN_TYPE = ProgType("unknown", 0, "?", (), IGNORED_CODES)
@@ -66,6 +66,17 @@ def objects_in(paths: Sequence[Path]) -> list[Path]:
     """The object files named, or found under the directories named (*.o), sorted."""
     found = runner.files_under(paths, ".o", "object", "BPF objects")
     return list(dict.fromkeys(p.resolve() for p in found))
+
+
+def check_log_level(level: int) -> int:
+    """A verifier log level the kernel takes: a sum of 1 (the log), 2 (verbose), 4
+    (statistics) and 8 (BPF_LOG_FIXED, 6.4 and later); checked before anything boots."""
+    if not 0 <= level <= LOG_LEVEL_MASK:
+        raise UsageError(
+            f"--log-level {level}: not a verifier log level",
+            hint="0 to 15, a sum of 1 (log), 2 (verbose), 4 (statistics), 8 (fixed size)",
+        )
+    return level
 
 
 def parse_flags(text: str) -> tuple[str, ...]:
@@ -292,7 +303,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def options_from(args: argparse.Namespace) -> VerifyOptions:
     return VerifyOptions(
         programs=tuple(args.prog),
-        log_level=args.log_level,
+        log_level=check_log_level(args.log_level),
         log_size=args.log_size,
         flags=parse_flags(args.flags),
         btf_custom_path=args.btf.resolve() if args.btf else None,

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness import verify
+from harness.cli import main
 from harness.elfobj import read_object
 from harness.errors import UsageError
 from harness.verify_expect import parse_expectations
@@ -147,3 +148,30 @@ def test_the_elf_reader_finds_global_variables(tmp_path: Path) -> None:
     info = read_object(compile_bpf(src, tmp_path))
     found = {g.name: (g.section, g.size) for g in info.globals}
     assert found == {"verdict": (".rodata", 4), "hits": (".bss", 8)}
+
+
+@pytest.mark.parametrize("level", ["99", "-1", "16"])
+def test_a_log_level_the_kernel_would_refuse_is_a_usage_error_before_anything_boots(
+    level: str,
+    basic: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Found by a new user: `--log-level 99` was accepted, booted a guest and failed every
+    cell.  Now: exit 2, one line naming the option, and nothing written."""
+    monkeypatch.chdir(tmp_path)
+    status = main(["verify", str(basic), "--kernel", "debian-6.1", "--log-level", level])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert f"kitl: --log-level {level}: not a verifier log level" in err
+    assert not (tmp_path / "runs").exists()
+    for good in (0, 1, 5, 15):
+        assert verify.check_log_level(good) == good
+
+
+def test_repro_checks_the_log_level_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["repro", str(tmp_path), "s::c[debian-6.1-default]", "--log-level", "32"]) == 2
+    assert "kitl: --log-level 32: not a verifier log level" in capsys.readouterr().err
