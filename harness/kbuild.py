@@ -17,7 +17,7 @@ built once and cached by (source package digest, base, fragment contents, recipe
     `modules_install` into the cache, and, for a kernel without BTF but with DWARF, the
     kernel's BTF written next to it with pahole (--btf_encode_detached, as BTFHub makes
     BTF for old kernels): scenarios can hand it to libbpf as btf_custom_path
-    (`load: {btf: external}`).  The tree stays for the next variant (about 2.5 GB).
+    (`load: {btf: external}`).  The tree stays for the next variant (about 3 GB).
 The result boots like a `path:` entry.  Measured times are in docs/benchmarks.md.
 """
 

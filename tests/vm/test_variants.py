@@ -5,7 +5,7 @@
   landed in the final .config (about 15 s to unpack, 5 s per variant; no compiling);
 - each variant built (from the cache when warm) and booted under TCG, with the scenario
   that shows what it changes.  On a cold cache the first variant compiles the small base
-  (about 8 min on 2 cores); the others reuse its tree and ccache (1 to 4 min each), so the
+  (about 8 min on 2 cores); the others reuse its tree and ccache (3 to 6 min each), so the
   BTF-on variants come first and btf-off, which every object sees, last
   (docs/benchmarks.md has the figures).  btf-off: the bundled core-btf scenario's CO-RE
   object fails as MISSING_BTF without kernel BTF and loads with the BTF kitl generated for
