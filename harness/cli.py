@@ -40,7 +40,7 @@ from harness.lockfile import LockedKernel
 from harness.outcome import EXIT_USAGE, Outcome, exit_code, outcome_for_error
 from harness.progress import DownloadProgress, stderr
 from harness.resolve import Kernels
-from harness.results import merge_runs
+from harness.results import merge_runs, outcome_of
 from harness.slots import GuestSlots
 from harness.vm import VM, VngLauncher, free_port
 
@@ -518,13 +518,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         if len(duplicates) > MERGE_SHOWN:
             rest = len(duplicates) - MERGE_SHOWN
             print(f"  ... and {rest} more (all in results.json: run.duplicates)", file=sys.stderr)
-    outcomes = []
-    for cell in merged:
-        try:
-            outcomes.append(Outcome(str(cell.get("outcome"))))
-        except ValueError:
-            outcomes.append(Outcome.ERROR)
-    return exit_code(outcomes)
+    return exit_code(outcome_of(cell) for cell in merged)
 
 
 COMMANDS = {

@@ -461,11 +461,15 @@ def render_markdown(report: Report) -> str:
         out.append("| " + " | ".join(shown) + " |")
     out += _boot_failures_markdown(report)
     unbooted = {_text(f.get("kernel")) for f in _boot_failures(report)}
-    not_run = [c for c in report.failures if c.outcome == "BOOT_FAILED" and c.kernel in unbooted]
-    failures = [c for c in report.failures if c not in not_run]
+    failures, not_run = [], 0
+    for cell in report.failures:  # an unbooted kernel's cells: counted, told once above
+        if cell.outcome == "BOOT_FAILED" and cell.kernel in unbooted:
+            not_run += 1
+        else:
+            failures.append(cell)
     out += ["", f"## Failures ({len(failures)})", ""]
     if not_run:
-        out += [f"{len(not_run)} cells did not run: their kernel did not boot (above).", ""]
+        out += [f"{not_run} cells did not run: their kernel did not boot (above).", ""]
     if not failures:
         out += ["None.", ""]
     for cell in failures:

@@ -18,6 +18,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,15 +220,17 @@ def read_cells(path: Path) -> list[dict[str, Any]]:
     return list(cells.values())
 
 
+def outcome_of(cell: Mapping[str, Any]) -> Outcome:
+    """A recorded cell's outcome; one kitl does not know (a damaged or foreign record) is
+    an ERROR."""
+    outcome = str(cell.get("outcome"))
+    return Outcome(outcome) if outcome in Outcome.__members__ else Outcome.ERROR
+
+
 def finished_ids(path: Path) -> set[str]:
     """Ids of the cells a run directory already has a result for, other than those an
     interrupted or broken run left (infrastructure outcomes): what a resumed run skips."""
-    return {
-        str(c["id"])
-        for c in read_cells(path)
-        if c.get("outcome") in Outcome.__members__
-        and not Outcome(str(c["outcome"])).is_infrastructure
-    }
+    return {str(c["id"]) for c in read_cells(path) if not outcome_of(c).is_infrastructure}
 
 
 def boot_failures(path: Path) -> list[dict[str, Any]]:
@@ -281,16 +284,11 @@ class Duplicate:
         )
 
 
-def _is_infrastructure(cell: dict[str, Any]) -> bool:
-    outcome = str(cell.get("outcome"))
-    return outcome not in Outcome.__members__ or Outcome(outcome).is_infrastructure
-
-
 def preferred(old: dict[str, Any], new: dict[str, Any]) -> bool:
     """Whether `new` replaces `old` for the same cell: a real verdict (the kernel's, or a
     skip) beats an infrastructure outcome (TIMED_OUT, VM_LOST, ERROR, BOOT_FAILED,
     KERNEL_CRASH), which says nothing about the case; otherwise the later run wins."""
-    return _is_infrastructure(old) or not _is_infrastructure(new)
+    return outcome_of(old).is_infrastructure or not outcome_of(new).is_infrastructure
 
 
 def merge_runs(sources: list[Path], out: Path) -> tuple[list[dict[str, Any]], list[Duplicate]]:

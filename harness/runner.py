@@ -31,10 +31,10 @@ from harness.libbpf import FLOOR
 from harness.libbpf_build import DEFAULT as DEFAULT_LIBBPF
 from harness.libbpf_build import SYSTEM as SYSTEM_LIBBPF
 from harness.matrix import Cell, Shard, plan, shard_cells
-from harness.outcome import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Outcome, exit_code
+from harness.outcome import EXIT_FAILED, EXIT_OK, EXIT_USAGE, exit_code
 from harness.progress import DownloadProgress, stderr
 from harness.resolve import Kernels
-from harness.results import finished_ids, read_cells
+from harness.results import finished_ids, outcome_of, read_cells
 from harness.scenario import Scenario
 
 BUNDLED = Path(__file__).resolve().parent.parent / "scenarios"
@@ -240,10 +240,7 @@ def resumed_status(args: argparse.Namespace, run_dir: Path, status: int) -> int:
     """The exit status: a resumed run's is that of all its cells, old and new."""
     if args.resume is None or args.dry_run or status > 128:  # > 128: stopped by a signal
         return status
-    outcomes = [c.get("outcome") for c in read_cells(run_dir)]
-    return exit_code(
-        Outcome(str(o)) if o in Outcome.__members__ else Outcome.ERROR for o in outcomes
-    )
+    return exit_code(outcome_of(c) for c in read_cells(run_dir))
 
 
 def _still_to_run(run_dir: Path, cells: list[Cell]) -> list[Cell]:

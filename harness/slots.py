@@ -20,7 +20,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,12 +151,3 @@ class GuestSlots:
         with _HELD_LOCK:
             _HELD[key] = _HELD.get(key, 0) + len(got)
         return Admission(got, key, waited)
-
-
-@contextlib.contextmanager
-def admitted(slots: GuestSlots, vcpus: int, who: str) -> Iterator[Admission]:
-    admission = slots.admit(vcpus, who)
-    try:
-        yield admission
-    finally:
-        admission.release()
