@@ -24,9 +24,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness import caps, drive, elfobj, libbpf
+from harness import caps, drive, elfobj, libbpf, libbpf_prepare
 from harness.net import NETNS_DIR, GuestError, Topology, ifindex_of, in_netns
 
+DEFAULT_PIN_ROOT = "/sys/fs/bpf"  # libbpf's, when the object names no pin_root_path
 LEAK_SETTLE_S = 2.0  # ids of freed objects leave the kernel's idr shortly after close()
 AgentError = GuestError  # a request that failed in a way the host sees as a typed result
 
@@ -59,6 +60,9 @@ class Agent:
         self.baseline: dict[str, frozenset[int]] | None = None
         self._handles = iter(range(1, 1 << 30))
         self._lib: Any = None
+        self.pins: dict[int, list[str]] = {}  # handle -> paths its load pinned
+        self._bpffs_tried = False
+        self._bpffs_note = ""  # why the guest has no bpffs, when mounting one failed
 
     # -- basics --------------------------------------------------------------------------
     def ping(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -140,66 +144,72 @@ class Agent:
         lib = self.libbpf()
         if not self.objects:
             self.baseline = libbpf.live_ids(lib)
-        # Offload (XDP hw mode) binds the program to a device at load time; the kernel looks
-        # the ifindex up in the loader's netns, so the load happens in the device's.
+        if not self._bpffs_tried:
+            self._bpffs_tried = True
+            self._bpffs_note = libbpf_prepare.mount_bpffs()
+        root = args.get("pin_root") or DEFAULT_PIN_ROOT
+        pins_before = libbpf_prepare.pins_under(root)
         if args.get("unprivileged"):
-            return self._load_unprivileged(lib, args)
-        offload_ns = args.get("offload_ns") if args.get("offload_dev") else None
-        with in_netns(offload_ns):
-            ifindex = ifindex_of(args["offload_dev"], offload_ns) if args.get("offload_dev") else 0
-            obj, result = self._load(lib, args, ifindex)
-        out = dataclasses.asdict(result)
-        out["libbpf_version"] = ".".join(map(str, lib.version))
+            obj, out = self._load_unprivileged(lib, args)
+        else:
+            # Offload (XDP hw mode) binds the program to a device at load time; the kernel
+            # looks the ifindex up in the loader's netns, so the load happens in the device's.
+            offload_ns = args.get("offload_ns") if args.get("offload_dev") else None
+            with in_netns(offload_ns):
+                dev = args.get("offload_dev")
+                obj, result = self._load(lib, args, ifindex_of(dev, offload_ns) if dev else 0)
+            out = self._report(lib, result)
+        pins = sorted(libbpf_prepare.pins_under(root) - pins_before)
+        if self._bpffs_note:
+            out.setdefault("notes", []).append(self._bpffs_note)
         if obj is None:
-            # a failure may be the loader's, not the kernel's: say what this libbpf lacks
-            out["libbpf_lacks"] = lib.missing_features()
-        if obj is not None:
-            handle = next(self._handles)
-            self.objects[handle] = obj
-            out["handle"] = handle
+            _unpin(pins)  # a failed load leaves nothing behind for the next cell
+            out["libbpf_lacks"] = lib.missing_features()  # the loader's failure, maybe
+            return out
+        handle = next(self._handles)
+        self.objects[handle] = obj
+        self.pins[handle] = pins
+        out["handle"] = handle
+        if pins:
+            out["pinned"] = pins
         return out
 
-    def _load_unprivileged(self, lib: Any, args: dict[str, Any]) -> dict[str, Any]:
-        """The load as an unprivileged loader gets it: in a child process that dropped
-        CAP_SYS_ADMIN, CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (a process cannot take
-        capabilities back, so the agent itself keeps them).  kernel.unprivileged_bpf_disabled
-        is set to 0 first; a kernel that refuses is reported.  Nothing stays loaded."""
+    def _report(self, lib: Any, result: Any) -> dict[str, Any]:
+        """A load's result as JSON, with the kernel's answer to whether the type of a map
+        that failed is supported at all (probed with every capability)."""
+        out = dataclasses.asdict(result)
+        out["libbpf_version"] = ".".join(map(str, lib.version))
+        failed = out.get("failed_map")
+        if failed is not None:
+            failed["type_supported"] = lib.probe("map_type", int(failed["type"]))
+        return out
+
+    def _load_unprivileged(self, lib: Any, args: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """The load as an unprivileged loader gets it: CAP_SYS_ADMIN, CAP_BPF, CAP_PERFMON
+        and CAP_NET_ADMIN leave this thread's effective set for the load and come back
+        after it, as the kernel's test_loader does, so the program can still be test_run.
+        kernel.unprivileged_bpf_disabled is set to 0 first; a kernel that refuses says so."""
         setting = "kernel.unprivileged_bpf_disabled"
         refused = ""
         try:
             Path("/proc/sys/kernel/unprivileged_bpf_disabled").write_text("0\n")
         except OSError as exc:
             refused = f"{setting}=0 refused: {exc.strerror}"
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: drop the capabilities, load, report, exit
-            os.close(read)
-            status = 0
-            try:
-                caps.drop(caps.UNPRIVILEGED_DROP)
-                _, result = self._load(lib, args, 0)
-                payload = dataclasses.asdict(result)
-            except BaseException as exc:  # report whatever happened, never return
-                payload, status = {"error": f"{type(exc).__name__}: {exc}"}, 1
-            with os.fdopen(write, "w") as report:
-                json.dump(payload, report)
-            os._exit(status)
-        os.close(write)
-        with os.fdopen(read) as pipe:
-            text = pipe.read()
-        os.waitpid(pid, 0)
-        out: dict[str, Any] = json.loads(text) if text else {"error": "the loader died"}
-        if "error" in out:
-            raise AgentError(f"unprivileged load: {out['error']}", "internal")
-        out["libbpf_version"] = ".".join(map(str, lib.version))
+        with caps.lowered(caps.UNPRIVILEGED_DROP):
+            obj, result = self._load(lib, args, 0)
+        out = self._report(lib, result)
         out["unprivileged"] = True
         out[setting] = _read_sysctl(setting)
         if refused:
             out["notes"] = [refused]
-        return out
+        return obj, out
 
     @staticmethod
     def _load(lib: Any, args: dict[str, Any], ifindex: int) -> tuple[Any, Any]:
+        sizes = tuple(
+            libbpf_prepare.MapSize(m["name"], m.get("max_entries"), m.get("value_size"))
+            for m in args.get("maps") or ()
+        )
         opts = libbpf.LoadOptions(
             log_level=int(args.get("log_level", 1 | 4)),
             log_size=int(args.get("log_size") or 16 << 20),
@@ -208,8 +218,16 @@ class Agent:
             prog_flags=int(args.get("prog_flags", 0)),
             ifindex=ifindex,
             presets=_presets(args["object"], args.get("globals") or {}),
+            map_sizes=sizes,
+            fixups=bool(args.get("fixups", True)),
+            pinning=bool(args.get("pinning", True)),
+            pin_root=args.get("pin_root"),
+            attach_target=args.get("attach_target"),
         )
-        return libbpf.BpfObject.load_one(lib, args["object"], args["program"], opts)
+        try:
+            return libbpf.BpfObject.load_one(lib, args["object"], args["program"], opts)
+        except (KeyError, ValueError) as exc:  # a map or target the object cannot take
+            raise AgentError(str(exc).strip('"'), "setup") from None
 
     def _object(self, args: dict[str, Any]) -> Any:
         obj = self.objects.get(int(args["handle"]))
@@ -344,6 +362,7 @@ class Agent:
         for handle in handles:
             obj = self.objects.pop(handle, None)
             ns = self.link_netns.pop(handle, None)
+            _unpin(self.pins.pop(handle, []))
             for counter in self.counters.pop(handle, {}).values():
                 counter.close()
             if obj is None:
@@ -424,6 +443,21 @@ def _presets(obj: str, values: dict[str, int]) -> tuple[tuple[str, int, bytes], 
             ) from None
         out.append((var.section, var.offset, data))
     return tuple(out)
+
+
+def _unpin(paths: list[str]) -> None:
+    """Remove what a cell pinned: a pinned map would outlive the cell and be reused by the
+    next one (libbpf reuses a compatible map pinned by name)."""
+    for path in paths:
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                for name in os.listdir(path):
+                    os.unlink(os.path.join(path, name))
+                os.rmdir(path)
+            else:
+                os.unlink(path)
+        except OSError as exc:
+            print(f"kitl agent: could not unpin {path}: {exc}", file=sys.stderr)
 
 
 def _read_text(path: str) -> str | None:

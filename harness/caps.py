@@ -1,13 +1,16 @@
 """Linux capabilities of the calling process, through capget/capset (Python has no binding).
 
-Used by the guest agent's unprivileged loads: a child process drops the capabilities a BPF
-loader would lack, then loads.  Layout: linux/capability.h, _LINUX_CAPABILITY_VERSION_3
-(two 32-bit words per set)."""
+Used by the guest agent's unprivileged loads: the capabilities a BPF loader would lack leave
+the effective set for the load and come back after it (they stay permitted), as the kernel's
+own test_loader does, so the program can still be run by BPF_PROG_TEST_RUN.
+Layout: linux/capability.h, _LINUX_CAPABILITY_VERSION_3 (two 32-bit words per set)."""
 
 from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 CAP_NET_ADMIN = 12
 CAP_SYS_ADMIN = 21
@@ -46,14 +49,22 @@ def effective() -> frozenset[int]:
     return frozenset(n for n in range(64) if data[n // 32].effective & (1 << (n % 32)))
 
 
-def drop(capabilities: tuple[int, ...]) -> None:
-    """Remove `capabilities` from the effective, permitted and inheritable sets for good."""
+@contextmanager
+def lowered(capabilities: tuple[int, ...]) -> Iterator[None]:
+    """Without `capabilities` in the effective set of the calling thread (capabilities are
+    per thread) for the body; they stay permitted, and the effective set is restored after.
+    The kernel's capable() checks look at the effective set only."""
     header, data = _sets()
+    saved = [word.effective for word in data]
     for cap in capabilities:
-        mask = ~(1 << (cap % 32)) & 0xFFFFFFFF
-        word = data[cap // 32]
-        word.effective &= mask
-        word.permitted &= mask
-        word.inheritable &= mask
+        data[cap // 32].effective &= ~(1 << (cap % 32)) & 0xFFFFFFFF
     if _libc.capset(ctypes.byref(header), data) != 0:
         raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    try:
+        yield
+    finally:
+        header, data = _sets()
+        for word, effective in zip(data, saved, strict=True):
+            word.effective = effective
+        if _libc.capset(ctypes.byref(header), data) != 0:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))

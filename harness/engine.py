@@ -28,6 +28,7 @@ from harness.results import CellResult, RunDir
 from harness.scenario import (
     Case,
     CgroupAttach,
+    LoadOptions,
     RunConfig,
     Scenario,
     SocketAttach,
@@ -42,6 +43,11 @@ from harness.verifier import parse_log
 from harness.vm import VM
 
 Report = Callable[[CellResult], None]
+# load arguments a cell records so `kitl repro` sets the same things on the object
+_REPLAYED_LOAD_ARGS = (
+    "prog_flags", "unprivileged", "globals", "maps", "fixups", "pinning", "pin_root",
+    "attach_target",
+)  # fmt: skip
 CASE_TIMEOUT = 300.0  # generous: TCG, and a first load of a big object
 
 
@@ -368,6 +374,7 @@ class Engine:
             load_args["unprivileged"] = True
         if case.load.globals:
             load_args["globals"] = dict(case.load.globals)
+        load_args.update(_prepare_args(case.load))
         if isinstance(case.attach, XdpAttach) and case.attach.mode == "hw":
             # offload: the program is bound to the device when it is loaded
             load_args.update(offload_dev=case.attach.dev, offload_ns=case.attach.ns)
@@ -381,6 +388,10 @@ class Engine:
         cell.object_sha256 = self._sha256(obj_path)
         load_args = self._load_args(case, obj_path)
         seen.load = self.agent.call("load", load_args, timeout=CASE_TIMEOUT)
+        seen.load_args = {k: v for k, v in load_args.items() if k in _REPLAYED_LOAD_ARGS}
+        _user_paths(seen.load, {load_args["object"]: str(obj_path)})
+        # what kitl changed in the object (veristat's fixups) and what the guest lacked
+        seen.notes += [*seen.load.get("fixups", ()), *seen.load.get("notes", ())]
         cell.timings["load_ms"] = round(seen.load.get("load_ns", 0) / 1e6, 3)
         cell.verifier = {
             k: seen.load.get(k)
@@ -554,6 +565,7 @@ def _observed_json(seen: Observed) -> dict[str, Any]:
     load = {k: v for k, v in seen.load.items() if k not in ("log", "handle")}
     return {
         "load": load,
+        "load_args": seen.load_args,
         "error_class": seen.error_class,
         "attach": seen.attach,
         "attach_error": seen.attach_error,
@@ -564,3 +576,33 @@ def _observed_json(seen: Observed) -> dict[str, Any]:
         "events": seen.events,
         "notes": seen.notes,
     }
+
+
+def _prepare_args(load: LoadOptions) -> dict[str, Any]:
+    """What the guest sets on the object before its load, as a real loader would
+    (harness.libbpf_prepare); only what differs from the guest's defaults."""
+    args: dict[str, Any] = {}
+    if load.maps:
+        args["maps"] = [
+            {"name": name, "max_entries": entries, "value_size": value}
+            for name, entries, value in load.maps
+        ]
+    if not load.fixups:
+        args["fixups"] = False
+    if not load.pinning:
+        args["pinning"] = False
+    if load.pin_root:
+        args["pin_root"] = load.pin_root
+    if load.attach_target:
+        args["attach_target"] = load.attach_target
+    return args
+
+
+def _user_paths(load: dict[str, Any], copies: dict[str, str]) -> None:
+    """libbpf names the object by the path it opened, the guest's copy: say the user's."""
+    for key in ("libbpf_messages", "log"):
+        text = load.get(key)
+        if isinstance(text, str):
+            for remote, local in copies.items():
+                text = text.replace(remote, local)
+            load[key] = text

@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness import progtypes
+from harness.causes import explain
 from harness.outcome import Outcome
 from harness.scenario import Case
 from harness.scenario_expect import Expect, MapEntry
-from harness.verifier import classify_failure, log_excerpt, parse_log
+from harness.verifier import log_excerpt, log_from_libbpf_messages
 
 
 @dataclass
@@ -19,6 +20,8 @@ class Observed:
     """Everything the guest reported for one cell (JSON-ready)."""
 
     load: dict[str, Any] = field(default_factory=dict)
+    # what the guest was asked to set on the object (sizes, globals, targets), for repro
+    load_args: dict[str, Any] = field(default_factory=dict)
     error_class: str | None = None
     attach: dict[str, Any] | None = None
     attach_error: str | None = None
@@ -56,6 +59,14 @@ def _show(value: int | bytes) -> str:
     return value.hex() if isinstance(value, bytes) else str(value)
 
 
+def _show_like(got: bytes, expected: int | bytes) -> str:
+    """The observed value in the form the expectation was written in: hex bytes against
+    hex, a number against a number (little-endian, as the map holds it)."""
+    if isinstance(expected, bytes):
+        return got.hex()
+    return str(int.from_bytes(got, "little", signed=expected < 0))
+
+
 def _map_mismatch(name: str, entries: tuple[MapEntry, ...], dump: list[list[str]]) -> str | None:
     items = {bytes.fromhex(k): bytes.fromhex(v) for k, v in dump}
     if not items:
@@ -67,7 +78,7 @@ def _map_mismatch(name: str, entries: tuple[MapEntry, ...], dump: list[list[str]
         want = _le(entry.value, value_size)
         got = items.get(key)
         if got != want:
-            shown = int.from_bytes(got, "little") if got is not None else None
+            shown = _show_like(got, entry.value) if got is not None else "no entry"
             return f"map {name}[{_show(entry.key)}] = {shown}, expected {_show(entry.value)}"
     return None
 
@@ -78,24 +89,30 @@ def _errno_text(code: object) -> str:
     return "0 (success)" if code == 0 else str(code)
 
 
-def classify_load(load: dict[str, Any]) -> str:
-    log = parse_log(load.get("log", ""), truncated=bool(load.get("log_truncated")))
-    return classify_failure(log, int(load.get("errno", 0)), str(load.get("libbpf_messages", "")))
+def _rejection_text(load: dict[str, Any]) -> str:
+    """Where a rejection's expected messages are searched: the log, then libbpf's messages
+    without the copy of the log they carry at log level 0 (searched twice, patterns in the
+    wrong order would match across the two copies)."""
+    messages = str(load.get("libbpf_messages", ""))
+    embedded = log_from_libbpf_messages(messages)
+    if embedded:
+        messages = messages.replace(embedded, "", 1)
+    return str(load.get("log", "")) + "\n" + messages
 
 
 def judge(case: Case, expect: Expect, seen: Observed) -> tuple[Outcome, str]:
     """The outcome of one cell and, when it is not PASSED, the reason in one line."""
     load = seen.load
     if not load.get("ok"):
-        seen.error_class = classify_load(load)
+        cause = explain(load)
+        seen.error_class = cause.error_class
         if not expect.rejected:
             kind = (
                 Outcome.VERIFIER_REJECTED
                 if seen.error_class == "VERIFIER_REJECTED"
                 else Outcome.LOAD_FAILED
             )
-            error = parse_log(load.get("log", "")).error or load.get("libbpf_messages", "")
-            reason = f"{seen.error_class}: {str(error).strip()[:300]}"
+            reason = f"{seen.error_class}: {cause.message}"
             unknown = _UNKNOWN_SECTION.search(str(load.get("libbpf_messages", "")))
             if seen.error_class == "UNSUPPORTED_PROG_TYPE" and unknown:
                 # libbpf could not map SEC() to a type: a newer loader may know it
@@ -109,9 +126,7 @@ def judge(case: Case, expect: Expect, seen: Observed) -> tuple[Outcome, str]:
             return kind, reason
         if expect.error_class and expect.error_class != seen.error_class:
             return Outcome.FAILED, f"rejected as {seen.error_class}, expected {expect.error_class}"
-        missing = _regexes_in_order(
-            expect.log, load.get("log", "") + load.get("libbpf_messages", "")
-        )
+        missing = _regexes_in_order(expect.log, _rejection_text(load))
         if missing is not None:
             return Outcome.FAILED, f"rejected, but the log lacks /{missing}"
         return Outcome.PASSED, ""
@@ -131,7 +146,12 @@ def _judge_effects(case: Case, expect: Expect, seen: Observed) -> tuple[Outcome,
         if mode != expect.attach_mode:
             return Outcome.FAILED, f"XDP attached in mode {mode}, expected {expect.attach_mode}"
     if expect.retval is not None:
-        run = seen.test_run or {}
+        run = seen.test_run
+        if run is None:
+            return Outcome.FAILED, (
+                f"expects return value {case.retval_name(expect.retval)}, but the program "
+                "was not run (no test_run for this case)"
+            )
         if run.get("errno"):
             return Outcome.FAILED, f"test_run failed: errno {run['errno']}"
         got = progtypes.to_s32(int(run.get("retval", -1)))

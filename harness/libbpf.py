@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
+from harness import libbpf_prepare
 from harness.libbpf_attach import (
     ENOTSUPP,
     Attachable,
@@ -102,6 +103,12 @@ _FUNCTIONS: dict[str, tuple[Any, tuple[Any, ...], tuple[int, int]]] = {
     "bpf_map__type": (_I, (_P,), (0, 1)),
     "bpf_map__key_size": (_U32, (_P,), (0, 1)),
     "bpf_map__value_size": (_U32, (_P,), (0, 1)),
+    "bpf_map__max_entries": (_U32, (_P,), (0, 1)),
+    "bpf_map__set_max_entries": (_I, (_P, _U32), (0, 1)),
+    "bpf_map__set_value_size": (_I, (_P, _U32), (0, 1)),
+    "bpf_map__set_pin_path": (_I, (_P, _STR), (0, 0)),
+    "bpf_map__pin_path": (_STR, (_P,), (0, 5)),
+    "bpf_program__set_attach_target": (_I, (_P, _I, _STR), (0, 0)),
     "bpf_map_lookup_elem": (_I, (_I, _P, _P), (0, 0)),
     "bpf_map_update_elem": (_I, (_I, _P, _P, _U64), (0, 0)),
     "bpf_map_get_next_key": (_I, (_I, _P, _P), (0, 0)),
@@ -396,6 +403,11 @@ class LoadOptions:
     ifindex: int = 0  # bind to a device (offload) before the load
     # initial values of global variables: (data section, offset in it, little-endian bytes)
     presets: tuple[tuple[str, int, bytes], ...] = ()
+    map_sizes: tuple[libbpf_prepare.MapSize, ...] = ()  # the user's, as their loader sets them
+    fixups: bool = True  # veristat's: maps with max_entries 0 get 1
+    pinning: bool = True  # False: no map is pinned (veristat's way)
+    pin_root: str | None = None  # pin_root_path; None: libbpf's /sys/fs/bpf
+    attach_target: str | None = None  # the loaded program's, as user space would set it
 
     def __post_init__(self) -> None:
         # Kernels up to 6.3 reject log buffers under 128 bytes; above the max is EINVAL.
@@ -428,6 +440,8 @@ class ProgramLoad:
     # where a failure happened: "open" (the ELF), "prepare" (libbpf's BTF, maps and
     # relocations, before the verifier; libbpf >= 1.6 only), "load" (the kernel's load)
     failed_stage: str = ""
+    fixups: tuple[str, ...] = ()  # what kitl changed in the object first, as notes
+    failed_map: libbpf_prepare.MapDef | None = None  # the map libbpf could not create
 
     @property
     def error(self) -> str:
@@ -476,6 +490,8 @@ class BpfObject(Attachable):
             open_opts.kconfig = opts.kconfig.encode()
         if opts.btf_custom_path is not None:
             open_opts.btf_custom_path = os.fsencode(opts.btf_custom_path)
+        if opts.pin_root is not None:
+            open_opts.pin_root_path = os.fsencode(opts.pin_root)
         ptr: int | None = lib.c.bpf_object__open_file(os.fsencode(path), ctypes.byref(open_opts))
         return ptr
 
@@ -569,11 +585,16 @@ class BpfObject(Attachable):
             return None, failed, False
         try:
             _preset(lib, obj, opts.presets)
+            fixups = libbpf_prepare.prepare_maps(
+                lib, obj, opts.map_sizes, fixups=opts.fixups, pinning=opts.pinning
+            )
             programs = cls._programs(lib, obj)
             names = [c.bpf_program__name(p).decode() for p in programs]
             if program not in names:
                 raise KeyError(f"{path} has no program {program!r} (it has {', '.join(names)})")
             prog = programs[names.index(program)]
+            if opts.attach_target:
+                libbpf_prepare.set_attach_target(lib, prog, program, opts.attach_target)
             for p in programs:
                 c.bpf_program__set_autoload(p, p == prog)
             if opts.prog_flags:
@@ -617,6 +638,8 @@ class BpfObject(Attachable):
                 log_level=opts.log_level,
                 log_size=log_size if log else 0,
                 failed_stage="" if rc == 0 else stage,
+                fixups=fixups,
+                failed_map=None if rc == 0 else libbpf_prepare.failed_map(lib, obj, messages),
             )
         except BaseException:
             c.bpf_object__close(obj)

@@ -468,6 +468,9 @@ _TABLE = (
        NETFILTER_CODES, (), _RUN, data=True),
 )
 # fmt: on
+# Types whose target (a kernel function, tracepoint or LSM hook) libbpf finds in BTF at load
+# time, and which a loader may retarget (bpf_program__set_attach_target).
+ATTACH_TARGET_TYPES = frozenset({"tracing", "lsm"})
 
 PROG_TYPES: dict[str, ProgType] = {t.name: t for t in _TABLE}
 

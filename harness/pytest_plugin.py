@@ -107,6 +107,13 @@ class KitlSession:
                 or (RunConfig("default"),),
                 globals=tuple(verify.parse_global(g) for g in get("kitl_global")),
                 test_run_input=verify.parse_hex(get("kitl_test_run_input")),
+                maps=tuple(verify.parse_map(m) for m in get("kitl_map")),
+                attach_targets=tuple(
+                    verify.parse_attach_target(t) for t in get("kitl_attach_target")
+                ),
+                fixups=not get("kitl_no_fixups"),
+                pinning=not get("kitl_no_pinning"),
+                pin_root=verify.check_pin_root(get("kitl_pin_root")),
             )
         return self._verify
 

@@ -24,6 +24,7 @@ from typing import Any
 from harness import accel, libbpf_build, verify
 from harness.agentclient import AgentClient
 from harness.cache import Cache
+from harness.causes import explain
 from harness.engine import build_objects
 from harness.errors import UsageError
 from harness.libbpf import BPF_LOG_LEVEL2, BPF_LOG_STATS
@@ -132,20 +133,19 @@ def run(args: argparse.Namespace) -> int:
         remote = f"/run/kitl-repro-{hashlib.sha256(obj.read_bytes()).hexdigest()[:16]}.o"
         vm.channel.put(obj.read_bytes(), remote)
         load_args: dict[str, Any] = {
+            "prog_flags": case.load.flags_value,
+            "unprivileged": case.load.unprivileged,
+            # what the run set on the object (map sizes, globals, targets, pinning)
+            **(cell.get("observed", {}).get("load_args") or {}),
             "object": remote,
             "program": case.program,
             "log_level": args.log_level,
-            "prog_flags": case.load.flags_value,
-            "unprivileged": case.load.unprivileged,
         }
         load = agent.call("load", load_args)
         log = str(load.get("log") or load.get("libbpf_messages") or "")
         out.write_text(log, encoding="utf-8")
-        verdict = "loaded" if load.get("ok") else f"rejected (errno {load.get('errno')})"
-        stats = parse_log(log).stats
         stderr.print(
-            f"kitl: {args.cell_id}: {verdict} on {kernel.release}; {stats.insns} insns, "
-            f"{stats.total_states} states; log in {out}"
+            f"kitl: {args.cell_id} on {kernel.release}: {_verdict(load, log)}; log in {out}"
         )
         _page(out, args.no_pager)
         if args.shell:
@@ -156,6 +156,16 @@ def run(args: argparse.Namespace) -> int:
             )
             subprocess.call(vm.ssh_command())
     return 0 if load.get("ok") == (cell.get("observed", {}).get("load", {}).get("ok")) else 1
+
+
+def _verdict(load: dict[str, Any], log: str) -> str:
+    """'loaded; 12 insns, 1 states' or the failure's class and cause, in one line."""
+    stats = parse_log(log).stats
+    figures = f"; {stats.insns} insns, {stats.total_states} states" if stats.insns else ""
+    if load.get("ok"):
+        return f"loaded{figures}"
+    cause = explain(load)
+    return f"failed, {cause.error_class}: {cause.message}{figures}"
 
 
 def _object(cell: dict[str, Any], scenario: Any, name: str, kernel: Any, cache: Cache) -> Path:

@@ -21,7 +21,7 @@ from harness import progtypes, yamlsrc
 from harness.elfobj import ObjectInfo, read_object, scan_source
 from harness.errors import ConfigError, KitlError
 from harness.progtypes import ATTACH_FAMILIES as FAMILIES
-from harness.progtypes import DRIVES, ProgType, SectionMatch
+from harness.progtypes import ATTACH_TARGET_TYPES, DRIVES, ProgType, SectionMatch
 from harness.scenario_expect import (
     CASE,
     CONFIG,
@@ -202,6 +202,14 @@ class LoadOptions:
     unprivileged: bool = False  # load without CAP_SYS_ADMIN, CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN
     globals: tuple[tuple[str, int], ...] = ()  # initial values of global variables
     external_btf: bool = False  # `btf: external`: kitl's BTF of a kernel built without it
+    # what a real loader sets before its load (harness.libbpf_prepare): map sizes as
+    # (name, max_entries, value_size), veristat's fixups, pinning and its root, the target
+    # of a tracing program whose user space sets it
+    maps: tuple[tuple[str, int | None, int | None], ...] = ()
+    fixups: bool = True
+    pinning: bool = True
+    pin_root: str | None = None
+    attach_target: str | None = None
 
     @property
     def flags_value(self) -> int:
@@ -823,6 +831,11 @@ class _CaseParser:
         if external and "btf_custom_path" in m:
             msg = f"{self.what}.load.btf: give btf: external or btf_custom_path, not both"
             self.rd.error(msg, where(m, "btf"))
+        sizes = tuple(
+            (name, size.get("max_entries"), size.get("value_size"))
+            for name, size in (m.get("maps") or {}).items()
+        )
+        self._check_load_names(m)
         return LoadOptions(
             level,
             m.get("log_size"),
@@ -830,7 +843,32 @@ class _CaseParser:
             btf,
             globals=presets,
             external_btf=external,
+            maps=sizes,
+            fixups=m.get("fixups", True),
+            pinning=m.get("pinning", "on") == "on",
+            pin_root=m.get("pin_root"),
+            attach_target=m.get("attach_target"),
         )
+
+    def _check_load_names(self, m: LocDict) -> None:
+        """Maps sized and an attach target set must be the object's and fit the program."""
+        info = self.obj.info if self.obj is not None else None
+        if info is not None and info.compiled and info.maps:
+            for name in m.get("maps") or {}:
+                if name not in info.maps:
+                    self.rd.error(
+                        f"{self.what}.load.maps: the object has no map {name!r}",
+                        where(m["maps"], name),
+                        suggest(name, list(info.maps), "maps"),
+                    )
+        pt = self.match.prog_type if self.match is not None else None
+        if "attach_target" in m and pt is not None and pt.name not in ATTACH_TARGET_TYPES:
+            self.rd.error(
+                f"{self.what}.load.attach_target: {pt.article} {pt.name} program has no "
+                "attach target to set",
+                where(m, "attach_target"),
+                "only fentry/fexit/fmod_ret/tp_btf/iter (tracing) and lsm programs take one",
+            )
 
     # -- attach
 

@@ -422,12 +422,32 @@ ERROR_CLASSES = (  # harness.verifier.classify_failure()
     "UNSUPPORTED_HELPER",
     "UNSUPPORTED_PROG_TYPE",
     "UNSUPPORTED_MAP_TYPE",
+    "MAP_CREATE_FAILED",
+    "PIN_FAILED",
     "UNSUPPORTED_ATTACH_TYPE",
+    "ATTACH_TARGET_MISSING",
     "PERMISSION",
     "LOAD_FAILED",
     "LOG_TRUNCATED",
 )
 MAP_NAME = re.compile(r"^[A-Za-z_.][A-Za-z0-9_.]{0,63}$")
+# What a real loader sets before the load (harness.libbpf_prepare), in scenarios and bulk
+# expectations alike.
+MAP_SIZES = Map(
+    obj({"max_entries": Int(1, 2**32 - 1), "value_size": Int(1, 2**32 - 1)}),
+    Str(MAP_NAME, "map names"),
+    doc="sizes the loader's user space sets before the load, e.g. counts: {max_entries: 1024}",
+)
+PIN_ROOT = Str(
+    re.compile(r"^/sys/fs/bpf(/[A-Za-z0-9._-]+)*$"),
+    "a directory under /sys/fs/bpf",
+    doc="where maps pinned by name go (libbpf's pin_root_path; default /sys/fs/bpf)",
+)
+ATTACH_TARGET = Str(
+    re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,127}$"),
+    "a kernel function or BTF type name",
+    doc="the target a tracing program's user space sets at load time (fentry, tp_btf...)",
+)
 _COUNT = Int(0, 10**9)
 _MAP_VALUE = Either((Int(-(2**63), 2**64 - 1), Hex(1 << 16)))
 
@@ -899,6 +919,11 @@ CASE = obj(
                     doc="initial values of global variables (.data/.rodata/.bss), set before "
                     "the load, like veristat -G",
                 ),
+                "maps": MAP_SIZES,
+                "fixups": Bool(doc="veristat's: maps with max_entries 0 get 1 (default true)"),
+                "pinning": Str(choices=("on", "off"), doc="off: pin no map (default on)"),
+                "pin_root": PIN_ROOT,
+                "attach_target": ATTACH_TARGET,
             }
         ),
         "attach": ATTACH,

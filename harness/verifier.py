@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import errno as _errno
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 # veristat scans at most this many lines from the end for the stats block.
 _STATS_SCAN_LINES = 100
@@ -328,41 +330,56 @@ _MAP = re.compile(
     r"|map type \S+ (?:is )?not supported|failed to create BPF map|unknown map type"
 )
 _ATTACH = re.compile(
-    r"failed to find kernel BTF type ID of|attach target|attach_btf_id"
-    r"|(?:unknown|invalid|unsupported) attach type|is not (?:modifiable|sleepable)"
-    r"|The address of function \S+ cannot be found|failed to find BTF for extension"
+    r"attach target|attach_btf_id|(?:unknown|invalid|unsupported) attach type"
+    r"|is not (?:modifiable|sleepable)|failed to find BTF for extension"
 )
+# The target of a tracing program is not there: not in this kernel's BTF (libbpf, before the
+# load: ESRCH) or in BTF without an address (the verifier's words since 6.x).  One cause,
+# one class on every kernel.
+_TARGET_MISSING = re.compile(
+    r"failed to find kernel BTF type ID of '(?P<btf>[^']+)'"
+    r"|The address of function (?P<addr>\S+) cannot be found"
+)
+# Pinning, not the map: the pin path, its bpffs, or a pinned map of another shape.
+_PIN = re.compile(
+    r"is not on BPF FS|failed to auto-pin|couldn't reuse pinned map|error reusing pinned map"
+    r"|failed to statfs"
+)
+# Types whose size is not an entry count (storage maps) or is the CPUs' (perf event arrays):
+# max_entries 0 is valid for them.
+_UNCOUNTED_MAP_TYPES = frozenset({4, 19, 21, 24, 28, 29, 32})
 
 
-def classify_failure(log: VerifierLog | None, errno: int, libbpf_messages: str) -> str:
+def classify_failure(
+    log: VerifierLog | None,
+    errno: int,
+    libbpf_messages: str,
+    *,
+    failed_map: Mapping[str, Any] | None = None,
+    unprivileged: bool = False,
+) -> str:
     """One failure class for a load that failed with ``errno`` (positive).
 
     ``log`` is the parsed kernel log from the program's own buffer (None when the load used
     none); ``libbpf_messages`` is everything libbpf printed, which at log level 0 carries the
     verifier log between BEGIN/END markers.  ENOSPC is never a rejection: the log did not fit.
+    ``failed_map`` is the guest's description of the map libbpf could not create (name,
+    type, sizes, and ``type_supported``, the kernel's answer to a probe of its type); without
+    it a map failure is read as an unsupported type.
     """
     if log is None and (embedded := log_from_libbpf_messages(libbpf_messages)) is not None:
         log = parse_log(embedded)
     if errno == _errno.ENOSPC or (log is not None and log.truncated):
         return "LOG_TRUNCATED"
     if log is not None and (log.stats.present or log.error is not None):
-        # The verifier ran (or refused the program in its own words): its message decides.
-        verdict = log.error or ""
-        if _MISSING_BTF.search(verdict):
-            return "MISSING_BTF"  # e.g. kfuncs "without CONFIG_DEBUG_INFO_BTF"
-        if log.core_failure or _CORE_LIBBPF.search(verdict):
-            return "CORE_RELOCATION_FAILED"
-        # libbpf's other poisons come before the helper check: raw, they read as unknown helpers
-        if _MAP_POISON.search(verdict):
-            return "LOAD_FAILED"  # libbpf did not create a map the program uses (autocreate off)
-        if _KFUNC_POISON.search(verdict):
-            return "UNSUPPORTED_HELPER"  # a kfunc this kernel lacks
-        if _UNSUPPORTED_HELPER.search(verdict):
-            return "UNSUPPORTED_HELPER"
-        return "VERIFIER_REJECTED"
+        return _rejection_class(log)
     # The verifier did not run (or left no log): decide on errno and libbpf's messages.
     if _MISSING_BTF.search(libbpf_messages):
         return "MISSING_BTF"
+    if _PIN.search(libbpf_messages):
+        return "PIN_FAILED"
+    if failed_map is not None:
+        return _map_class(failed_map, errno, unprivileged)
     if errno in (_errno.EPERM, _errno.EACCES):
         return "PERMISSION"
     if _CORE_LIBBPF.search(libbpf_messages):
@@ -371,9 +388,61 @@ def classify_failure(log: VerifierLog | None, errno: int, libbpf_messages: str) 
         return "UNSUPPORTED_PROG_TYPE"
     if _MAP.search(libbpf_messages):
         return "UNSUPPORTED_MAP_TYPE"
+    if _TARGET_MISSING.search(libbpf_messages):
+        return "ATTACH_TARGET_MISSING"
     if errno == _errno.ESRCH or _ATTACH.search(libbpf_messages):
         return "UNSUPPORTED_ATTACH_TYPE"
     return "LOAD_FAILED"
+
+
+def _rejection_class(log: VerifierLog) -> str:
+    """The verifier ran (or refused the program in its own words): its message decides."""
+    verdict = log.error or ""
+    if _MISSING_BTF.search(verdict):
+        return "MISSING_BTF"  # e.g. kfuncs "without CONFIG_DEBUG_INFO_BTF"
+    if log.core_failure or _CORE_LIBBPF.search(verdict):
+        return "CORE_RELOCATION_FAILED"
+    # libbpf's other poisons come before the helper check: raw, they read as unknown helpers
+    if _MAP_POISON.search(verdict):
+        return "LOAD_FAILED"  # libbpf did not create a map the program uses (autocreate off)
+    if _KFUNC_POISON.search(verdict):
+        return "UNSUPPORTED_HELPER"  # a kfunc this kernel lacks
+    if _UNSUPPORTED_HELPER.search(verdict):
+        return "UNSUPPORTED_HELPER"
+    if _TARGET_MISSING.search(verdict):
+        return "ATTACH_TARGET_MISSING"
+    return "VERIFIER_REJECTED"
+
+
+def _map_class(failed_map: Mapping[str, Any], errno: int, unprivileged: bool) -> str:
+    if failed_map.get("type_supported") == 0:
+        return "UNSUPPORTED_MAP_TYPE"
+    if map_unsized(failed_map):
+        return "MAP_CREATE_FAILED"
+    if unprivileged or errno in (_errno.EPERM, _errno.EACCES):
+        return "PERMISSION"
+    return "MAP_CREATE_FAILED"
+
+
+def map_unsized(failed_map: Mapping[str, Any]) -> bool:
+    """A map its loader's user space sizes at run time: max_entries (or a stack-trace
+    map's value_size) still 0."""
+    kind = int(failed_map.get("type", 0))
+    if kind not in _UNCOUNTED_MAP_TYPES and not failed_map.get("max_entries"):
+        return True
+    return kind == 7 and not failed_map.get("value_size")  # STACK_TRACE
+
+
+def missing_target(text: str) -> str | None:
+    """The tracing target a load could not find, from libbpf's messages or the log."""
+    m = _TARGET_MISSING.search(text)
+    return (m.group("btf") or m.group("addr")) if m else None
+
+
+def pin_problem(messages: str) -> str:
+    """libbpf's lines about the pinning that failed, joined."""
+    lines = [ln.strip() for ln in messages.splitlines() if _PIN.search(ln)]
+    return "; ".join(dict.fromkeys(ln.split("libbpf: ", 1)[-1] for ln in lines))
 
 
 EXCERPT_LINES = 6  # lines of a log shown around where an expected message was missed

@@ -11,10 +11,12 @@ otherwise.  The cases run through the same pytest plugin, guests, run directory,
 from __future__ import annotations
 
 import argparse
+import difflib
 import fnmatch
 import hashlib
 import json
 import re
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -39,12 +41,13 @@ from harness.scenario import (
     Scenario,
     TestRunDrive,
 )
-from harness.scenario_expect import LOG_LEVEL_MASK, Expect
+from harness.scenario_expect import LOG_LEVEL_MASK, MAP_NAME, Expect
 
 # A section libbpf has no program type for: it still gets a cell, which the load fails.
 UNKNOWN_TYPE = ProgType("unknown", 0, "?", (), IGNORED_CODES)
 UNPRIVILEGED = "unprivileged"  # the suffix of a case loaded without capabilities
 OBJECT_CASE = "object"  # the one case of an object that is not a BPF object
+SKIPPED_SHOWN = 10  # files under a directory that are not BPF objects, named on stderr
 _CONFIG = re.compile(r"^([a-z0-9][a-z0-9._-]{0,63}):(.+)$")
 
 
@@ -60,6 +63,12 @@ class VerifyOptions:
     test_run_input: bytes | None = None  # packet (packet types) or context; None: a default
     configs: tuple[RunConfig, ...] = (RunConfig("default"),)
     globals: tuple[tuple[str, int], ...] = ()  # veristat's -G "name = value"
+    # what a real loader sets before the load (harness.libbpf_prepare)
+    maps: tuple[tuple[str, int | None, int | None], ...] = ()  # (map, max_entries, value_size)
+    attach_targets: tuple[tuple[str, str], ...] = ()  # (program, target function)
+    fixups: bool = True
+    pinning: bool = True
+    pin_root: str | None = None
 
 
 def objects_in(paths: Sequence[Path]) -> list[Path]:
@@ -128,6 +137,108 @@ def parse_global(text: str) -> tuple[str, int]:
     return name, number
 
 
+_MAP_SIZE_KEYS = ("max_entries", "value_size")
+
+
+def parse_map(text: str) -> tuple[str, int | None, int | None]:
+    """NAME:max_entries=N[,value_size=N]: a map's size as its loader sets it."""
+    name, _, spec = text.partition(":")
+    sizes: dict[str, int] = {}
+    for item in spec.split(",") if spec else []:
+        key, _, value = item.partition("=")
+        if key.strip() not in _MAP_SIZE_KEYS or not value.strip().isdigit():
+            sizes = {}
+            break
+        sizes[key.strip()] = int(value.strip())
+    if not MAP_NAME.match(name) or not sizes or not all(0 < v < 2**32 for v in sizes.values()):
+        raise UsageError(
+            f"--map {text!r}: expected NAME:max_entries=N[,value_size=N]",
+            hint="e.g. --map counts:max_entries=10240 (sizes from 1 to 2^32-1)",
+        )
+    return name, sizes.get("max_entries"), sizes.get("value_size")
+
+
+def parse_attach_target(text: str) -> tuple[str, str]:
+    """PROG=FUNC: the target user space gives a tracing program before the load."""
+    prog, _, target = text.partition("=")
+    ident = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
+    if not ident.fullmatch(prog.strip()) or not ident.fullmatch(target.strip()):
+        raise UsageError(
+            f"--attach-target {text!r}: expected PROGRAM=FUNCTION",
+            hint="e.g. --attach-target dummy_file_read=vfs_read",
+        )
+    return prog.strip(), target.strip()
+
+
+def check_pin_root(text: str | None) -> str | None:
+    if text is not None and not re.fullmatch(r"/sys/fs/bpf(/[A-Za-z0-9._-]+)*", text):
+        raise UsageError(f"--pin-root {text!r}: not a directory under /sys/fs/bpf")
+    return text
+
+
+def checked_objects(paths: Sequence[Path]) -> list[Path]:
+    """The BPF objects to verify, checked before anything boots: a file named that is not
+    one is a usage error; one found under a directory (a build tree also holds the host's
+    objects) is skipped, and said so on stderr."""
+    named = {p.resolve() for p in paths if not p.is_dir()}
+    kept: list[Path] = []
+    skipped: list[str] = []
+    for obj in objects_in(paths):
+        try:
+            read_object(obj)
+        except ObjectFormatError as exc:
+            if obj in named:
+                raise UsageError(str(exc), hint="kitl verify takes BPF objects") from None
+            skipped.append(str(exc))
+            continue
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        kept.append(obj)
+    for line in skipped[:SKIPPED_SHOWN]:
+        print(f"kitl: skipped {line}", file=sys.stderr)
+    if len(skipped) > SKIPPED_SHOWN:
+        print(f"kitl: skipped {len(skipped) - SKIPPED_SHOWN} more", file=sys.stderr)
+    if not kept:
+        raise UsageError(f"no BPF object in {', '.join(map(str, paths))}")
+    return kept
+
+
+def check_names(objects: Sequence[Path], options: VerifyOptions) -> None:
+    """Every map, global and program the options name is in some object, and every
+    retargeted program can take a target: a typo fails here, not in every guest."""
+    infos = [read_object(o) for o in objects]
+    maps = {m for i in infos for m in i.maps}
+    global_names = {g.name for i in infos for g in i.globals}
+    programs = {p.name: p for i in infos for p in i.programs}
+    for name, *_ in options.maps:
+        if name not in maps:
+            raise UsageError(f"--map {name}: no object has a map {name!r}", hint=_hint(name, maps))
+    for name, _ in options.globals:
+        if name not in global_names:
+            raise UsageError(
+                f"--global {name}: no object has a global variable {name!r}",
+                hint=_hint(name, global_names),
+            )
+    for prog, _ in options.attach_targets:
+        found = programs.get(prog)
+        if found is None:
+            raise UsageError(
+                f"--attach-target {prog}: no object has a program {prog!r}",
+                hint=_hint(prog, set(programs)),
+            )
+        match = progtypes.match_section(found.section)
+        if match is None or match.prog_type.name not in progtypes.ATTACH_TARGET_TYPES:
+            raise UsageError(
+                f'--attach-target {prog}: SEC("{found.section}") takes no attach target',
+                hint="only fentry/fexit/fmod_ret/tp_btf/iter and lsm programs have one",
+            )
+
+
+def _hint(name: str, known: set[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    return f"did you mean {close[0]!r}?" if close else ""
+
+
 def scenario_name(obj: Path) -> str:
     """The object's file name without .bpf.o; characters outside [A-Za-z0-9._-] become
     '_' and then a hash of the name is appended, so 'a b.o' and 'a_b.o' stay apart."""
@@ -152,6 +263,8 @@ def scenario_for_object(obj: Path, options: VerifyOptions) -> Scenario:
         raise UsageError(str(exc)) from None
     name = scenario_name(obj)
     cases: list[Case] = []
+    global_names = {g.name for g in info.globals}
+    targets = dict(options.attach_targets)
     for prog in info.programs:
         if options.programs and not any(
             fnmatch.fnmatchcase(prog.name, g) for g in options.programs
@@ -167,11 +280,18 @@ def scenario_for_object(obj: Path, options: VerifyOptions) -> Scenario:
                 options.flags,
                 options.btf_custom_path,
                 unprivileged=unprivileged,
-                globals=options.globals,
+                # only what this object has: the names were checked against all objects
+                globals=tuple(g for g in options.globals if g[0] in global_names),
+                maps=tuple(m for m in options.maps if m[0] in info.maps),
+                fixups=options.fixups,
+                pinning=options.pinning,
+                pin_root=options.pin_root,
+                attach_target=targets.get(prog.name),
             )
-            # the program's own return value, where the kernel can run it without a target
+            # the program's own return value, where the kernel can run it without a target;
+            # after an unprivileged load it runs with the capabilities back (test_loader's way)
             drive = None
-            if options.test_run and prog_type.test_run and not unprivileged:
+            if options.test_run and prog_type.test_run:
                 drive = _test_run(prog_type, options.test_run_input)
             cases.append(
                 Case(
@@ -283,6 +403,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="NAME=VALUE",
         help="preset a global variable before the load, like veristat -G (repeatable)",
     )
+    p.add_argument(
+        "--map",
+        dest="maps",
+        action="append",
+        default=[],
+        metavar="NAME:max_entries=N[,value_size=N]",
+        help="size a map as the loader's user space would before the load (repeatable)",
+    )
+    p.add_argument(
+        "--attach-target",
+        dest="attach_targets",
+        action="append",
+        default=[],
+        metavar="PROG=FUNC",
+        help="retarget a tracing program (fentry/dummy -> FUNC) before its load (repeatable)",
+    )
+    p.add_argument(
+        "--no-fixups",
+        dest="fixups",
+        action="store_false",
+        help="load maps with max_entries 0 as they are (default: 1, as veristat does)",
+    )
+    p.add_argument(
+        "--no-pinning", dest="pinning", action="store_false", help="pin no map (veristat's way)"
+    )
+    p.add_argument("--pin-root", default=None, metavar="DIR", help="pin maps under this bpffs dir")
     p.add_argument("--expect", type=Path, default=None, metavar="FILE", help="bulk expectations")
     p.add_argument("-n", dest="workers", default=None, metavar="N|auto", help="parallel VMs")
     runner.add_libbpf_argument(p)
@@ -312,6 +458,11 @@ def options_from(args: argparse.Namespace) -> VerifyOptions:
         configs=tuple(parse_config(c) for c in args.config) or (RunConfig("default"),),
         globals=tuple(parse_global(g) for g in args.globals),
         test_run_input=parse_hex(args.test_run_input),
+        maps=tuple(parse_map(m) for m in args.maps),
+        attach_targets=tuple(parse_attach_target(t) for t in args.attach_targets),
+        fixups=args.fixups,
+        pinning=args.pinning,
+        pin_root=check_pin_root(args.pin_root),
     )
 
 
@@ -339,6 +490,16 @@ def verify_argv(args: argparse.Namespace, objects: Sequence[Path], run_dir: Path
         argv += ["--kitl-verify-config", config]
     for preset in args.globals:
         argv += ["--kitl-global", preset]
+    for size in args.maps:
+        argv += ["--kitl-map", size]
+    for target in args.attach_targets:
+        argv += ["--kitl-attach-target", target]
+    if not args.fixups:
+        argv.append("--kitl-no-fixups")
+    if not args.pinning:
+        argv.append("--kitl-no-pinning")
+    if args.pin_root:
+        argv += ["--kitl-pin-root", args.pin_root]
     if args.test_run_input:
         argv += ["--kitl-test-run-input", args.test_run_input]
     if args.test_run:
@@ -351,9 +512,10 @@ def verify_argv(args: argparse.Namespace, objects: Sequence[Path], run_dir: Path
 
 
 def run(args: argparse.Namespace) -> int:
-    objects = objects_in(args.paths)
-    duplicate_names(objects)
     options = options_from(args)
+    objects = checked_objects(args.paths)
+    duplicate_names(objects)
+    check_names(objects, options)
     bulk = load_bulk(args.expect) if args.expect else None
     scenarios = [scenario_for_object(o, options) for o in objects]
     if bulk is not None:

@@ -12,12 +12,13 @@ cd "$(dirname "$0")/.."
 # libssl-dev, dwarves (pahole: BTF) and ccache (variants share their objects), the kernels
 # kitl builds from source; dpkg-dev's dpkg-deb, xz-utils and zstd unpack kernel packages;
 # busybox-static lets virtme-ng build an initramfs; file tells virtme-ng a kernel's
-# version; python3-venv makes the virtualenv; chromium renders the HTML report in its test.
+# version; python3-venv makes the virtualenv; chromium renders the HTML report in its test;
+# xdp-tools (with libxdp1) ships BPF objects nobody here wrote, which the VM tests verify.
 packages=(
   qemu-system-x86 clang llvm bpftool libbpf-dev iproute2 ethtool kmod udev
   openssh-server openssh-client build-essential libelf-dev libssl-dev bc flex bison dwarves
   ccache xz-utils zstd busybox-static file binutils ca-certificates debian-archive-keyring
-  python3 python3-venv python3-dev iputils-ping chromium
+  python3 python3-venv python3-dev iputils-ping chromium xdp-tools
 )
 
 missing=()

@@ -111,3 +111,42 @@ def test_a_section_the_loader_does_not_know_is_named_with_the_way_out(case: Case
     assert reason.endswith(
         '(libbpf 1.1 does not know SEC("tc/ingress"); a newer libbpf may: --libbpf default)'
     )
+
+
+def test_a_retval_without_a_run_fails_as_not_run_instead_of_as_minus_one(case: Case) -> None:
+    """Found on the kernel's selftests: an unprivileged load had no test_run, and an expected
+    -1 passed while an expected 0 failed as "returned -1"."""
+    for want in (-1, 0):
+        outcome, reason = judge(case, Expect(retval=want), loaded())
+        assert outcome is Outcome.FAILED
+        assert reason.endswith("but the program was not run (no test_run for this case)")
+
+
+def test_at_log_level_0_the_order_of_messages_is_enforced(case: Case) -> None:
+    """At level 0 libbpf prints the log among its messages: searching the log and then the
+    messages found the two patterns in the wrong order across the two copies."""
+    messages = (
+        "libbpf: prog 'p': BPF program load failed: Permission denied\n"
+        f"libbpf: prog 'p': -- BEGIN PROG LOAD LOG --\n{REJECTION_LOG}-- END PROG LOAD LOG --\n"
+        "libbpf: prog 'p': failed to load: -13\n"
+    )
+    log = REJECTION_LOG  # what the agent reports as the log at level 0: libbpf's copy
+    seen = Observed(load={"ok": False, "errno": 13, "log": log, "libbpf_messages": messages})
+    wrong_order = Expect(load="rejected", log=("processed", "invalid access"))
+    outcome, reason = judge(case, wrong_order, seen)
+    assert outcome is Outcome.FAILED
+    assert "lacks /invalid access/" in reason
+    right = Expect(load="rejected", log=("invalid access", "processed", "failed to load: -13"))
+    assert judge(case, right, seen) == (Outcome.PASSED, "")
+
+
+def test_a_map_value_is_shown_in_the_form_the_expectation_was_written_in(case: Case) -> None:
+    """A .bss mismatch printed a 116-digit decimal against a hex expectation."""
+    seen = loaded()
+    seen.maps = {"m": [["00000000", "ab" * 48]]}
+    want = Expect(map=(MapExpect("m", (MapEntry(0, b"\xcd" * 48),)),))
+    outcome, reason = judge(case, want, seen)
+    assert (outcome, reason) == (Outcome.FAILED, f"map m[0] = {'ab' * 48}, expected {'cd' * 48}")
+    signed = Expect(map=(MapExpect("m", (MapEntry(0, -1),)),))
+    seen.maps = {"m": [["00000000", "feffffff"]]}
+    assert judge(case, signed, seen) == (Outcome.FAILED, "map m[0] = -2, expected -1")

@@ -56,7 +56,7 @@ EXPECTED_CLASS: dict[str, str | dict[str, str]] = {
     "map_bloom": {"debian-5.10": "UNSUPPORTED_MAP_TYPE", "*": OK},
     "map_unknown": "UNSUPPORTED_MAP_TYPE",
     "bad_section": "UNSUPPORTED_PROG_TYPE",
-    "fentry_missing": "UNSUPPORTED_ATTACH_TYPE",
+    "fentry_missing": "ATTACH_TARGET_MISSING",  # its target is in no kernel
     # EINVAL before the verifier with an empty log: nothing tells an unknown program type
     # (SYSCALL, 5.14) or prog flag (XDP frags, 5.18) apart, so these stay LOAD_FAILED.
     "prog_syscall": {"debian-5.10": "LOAD_FAILED", "*": OK},
@@ -417,8 +417,9 @@ def test_libbpf_rewritten_kfunc_and_map_poisons() -> None:
         ("libbpf: map 'm': failed to create: Invalid argument(-22)\n", "UNSUPPORTED_MAP_TYPE"),
         (
             "libbpf: prog 'p': failed to find kernel BTF type ID of 'f': -3\n",
-            "UNSUPPORTED_ATTACH_TYPE",
+            "ATTACH_TARGET_MISSING",
         ),
+        ("libbpf: specified path /sys/fs/bpf/m is not on BPF FS\n", "PIN_FAILED"),
         ("libbpf: prog 'p': BPF program load failed: Invalid argument\n", "LOAD_FAILED"),
     ],
 )

@@ -46,7 +46,8 @@ def test_one_case_per_program_and_privilege(basic: Path) -> None:
     ok = scenario.case("xdp_ok")
     assert (ok.prog_type.name, ok.section, ok.load.unprivileged) == ("xdp", "xdp", False)
     assert ok.drive is not None  # --test-run: packet programs get a built packet
-    assert scenario.case("xdp_ok.unprivileged").drive is None  # nothing stays loaded
+    # run after the load with the capabilities back, as the kernel's test_loader does
+    assert scenario.case("xdp_ok.unprivileged").drive == scenario.case("xdp_ok").drive
     assert scenario.case("xdp_ok.unprivileged").load.unprivileged
 
 
@@ -175,3 +176,99 @@ def test_repro_checks_the_log_level_first(
 ) -> None:
     assert main(["repro", str(tmp_path), "s::c[debian-6.1-default]", "--log-level", "32"]) == 2
     assert "kitl: --log-level 32: not a verifier log level" in capsys.readouterr().err
+
+
+LOADER_SET = """\
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+struct { __uint(type, BPF_MAP_TYPE_HASH); __type(key, __u32); __type(value, __u64); } counts
+    SEC(".maps");
+int limit = 4;
+SEC("fentry/dummy_file_read") int trace_read(void *ctx) { return 0; }
+SEC("xdp") int xdp_count(struct xdp_md *ctx) { return XDP_PASS; }
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+@pytest.fixture(scope="module")
+def loader_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An object as bcc's libbpf-tools write them: an unsized map, a placeholder target."""
+    src = tmp_path_factory.mktemp("src") / "tool.bpf.c"
+    src.write_text(LOADER_SET)
+    return compile_bpf(src, tmp_path_factory.mktemp("obj"))
+
+
+def test_what_a_loader_sets_reaches_each_case(loader_set: Path) -> None:
+    parser = argparse.ArgumentParser()
+    verify.add_arguments(parser)
+    args = parser.parse_args(
+        [str(loader_set), "--map", "counts:max_entries=1024,value_size=8", "--attach-target",
+         "trace_read=vfs_read", "--global", "limit=9", "--no-fixups", "--no-pinning",
+         "--pin-root", "/sys/fs/bpf/tool"]
+    )  # fmt: skip
+    options = verify.options_from(args)
+    verify.check_names([loader_set], options)
+    scenario = verify.scenario_for_object(loader_set, options)
+    trace, xdp = scenario.case("trace_read").load, scenario.case("xdp_count").load
+    assert trace.maps == (("counts", 1024, 8),)
+    assert trace.globals == (("limit", 9),)
+    assert (trace.attach_target, xdp.attach_target) == ("vfs_read", None)
+    assert (trace.fixups, trace.pinning, trace.pin_root) == (False, False, "/sys/fs/bpf/tool")
+    argv = verify.verify_argv(args, [loader_set], Path("/run"))
+    assert argv[argv.index("--kitl-map") + 1] == "counts:max_entries=1024,value_size=8"
+    assert argv[argv.index("--kitl-attach-target") + 1] == "trace_read=vfs_read"
+    assert {"--kitl-no-fixups", "--kitl-no-pinning"} <= set(argv)
+    assert argv[argv.index("--kitl-pin-root") + 1] == "/sys/fs/bpf/tool"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--map", "count:max_entries=4"], "--map count: no object has a map 'count'"),
+        (["--global", "limt=1"], "--global limt: no object has a global variable 'limt'"),
+        (["--attach-target", "nope=vfs_read"], "--attach-target nope: no object has a program"),
+        (["--attach-target", "xdp_count=vfs_read"], 'SEC("xdp") takes no attach target'),
+        (["--map", "counts:max_entries=0"], "expected NAME:max_entries=N"),
+        (["--map", "counts:entries=4"], "expected NAME:max_entries=N"),
+        (["--attach-target", "trace_read"], "expected PROGRAM=FUNCTION"),
+        (["--pin-root", "/tmp/pins"], "not a directory under /sys/fs/bpf"),
+    ],
+)
+def test_names_the_object_lacks_are_usage_errors_before_anything_boots(
+    argv: list[str],
+    message: str,
+    loader_set: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["verify", str(loader_set), "--kernel", "debian-6.1", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert len(err.strip().splitlines()) <= 2
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_file_that_is_not_a_bpf_object_is_refused_named_and_skipped_found(
+    tmp_path: Path,
+    basic: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A text file given to kitl verify booted a guest for 62 s and ended LOAD_FAILED."""
+    monkeypatch.chdir(tmp_path)
+    text = tmp_path / "notes.o"
+    text.write_text("not an object\n")
+    assert main(["verify", str(text), "--kernel", "debian-6.1"]) == 2
+    assert "notes.o: not an ELF file" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+    tree = tmp_path / "build"
+    tree.mkdir()
+    (tree / "host.o").write_bytes(Path("/bin/true").read_bytes()[:4096])  # the host's ELF
+    (tree / "basic.bpf.o").write_bytes(basic.read_bytes())
+    assert verify.checked_objects([tree]) == [(tree / "basic.bpf.o").resolve()]
+    assert "kitl: skipped" in capsys.readouterr().err
+    (tree / "basic.bpf.o").unlink()
+    with pytest.raises(UsageError, match="no BPF object in"):
+        verify.checked_objects([tree])

@@ -59,6 +59,9 @@ def test_every_program_meets_the_bulk_expectations(objects: Path, tmp_path: Path
     unprivileged = cell("basic::sock_keep.unprivileged")["observed"]["load"]
     assert (unprivileged["ok"], unprivileged["unprivileged"]) == (True, True)
     assert unprivileged["kernel.unprivileged_bpf_disabled"] == "0"
+    # loaded without capabilities, then run with them back (the kernel's test_loader's way)
+    run_after = cell("basic::sock_keep.unprivileged")["observed"]["test_run"]
+    assert (run_after["errno"], run_after["retval"] > 0) == (0, True)
     sleepy = cell("sleepable::copy_user")
     assert sleepy["observed"]["error_class"] == "VERIFIER_REJECTED"
     # the same results as a veristat CSV
