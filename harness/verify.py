@@ -588,7 +588,8 @@ class BulkExpectations:
         obj = scenario.objects[0].path or scenario.path
         overrides: dict[str, tuple[Override, ...]] = {}
         cases: list[Case] = []
-        for case in scenario.cases:
+        for original in scenario.cases:
+            case = original
             # whatever their kernel range: the engine picks by the cell's kernel
             matching = [
                 e
@@ -600,10 +601,29 @@ class BulkExpectations:
             overrides[case.name] = tuple(_override(e, case) for e in reversed(matching))
             wants_retval = any(e.retval is not None for e in matching)
             if wants_retval and case.drive is None and case.prog_type.test_run:
-                cases.append(replace(case, drive=_test_run(case.prog_type, None)))
-            else:
-                cases.append(case)
+                case = replace(case, drive=_test_run(case.prog_type, None))
+            if matching:
+                case = replace(case, load=_load_settings(matching[0], case))
+            cases.append(case)
         return with_expectations(replace(scenario, cases=tuple(cases)), overrides)
+
+
+def _load_settings(entry: verify_expect.Entry, case: Case) -> LoadOptions:
+    """The case's load with what the entry's loader sets: its map sizes win over the
+    command line's for the same map, its attach target over --attach-target."""
+    if not entry.maps and entry.attach_target is None:
+        return case.load
+    if entry.attach_target is not None and case.prog_type.name not in progtypes.ATTACH_TARGET_TYPES:
+        raise UsageError(
+            f"{entry.where}: attach_target: {case.program} ({case.section}) takes none",
+            hint="only fentry/fexit/fmod_ret/tp_btf/iter and lsm programs have one",
+        )
+    named = {name for name, *_ in entry.maps}
+    return replace(
+        case.load,
+        maps=(*(m for m in case.load.maps if m[0] not in named), *entry.maps),
+        attach_target=entry.attach_target or case.load.attach_target,
+    )
 
 
 def _override(entry: verify_expect.Entry, case: Case) -> Override:

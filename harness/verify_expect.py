@@ -13,12 +13,15 @@
         kernel: ">=5.17"           # optional: a kernel version range
         privilege: unprivileged    # privileged | unprivileged | any (default any)
         reason: "why"              # optional: quoted when the expectation fails
+        maps: {counts: {max_entries: 1024}}   # optional: sizes its loader sets before the load
+        attach_target: vfs_read    # optional: the target its loader gives a tracing program
 
 Entries are tried in file order and the FIRST whose object, program, kernel and privilege
 match applies, so a specific entry must come before a broad one (an entry that an earlier one
 hides completely is an error).  A program no entry matches is expected to load.  Globs are
-case-sensitive.  Every problem of the file is collected; `VerifyExpectError` names the first at
-file:line:column and carries all of them.
+case-sensitive.  Load settings (maps, attach_target) come from the first entry that matches a
+program, whatever its kernel range, and apply on every kernel.  Every problem of the file is
+collected; `VerifyExpectError` names the first at file:line:column and carries all of them.
 """
 
 from __future__ import annotations
@@ -35,7 +38,9 @@ import yaml
 from harness import progtypes, yamlsrc
 from harness.scenario import ScenarioError
 from harness.scenario_expect import (
+    ATTACH_TARGET,
     ERROR_CLASSES,
+    MAP_SIZES,
     Either,
     Int,
     Pos,
@@ -69,6 +74,8 @@ ENTRY = obj(
         "kernel": Str(doc='a kernel version range, e.g. ">=5.17"'),
         "privilege": Str(choices=("privileged", "unprivileged", "any")),
         "reason": Str(),
+        "maps": MAP_SIZES,
+        "attach_target": ATTACH_TARGET,
     },
     required=("program",),
 )
@@ -115,6 +122,9 @@ class Entry:
     kernel: VersionRange | None = None
     privilege: Privilege = "any"
     reason: str = ""
+    # load settings, as the program's own loader sets them (every kernel alike)
+    maps: tuple[tuple[str, int | None, int | None], ...] = ()
+    attach_target: str | None = None
     path: Path = Path(DEFAULT_NAME)
     line: int = 0
     # Compiled once: find() runs for every (object, program, kernel, privilege) of a run.
@@ -258,6 +268,11 @@ def _entry(rd: Reader, items: LocList, index: int) -> Entry | None:
         kernel=kernel,
         privilege=d.get("privilege", "any"),
         reason=d.get("reason", ""),
+        maps=tuple(
+            (name, size.get("max_entries"), size.get("value_size"))
+            for name, size in (d.get("maps") or {}).items()
+        ),
+        attach_target=d.get("attach_target"),
         path=raw.path,
         line=raw.line,
     )

@@ -702,3 +702,26 @@ def test_error_classes_match_the_verifier_classifier() -> None:
     returned = set(re.findall(r'return "([A-Z_]+)"', body))
     assert returned
     assert returned <= set(ERROR_CLASSES)
+
+
+def test_load_settings_a_real_loader_makes_are_checked_against_the_object(
+    tmp_path: Path, progs_o: Path
+) -> None:
+    shutil.copy(progs_o, tmp_path / "progs.bpf.o")
+    text = (
+        "name: loader\nobjects: {p: {path: progs.bpf.o}}\n"
+        "cases:\n"
+        "  - name: a\n    program: p/xdp_pass\n    expect: {}\n"
+        "    load: {maps: {counts: {max_entries: 64}}, fixups: false, pinning: 'off',"
+        " pin_root: /sys/fs/bpf/kitl}\n"
+        "  - name: b\n    program: p/xdp_pass\n    expect: {}\n"
+        "    load: {maps: {count: {max_entries: 64}}, attach_target: vfs_read}\n"
+    )
+    errors = [str(e) for e in check(_write(tmp_path, text))]
+    assert len(errors) == 2
+    assert "cases[1].load.maps: the object has no map 'count'" in errors[0]
+    assert "did you mean 'counts'?" in errors[0]
+    assert "cases[1].load.attach_target: an xdp program has no attach target" in errors[1]
+    good = load_scenario(_write(tmp_path, text.split("  - name: b", maxsplit=1)[0])).case("a").load
+    assert good.maps == (("counts", 64, None),)
+    assert (good.fixups, good.pinning, good.pin_root) == (False, False, "/sys/fs/bpf/kitl")

@@ -5,6 +5,7 @@ command line."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -272,3 +273,21 @@ def test_a_file_that_is_not_a_bpf_object_is_refused_named_and_skipped_found(
     (tree / "basic.bpf.o").unlink()
     with pytest.raises(UsageError, match="no BPF object in"):
         verify.checked_objects([tree])
+
+
+def test_a_bulk_entry_carries_its_programs_load_settings(loader_set: Path, tmp_path: Path) -> None:
+    text = (
+        "expect:\n"
+        "  - program: trace_read\n    attach_target: vfs_read\n"
+        "    maps: {counts: {max_entries: 4096}}\n"
+        "  - program: xdp_count\n    attach_target: vfs_read\n"
+    )
+    bulk = verify.BulkExpectations(parse_expectations(tmp_path / "kitl-verify.yaml", text))
+    options = verify.VerifyOptions(maps=(("counts", 8, None),))
+    scenario = verify.scenario_for_object(loader_set, options)
+    trace = replace(scenario, cases=(scenario.case("trace_read"),))
+    load = bulk.apply(trace).case("trace_read").load
+    assert (load.attach_target, load.maps) == ("vfs_read", (("counts", 4096, None),))
+    refused = r"kitl-verify.yaml:5: attach_target: xdp_count \(xdp\) takes none"
+    with pytest.raises(UsageError, match=refused):
+        bulk.apply(scenario)

