@@ -149,8 +149,9 @@ class Agent:
             self._bpffs_note = libbpf_prepare.mount_bpffs()
         root = args.get("pin_root") or DEFAULT_PIN_ROOT
         pins_before = libbpf_prepare.pins_under(root)
-        if args.get("unprivileged"):
-            obj, out = self._load_unprivileged(lib, args)
+        privilege = "unprivileged" if args.get("unprivileged") else args.get("privilege")
+        if privilege and privilege != "privileged":
+            obj, out = self._load_lowered(lib, args, privilege)
         else:
             # Offload (XDP hw mode) binds the program to a device at load time; the kernel
             # looks the ifindex up in the loader's netns, so the load happens in the device's.
@@ -184,21 +185,28 @@ class Agent:
             failed["type_supported"] = lib.probe("map_type", int(failed["type"]))
         return out
 
-    def _load_unprivileged(self, lib: Any, args: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-        """The load as an unprivileged loader gets it: CAP_SYS_ADMIN, CAP_BPF, CAP_PERFMON
-        and CAP_NET_ADMIN leave this thread's effective set for the load and come back
+    def _load_lowered(
+        self, lib: Any, args: dict[str, Any], privilege: str
+    ) -> tuple[Any, dict[str, Any]]:
+        """The load as a loader with the profile's capabilities gets it (harness.caps
+        PROFILES): the others leave this thread's effective set for the load and come back
         after it, as the kernel's test_loader does, so the program can still be test_run.
-        kernel.unprivileged_bpf_disabled is set to 0 first; a kernel that refuses says so."""
+        For "unprivileged", kernel.unprivileged_bpf_disabled is set to 0 first; a kernel
+        that refuses says so."""
+        if privilege not in caps.PROFILES:
+            raise AgentError(f"unknown privilege profile {privilege!r}", "protocol")
         setting = "kernel.unprivileged_bpf_disabled"
         refused = ""
-        try:
-            Path("/proc/sys/kernel/unprivileged_bpf_disabled").write_text("0\n")
-        except OSError as exc:
-            refused = f"{setting}=0 refused: {exc.strerror}"
-        with caps.lowered(caps.UNPRIVILEGED_DROP):
+        if privilege == "unprivileged":
+            try:
+                Path("/proc/sys/kernel/unprivileged_bpf_disabled").write_text("0\n")
+            except OSError as exc:
+                refused = f"{setting}=0 refused: {exc.strerror}"
+        with caps.lowered(caps.PROFILES[privilege]):
             obj, result = self._load(lib, args, 0)
         out = self._report(lib, result)
-        out["unprivileged"] = True
+        out["privilege"] = privilege
+        out["unprivileged"] = privilege == "unprivileged"
         out[setting] = _read_sysctl(setting)
         if refused:
             out["notes"] = [refused]
@@ -223,6 +231,7 @@ class Agent:
             pinning=bool(args.get("pinning", True)),
             pin_root=args.get("pin_root"),
             attach_target=args.get("attach_target"),
+            companions=tuple(args.get("companions") or ()),
         )
         try:
             return libbpf.BpfObject.load_one(lib, args["object"], args["program"], opts)

@@ -17,6 +17,16 @@ CAP_SYS_ADMIN = 21
 CAP_PERFMON = 38
 CAP_BPF = 39
 UNPRIVILEGED_DROP = (CAP_SYS_ADMIN, CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN)
+# Privilege profiles of a load: the capabilities each lowers.  "bpf" is how many tracing
+# daemons run (CAP_BPF and CAP_PERFMON, no CAP_SYS_ADMIN); "bpf-net" adds CAP_NET_ADMIN, as
+# networking daemons have (the kernel wants it for XDP, tc, cgroup and socket programs);
+# "unprivileged" has none of the four (with kernel.unprivileged_bpf_disabled=0).
+PROFILES: dict[str, tuple[int, ...]] = {
+    "privileged": (),
+    "bpf": (CAP_SYS_ADMIN, CAP_NET_ADMIN),
+    "bpf-net": (CAP_SYS_ADMIN,),
+    "unprivileged": UNPRIVILEGED_DROP,
+}
 _VERSION_3 = 0x20080522
 
 

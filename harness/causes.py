@@ -17,6 +17,7 @@ from harness.bpf_helpers import helper_name
 from harness.verifier import (
     CORE_POISON_ID,
     classify_failure,
+    log_from_libbpf_messages,
     map_unsized,
     missing_target,
     parse_log,
@@ -43,22 +44,34 @@ class Cause:
 
 def explain(load: Mapping[str, Any]) -> Cause:
     """The class and the message of a load that failed (`load` as the guest reported it)."""
+    companion = load.get("failed_program")
+    if companion:  # the program never reached the kernel: another of the load failed first
+        printed = log_from_libbpf_messages(str(load.get("libbpf_messages", ""))) or ""
+        inner = explain({**load, "failed_program": "", "log": printed, "program": companion})
+        return Cause(
+            "LOAD_FAILED",
+            _one_line(
+                f"the load failed at program '{companion}', loaded with it: "
+                f"{inner.error_class}: {inner.message}"
+            ),
+        )
     log = parse_log(str(load.get("log", "")), truncated=bool(load.get("log_truncated")))
     messages = str(load.get("libbpf_messages", ""))
     failed_map = load.get("failed_map")
-    unprivileged = bool(load.get("unprivileged"))
+    privilege = str(load.get("privilege") or ("unprivileged" if load.get("unprivileged") else ""))
+    lowered = privilege not in ("", "privileged")
     error_class = classify_failure(
         log,
         int(load.get("errno", 0)),
         messages,
         failed_map=failed_map if isinstance(failed_map, Mapping) else None,
-        unprivileged=unprivileged,
+        lowered=lowered,
     )
     text = log.error or _last_warning(messages)
     if error_class == "PIN_FAILED":
         text = f"pinning failed: {pin_problem(messages)}"
     elif isinstance(failed_map, Mapping) and error_class in _MAP_CLASSES:
-        text = _map_message(failed_map, error_class, messages, unprivileged)
+        text = _map_message(failed_map, error_class, messages, privilege)
     elif error_class == "ATTACH_TARGET_MISSING":
         text = _target_message(str(load.get("program", "")), messages + "\n" + (log.error or ""))
     elif error_class == "UNSUPPORTED_HELPER":
@@ -69,7 +82,7 @@ def explain(load: Mapping[str, Any]) -> Cause:
 _MAP_CLASSES = ("UNSUPPORTED_MAP_TYPE", "MAP_CREATE_FAILED", "PERMISSION")
 
 
-def _map_message(m: Mapping[str, Any], error_class: str, messages: str, unpriv: bool) -> str:
+def _map_message(m: Mapping[str, Any], error_class: str, messages: str, privilege: str) -> str:
     name, kind = m.get("name"), m.get("type_name") or f"type {m.get('type')}"
     if error_class == "UNSUPPORTED_MAP_TYPE":
         return f"map '{name}': this kernel has no {kind} maps"
@@ -82,7 +95,11 @@ def _map_message(m: Mapping[str, Any], error_class: str, messages: str, unpriv: 
     libbpf = _MAP_LINE.search(messages)
     why = libbpf.group(0).split(": ", 1)[-1] if libbpf else "failed to create"
     if error_class == "PERMISSION":
-        who = "an unprivileged loader" if unpriv else "this loader"
+        who = {
+            "unprivileged": "an unprivileged loader",
+            "bpf": "a loader with CAP_BPF and CAP_PERFMON only",
+            "bpf-net": "a loader without CAP_SYS_ADMIN",
+        }.get(privilege, "this loader")
         return f"map '{name}' ({kind}) cannot be created by {who}: {why}"
     shape = (
         f"{kind}, key {m.get('key_size')} B, value {m.get('value_size')} B, "

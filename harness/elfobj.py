@@ -21,6 +21,7 @@ from pathlib import Path
 
 EM_BPF = 247
 SHT_SYMTAB = 2
+SHT_REL = 9
 SHT_NOBITS = 8
 SHF_EXECINSTR = 0x4
 STT_OBJECT = 1
@@ -35,6 +36,7 @@ MAX_SOURCE_BYTES = 16 << 20
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 _SHDR = struct.Struct("<IIQQQQIIQQ")
 _SYM = struct.Struct("<IBBHQQ")
+_REL = struct.Struct("<QQ")  # Elf64_Rel: r_offset, r_info (symbol index << 32 | type)
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,9 @@ class ObjectInfo:
     sections: tuple[str, ...] = ()
     compiled: bool = True  # False: scanned from C source
     globals: tuple[GlobalVar, ...] = ()
+    # programs a map of the object names statically (a prog array's `.values = {...}`):
+    # libbpf fills those slots at load time and fails unless they are loaded too
+    slot_programs: tuple[str, ...] = ()
 
     def program(self, name: str) -> ObjectProgram | None:
         for prog in self.programs:
@@ -179,6 +184,7 @@ def parse_object(data: bytes, what: str = "<bytes>") -> ObjectInfo:
         license=license_text,
         sections=tuple(n for n in names[1:] if n),
         globals=global_vars,
+        slot_programs=_slot_programs(rd, sections, names),
     )
 
 
@@ -221,6 +227,27 @@ def _symbols(
         tuple(name for _, name in sorted(maps)),
         tuple(global_vars),
     )
+
+
+def _slot_programs(rd: _Reader, sections: list[_Section], names: list[str]) -> tuple[str, ...]:
+    """The programs the relocations of the .maps section point at: the static initializers
+    of prog arrays (`.values = { [0] = &prog }`), in relocation order, each once."""
+    symtab = next((s for s in sections if s.type == SHT_SYMTAB), None)
+    if symtab is None or ".rel.maps" not in names:
+        return ()
+    rel = _contents(rd, sections[names.index(".rel.maps")], ".rel.maps")
+    syms = _contents(rd, symtab, "symbol table")
+    strtab = _contents(rd, sections[symtab.link], "symbol name table")
+    found: list[str] = []
+    for off in range(0, len(rel) - _REL.size + 1, _REL.size):
+        _offset, info = _REL.unpack_from(rel, off)
+        sym_off = (info >> 32) * _SYM.size
+        if sym_off + _SYM.size > len(syms):
+            raise ObjectFormatError(f"{rd.what}: a .rel.maps entry names no symbol")
+        st_name, st_info, _other, shndx, _value, _size = _SYM.unpack_from(syms, sym_off)
+        if st_info & 0xF == STT_FUNC and 0 < shndx < len(sections) and names[shndx] != ".text":
+            found.append(_cstr(strtab, st_name))
+    return tuple(dict.fromkeys(found))
 
 
 def _section(rd: _Reader, shoff: int, index: int) -> _Section:

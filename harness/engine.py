@@ -19,6 +19,7 @@ from harness import hostload, packet
 from harness.agentclient import AgentCallError, AgentClient
 from harness.cache import Cache
 from harness.compile import compile_object, kernel_btf, vmlinux_h
+from harness.elfobj import read_object
 from harness.errors import KitlError
 from harness.interrupts import DEFAULT_CELL_TIMEOUT, Watchdog, timed_out_reason
 from harness.judge import Observed, judge
@@ -45,8 +46,8 @@ from harness.vm import VM
 Report = Callable[[CellResult], None]
 # load arguments a cell records so `kitl repro` sets the same things on the object
 _REPLAYED_LOAD_ARGS = (
-    "prog_flags", "unprivileged", "globals", "maps", "fixups", "pinning", "pin_root",
-    "attach_target",
+    "prog_flags", "privilege", "globals", "maps", "fixups", "pinning", "pin_root",
+    "attach_target", "companions",
 )  # fmt: skip
 CASE_TIMEOUT = 300.0  # generous: TCG, and a first load of a big object
 
@@ -84,6 +85,7 @@ class Engine:
         self.cache = cache
         self._in_guest: dict[Path, str] = {}
         self._hashes: dict[Path, str] = {}
+        self._slots: dict[Path, tuple[str, ...]] = {}
         self._guest_facts: dict[str, Any] | None = None
         # the guest's console and dmesg logs, relative to the run directory (when known)
         self.guest_logs: tuple[str, str] = ("", "")
@@ -104,6 +106,16 @@ class Engine:
         if path not in self._hashes:
             self._hashes[path] = hashlib.sha256(path.read_bytes()).hexdigest()
         return self._hashes[path]
+
+    def _slot_programs(self, path: Path) -> tuple[str, ...]:
+        """The programs the object's prog arrays name statically (read once per object; an
+        object kitl cannot read has none, and libbpf says what is wrong with it)."""
+        if path not in self._slots:
+            try:
+                self._slots[path] = read_object(path).slot_programs
+            except ValueError:
+                self._slots[path] = ()
+        return self._slots[path]
 
     def guest_object(self, path: Path) -> str:
         """Copy an object into the guest's tmpfs once (host paths created after boot may
@@ -370,11 +382,17 @@ class Engine:
         external = self.kernel.external_btf
         if case.load.external_btf and external is not None and not self._facts()["btf"]:
             load_args["btf_custom_path"] = self.guest_object(external)
-        if case.load.unprivileged:
-            load_args["unprivileged"] = True
+        if case.load.privilege != "privileged":
+            load_args["privilege"] = case.load.privilege
         if case.load.globals:
             load_args["globals"] = dict(case.load.globals)
         load_args.update(_prepare_args(case.load))
+        if not case.load.companions:
+            # libbpf fills a prog array's static slots at load time and fails unless their
+            # programs load too: they are the program's companions
+            slots = self._slot_programs(obj_path)
+            if slots:
+                load_args["companions"] = list(slots)
         if isinstance(case.attach, XdpAttach) and case.attach.mode == "hw":
             # offload: the program is bound to the device when it is loaded
             load_args.update(offload_dev=case.attach.dev, offload_ns=case.attach.ns)
@@ -595,6 +613,8 @@ def _prepare_args(load: LoadOptions) -> dict[str, Any]:
         args["pin_root"] = load.pin_root
     if load.attach_target:
         args["attach_target"] = load.attach_target
+    if load.companions:
+        args["companions"] = list(load.companions)
     return args
 
 

@@ -408,6 +408,9 @@ class LoadOptions:
     pinning: bool = True  # False: no map is pinned (veristat's way)
     pin_root: str | None = None  # pin_root_path; None: libbpf's /sys/fs/bpf
     attach_target: str | None = None  # the loaded program's, as user space would set it
+    # programs loaded with it in the same object load: those its prog arrays name
+    # statically, or every program ("*": the whole object, as a skeleton loads it)
+    companions: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Kernels up to 6.3 reject log buffers under 128 bytes; above the max is EINVAL.
@@ -442,10 +445,29 @@ class ProgramLoad:
     failed_stage: str = ""
     fixups: tuple[str, ...] = ()  # what kitl changed in the object first, as notes
     failed_map: libbpf_prepare.MapDef | None = None  # the map libbpf could not create
+    companions: tuple[str, ...] = ()  # the other programs loaded with it
+    failed_program: str = ""  # a companion whose failure failed the load
 
     @property
     def error(self) -> str:
         return describe_errno(self.errno) if self.errno else ""
+
+
+def _companions(names: list[str], program: str, wanted: tuple[str, ...]) -> list[str]:
+    """The programs to load with `program`: those named that the object has ("*": all)."""
+    if "*" in wanted:
+        return [n for n in names if n != program]
+    return [n for n in names if n in wanted and n != program]
+
+
+def _failed_companion(messages: str, program: str, companions: list[str]) -> str:
+    """The companion libbpf names as failing ("prog 'x': failed to load"), if any."""
+    for name in companions:
+        if f"prog '{name}': failed to load" in messages or (
+            f"prog '{name}': BPF program load failed" in messages
+        ):
+            return name
+    return ""
 
 
 class _LogBuffer:
@@ -595,8 +617,9 @@ class BpfObject(Attachable):
             prog = programs[names.index(program)]
             if opts.attach_target:
                 libbpf_prepare.set_attach_target(lib, prog, program, opts.attach_target)
-            for p in programs:
-                c.bpf_program__set_autoload(p, p == prog)
+            loaded = _companions(names, program, opts.companions)
+            for p, name in zip(programs, names, strict=True):
+                c.bpf_program__set_autoload(p, p == prog or name in loaded)
             if opts.prog_flags:
                 c.bpf_program__set_flags(prog, c.bpf_program__flags(prog) | opts.prog_flags)
             if opts.ifindex:
@@ -640,6 +663,8 @@ class BpfObject(Attachable):
                 failed_stage="" if rc == 0 else stage,
                 fixups=fixups,
                 failed_map=None if rc == 0 else libbpf_prepare.failed_map(lib, obj, messages),
+                companions=tuple(loaded),
+                failed_program="" if rc == 0 else _failed_companion(messages, program, loaded),
             )
         except BaseException:
             c.bpf_object__close(obj)

@@ -68,9 +68,7 @@ def add_options(parser: pytest.Parser) -> None:
     verify.addoption("--kitl-log-size", type=int, default=None, metavar="BYTES")
     verify.addoption("--kitl-flags", default="", metavar="BPF_F_...,", help="program load flags")
     verify.addoption("--kitl-btf", default=None, metavar="FILE", help="btf_custom_path")
-    verify.addoption(
-        "--kitl-privilege", default="privileged", choices=("privileged", "unprivileged", "both")
-    )
+    verify.addoption("--kitl-privilege", default="privileged", metavar="PROFILE[,PROFILE]")
     verify.addoption("--kitl-test-run", action="store_true", help="test_run each program")
     verify.addoption("--kitl-verify-expect", default=None, metavar="FILE")
     verify.addoption("--kitl-global", action="append", default=[], metavar="NAME=VALUE")
@@ -80,6 +78,7 @@ def add_options(parser: pytest.Parser) -> None:
     verify.addoption("--kitl-no-fixups", action="store_true", help="no veristat map fixups")
     verify.addoption("--kitl-no-pinning", action="store_true", help="pin no map")
     verify.addoption("--kitl-pin-root", default=None, metavar="DIR", help="pin_root_path")
+    verify.addoption("--kitl-whole-object", action="store_true", help="load every program")
     verify.addoption(
         "--kitl-verify-config",
         action="append",

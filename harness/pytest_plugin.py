@@ -101,7 +101,7 @@ class KitlSession:
                 log_size=get("kitl_log_size"),
                 flags=verify.parse_flags(get("kitl_flags")),
                 btf_custom_path=Path(btf).resolve() if btf else None,
-                privileges=("privileged", "unprivileged") if privilege == "both" else (privilege,),
+                privileges=verify.parse_privileges(privilege),
                 test_run=get("kitl_test_run"),
                 configs=tuple(verify.parse_config(c) for c in get("kitl_verify_config"))
                 or (RunConfig("default"),),
@@ -114,6 +114,7 @@ class KitlSession:
                 fixups=not get("kitl_no_fixups"),
                 pinning=not get("kitl_no_pinning"),
                 pin_root=verify.check_pin_root(get("kitl_pin_root")),
+                whole_object=get("kitl_whole_object"),
             )
         return self._verify
 

@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         vm.channel.put(obj.read_bytes(), remote)
         load_args: dict[str, Any] = {
             "prog_flags": case.load.flags_value,
-            "unprivileged": case.load.unprivileged,
+            "privilege": case.load.privilege,
             # what the run set on the object (map sizes, globals, targets, pinning)
             **(cell.get("observed", {}).get("load_args") or {}),
             "object": remote,

@@ -199,7 +199,7 @@ class LoadOptions:
     log_size: int | None = None  # bytes; None: the engine's default
     flags: tuple[str, ...] = ()  # names from progtypes.PROG_LOAD_FLAGS
     btf_custom_path: Path | None = None
-    unprivileged: bool = False  # load without CAP_SYS_ADMIN, CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN
+    privilege: str = "privileged"  # a profile of harness.caps.PROFILES
     globals: tuple[tuple[str, int], ...] = ()  # initial values of global variables
     external_btf: bool = False  # `btf: external`: kitl's BTF of a kernel built without it
     # what a real loader sets before its load (harness.libbpf_prepare): map sizes as
@@ -210,6 +210,12 @@ class LoadOptions:
     pinning: bool = True
     pin_root: str | None = None
     attach_target: str | None = None
+    # programs loaded with it in one object load ("*": all of them, as a skeleton does)
+    companions: tuple[str, ...] = ()
+
+    @property
+    def unprivileged(self) -> bool:
+        return self.privilege == "unprivileged"
 
     @property
     def flags_value(self) -> int:
@@ -848,6 +854,8 @@ class _CaseParser:
             pinning=m.get("pinning", "on") == "on",
             pin_root=m.get("pin_root"),
             attach_target=m.get("attach_target"),
+            companions=tuple(m.get("companions") or ()),
+            privilege=m.get("privilege", "privileged"),
         )
 
     def _check_load_names(self, m: LocDict) -> None:
@@ -861,6 +869,14 @@ class _CaseParser:
                         where(m["maps"], name),
                         suggest(name, list(info.maps), "maps"),
                     )
+        programs = info.program_names() if info is not None else []
+        for name in m.get("companions") or ():
+            if name != "*" and programs and name not in programs:
+                self.rd.error(
+                    f"{self.what}.load.companions: the object has no program {name!r}",
+                    where(m, "companions"),
+                    suggest(name, programs, "programs"),
+                )
         pt = self.match.prog_type if self.match is not None else None
         if "attach_target" in m and pt is not None and pt.name not in ATTACH_TARGET_TYPES:
             self.rd.error(

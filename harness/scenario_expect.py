@@ -430,6 +430,7 @@ ERROR_CLASSES = (  # harness.verifier.classify_failure()
     "LOAD_FAILED",
     "LOG_TRUNCATED",
 )
+PRIVILEGES = ("privileged", "bpf", "bpf-net", "unprivileged")  # harness.caps.PROFILES
 MAP_NAME = re.compile(r"^[A-Za-z_.][A-Za-z0-9_.]{0,63}$")
 # What a real loader sets before the load (harness.libbpf_prepare), in scenarios and bulk
 # expectations alike.
@@ -924,6 +925,19 @@ CASE = obj(
                 "pinning": Str(choices=("on", "off"), doc="off: pin no map (default on)"),
                 "pin_root": PIN_ROOT,
                 "attach_target": ATTACH_TARGET,
+                "privilege": Str(
+                    choices=PRIVILEGES,
+                    doc="privileged (default); bpf: CAP_BPF+CAP_PERFMON; bpf-net: and "
+                    "CAP_NET_ADMIN; unprivileged: none of them",
+                ),
+                "companions": Seq(
+                    Str(re.compile(r"^(\*|[A-Za-z_][A-Za-z0-9_]*)$"), "program names or *"),
+                    1,
+                    256,
+                    unique=True,
+                    doc="programs of the object loaded with it (* for all, as a skeleton "
+                    "does); default: those its prog arrays name statically",
+                ),
             }
         ),
         "attach": ATTACH,

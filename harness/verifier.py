@@ -356,7 +356,7 @@ def classify_failure(
     libbpf_messages: str,
     *,
     failed_map: Mapping[str, Any] | None = None,
-    unprivileged: bool = False,
+    lowered: bool = False,
 ) -> str:
     """One failure class for a load that failed with ``errno`` (positive).
 
@@ -365,7 +365,9 @@ def classify_failure(
     verifier log between BEGIN/END markers.  ENOSPC is never a rejection: the log did not fit.
     ``failed_map`` is the guest's description of the map libbpf could not create (name,
     type, sizes, and ``type_supported``, the kernel's answer to a probe of its type); without
-    it a map failure is read as an unsupported type.
+    it a map failure is read as an unsupported type.  ``lowered``: the load ran with fewer
+    than all capabilities (a privilege profile), so a supported map that failed is a
+    permission failure.
     """
     if log is None and (embedded := log_from_libbpf_messages(libbpf_messages)) is not None:
         log = parse_log(embedded)
@@ -379,7 +381,7 @@ def classify_failure(
     if _PIN.search(libbpf_messages):
         return "PIN_FAILED"
     if failed_map is not None:
-        return _map_class(failed_map, errno, unprivileged)
+        return _map_class(failed_map, errno, lowered)
     if errno in (_errno.EPERM, _errno.EACCES):
         return "PERMISSION"
     if _CORE_LIBBPF.search(libbpf_messages):
@@ -414,12 +416,12 @@ def _rejection_class(log: VerifierLog) -> str:
     return "VERIFIER_REJECTED"
 
 
-def _map_class(failed_map: Mapping[str, Any], errno: int, unprivileged: bool) -> str:
+def _map_class(failed_map: Mapping[str, Any], errno: int, lowered: bool) -> str:
     if failed_map.get("type_supported") == 0:
         return "UNSUPPORTED_MAP_TYPE"
     if map_unsized(failed_map):
         return "MAP_CREATE_FAILED"
-    if unprivileged or errno in (_errno.EPERM, _errno.EACCES):
+    if lowered or errno in (_errno.EPERM, _errno.EACCES):
         return "PERMISSION"
     return "MAP_CREATE_FAILED"
 

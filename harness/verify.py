@@ -41,11 +41,12 @@ from harness.scenario import (
     Scenario,
     TestRunDrive,
 )
-from harness.scenario_expect import LOG_LEVEL_MASK, MAP_NAME, Expect
+from harness.scenario_expect import LOG_LEVEL_MASK, MAP_NAME, PRIVILEGES, Expect
 
 # A section libbpf has no program type for: it still gets a cell, which the load fails.
 UNKNOWN_TYPE = ProgType("unknown", 0, "?", (), IGNORED_CODES)
-UNPRIVILEGED = "unprivileged"  # the suffix of a case loaded without capabilities
+PRIVILEGED = "privileged"  # every capability; other profiles (harness.caps) suffix the case
+UNPRIVILEGED = "unprivileged"
 OBJECT_CASE = "object"  # the one case of an object that is not a BPF object
 SKIPPED_SHOWN = 10  # files under a directory that are not BPF objects, named on stderr
 _CONFIG = re.compile(r"^([a-z0-9][a-z0-9._-]{0,63}):(.+)$")
@@ -58,7 +59,7 @@ class VerifyOptions:
     log_size: int | None = None
     flags: tuple[str, ...] = ()  # names from progtypes.PROG_LOAD_FLAGS
     btf_custom_path: Path | None = None
-    privileges: tuple[str, ...] = ("privileged",)  # and/or "unprivileged"
+    privileges: tuple[str, ...] = (PRIVILEGED,)  # profiles of scenario_expect.PRIVILEGES
     test_run: bool = False
     test_run_input: bytes | None = None  # packet (packet types) or context; None: a default
     configs: tuple[RunConfig, ...] = (RunConfig("default"),)
@@ -69,6 +70,7 @@ class VerifyOptions:
     fixups: bool = True
     pinning: bool = True
     pin_root: str | None = None
+    whole_object: bool = False  # every program of the object in each load, as a skeleton
 
 
 def objects_in(paths: Sequence[Path]) -> list[Path]:
@@ -86,6 +88,24 @@ def check_log_level(level: int) -> int:
             hint="0 to 15, a sum of 1 (log), 2 (verbose), 4 (statistics), 8 (fixed size)",
         )
     return level
+
+
+def parse_privileges(text: str) -> tuple[str, ...]:
+    """A comma-separated list of privilege profiles; "both" is privileged,unprivileged."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    out: list[str] = []
+    for name in names:
+        expanded = [PRIVILEGED, UNPRIVILEGED] if name == "both" else [name]
+        for profile in expanded:
+            if profile not in PRIVILEGES:
+                raise UsageError(
+                    f"--privilege {name!r}: not a privilege profile",
+                    hint=f"profiles: {', '.join(PRIVILEGES)}, or both",
+                )
+            out.append(profile)
+    if not out:
+        raise UsageError("--privilege: no profile given")
+    return tuple(dict.fromkeys(out))
 
 
 def parse_flags(text: str) -> tuple[str, ...]:
@@ -265,6 +285,7 @@ def scenario_for_object(obj: Path, options: VerifyOptions) -> Scenario:
     cases: list[Case] = []
     global_names = {g.name for g in info.globals}
     targets = dict(options.attach_targets)
+    companions = ("*",) if options.whole_object else ()
     for prog in info.programs:
         if options.programs and not any(
             fnmatch.fnmatchcase(prog.name, g) for g in options.programs
@@ -273,13 +294,12 @@ def scenario_for_object(obj: Path, options: VerifyOptions) -> Scenario:
         match = progtypes.match_section(prog.section)
         prog_type = match.prog_type if match else UNKNOWN_TYPE
         for privilege in options.privileges:
-            unprivileged = privilege == UNPRIVILEGED
             load = LoadOptions(
                 options.log_level,
                 options.log_size,
                 options.flags,
                 options.btf_custom_path,
-                unprivileged=unprivileged,
+                privilege=privilege,
                 # only what this object has: the names were checked against all objects
                 globals=tuple(g for g in options.globals if g[0] in global_names),
                 maps=tuple(m for m in options.maps if m[0] in info.maps),
@@ -287,15 +307,16 @@ def scenario_for_object(obj: Path, options: VerifyOptions) -> Scenario:
                 pinning=options.pinning,
                 pin_root=options.pin_root,
                 attach_target=targets.get(prog.name),
+                companions=companions,
             )
             # the program's own return value, where the kernel can run it without a target;
-            # after an unprivileged load it runs with the capabilities back (test_loader's way)
+            # after a load with fewer capabilities it runs with them back (test_loader's way)
             drive = None
             if options.test_run and prog_type.test_run:
                 drive = _test_run(prog_type, options.test_run_input)
             cases.append(
                 Case(
-                    f"{prog.name}.{UNPRIVILEGED}" if unprivileged else prog.name,
+                    prog.name if privilege == PRIVILEGED else f"{prog.name}.{privilege}",
                     name,
                     prog.name,
                     prog.section,
@@ -318,7 +339,7 @@ def _unreadable_object(obj: Path, problem: str, options: VerifyOptions) -> Scena
         options.log_size,
         options.flags,
         options.btf_custom_path,
-        unprivileged=options.privileges == (UNPRIVILEGED,),
+        privilege=options.privileges[0] if len(options.privileges) == 1 else PRIVILEGED,
     )  # no globals: there is no data section to preset them in
     case = Case(OBJECT_CASE, name, "", "", UNKNOWN_TYPE, Expect(), problem, load=load)
     obj_def = BpfObject(name, path=obj)
@@ -385,8 +406,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--privilege",
         default="privileged",
-        choices=("privileged", "unprivileged", "both"),
-        help="unprivileged: loaded without CAP_SYS_ADMIN/BPF/PERFMON/NET_ADMIN",
+        metavar="PROFILE[,PROFILE]",
+        help="privileged (default), bpf (CAP_BPF+CAP_PERFMON), bpf-net (and CAP_NET_ADMIN), "
+        "unprivileged, or both (privileged,unprivileged)",
     )
     p.add_argument("--test-run", action="store_true", help="record each program's test_run retval")
     p.add_argument(
@@ -429,6 +451,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--no-pinning", dest="pinning", action="store_false", help="pin no map (veristat's way)"
     )
     p.add_argument("--pin-root", default=None, metavar="DIR", help="pin maps under this bpffs dir")
+    p.add_argument(
+        "--whole-object",
+        action="store_true",
+        help="load every program of the object with each one, as a skeleton does",
+    )
     p.add_argument("--expect", type=Path, default=None, metavar="FILE", help="bulk expectations")
     p.add_argument("-n", dest="workers", default=None, metavar="N|auto", help="parallel VMs")
     runner.add_libbpf_argument(p)
@@ -453,7 +480,7 @@ def options_from(args: argparse.Namespace) -> VerifyOptions:
         log_size=args.log_size,
         flags=parse_flags(args.flags),
         btf_custom_path=args.btf.resolve() if args.btf else None,
-        privileges=("privileged", UNPRIVILEGED) if args.privilege == "both" else (args.privilege,),
+        privileges=parse_privileges(args.privilege),
         test_run=args.test_run,
         configs=tuple(parse_config(c) for c in args.config) or (RunConfig("default"),),
         globals=tuple(parse_global(g) for g in args.globals),
@@ -463,6 +490,7 @@ def options_from(args: argparse.Namespace) -> VerifyOptions:
         fixups=args.fixups,
         pinning=args.pinning,
         pin_root=check_pin_root(args.pin_root),
+        whole_object=args.whole_object,
     )
 
 
@@ -500,6 +528,8 @@ def verify_argv(args: argparse.Namespace, objects: Sequence[Path], run_dir: Path
         argv.append("--kitl-no-pinning")
     if args.pin_root:
         argv += ["--kitl-pin-root", args.pin_root]
+    if args.whole_object:
+        argv.append("--kitl-whole-object")
     if args.test_run_input:
         argv += ["--kitl-test-run-input", args.test_run_input]
     if args.test_run:
@@ -595,7 +625,7 @@ class BulkExpectations:
                 e
                 for e in self.expectations.entries
                 if replace(e, kernel=None).matches(
-                    obj.name, case.program, None, case.load.unprivileged
+                    obj.name, case.program, None, case.load.privilege
                 )
             ]
             overrides[case.name] = tuple(_override(e, case) for e in reversed(matching))

@@ -11,7 +11,7 @@
         retval: XDP_PASS           # optional: test_run's return value, a number or a name of
                                    #   the program type's codes (resolved when judging)
         kernel: ">=5.17"           # optional: a kernel version range
-        privilege: unprivileged    # privileged | unprivileged | any (default any)
+        privilege: unprivileged    # privileged | bpf | bpf-net | unprivileged | any (default)
         reason: "why"              # optional: quoted when the expectation fails
         maps: {counts: {max_entries: 1024}}   # optional: sizes its loader sets before the load
         attach_target: vfs_read    # optional: the target its loader gives a tracing program
@@ -41,6 +41,7 @@ from harness.scenario_expect import (
     ATTACH_TARGET,
     ERROR_CLASSES,
     MAP_SIZES,
+    PRIVILEGES,
     Either,
     Int,
     Pos,
@@ -61,7 +62,7 @@ DEFAULT_NAME = "kitl-verify.yaml"
 TOP_KEYS = ("expect",)
 MAX_ENTRIES = 100_000
 VerdictName = Literal["accepted", "rejected"]
-Privilege = Literal["privileged", "unprivileged", "any"]
+Privilege = Literal["privileged", "bpf", "bpf-net", "unprivileged", "any"]
 
 ENTRY = obj(
     {
@@ -72,7 +73,7 @@ ENTRY = obj(
         "error_class": Str(choices=ERROR_CLASSES),
         "retval": Either((Int(progtypes.S32_MIN, progtypes.U32_MAX), Str())),
         "kernel": Str(doc='a kernel version range, e.g. ">=5.17"'),
-        "privilege": Str(choices=("privileged", "unprivileged", "any")),
+        "privilege": Str(choices=(*PRIVILEGES, "any")),
         "reason": Str(),
         "maps": MAP_SIZES,
         "attach_target": ATTACH_TARGET,
@@ -144,13 +145,13 @@ class Entry:
         object_name: str,
         program: str,
         version: tuple[int, int, int] | None,
-        unprivileged: bool,
+        privilege: str,
     ) -> bool:
         if not self.program_re.match(program) or not self.object_re.match(
             PurePath(object_name).name
         ):
             return False
-        if self.privilege != "any" and (self.privilege == "unprivileged") != unprivileged:
+        if self.privilege not in ("any", privilege):
             return False
         # An unreadable release cannot be shown to be in range.
         return self.kernel is None or (version is not None and self.kernel.contains(version))
@@ -185,7 +186,7 @@ class Expectations:
     entries: tuple[Entry, ...] = ()
 
     def find(
-        self, object_name: str, program: str, kernel_release: str, unprivileged: bool
+        self, object_name: str, program: str, kernel_release: str, privilege: str
     ) -> Entry | None:
         """The first entry that matches (object_name may be a path: its file name is matched);
         None means no expectation: the program is expected to load."""
@@ -194,7 +195,7 @@ class Expectations:
         except ValueError:
             version = None
         for entry in self.entries:
-            if entry.matches(object_name, program, version, unprivileged):
+            if entry.matches(object_name, program, version, privilege):
                 return entry
         return None
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness import verify
+from harness.causes import explain
 from harness.cli import main
 from harness.elfobj import read_object
 from harness.errors import UsageError
@@ -291,3 +292,75 @@ def test_a_bulk_entry_carries_its_programs_load_settings(loader_set: Path, tmp_p
     refused = r"kitl-verify.yaml:5: attach_target: xdp_count \(xdp\) takes none"
     with pytest.raises(UsageError, match=refused):
         bulk.apply(scenario)
+
+
+SLOTS = """\
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+int stage_pass(struct xdp_md *ctx);
+struct {
+    __uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+    __uint(max_entries, 2);
+    __uint(key_size, sizeof(__u32));
+    __array(values, int (void *));
+} stages SEC(".maps") = { .values = { [1] = (void *)&stage_pass } };
+SEC("xdp") int dispatch(struct xdp_md *ctx) { bpf_tail_call(ctx, &stages, 1); return 0; }
+SEC("xdp") int stage_pass(struct xdp_md *ctx) { return XDP_PASS; }
+SEC("xdp") int other(struct xdp_md *ctx) { return XDP_PASS; }
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+def test_programs_in_static_prog_array_slots_are_found_and_whole_object_loads_all(
+    tmp_path: Path,
+) -> None:
+    src = tmp_path / "slots.bpf.c"
+    src.write_text(SLOTS)
+    obj = compile_bpf(src, tmp_path)
+    assert read_object(obj).slot_programs == ("stage_pass",)
+    plain = verify.scenario_for_object(obj, verify.VerifyOptions())
+    assert plain.case("dispatch").load.companions == ()  # the engine adds the slot programs
+    whole = verify.scenario_for_object(obj, verify.VerifyOptions(whole_object=True))
+    assert {c.load.companions for c in whole.cases} == {("*",)}
+
+
+def test_a_companions_failure_names_the_companion() -> None:
+    messages = (
+        "libbpf: prog 'unrelated': BPF program load failed: Permission denied\n"
+        "libbpf: prog 'unrelated': -- BEGIN PROG LOAD LOG --\nR1 invalid mem access 'scalar'\n"
+        "processed 2 insns (limit 1000000) max_states_per_insn 0 total_states 0\n"
+        "-- END PROG LOAD LOG --\nlibbpf: prog 'unrelated': failed to load: -13\n"
+    )
+    load = {"ok": False, "errno": 13, "log": "", "libbpf_messages": messages,
+            "program": "dispatch", "failed_program": "unrelated"}  # fmt: skip
+    cause = explain(load)
+    assert cause.error_class == "LOAD_FAILED"
+    assert cause.message == (
+        "the load failed at program 'unrelated', loaded with it: VERIFIER_REJECTED: "
+        "R1 invalid mem access 'scalar'"
+    )
+
+
+def test_privilege_profiles_parse_and_name_their_cases(basic: Path) -> None:
+    assert verify.parse_privileges("both") == ("privileged", "unprivileged")
+    assert verify.parse_privileges("bpf,bpf-net,bpf") == ("bpf", "bpf-net")
+    with pytest.raises(UsageError, match="'root': not a privilege profile"):
+        verify.parse_privileges("root")
+    options = verify.VerifyOptions(privileges=("privileged", "bpf"), programs=("xdp_ok",))
+    scenario = verify.scenario_for_object(basic, options)
+    assert [(c.name, c.load.privilege) for c in scenario.cases] == [
+        ("xdp_ok", "privileged"),
+        ("xdp_ok.bpf", "bpf"),
+    ]
+
+
+def test_a_map_a_profile_may_not_create_says_which_profile() -> None:
+    load = {"ok": False, "errno": 1, "log": "", "privilege": "bpf",
+            "libbpf_messages": "libbpf: map 'm': failed to create: Operation not permitted(-1)\n",
+            "failed_map": {"name": "m", "type": 1, "type_name": "hash", "key_size": 4,
+                           "value_size": 4, "max_entries": 8, "type_supported": 1}}  # fmt: skip
+    cause = explain(load)
+    assert cause.error_class == "PERMISSION"
+    assert cause.message.startswith(
+        "map 'm' (hash) cannot be created by a loader with CAP_BPF and CAP_PERFMON only"
+    )

@@ -92,7 +92,7 @@ def test_a_good_file_parses_in_order(good: Expectations) -> None:
 def test_find_returns_the_first_matching_entry(
     good: Expectations, obj: str, program: str, release: str, unprivileged: bool, line: int | None
 ) -> None:
-    entry = good.find(obj, program, release, unprivileged)
+    entry = good.find(obj, program, release, "unprivileged" if unprivileged else "privileged")
     assert (entry.line if entry else None) == line
 
 
@@ -129,7 +129,8 @@ def test_every_error_of_the_file_is_reported_at_its_position() -> None:
         "12:11: expect[5].log[0]: bad regular expression '/invalid (access/': missing ),"
         " unterminated subpattern at position 8",
         "14:14: expect[6].verdict: 'ok' is not one of accepted, rejected",
-        "16:16: expect[7].privilege: 'root' is not one of privileged, unprivileged, any",
+        "16:16: expect[7].privilege: 'root' is not one of privileged, bpf, bpf-net, "
+        "unprivileged, any",
         "19:18: expect[8].error_class: unknown value 'VERIFIER_REJECT'"
         " (did you mean 'VERIFIER_REJECTED'?)",
         "21:5: expect[9].error_class: an error class needs verdict: rejected"

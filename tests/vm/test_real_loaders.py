@@ -106,3 +106,61 @@ def test_an_unprivileged_map_failure_is_a_permission_failure_naming_the_map(
     unprivileged = results[f"tool::sk_mark.unprivileged[{KERNEL}-default]"]
     assert unprivileged["observed"]["error_class"] == "PERMISSION"
     assert "cannot be created by an unprivileged loader" in unprivileged["reason"]
+
+
+@pytest.fixture(scope="module")
+def tailcalls(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    ks = Kernels.open(Cache.default())
+    header = vmlinux_h(kernel_btf(ks.get("debian-7.2")), ks.store.cache)
+    out = tmp_path_factory.mktemp("tailcalls") / "tailcalls.bpf.o"
+    shutil.copy(compile_object(DATA / "tailcalls.bpf.c", header, ks.store.cache), out)
+    return out
+
+
+def test_tail_call_slots_load_with_their_programs_and_run(tailcalls: Path, tmp_path: Path) -> None:
+    """libbpf fills a prog array's static slots at load time: loaded alone, every program
+    of such an object failed ("failed to initialize slot [0]")."""
+    run = tmp_path / "run"
+    argv = ["verify", str(tailcalls), "--kernel", KERNEL, "--test-run"]
+    assert main([*argv, "--output", str(run)]) == 1  # `unrelated` is rejected
+    results = cells(run)
+    assert set(failures(results)) == {f"tailcalls::unrelated[{KERNEL}-default]"}
+    dispatch = results[f"tailcalls::dispatch[{KERNEL}-default]"]["observed"]
+    assert dispatch["load"]["companions"] == ["stage_pass", "stage_drop"]
+    assert dispatch["test_run"]["retval"] == 2  # slot 0: stage_pass, XDP_PASS
+    second = tmp_path / "second"
+    status = main([*argv, "--prog", "dispatch", "--global", "stage=1", "--output", str(second)])
+    assert status == 0
+    assert (
+        cells(second)[f"tailcalls::dispatch[{KERNEL}-default]"]["observed"]["test_run"]["retval"]
+        == 1
+    )  # slot 1: stage_drop, XDP_DROP
+
+    whole = tmp_path / "whole"
+    argv = ["verify", str(tailcalls), "--kernel", KERNEL, "--prog", "dispatch", "--whole-object"]
+    assert main([*argv, "--output", str(whole)]) == 1
+    cell = cells(whole)[f"tailcalls::dispatch[{KERNEL}-default]"]
+    assert cell["reason"].startswith(
+        "LOAD_FAILED: the load failed at program 'unrelated', loaded with it: VERIFIER_REJECTED"
+    )
+
+
+def test_privilege_profiles_between_all_capabilities_and_none(
+    tool: Path, tailcalls: Path, tmp_path: Path
+) -> None:
+    """How daemons run: CAP_BPF and CAP_PERFMON without CAP_SYS_ADMIN load a kprobe but not
+    XDP, which wants CAP_NET_ADMIN too; each load still test_runs with every capability."""
+    run = tmp_path / "run"
+    argv = ["verify", str(tool), str(tailcalls), "--kernel", KERNEL, "--prog", "stack_of_reads",
+            "--prog", "stage_pass", "--privilege", "bpf,bpf-net", "--test-run"]  # fmt: skip
+    assert main([*argv, "--output", str(run)]) == 1
+    results = cells(run)
+
+    def cell(name: str) -> dict[str, Any]:
+        return results[f"{name}[{KERNEL}-default]"]
+
+    assert set(failures(results)) == {f"tailcalls::stage_pass.bpf[{KERNEL}-default]"}
+    assert cell("tailcalls::stage_pass.bpf")["observed"]["error_class"] == "PERMISSION"
+    assert cell("tool::stack_of_reads.bpf")["observed"]["load"]["privilege"] == "bpf"
+    net = cell("tailcalls::stage_pass.bpf-net")["observed"]
+    assert (net["load"]["privilege"], net["test_run"]["retval"]) == ("bpf-net", 2)
