@@ -47,6 +47,7 @@ class Agent:
             "attach": self.attach,
             "test_run": self.test_run,
             "map_dump": self.map_dump,
+            "map_update": self.map_update,
             "release": self.release,
             "probe": self.probe,
             "events_start": self.events_start,
@@ -308,6 +309,21 @@ class Agent:
                     raise
         return out
 
+    def map_update(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Write map contents: {map: [[key, value], ...]}; an integer is written
+        little-endian at the map's key or value size, a string is hex bytes."""
+        obj = self._object(args)
+        written = 0
+        for name, rows in (args.get("maps") or {}).items():
+            key_size, value_size = obj.map_sizes(name)
+            for key, value in rows:
+                try:
+                    obj.map_update(name, _raw(key, key_size), _raw(value, value_size))
+                except (libbpf.LibbpfError, ValueError, OverflowError) as exc:
+                    raise AgentError(f"setting map {name}[{key}]: {exc}", "setup") from None
+                written += 1
+        return {"written": written}
+
     def events_start(self, args: dict[str, Any]) -> dict[str, Any]:
         """Start counting records of ringbuf maps (before the drive)."""
         obj = self._object(args)
@@ -452,6 +468,12 @@ def _presets(obj: str, values: dict[str, int]) -> tuple[tuple[str, int, bytes], 
             ) from None
         out.append((var.section, var.offset, data))
     return tuple(out)
+
+
+def _raw(value: int | str, size: int) -> bytes:
+    if isinstance(value, str):
+        return bytes.fromhex(value)
+    return int(value).to_bytes(size, "little", signed=int(value) < 0)
 
 
 def _unpin(paths: list[str]) -> None:

@@ -39,7 +39,7 @@ from harness.scenario import (
     TrafficDrive,
     XdpAttach,
 )
-from harness.scenario_expect import Expect, kernel_version
+from harness.scenario_expect import Expect, MapExpect, kernel_version
 from harness.verifier import parse_log
 from harness.vm import VM
 
@@ -437,6 +437,8 @@ class Engine:
         handle = seen.load.get("handle")
         if handle is None:
             return
+        if case.setup_maps:
+            self.agent.call("map_update", {"handle": handle, "maps": _map_rows(case.setup_maps)})
         if case.attach is not None:
             spec: dict[str, Any] = {
                 "handle": handle,
@@ -573,6 +575,12 @@ def _expect_json(expect: Expect) -> dict[str, Any]:
             m.name: [[_plain(e.key), _plain(e.value)] for e in m.entries] for m in expect.map
         }
     return out
+
+
+def _map_rows(maps: tuple[MapExpect, ...]) -> dict[str, list[list[int | str]]]:
+    """Map contents for the guest: integers as numbers (written at the map's sizes there),
+    bytes as hex."""
+    return {m.name: [[_plain(e.key), _plain(e.value)] for e in m.entries] for m in maps}
 
 
 def _plain(value: int | bytes) -> int | str:

@@ -746,6 +746,11 @@ class BpfObject(Attachable):
             value_size = (value_size + 7) // 8 * 8 * int(c.libbpf_num_possible_cpus())
         return int(c.bpf_map__fd(m)), key_size, value_size
 
+    def map_sizes(self, name: str) -> tuple[int, int]:
+        """Key and value size of a map, as its lookups and updates take them."""
+        _, key_size, value_size = self._map_sizes(name)
+        return key_size, value_size
+
     def map_lookup(self, name: str, key: bytes) -> bytes | None:
         fd, key_size, value_size = self._map_sizes(name)
         _check_size(name, "key", key, key_size)

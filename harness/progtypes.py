@@ -569,6 +569,11 @@ def to_s32(value: int) -> int:
     return value - 2**32 if 2**31 <= value <= U32_MAX else value
 
 
+# `retval: any`: the program ran (test_run succeeded), whatever it returned (a kernel pointer,
+# a hash).  Outside 32 bits, so no return value equals it.
+RETVAL_ANY = 1 << 40
+
+
 def resolve_retval(prog_type: ProgType, section: str, value: str | int) -> int:
     """A return-code expectation as a signed 32-bit value.  Names are checked against the
     convention of `prog_type` in `section` (tcx sections take TCX_* names, for example);
@@ -589,6 +594,8 @@ def resolve_retval(prog_type: ProgType, section: str, value: str | int) -> int:
             )
         return signed
     text = value.strip()
+    if text == "any":
+        return RETVAL_ANY
     code = conv.code(text)
     if code is not None:
         return code.value
@@ -628,6 +635,8 @@ def _not_a_code(prog_type: ProgType, conv: RetConvention, text: str) -> str:
 def retval_name(prog_type: ProgType, section: str, value: int) -> str:
     """For reports: 2 -> "XDP_PASS" for an xdp program, -1 -> "-EPERM" for lsm; a value with
     no name comes back as its decimal text."""
+    if value == RETVAL_ANY:
+        return "any"
     conv = convention_for(prog_type, section)
     signed = to_s32(value)
     for code in conv.codes:

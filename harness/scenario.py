@@ -49,6 +49,7 @@ from harness.scenario_expect import (
     describe,
     hex_digits,
     json_schema,
+    map_contents,
     parse_version_range,
     read_expect,
     suggest,
@@ -394,6 +395,7 @@ class Case:
     drive: Drive | None = None
     overrides: tuple[Override, ...] = ()
     line: int = field(default=0, compare=False)
+    setup_maps: tuple[MapExpect, ...] = ()  # map contents written after the load
 
     def expect_for(
         self,
@@ -766,6 +768,7 @@ class _CaseParser:
         return Case(
             name, obj, prog, section, self.match.prog_type, expect, d.get("description", ""),
             requires, load, attach, drive, overrides, line=d.line,
+            setup_maps=self._setup(d) if "setup" in d else (),
         )  # fmt: skip
 
     def _program(self, d: LocDict) -> tuple[str, str, str] | None:
@@ -857,6 +860,17 @@ class _CaseParser:
             companions=tuple(m.get("companions") or ()),
             privilege=m.get("privilege", "privileged"),
         )
+
+    def _setup(self, d: LocDict) -> tuple[MapExpect, ...]:
+        """`setup: {maps: {...}}`: map contents written after the load, checked like the
+        map contents an expectation names."""
+        m = d["setup"]
+        if not isinstance(m, LocDict) or not isinstance(m.get("maps"), LocDict):
+            return ()
+        info = self.obj.info if self.obj else None
+        maps = info.maps if info is not None and (info.compiled or info.maps) else None
+        ctx = ExpectContext(self.match, maps, None, None, DEFAULT_LOG_LEVEL)
+        return map_contents(self.rd, m["maps"], ctx, f"{self.what}.setup.maps")
 
     def _check_load_names(self, m: LocDict) -> None:
         """Maps sized and an attach target set must be the object's and fit the program."""

@@ -459,7 +459,8 @@ EXPECT = obj(
         "error_class": Str(choices=ERROR_CLASSES, doc="the class of the load failure"),
         "retval": Either(
             (Int(progtypes.S32_MIN, progtypes.U32_MAX), Str()),
-            doc="test_run's return value: a code of the program's type, -EPERM, or a number",
+            doc="test_run's return value: a code of the program's type, -EPERM, a number, or "
+            "any (it ran; a kernel pointer, a hash)",
         ),
         "delivered": Int(0, 10**9, doc="packets of the traffic drive that arrived"),
         "dropped": Int(0, 10**9, doc="packets of the traffic drive that did not"),
@@ -630,17 +631,23 @@ def read_expect(rd: Reader, d: LocDict, ctx: ExpectContext, what: str) -> Expect
             except ValueError as exc:
                 rd.error(f"{what}.errno: {exc}", where(d, "errno", value=True))
     if "map" in d:
-        values["map"] = tuple(
-            MapExpect(name, tuple(MapEntry(_bytes(e["key"]), _bytes(e["value"])) for e in rows))
-            for name, rows in d["map"].items()
-            if _map_known(rd, d["map"], name, ctx, f"{what}.map")
-        )
+        values["map"] = map_contents(rd, d["map"], ctx, f"{what}.map")
     if "events" in d:
         events = d["events"]
         values["events"] = tuple(
             (name, n) for name, n in events.items() if _map_known(rd, events, name, ctx, what)
         )
     return Expect(**values) if len(rd.errors) == errors else None
+
+
+def map_contents(rd: Reader, d: LocDict, ctx: ExpectContext, what: str) -> tuple[MapExpect, ...]:
+    """`{map: [{key, value}, ...]}` as map contents (expected after a drive, or written
+    before it), each map name checked against the object."""
+    return tuple(
+        MapExpect(name, tuple(MapEntry(_bytes(e["key"]), _bytes(e["value"])) for e in rows))
+        for name, rows in d.items()
+        if _map_known(rd, d, name, ctx, what)
+    )
 
 
 def _bytes(value: int | str) -> int | bytes:
@@ -938,6 +945,20 @@ CASE = obj(
                     doc="programs of the object loaded with it (* for all, as a skeleton "
                     "does); default: those its prog arrays name statically",
                 ),
+            }
+        ),
+        "setup": obj(
+            {
+                "maps": Map(
+                    Seq(
+                        obj({"key": _MAP_VALUE, "value": _MAP_VALUE}, required=("key", "value")),
+                        1,
+                        4096,
+                    ),
+                    Str(MAP_NAME, "a map name"),
+                    doc="map contents written after the load, before attach and drive; "
+                    "integers are little-endian at the map's size",
+                )
             }
         ),
         "attach": ATTACH,

@@ -41,7 +41,14 @@ from harness.scenario import (
     Scenario,
     TestRunDrive,
 )
-from harness.scenario_expect import LOG_LEVEL_MASK, MAP_NAME, PRIVILEGES, Expect
+from harness.scenario_expect import (
+    LOG_LEVEL_MASK,
+    MAP_NAME,
+    PRIVILEGES,
+    Expect,
+    MapEntry,
+    MapExpect,
+)
 
 # A section libbpf has no program type for: it still gets a cell, which the load fails.
 UNKNOWN_TYPE = ProgType("unknown", 0, "?", (), IGNORED_CODES)
@@ -71,6 +78,7 @@ class VerifyOptions:
     pinning: bool = True
     pin_root: str | None = None
     whole_object: bool = False  # every program of the object in each load, as a skeleton
+    map_values: tuple[tuple[str, int | bytes, int | bytes], ...] = ()  # written before test_run
 
 
 def objects_in(paths: Sequence[Path]) -> list[Path]:
@@ -178,6 +186,33 @@ def parse_map(text: str) -> tuple[str, int | None, int | None]:
     return name, sizes.get("max_entries"), sizes.get("value_size")
 
 
+def parse_map_value(text: str) -> tuple[str, int | bytes, int | bytes]:
+    """NAME:KEY=VALUE: an entry written into a map after the load (before test_run).  KEY
+    and VALUE are integers (little-endian at the map's sizes) or hex:BYTES."""
+    name, _, entry = text.partition(":")
+    key, _, value = entry.partition("=")
+    try:
+        parsed = (_map_datum(key), _map_datum(value))
+    except ValueError:
+        parsed = None
+    if not MAP_NAME.match(name) or parsed is None:
+        raise UsageError(
+            f"--map-set {text!r}: expected NAME:KEY=VALUE",
+            hint="integers (42, 0x2a, -1) or hex:BYTES, e.g. --map-set config:0=hex:0a000001",
+        )
+    return name, parsed[0], parsed[1]
+
+
+def _map_datum(text: str) -> int | bytes:
+    text = text.strip()
+    if text.startswith("hex:"):
+        data = bytes.fromhex(text[4:])
+        if not data:
+            raise ValueError("no bytes")
+        return data
+    return int(text, 0)
+
+
 def parse_attach_target(text: str) -> tuple[str, str]:
     """PROG=FUNC: the target user space gives a tracing program before the load."""
     prog, _, target = text.partition("=")
@@ -233,6 +268,11 @@ def check_names(objects: Sequence[Path], options: VerifyOptions) -> None:
     for name, *_ in options.maps:
         if name not in maps:
             raise UsageError(f"--map {name}: no object has a map {name!r}", hint=_hint(name, maps))
+    for name, *_ in options.map_values:
+        if name not in maps and "." not in name:  # ".bss" and the like: libbpf's data maps
+            raise UsageError(
+                f"--map-set {name}: no object has a map {name!r}", hint=_hint(name, maps)
+            )
     for name, _ in options.globals:
         if name not in global_names:
             raise UsageError(
@@ -286,6 +326,11 @@ def scenario_for_object(obj: Path, options: VerifyOptions) -> Scenario:
     global_names = {g.name for g in info.globals}
     targets = dict(options.attach_targets)
     companions = ("*",) if options.whole_object else ()
+    setup = tuple(
+        MapExpect(m, tuple(MapEntry(k, v) for n, k, v in options.map_values if n == m))
+        for m in dict.fromkeys(n for n, _, _ in options.map_values)
+        if m in info.maps or "." in m
+    )
     for prog in info.programs:
         if options.programs and not any(
             fnmatch.fnmatchcase(prog.name, g) for g in options.programs
@@ -324,6 +369,7 @@ def scenario_for_object(obj: Path, options: VerifyOptions) -> Scenario:
                     Expect(),
                     load=load,
                     drive=drive,
+                    setup_maps=setup,
                 )
             )
     obj_def = BpfObject(name, path=obj, info=info)
@@ -371,17 +417,8 @@ def _test_run(prog_type: ProgType, given: bytes | None) -> TestRunDrive:
 
 def with_expectations(scenario: Scenario, overrides: dict[str, tuple[Override, ...]]) -> Scenario:
     """The scenario with each case's expectations (by case name) from the bulk file."""
-    cases = tuple(
-        Case(
-            c.name, c.object, c.program, c.section, c.prog_type, c.expect, c.description,
-            c.requires, c.load, c.attach, c.drive, overrides.get(c.name, ()), line=c.line,
-        )
-        for c in scenario.cases
-    )  # fmt: skip
-    return Scenario(
-        scenario.name, scenario.path, scenario.objects, cases, scenario.description,
-        scenario.kernels, scenario.configs, scenario.topology,
-    )  # fmt: skip
+    cases = tuple(replace(c, overrides=overrides.get(c.name, ())) for c in scenario.cases)
+    return replace(scenario, cases=cases)
 
 
 # --- the command ---------------------------------------------------------------------------
@@ -432,6 +469,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="NAME:max_entries=N[,value_size=N]",
         help="size a map as the loader's user space would before the load (repeatable)",
+    )
+    p.add_argument(
+        "--map-set",
+        dest="map_values",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE",
+        help="write an entry into a map after the load, before test_run (repeatable)",
     )
     p.add_argument(
         "--attach-target",
@@ -491,6 +536,7 @@ def options_from(args: argparse.Namespace) -> VerifyOptions:
         pinning=args.pinning,
         pin_root=check_pin_root(args.pin_root),
         whole_object=args.whole_object,
+        map_values=tuple(parse_map_value(v) for v in args.map_values),
     )
 
 
@@ -522,6 +568,8 @@ def verify_argv(args: argparse.Namespace, objects: Sequence[Path], run_dir: Path
         argv += ["--kitl-map", size]
     for target in args.attach_targets:
         argv += ["--kitl-attach-target", target]
+    for value in args.map_values:
+        argv += ["--kitl-map-set", value]
     if not args.fixups:
         argv.append("--kitl-no-fixups")
     if not args.pinning:

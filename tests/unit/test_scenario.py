@@ -725,3 +725,22 @@ def test_load_settings_a_real_loader_makes_are_checked_against_the_object(
     good = load_scenario(_write(tmp_path, text.split("  - name: b", maxsplit=1)[0])).case("a").load
     assert good.maps == (("counts", 64, None),)
     assert (good.fixups, good.pinning, good.pin_root) == (False, False, "/sys/fs/bpf/kitl")
+
+
+def test_setup_writes_map_contents_the_object_has(tmp_path: Path, progs_o: Path) -> None:
+    shutil.copy(progs_o, tmp_path / "progs.bpf.o")
+    text = (
+        "name: setup\nobjects: {p: {path: progs.bpf.o}}\n"
+        "cases:\n"
+        "  - name: a\n    program: p/xdp_pass\n    expect: {}\n"
+        "    setup: {maps: {counts: [{key: 1, value: 7}, {key: '0x02', value: 'ff00'}]}}\n"
+        "  - name: b\n    program: p/xdp_pass\n    expect: {}\n"
+        "    setup: {maps: {count: [{key: 1, value: 7}]}}\n"
+    )
+    [error] = check(_write(tmp_path, text))
+    assert "cases[1].setup.maps: the object has no map 'count'" in str(error)
+    good = load_scenario(_write(tmp_path, text.split("  - name: b")[0])).case("a")
+    assert [(e.key, e.value) for e in good.setup_maps[0].entries] == [
+        (1, 7),
+        (b"\x02", b"\xff\x00"),
+    ]

@@ -364,3 +364,19 @@ def test_a_map_a_profile_may_not_create_says_which_profile() -> None:
     assert cause.message.startswith(
         "map 'm' (hash) cannot be created by a loader with CAP_BPF and CAP_PERFMON only"
     )
+
+
+def test_map_values_parse_and_reach_the_cases_of_objects_with_the_map(loader_set: Path) -> None:
+    assert verify.parse_map_value("counts:1=0x2a") == ("counts", 1, 42)
+    assert verify.parse_map_value("counts:-1=hex:0a0b") == ("counts", -1, b"\x0a\x0b")
+    for bad in ("counts", "counts:1", "counts:x=1", "counts:1=hex:", "bad name:1=1"):
+        with pytest.raises(UsageError, match="expected NAME:KEY=VALUE"):
+            verify.parse_map_value(bad)
+    options = verify.VerifyOptions(map_values=(("counts", 1, 42), ("counts", 2, 7)))
+    verify.check_names([loader_set], options)
+    case = verify.scenario_for_object(loader_set, options).case("xdp_count")
+    assert [(m.name, [(e.key, e.value) for e in m.entries]) for m in case.setup_maps] == [
+        ("counts", [(1, 42), (2, 7)])
+    ]
+    with pytest.raises(UsageError, match="--map-set count: no object has a map 'count'"):
+        verify.check_names([loader_set], verify.VerifyOptions(map_values=(("count", 1, 1),)))

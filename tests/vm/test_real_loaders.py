@@ -164,3 +164,17 @@ def test_privilege_profiles_between_all_capabilities_and_none(
     assert cell("tool::stack_of_reads.bpf")["observed"]["load"]["privilege"] == "bpf"
     net = cell("tailcalls::stage_pass.bpf-net")["observed"]
     assert (net["load"]["privilege"], net["test_run"]["retval"]) == ("bpf-net", 2)
+
+
+def test_map_contents_written_before_test_run_decide_the_verdict(
+    tailcalls: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    argv = ["verify", str(tailcalls), "--kernel", KERNEL, "--prog", "configured", "--test-run"]
+    assert main([*argv, "--map-set", "config:0=1", "--output", str(run)]) == 0
+    cell = cells(run)[f"tailcalls::configured[{KERNEL}-default]"]["observed"]
+    assert cell["test_run"]["retval"] == 1  # XDP_DROP, from the map
+    bare = tmp_path / "bare"
+    assert main([*argv, "--output", str(bare)]) == 0
+    cell = cells(bare)[f"tailcalls::configured[{KERNEL}-default]"]["observed"]
+    assert cell["test_run"]["retval"] == 0  # an array's zeroed value: XDP_ABORTED

@@ -22,6 +22,14 @@ struct {
 
 volatile const u32 stage = 0;
 
+/* what user space writes before it runs the program: the verdict of `configured` */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, u32);
+} config SEC(".maps");
+
 SEC("xdp")
 int dispatch(struct xdp_md *ctx)
 {
@@ -39,6 +47,14 @@ SEC("xdp")
 int stage_drop(struct xdp_md *ctx)
 {
 	return XDP_DROP;
+}
+
+SEC("xdp")
+int configured(struct xdp_md *ctx)
+{
+	u32 key = 0, *verdict = bpf_map_lookup_elem(&config, &key);
+
+	return verdict ? *verdict : XDP_ABORTED;
 }
 
 /* not in the prog array: loads on its own, and with the others only in --whole-object */
