@@ -203,7 +203,8 @@ class Agent:
                 Path("/proc/sys/kernel/unprivileged_bpf_disabled").write_text("0\n")
             except OSError as exc:
                 refused = f"{setting}=0 refused: {exc.strerror}"
-        with caps.lowered(caps.PROFILES[privilege]):
+        keep = set(args.get("keep_caps") or ())
+        with caps.lowered(tuple(c for c in caps.PROFILES[privilege] if c not in keep)):
             obj, result = self._load(lib, args, 0)
         out = self._report(lib, result)
         out["privilege"] = privilege
@@ -233,6 +234,7 @@ class Agent:
             pin_root=args.get("pin_root"),
             attach_target=args.get("attach_target"),
             companions=tuple(args.get("companions") or ()),
+            unprivileged_maps_only=bool(args.get("unprivileged_maps_only")),
         )
         try:
             return libbpf.BpfObject.load_one(lib, args["object"], args["program"], opts)

@@ -19,6 +19,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness import btf
+
 EM_BPF = 247
 SHT_SYMTAB = 2
 SHT_REL = 9
@@ -73,6 +75,11 @@ class ObjectInfo:
     # programs a map of the object names statically (a prog array's `.values = {...}`):
     # libbpf fills those slots at load time and fails unless they are loaded too
     slot_programs: tuple[str, ...] = ()
+    # the decl tags on each function (BTF), where kernel selftests write expectations
+    decl_tags: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def tags_of(self, function: str) -> tuple[str, ...]:
+        return dict(self.decl_tags).get(function, ())
 
     def program(self, name: str) -> ObjectProgram | None:
         for prog in self.programs:
@@ -185,6 +192,7 @@ def parse_object(data: bytes, what: str = "<bytes>") -> ObjectInfo:
         sections=tuple(n for n in names[1:] if n),
         globals=global_vars,
         slot_programs=_slot_programs(rd, sections, names),
+        decl_tags=_decl_tags(rd, sections, names),
     )
 
 
@@ -227,6 +235,20 @@ def _symbols(
         tuple(name for _, name in sorted(maps)),
         tuple(global_vars),
     )
+
+
+def _decl_tags(
+    rd: _Reader, sections: list[_Section], names: list[str]
+) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The functions' decl tags from .BTF; none when it has none or is unreadable (libbpf
+    then says what is wrong with it)."""
+    if ".BTF" not in names:
+        return ()
+    try:
+        tags = btf.func_decl_tags(_contents(rd, sections[names.index(".BTF")], ".BTF"))
+    except btf.BtfError:
+        return ()
+    return tuple(sorted(tags.items()))
 
 
 def _slot_programs(rd: _Reader, sections: list[_Section], names: list[str]) -> tuple[str, ...]:

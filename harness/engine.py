@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import console as consolelog
-from harness import hostload, packet
+from harness import hostload, packet, progtypes
 from harness.agentclient import AgentCallError, AgentClient
 from harness.cache import Cache
 from harness.compile import compile_object, kernel_btf, vmlinux_h
@@ -47,7 +47,7 @@ Report = Callable[[CellResult], None]
 # load arguments a cell records so `kitl repro` sets the same things on the object
 _REPLAYED_LOAD_ARGS = (
     "prog_flags", "privilege", "globals", "maps", "fixups", "pinning", "pin_root",
-    "attach_target", "companions",
+    "attach_target", "companions", "keep_caps", "unprivileged_maps_only",
 )  # fmt: skip
 CASE_TIMEOUT = 300.0  # generous: TCG, and a first load of a big object
 
@@ -106,6 +106,19 @@ class Engine:
         if path not in self._hashes:
             self._hashes[path] = hashlib.sha256(path.read_bytes()).hexdigest()
         return self._hashes[path]
+
+    def _testing_flags(self, names: tuple[str, ...]) -> int:
+        """The test flags this kernel takes (test_loader probes them the same way: a flag
+        the kernel does not know fails every load with EINVAL)."""
+        try:
+            version = kernel_version(self.kernel.release)
+        except ValueError:
+            return 0
+        return sum(
+            progtypes.PROG_LOAD_FLAGS[n]
+            for n in names
+            if version >= progtypes.PROG_LOAD_FLAG_SINCE.get(n, (99,))
+        )
 
     def _slot_programs(self, path: Path) -> tuple[str, ...]:
         """The programs the object's prog arrays name statically (read once per object; an
@@ -258,6 +271,9 @@ class Engine:
         topology = scenario.topology
         has_topology = bool(topology.netns or topology.veth or topology.netdevsim)
         try:
+            if case.skip:
+                cell.outcome, cell.reason = Outcome.SKIPPED, case.skip
+                return
             wanted = case.requires.libbpf
             if wanted is not None and not (loader and wanted.contains(kernel_version(loader))):
                 cell.outcome = Outcome.SKIPPED
@@ -375,8 +391,9 @@ class Engine:
         }
         if case.load.log_size:
             load_args["log_size"] = case.load.log_size
-        if case.load.flags:
-            load_args["prog_flags"] = case.load.flags_value
+        flags = case.load.flags_value | self._testing_flags(case.load.testing_flags)
+        if flags:
+            load_args["prog_flags"] = flags
         if case.load.btf_custom_path is not None:
             load_args["btf_custom_path"] = self.guest_object(case.load.btf_custom_path)
         external = self.kernel.external_btf
@@ -623,6 +640,10 @@ def _prepare_args(load: LoadOptions) -> dict[str, Any]:
         args["attach_target"] = load.attach_target
     if load.companions:
         args["companions"] = list(load.companions)
+    if load.keep_caps:
+        args["keep_caps"] = list(load.keep_caps)
+    if load.unprivileged_maps_only:
+        args["unprivileged_maps_only"] = True
     return args
 
 

@@ -109,6 +109,8 @@ _FUNCTIONS: dict[str, tuple[Any, tuple[Any, ...], tuple[int, int]]] = {
     "bpf_map__set_pin_path": (_I, (_P, _STR), (0, 0)),
     "bpf_map__pin_path": (_STR, (_P,), (0, 5)),
     "bpf_program__set_attach_target": (_I, (_P, _I, _STR), (0, 0)),
+    "bpf_map__map_flags": (_U32, (_P,), (0, 1)),
+    "bpf_map__set_autocreate": (_I, (_P, _BOOL), (0, 8)),
     "bpf_map_lookup_elem": (_I, (_I, _P, _P), (0, 0)),
     "bpf_map_update_elem": (_I, (_I, _P, _P, _U64), (0, 0)),
     "bpf_map_get_next_key": (_I, (_I, _P, _P), (0, 0)),
@@ -411,6 +413,7 @@ class LoadOptions:
     # programs loaded with it in the same object load: those its prog arrays name
     # statically, or every program ("*": the whole object, as a skeleton loads it)
     companions: tuple[str, ...] = ()
+    unprivileged_maps_only: bool = False  # create no map an unprivileged user may not
 
     def __post_init__(self) -> None:
         # Kernels up to 6.3 reject log buffers under 128 bytes; above the max is EINVAL.
@@ -610,6 +613,8 @@ class BpfObject(Attachable):
             fixups = libbpf_prepare.prepare_maps(
                 lib, obj, opts.map_sizes, fixups=opts.fixups, pinning=opts.pinning
             )
+            if opts.unprivileged_maps_only:
+                libbpf_prepare.skip_privileged_maps(lib, obj)
             programs = cls._programs(lib, obj)
             names = [c.bpf_program__name(p).decode() for p in programs]
             if program not in names:

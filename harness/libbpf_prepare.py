@@ -121,6 +121,25 @@ def _fixup(lib: Libbpf, m: int, name: str) -> list[str]:
     return notes
 
 
+# Types an unprivileged user may create (the kernel's test_loader, is_unpriv_capable_map):
+# hashes without BPF_F_ZERO_SEED, arrays, ring buffers, prog/cgroup/perf event arrays...
+_UNPRIVILEGED_MAP_TYPES = frozenset({1, 5, 13, 21, 2, 27, 3, 8, 6, 31, 12, 19, 4})
+_HASHES = frozenset({1, 5, 13})
+BPF_F_ZERO_SEED = 1 << 6
+
+
+def skip_privileged_maps(lib: Libbpf, obj: int) -> None:
+    """Create no map an unprivileged user may not, as test_loader's unprivileged mode does:
+    a program using one then fails with libbpf's "map ... wasn't created"."""
+    for m in maps_of(lib, obj):
+        kind = int(lib.c.bpf_map__type(m))
+        allowed = kind in _UNPRIVILEGED_MAP_TYPES
+        if kind in _HASHES and int(lib.c.bpf_map__map_flags(m)) & BPF_F_ZERO_SEED:
+            allowed = False
+        if not allowed:
+            lib.c.bpf_map__set_autocreate(m, False)
+
+
 def set_attach_target(lib: Libbpf, prog: int, program: str, target: str) -> None:
     rc = int(lib.c.bpf_program__set_attach_target(prog, 0, target.encode()))
     if rc:

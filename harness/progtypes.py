@@ -38,6 +38,12 @@ PROG_LOAD_FLAGS = {
     "BPF_F_XDP_DEV_BOUND_ONLY": 1 << 6,  # 6.3
     "BPF_F_TEST_REG_INVARIANTS": 1 << 7,  # 6.7
 }
+# The first kernel that takes each test flag (older ones refuse the load with EINVAL).
+PROG_LOAD_FLAG_SINCE = {
+    "BPF_F_TEST_RND_HI32": (5, 0),
+    "BPF_F_TEST_STATE_FREQ": (5, 4),
+    "BPF_F_TEST_REG_INVARIANTS": (6, 7),
+}
 
 # libbpf's map type names (libbpf_bpf_map_type_str) -> enum bpf_map_type.
 MAP_TYPES = {
@@ -468,6 +474,8 @@ _TABLE = (
        NETFILTER_CODES, (), _RUN, data=True),
 )
 # fmt: on
+# A section libbpf has no program type for: it still gets a cell, which the load fails.
+UNKNOWN_TYPE = ProgType("unknown", 0, "?", (), IGNORED_CODES)
 # Types whose target (a kernel function, tracepoint or LSM hook) libbpf finds in BTF at load
 # time, and which a loader may retarget (bpf_program__set_attach_target).
 ATTACH_TARGET_TYPES = frozenset({"tracing", "lsm"})

@@ -80,6 +80,7 @@ def add_options(parser: pytest.Parser) -> None:
     verify.addoption("--kitl-no-pinning", action="store_true", help="pin no map")
     verify.addoption("--kitl-pin-root", default=None, metavar="DIR", help="pin_root_path")
     verify.addoption("--kitl-whole-object", action="store_true", help="load every program")
+    verify.addoption("--kitl-annotations", action="store_true", help="selftests' decl tags")
     verify.addoption(
         "--kitl-verify-config",
         action="append",

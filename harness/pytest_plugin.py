@@ -115,6 +115,7 @@ class KitlSession:
                 pinning=not get("kitl_no_pinning"),
                 pin_root=verify.check_pin_root(get("kitl_pin_root")),
                 whole_object=get("kitl_whole_object"),
+                annotations=get("kitl_annotations"),
                 map_values=tuple(verify.parse_map_value(v) for v in get("kitl_map_set")),
             )
         return self._verify

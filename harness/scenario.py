@@ -213,6 +213,11 @@ class LoadOptions:
     attach_target: str | None = None
     # programs loaded with it in one object load ("*": all of them, as a skeleton does)
     companions: tuple[str, ...] = ()
+    # the kernel's test_loader's ways: flags OR'ed in where the kernel takes them,
+    # capabilities an unprivileged load keeps, and no map an unprivileged user may not create
+    testing_flags: tuple[str, ...] = ()
+    keep_caps: tuple[int, ...] = ()
+    unprivileged_maps_only: bool = False
 
     @property
     def unprivileged(self) -> bool:
@@ -396,6 +401,7 @@ class Case:
     overrides: tuple[Override, ...] = ()
     line: int = field(default=0, compare=False)
     setup_maps: tuple[MapExpect, ...] = ()  # map contents written after the load
+    skip: str = ""  # why the case is not run: its cells are SKIPPED with this reason
 
     def expect_for(
         self,

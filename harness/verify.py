@@ -23,12 +23,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from harness import accel, progtypes, runner, verify_expect
+from harness import accel, progtypes, runner, selftest_tags, verify_expect
 from harness.elfobj import ObjectFormatError, read_object
 from harness.errors import UsageError
 from harness.matrix import Shard, plan, shard_cells
 from harness.outcome import EXIT_OK
-from harness.progtypes import IGNORED_CODES, ProgType
+from harness.progtypes import ProgType
 from harness.resolve import Kernels
 from harness.results import label
 from harness.scenario import (
@@ -50,8 +50,7 @@ from harness.scenario_expect import (
     MapExpect,
 )
 
-# A section libbpf has no program type for: it still gets a cell, which the load fails.
-UNKNOWN_TYPE = ProgType("unknown", 0, "?", (), IGNORED_CODES)
+UNKNOWN_TYPE = progtypes.UNKNOWN_TYPE
 PRIVILEGED = "privileged"  # every capability; other profiles (harness.caps) suffix the case
 UNPRIVILEGED = "unprivileged"
 OBJECT_CASE = "object"  # the one case of an object that is not a BPF object
@@ -79,6 +78,7 @@ class VerifyOptions:
     pin_root: str | None = None
     whole_object: bool = False  # every program of the object in each load, as a skeleton
     map_values: tuple[tuple[str, int | bytes, int | bytes], ...] = ()  # written before test_run
+    annotations: bool = False  # the selftests' test_loader annotations are the expectations
 
 
 def objects_in(paths: Sequence[Path]) -> list[Path]:
@@ -322,6 +322,15 @@ def scenario_for_object(obj: Path, options: VerifyOptions) -> Scenario:
     except ValueError as exc:  # cannot be read at all: the guest could not get it either
         raise UsageError(str(exc)) from None
     name = scenario_name(obj)
+    if options.annotations:
+        selected = [
+            p.name
+            for p in info.programs
+            if not options.programs or any(fnmatch.fnmatchcase(p.name, g) for g in options.programs)
+        ]
+        found = selftest_tags.cases_of(info, obj, name, selected)
+        obj_def = BpfObject(name, path=obj, info=info)
+        return Scenario(name, obj, (obj_def,), tuple(found), configs=options.configs)
     cases: list[Case] = []
     global_names = {g.name for g in info.globals}
     targets = dict(options.attach_targets)
@@ -497,6 +506,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--pin-root", default=None, metavar="DIR", help="pin maps under this bpffs dir")
     p.add_argument(
+        "--annotations",
+        action="store_true",
+        help="expectations from the kernel selftests' decl tags (__success, __msg...)",
+    )
+    p.add_argument(
         "--whole-object",
         action="store_true",
         help="load every program of the object with each one, as a skeleton does",
@@ -537,6 +551,7 @@ def options_from(args: argparse.Namespace) -> VerifyOptions:
         pin_root=check_pin_root(args.pin_root),
         whole_object=args.whole_object,
         map_values=tuple(parse_map_value(v) for v in args.map_values),
+        annotations=args.annotations,
     )
 
 
@@ -578,6 +593,8 @@ def verify_argv(args: argparse.Namespace, objects: Sequence[Path], run_dir: Path
         argv += ["--kitl-pin-root", args.pin_root]
     if args.whole_object:
         argv.append("--kitl-whole-object")
+    if args.annotations:
+        argv.append("--kitl-annotations")
     if args.test_run_input:
         argv += ["--kitl-test-run-input", args.test_run_input]
     if args.test_run:

@@ -739,7 +739,7 @@ def test_setup_writes_map_contents_the_object_has(tmp_path: Path, progs_o: Path)
     )
     [error] = check(_write(tmp_path, text))
     assert "cases[1].setup.maps: the object has no map 'count'" in str(error)
-    good = load_scenario(_write(tmp_path, text.split("  - name: b")[0])).case("a")
+    good = load_scenario(_write(tmp_path, text.split("  - name: b", maxsplit=1)[0])).case("a")
     assert [(e.key, e.value) for e in good.setup_maps[0].entries] == [
         (1, 7),
         (b"\x02", b"\xff\x00"),
