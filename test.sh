@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 ./tools/setup.sh
-.venv/bin/ruff check harness tests bench examples conftest.py
-.venv/bin/ruff format --check harness tests bench examples conftest.py
+.venv/bin/ruff check harness tests bench examples tools conftest.py
+.venv/bin/ruff format --check harness tests bench examples tools conftest.py
 .venv/bin/mypy
 # -p no:cacheprovider: CI clones are throwaway; exit status 5 (no tests ran) is a failure.
 set +e
