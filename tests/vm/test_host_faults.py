@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import re
 import shutil
 import signal
 import time
@@ -58,7 +59,8 @@ def test_two_kitl_processes_side_by_side_both_finish_correctly(tmp_path: Path) -
         assert outcomes == {"PASSED"}, (kernel, texts[kernel])
         assert len(results(run)) == 6
         assert not leftovers(procs[kernel].token)
-    waited = [k for k, text in texts.items() if "waiting for 2 guest slots" in text]
+    # how many slots it waits for depends on what else of the suite holds one right now
+    waited = [k for k, text in texts.items() if re.search(r"waiting for [12] guest slots?", text)]
     assert len(waited) == 1, texts  # exactly one had to wait: admission, not overcommit
     assert "waiting for guest slots)" in texts[waited[0]]  # and its boot line says how long
     figures(
