@@ -32,13 +32,18 @@ def failures(results: dict[str, dict[str, Any]]) -> dict[str, str]:
     return {k: c["reason"] for k, c in results.items() if c["outcome"] != "PASSED"}
 
 
-@pytest.fixture(scope="module")
-def tool(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _compiled(name: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/data/real-loaders/NAME.bpf.c compiled against debian-7.2's vmlinux.h."""
     ks = Kernels.open(Cache.default())
     header = vmlinux_h(kernel_btf(ks.get("debian-7.2")), ks.store.cache)
-    out = tmp_path_factory.mktemp("tool") / "tool.bpf.o"
-    shutil.copy(compile_object(DATA / "tool.bpf.c", header, ks.store.cache), out)
+    out = tmp_path_factory.mktemp(name) / f"{name}.bpf.o"
+    shutil.copy(compile_object(DATA / f"{name}.bpf.c", header, ks.store.cache), out)
     return out
+
+
+@pytest.fixture(scope="module")
+def tool(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _compiled("tool", tmp_path_factory)
 
 
 def test_debian_xdp_filter_objects_load_with_maps_pinned_by_name(tmp_path: Path) -> None:
@@ -110,11 +115,7 @@ def test_an_unprivileged_map_failure_is_a_permission_failure_naming_the_map(
 
 @pytest.fixture(scope="module")
 def tailcalls(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    ks = Kernels.open(Cache.default())
-    header = vmlinux_h(kernel_btf(ks.get("debian-7.2")), ks.store.cache)
-    out = tmp_path_factory.mktemp("tailcalls") / "tailcalls.bpf.o"
-    shutil.copy(compile_object(DATA / "tailcalls.bpf.c", header, ks.store.cache), out)
-    return out
+    return _compiled("tailcalls", tmp_path_factory)
 
 
 def test_tail_call_slots_load_with_their_programs_and_run(tailcalls: Path, tmp_path: Path) -> None:
@@ -171,7 +172,7 @@ def test_map_contents_written_before_test_run_decide_the_verdict(
 ) -> None:
     run = tmp_path / "run"
     argv = ["verify", str(tailcalls), "--kernel", KERNEL, "--prog", "configured", "--test-run"]
-    assert main([*argv, "--map-set", "config:0=1", "--output", str(run)]) == 0
+    assert main([*argv, "--map-set", "settings:0=1", "--output", str(run)]) == 0
     cell = cells(run)[f"tailcalls::configured[{KERNEL}-default]"]["observed"]
     assert cell["test_run"]["retval"] == 1  # XDP_DROP, from the map
     bare = tmp_path / "bare"

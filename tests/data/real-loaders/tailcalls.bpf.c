@@ -28,7 +28,7 @@ struct {
 	__uint(max_entries, 1);
 	__type(key, u32);
 	__type(value, u32);
-} config SEC(".maps");
+} settings SEC(".maps");
 
 SEC("xdp")
 int dispatch(struct xdp_md *ctx)
@@ -52,7 +52,7 @@ int stage_drop(struct xdp_md *ctx)
 SEC("xdp")
 int configured(struct xdp_md *ctx)
 {
-	u32 key = 0, *verdict = bpf_map_lookup_elem(&config, &key);
+	u32 key = 0, *verdict = bpf_map_lookup_elem(&settings, &key);
 
 	return verdict ? *verdict : XDP_ABORTED;
 }
