@@ -370,13 +370,10 @@ class Agent:
                 )
         kfuncs = args.get("kfuncs", [])
         if kfuncs:
-            try:
-                btf = Path("/sys/kernel/btf/vmlinux").read_bytes()
-            except OSError:
-                btf = b""
+            btf = _kernel_btf()
             # A kfunc is a FUNC in the kernel's BTF: its name is in the BTF string table.
             missing += [
-                f"kfunc {k} (not in kernel BTF)"
+                f"kfunc {k} (not in kernel or loaded module BTF)"
                 for k in kfuncs
                 if b"\0" + k.encode() + b"\0" not in btf
             ]
@@ -470,6 +467,26 @@ def _presets(obj: str, values: dict[str, int]) -> tuple[tuple[str, int, bytes], 
             ) from None
         out.append((var.section, var.offset, data))
     return tuple(out)
+
+
+_BTF_CACHE: dict[tuple[str, ...], bytes] = {}
+
+
+def _kernel_btf() -> bytes:
+    """The BTF of the kernel and its loaded modules (where libbpf finds kfuncs), joined;
+    read again only when the set of modules changes."""
+    paths = sorted(Path("/sys/kernel/btf").glob("*"))
+    key = tuple(p.name for p in paths)
+    if key not in _BTF_CACHE:
+        parts = []
+        for path in paths:
+            try:
+                parts.append(path.read_bytes())
+            except OSError:
+                continue
+        _BTF_CACHE.clear()
+        _BTF_CACHE[key] = b"\0".join(parts)
+    return _BTF_CACHE[key]
 
 
 def _raw(value: int | str, size: int) -> bytes:

@@ -28,7 +28,7 @@ SHT_NOBITS = 8
 SHF_EXECINSTR = 0x4
 STT_OBJECT = 1
 STT_FUNC = 2
-STB_LOCAL = 0
+STB_LOCAL, STB_GLOBAL = 0, 1
 SHN_UNDEF = 0
 SHN_LORESERVE = 0xFF00
 SHN_XINDEX = 0xFFFF
@@ -77,6 +77,9 @@ class ObjectInfo:
     slot_programs: tuple[str, ...] = ()
     # the decl tags on each function (BTF), where kernel selftests write expectations
     decl_tags: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # kernel symbols it needs (`extern ... __ksym`, not __weak): libbpf fails every load of
+    # the object on a kernel without one of them
+    ksyms: tuple[str, ...] = ()
 
     def tags_of(self, function: str) -> tuple[str, ...]:
         return dict(self.decl_tags).get(function, ())
@@ -193,6 +196,7 @@ def parse_object(data: bytes, what: str = "<bytes>") -> ObjectInfo:
         globals=global_vars,
         slot_programs=_slot_programs(rd, sections, names),
         decl_tags=_decl_tags(rd, sections, names),
+        ksyms=_strong_externs(rd, sections),
     )
 
 
@@ -235,6 +239,23 @@ def _symbols(
         tuple(name for _, name in sorted(maps)),
         tuple(global_vars),
     )
+
+
+def _strong_externs(rd: _Reader, sections: list[_Section]) -> tuple[str, ...]:
+    """Undefined global (not weak) symbols other than __kconfig's CONFIG_*/LINUX_* ones."""
+    symtab = next((s for s in sections if s.type == SHT_SYMTAB), None)
+    if symtab is None or not 0 < symtab.link < len(sections):
+        return ()
+    syms = _contents(rd, symtab, "symbol table")
+    strtab = _contents(rd, sections[symtab.link], "symbol name table")
+    found = []
+    for off in range(0, len(syms) - _SYM.size + 1, _SYM.size):
+        st_name, info, _other, shndx, _value, _size = _SYM.unpack_from(syms, off)
+        name = _cstr(strtab, st_name)
+        kconfig = name.startswith(("CONFIG_", "LINUX_"))
+        if shndx == SHN_UNDEF and info >> 4 == STB_GLOBAL and name and not kconfig:
+            found.append(name)
+    return tuple(sorted(set(found)))
 
 
 def _decl_tags(

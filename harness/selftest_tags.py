@@ -24,7 +24,7 @@ from pathlib import Path
 
 from harness import caps, progtypes
 from harness.elfobj import ObjectInfo
-from harness.scenario import Case, LoadOptions, TestRunDrive
+from harness.scenario import Case, LoadOptions, Requires, TestRunDrive
 from harness.scenario_expect import Expect
 
 PREFIX = "comment:"
@@ -288,8 +288,9 @@ def cases_of(info: ObjectInfo, obj: Path, scenario: str, programs: list[str]) ->
         for mode_name, mode in spec.modes:
             aux = tuple(n for n, s in specs.items() if mode_name in s.auxiliary and n != prog.name)
             case = _case(
-                spec, mode_name, mode, aux=aux, obj=obj, scenario=scenario, section=prog.section
-            )
+                spec, mode_name, mode, aux=aux, obj=obj, scenario=scenario,
+                section=prog.section, ksyms=info.ksyms,
+            )  # fmt: skip
             if match is None:
                 case = replace(case, skip=f'libbpf has no program type for SEC("{prog.section}")')
             else:
@@ -300,7 +301,7 @@ def cases_of(info: ObjectInfo, obj: Path, scenario: str, programs: list[str]) ->
 
 def _case(
     spec: Spec, mode_name: str, mode: Mode, *, aux: tuple[str, ...], obj: Path, scenario: str,
-    section: str,
+    section: str, ksyms: tuple[str, ...],
 ) -> Case:  # fmt: skip
     flags, unknown = _flag_names(spec.flags)
     skip = spec.skip
@@ -336,6 +337,9 @@ def _case(
         progtypes.UNKNOWN_TYPE,
         expect,
         spec.description,
+        # a kernel without one of them fails every load of the object (the selftests'
+        # bpf_testmod kfuncs on any Debian kernel, newer kfuncs on older kernels): skipped
+        requires=Requires(kfuncs=ksyms),
         load=load,
         skip=skip,
     )

@@ -7,7 +7,8 @@ From the linux-source package of a catalog kernel (default: the newest Debian on
 programs of tools/testing/selftests/bpf/progs that carry test_loader annotations
 (`__success`, `__failure`, `__msg`...) are compiled the way the selftests' Makefile does
 (clang -O2 --target=bpf -mcpu=v3, the selftests' and libbpf's headers, a vmlinux.h of
-that kernel's BTF) into OUT_DIR/<name>.bpf.o.  Programs Debian's clang cannot compile
+that kernel's BTF written by the source's own bpftool, with its kfunc prototypes) into
+OUT_DIR/<name>.bpf.o.  Programs Debian's clang cannot compile
 (newer instructions in inline asm, newer builtins) are listed in OUT_DIR/build.json with
 clang's first error, and counted on the way out.  Then:
 
@@ -30,18 +31,14 @@ from collections import Counter
 from pathlib import Path
 
 from harness.cache import Cache
-from harness.compile import kernel_btf, vmlinux_h
+from harness.compile import kernel_btf
 from harness.libbpf_build import default_loader
 from harness.progress import DownloadProgress
 from harness.resolve import Kernels
 
-SUBTREES = (
-    "tools/testing/selftests/bpf",
-    "tools/lib/bpf",
-    "tools/include",
-    "include/uapi/linux/bpf.h",
-    "scripts/bpf_doc.py",
-)
+# tools/ builds bpftool too: its vmlinux.h carries the kernel's kfunc prototypes, which the
+# selftests call without declaring them (Debian's bpftool is too old to write them)
+SUBTREES = ("tools", "include/uapi", "include/linux/kconfig.h", "scripts/bpf_doc.py")
 LIBBPF_HEADERS = ("bpf_helpers.h", "bpf_tracing.h", "bpf_core_read.h", "bpf_endian.h",
                   "usdt.bpf.h")  # fmt: skip
 ANNOTATED = re.compile(r"\b__(?:success|failure|msg|retval)(?:_unpriv)?\b")
@@ -59,9 +56,9 @@ def main() -> int:
     with DownloadProgress() as progress, tempfile.TemporaryDirectory(prefix="kitl-st-") as tmp:
         locked, pkg = ks.source_package(name)
         deb = ks.store._download(locked, "source", pkg, progress)
-        header = vmlinux_h(kernel_btf(ks.get(name, progress)), ks.store.cache)
+        btf = kernel_btf(ks.get(name, progress))
         tree = unpack(deb, locked.series, Path(tmp))
-        include = headers(tree, header, Path(tmp) / "include")
+        include = headers(tree, vmlinux_with_kfuncs(tree, btf), Path(tmp) / "include")
         sources = [
             f
             for f in sorted((tree / "tools/testing/selftests/bpf/progs").glob("*.c"))
@@ -91,6 +88,19 @@ def unpack(deb: Path, series: str, work: Path) -> Path:
     subprocess.run([*argv, *(f"{top}/{s}" for s in SUBTREES)], check=True)
     shutil.rmtree(work / "deb")
     return work / top
+
+
+def vmlinux_with_kfuncs(tree: Path, btf: Path) -> Path:
+    """vmlinux.h of `btf` by the source's own bpftool (its bootstrap build: ~10 s)."""
+    bpftool = tree / "tools/bpf/bpftool"
+    cores = str(os.cpu_count() or 2)
+    subprocess.run(["make", "-s", "-j", cores, "-C", str(bpftool), "bootstrap"], check=True,
+                   capture_output=True)  # fmt: skip
+    header = tree / "vmlinux.h"
+    with header.open("w") as out:
+        argv = [str(bpftool / "bootstrap/bpftool"), "btf", "dump", "file", str(btf), "format", "c"]
+        subprocess.run(argv, check=True, stdout=out)
+    return header
 
 
 def headers(tree: Path, vmlinux: Path, include: Path) -> Path:

@@ -132,3 +132,33 @@ def test_cases_run_as_test_loader_runs_them(obj: Path) -> None:
     assert scenario.case("xlated").skip.startswith("kitl does not check __xlated")
     assert scenario.case("plain").expect.load == "ok"
     assert selftest_tags.annotated(info)
+
+
+KSYMS = """\
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+extern int bpf_kfunc_needed(void) __ksym;
+extern int bpf_kfunc_optional(void) __ksym __weak;
+extern int LINUX_KERNEL_VERSION __kconfig;
+SEC("syscall") __attribute__((btf_decl_tag("comment:0:test_expect_success")))
+int calls(void *ctx)
+{
+    if (bpf_kfunc_optional)
+        bpf_kfunc_optional();
+    return bpf_kfunc_needed() + LINUX_KERNEL_VERSION;
+}
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+def test_the_kfuncs_an_object_cannot_load_without_are_each_cases_requirement(
+    tmp_path: Path,
+) -> None:
+    """A selftest object that calls bpf_testmod's kfuncs fails every load on a kernel
+    without that module: its cases are SKIPPED naming the kfunc, not failed."""
+    src = tmp_path / "ksyms.bpf.c"
+    src.write_text(KSYMS)
+    obj = compile_bpf(src, tmp_path)
+    assert read_object(obj).ksyms == ("bpf_kfunc_needed",)  # not the weak or kconfig ones
+    [case] = verify.scenario_for_object(obj, verify.VerifyOptions(annotations=True)).cases
+    assert case.requires.kfuncs == ("bpf_kfunc_needed",)
