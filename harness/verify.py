@@ -54,6 +54,7 @@ UNKNOWN_TYPE = progtypes.UNKNOWN_TYPE
 PRIVILEGED = "privileged"  # every capability; other profiles (harness.caps) suffix the case
 UNPRIVILEGED = "unprivileged"
 OBJECT_CASE = "object"  # the one case of an object that is not a BPF object
+TABLE_ROWS = 60  # programs in the terminal's table before only the unexpected ones are shown
 SKIPPED_SHOWN = 10  # files under a directory that are not BPF objects, named on stderr
 _CONFIG = re.compile(r"^([a-z0-9][a-z0-9._-]{0,63}):(.+)$")
 
@@ -659,10 +660,18 @@ def print_table(run_dir: Path) -> None:
         if c["outcome"] not in ("PASSED", "SKIPPED"):
             verdict = "!" + verdict  # not what was expected
         rows.setdefault(f"{c['scenario']}/{c['case']}", {})[column(c)] = verdict
-    width = max([len(r) for r in rows] + [7])
+    shown = rows
+    if len(rows) > TABLE_ROWS:  # a corpus: the rows that need a look, not thousands
+        shown = {n: r for n, r in rows.items() if any(v.startswith("!") for v in r.values())}
+    width = max([len(r) for r in shown] + [7])
     print(f"{'program':<{width}}  " + "  ".join(f"{col:<22}" for col in columns))
-    for name, row in rows.items():
+    for name, row in shown.items():
         print(f"{name:<{width}}  " + "  ".join(f"{row.get(col, '-'):<22}" for col in columns))
+    if len(shown) < len(rows):
+        print(
+            f"({len(rows) - len(shown)} more programs as expected on every column: "
+            f"{run_dir / 'report' / 'summary.md'} has them all)"
+        )
     if len(cells) == 1 and cells[0].get("log_path"):
         print((run_dir / cells[0]["log_path"]).read_text(encoding="utf-8"), end="")
 

@@ -5,6 +5,7 @@ command line."""
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -380,3 +381,22 @@ def test_map_values_parse_and_reach_the_cases_of_objects_with_the_map(loader_set
     ]
     with pytest.raises(UsageError, match="--map-set count: no object has a map 'count'"):
         verify.check_names([loader_set], verify.VerifyOptions(map_values=(("count", 1, 1),)))
+
+
+def test_a_corpus_table_shows_only_the_programs_that_need_a_look(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """2,600 selftest cases printed 2,600 rows; now the unexpected ones and a count."""
+    cells = [
+        {"scenario": "obj", "case": f"p{i}", "kernel": "debian-7.3", "config": "default",
+         "outcome": "FAILED" if i in (3, 70) else "PASSED",
+         "observed": {"load": {"ok": i not in (3, 70)}, "error_class": "VERIFIER_REJECTED"}}
+        for i in range(100)
+    ]  # fmt: skip
+    (tmp_path / "results.json").write_text(json.dumps({"cells": cells}))
+    verify.print_table(tmp_path)
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in out[1:3]] == ["obj/p3", "obj/p70"]
+    assert "!verifier_rejected" in out[1]
+    assert out[3].startswith("(98 more programs as expected on every column: ")
+    assert len(out) == 4
