@@ -66,6 +66,32 @@ def skips(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def disagreement(row: dict[str, Any]) -> str:
+    """How a case that ran disagrees with its annotation, in a few words."""
+    reason = str(row["reason"])
+    if row["outcome"] == "VERIFIER_REJECTED":
+        return "rejected where the annotation expects a load"
+    if reason.startswith("loaded, but the case expects"):
+        return "loaded where the annotation expects a rejection"
+    if "the log lacks" in reason:
+        return "rejected, with other messages than the annotation's"
+    if "verifier log lacks" in reason:
+        return "loaded, with another verifier log than the annotation's"
+    if reason.startswith(("returned", "test_run failed", "expects return value")):
+        return "another return value"
+    if row["outcome"] == "LOAD_FAILED":
+        return f"failed before the verifier: {reason.split(':', 1)[0]}"
+    return reason[:60]
+
+
+def disagreements(rows: list[dict[str, Any]]) -> list[str]:
+    counted = Counter((r["kernel"], disagreement(r)) for r in rows if r["outcome"] in RAN[1:])
+    out = ["| kernel | how it disagrees | cases |", "| --- | --- | ---: |"]
+    for (kernel, kind), n in sorted(counted.items(), key=lambda kv: (_version(kv[0][0]), -kv[1])):
+        out.append(f"| {kernel} | {kind} | {n} |")
+    return out
+
+
 def arrivals(rows: list[dict[str, Any]]) -> list[str]:
     """Cases that agree on some kernels only: from which kernel on they agree."""
     kernels = sorted({r["kernel"] for r in rows}, key=_version)
@@ -99,7 +125,8 @@ def main() -> int:
     p.add_argument("runs", nargs="+", type=Path)
     args = p.parse_args()
     rows = [row for run in args.runs for row in cells(run)]
-    print("\n".join([*per_kernel(rows), "", *skips(rows), "", *arrivals(rows)]))
+    sections = [per_kernel(rows), disagreements(rows), skips(rows), arrivals(rows)]
+    print("\n\n".join("\n".join(s) for s in sections))
     return 0
 
 
