@@ -80,7 +80,7 @@ def disagreement(row: dict[str, Any]) -> str:
     if reason.startswith(("returned", "test_run failed", "expects return value")):
         return "another return value"
     if row["outcome"] == "LOAD_FAILED":
-        return f"failed before the verifier: {reason.split(':', 1)[0]}"
+        return f"load failed: {reason.split(':', 1)[0]}"
     return reason[:60]
 
 
