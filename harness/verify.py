@@ -714,8 +714,9 @@ class BulkExpectations:
 
 def _load_settings(entry: verify_expect.Entry, case: Case) -> LoadOptions:
     """The case's load with what the entry's loader sets: its map sizes win over the
-    command line's for the same map, its attach target over --attach-target."""
-    if not entry.maps and entry.attach_target is None:
+    command line's for the same map, its attach target over --attach-target, its log level
+    over --log-level; its flags are added to --flags."""
+    if not entry.sets_load:
         return case.load
     if entry.attach_target is not None and case.prog_type.name not in progtypes.ATTACH_TARGET_TYPES:
         raise UsageError(
@@ -727,6 +728,8 @@ def _load_settings(entry: verify_expect.Entry, case: Case) -> LoadOptions:
         case.load,
         maps=(*(m for m in case.load.maps if m[0] not in named), *entry.maps),
         attach_target=entry.attach_target or case.load.attach_target,
+        flags=tuple(dict.fromkeys((*case.load.flags, *entry.flags))),
+        log_level=case.load.log_level if entry.log_level is None else entry.log_level,
     )
 
 

@@ -15,13 +15,16 @@
         reason: "why"              # optional: quoted when the expectation fails
         maps: {counts: {max_entries: 1024}}   # optional: sizes its loader sets before the load
         attach_target: vfs_read    # optional: the target its loader gives a tracing program
+        flags: [BPF_F_SLEEPABLE]   # optional: load flags, with the command line's
+        log_level: 2               # optional: instead of --log-level
 
 Entries are tried in file order and the FIRST whose object, program, kernel and privilege
 match applies, so a specific entry must come before a broad one (an entry that an earlier one
 hides completely is an error).  A program no entry matches is expected to load.  Globs are
-case-sensitive.  Load settings (maps, attach_target) come from the first entry that matches a
-program, whatever its kernel range, and apply on every kernel.  Every problem of the file is
-collected; `VerifyExpectError` names the first at file:line:column and carries all of them.
+case-sensitive.  Load settings (maps, attach_target, flags, log_level) come from the first
+entry that matches a program, whatever its kernel range, and apply on every kernel.  Every
+problem of the file is collected; `VerifyExpectError` names the first at file:line:column and
+carries all of them.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from harness.scenario import ScenarioError
 from harness.scenario_expect import (
     ATTACH_TARGET,
     ERROR_CLASSES,
+    LOG_LEVEL_MASK,
     MAP_SIZES,
     PRIVILEGES,
     Either,
@@ -77,6 +81,8 @@ ENTRY = obj(
         "reason": Str(),
         "maps": MAP_SIZES,
         "attach_target": ATTACH_TARGET,
+        "flags": Seq(Str(choices=tuple(progtypes.PROG_LOAD_FLAGS)), max_items=16),
+        "log_level": Int(0, LOG_LEVEL_MASK),
     },
     required=("program",),
 )
@@ -126,6 +132,8 @@ class Entry:
     # load settings, as the program's own loader sets them (every kernel alike)
     maps: tuple[tuple[str, int | None, int | None], ...] = ()
     attach_target: str | None = None
+    flags: tuple[str, ...] = ()  # OR'ed into the command line's --flags
+    log_level: int | None = None  # instead of --log-level
     path: Path = Path(DEFAULT_NAME)
     line: int = 0
     # Compiled once: find() runs for every (object, program, kernel, privilege) of a run.
@@ -135,6 +143,11 @@ class Entry:
     def __post_init__(self) -> None:
         object.__setattr__(self, "program_re", re.compile(fnmatch.translate(self.program_glob)))
         object.__setattr__(self, "object_re", re.compile(fnmatch.translate(self.object_glob)))
+
+    @property
+    def sets_load(self) -> bool:
+        """Whether the entry says how its programs load, not only what they should do."""
+        return bool(self.maps or self.attach_target or self.flags or self.log_level is not None)
 
     @property
     def where(self) -> str:
@@ -274,6 +287,8 @@ def _entry(rd: Reader, items: LocList, index: int) -> Entry | None:
             for name, size in (d.get("maps") or {}).items()
         ),
         attach_target=d.get("attach_target"),
+        flags=tuple(d.get("flags") or ()),
+        log_level=d.get("log_level"),
         path=raw.path,
         line=raw.line,
     )

@@ -400,3 +400,19 @@ def test_a_corpus_table_shows_only_the_programs_that_need_a_look(
     assert "!verifier_rejected" in out[1]
     assert out[3].startswith("(98 more programs as expected on every column: ")
     assert len(out) == 4
+
+
+def test_a_bulk_entry_sets_its_programs_flags_and_log_level(basic: Path, tmp_path: Path) -> None:
+    """A corpus with mixed settings in one run: the entry's flags join --flags, its log
+    level replaces --log-level, for the programs it matches only."""
+    text = (
+        "expect:\n"
+        "  - program: xdp_oob\n    flags: [BPF_F_TEST_STATE_FREQ]\n    log_level: 2\n"
+        "    verdict: rejected\n"
+    )
+    bulk = verify.BulkExpectations(parse_expectations(tmp_path / "kitl-verify.yaml", text))
+    options = verify.VerifyOptions(flags=("BPF_F_STRICT_ALIGNMENT",))
+    scenario = bulk.apply(verify.scenario_for_object(basic, options))
+    oob, ok = scenario.case("xdp_oob").load, scenario.case("xdp_ok").load
+    assert oob.flags == ("BPF_F_STRICT_ALIGNMENT", "BPF_F_TEST_STATE_FREQ")
+    assert (oob.log_level, ok.log_level, ok.flags) == (2, 5, ("BPF_F_STRICT_ALIGNMENT",))
