@@ -4,16 +4,13 @@ selftests are (tests/data/annotated), run as the selftests' test_loader runs the
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from harness.cache import Cache
 from harness.cli import main
-from harness.compile import compile_object, kernel_btf, vmlinux_h
-from harness.resolve import Kernels
+from tests.vm.objects import compiled
 
 DATA = Path(__file__).parents[1] / "data" / "annotated"
 KERNEL = "debian-7.3"
@@ -21,13 +18,7 @@ KERNEL = "debian-7.3"
 
 @pytest.fixture(scope="module")
 def objects(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    ks = Kernels.open(Cache.default())
-    header = vmlinux_h(kernel_btf(ks.get(KERNEL)), ks.store.cache)
-    out = tmp_path_factory.mktemp("annotated")
-    for source in sorted(DATA.glob("*.bpf.c")):
-        built = compile_object(source, header, ks.store.cache)
-        shutil.copy(built, out / source.name.replace(".bpf.c", ".bpf.o"))
-    return out
+    return compiled(sorted(DATA.glob("*.bpf.c")), tmp_path_factory.mktemp("annotated"), KERNEL)
 
 
 def cells(run_dir: Path) -> dict[str, dict[str, Any]]:

@@ -6,16 +6,13 @@ and the report names the difference."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from harness.cache import Cache
 from harness.cli import main
-from harness.compile import compile_object, kernel_btf, vmlinux_h
-from harness.resolve import Kernels
+from tests.vm.objects import compiled
 
 DATA = Path(__file__).parents[1] / "data" / "loaders"
 KERNEL = "debian-7.2"
@@ -23,12 +20,7 @@ KERNEL = "debian-7.2"
 
 @pytest.fixture(scope="module")
 def objects(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    ks = Kernels.open(Cache.default())
-    header = vmlinux_h(kernel_btf(ks.get(KERNEL)), ks.store.cache)
-    out = tmp_path_factory.mktemp("objects")
-    built = compile_object(DATA / "sections.bpf.c", header, ks.store.cache)
-    shutil.copy(built, out / "sections.bpf.o")
-    return out
+    return compiled([DATA / "sections.bpf.c"], tmp_path_factory.mktemp("objects"), KERNEL)
 
 
 def test_the_verdict_depends_on_the_loader(objects: Path, tmp_path: Path) -> None:

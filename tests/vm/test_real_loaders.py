@@ -7,16 +7,13 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from harness.cache import Cache
 from harness.cli import main
-from harness.compile import compile_object, kernel_btf, vmlinux_h
-from harness.resolve import Kernels
+from tests.vm.objects import compiled
 
 DATA = Path(__file__).parents[1] / "data" / "real-loaders"
 XDP_TOOLS = Path("/usr/lib/x86_64-linux-gnu/bpf")  # xdp-tools and libxdp1 (tools/setup.sh)
@@ -34,11 +31,7 @@ def failures(results: dict[str, dict[str, Any]]) -> dict[str, str]:
 
 def _compiled(name: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tests/data/real-loaders/NAME.bpf.c compiled against debian-7.2's vmlinux.h."""
-    ks = Kernels.open(Cache.default())
-    header = vmlinux_h(kernel_btf(ks.get("debian-7.2")), ks.store.cache)
-    out = tmp_path_factory.mktemp(name) / f"{name}.bpf.o"
-    shutil.copy(compile_object(DATA / f"{name}.bpf.c", header, ks.store.cache), out)
-    return out
+    return compiled([DATA / f"{name}.bpf.c"], tmp_path_factory.mktemp(name)) / f"{name}.bpf.o"
 
 
 @pytest.fixture(scope="module")

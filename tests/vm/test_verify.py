@@ -6,16 +6,13 @@ failing only unprivileged, failing only without a flag, and a test_run return va
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from harness.cache import Cache
 from harness.cli import main
-from harness.compile import compile_object, kernel_btf, vmlinux_h
-from harness.resolve import Kernels
+from tests.vm.objects import compiled
 
 DATA = Path(__file__).parents[1] / "data" / "verify"
 KERNEL = "debian-6.1"
@@ -23,13 +20,7 @@ KERNEL = "debian-6.1"
 
 @pytest.fixture(scope="module")
 def objects(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    ks = Kernels.open(Cache.default())
-    header = vmlinux_h(kernel_btf(ks.get("debian-7.2")), ks.store.cache)
-    out = tmp_path_factory.mktemp("objects")
-    for source in sorted(DATA.glob("*.bpf.c")):
-        built = compile_object(source, header, ks.store.cache)
-        shutil.copy(built, out / source.name.replace(".bpf.c", ".bpf.o"))
-    return out
+    return compiled(sorted(DATA.glob("*.bpf.c")), tmp_path_factory.mktemp("objects"))
 
 
 def cells(run_dir: Path) -> dict[str, dict[str, Any]]:
