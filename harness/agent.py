@@ -48,6 +48,7 @@ class Agent:
             "test_run": self.test_run,
             "map_dump": self.map_dump,
             "map_update": self.map_update,
+            "tail_calls": self.tail_calls,
             "release": self.release,
             "probe": self.probe,
             "events_start": self.events_start,
@@ -325,6 +326,20 @@ class Agent:
                     raise AgentError(f"setting map {name}[{key}]: {exc}", "setup") from None
                 written += 1
         return {"written": written}
+
+    def tail_calls(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Fill prog array slots with programs of the same object, by name, as user space
+        does after the load: {"slots": [[map, index, program], ...]}."""
+        obj = self._object(args)
+        for map_name, index, program in args.get("slots") or ():
+            try:
+                fd = obj.prog_fd(program)
+                key_size, value_size = obj.map_sizes(map_name)
+                obj.map_update(map_name, _raw(int(index), key_size), _raw(fd, value_size))
+            except (KeyError, libbpf.LibbpfError, ValueError) as exc:
+                msg = f"tail call slot {map_name}[{index}] = {program}: {exc}"
+                raise AgentError(msg, "setup") from None
+        return {"filled": len(args.get("slots") or ())}
 
     def events_start(self, args: dict[str, Any]) -> dict[str, Any]:
         """Start counting records of ringbuf maps (before the drive)."""

@@ -406,14 +406,24 @@ class Engine:
         load_args.update(_prepare_args(case.load))
         if not case.load.companions:
             # libbpf fills a prog array's static slots at load time and fails unless their
-            # programs load too: they are the program's companions
-            slots = self._slot_programs(obj_path)
+            # programs load too: they are the program's companions, as are the programs
+            # the case puts in slots itself
+            slots = [*self._slot_programs(obj_path), *(p for _, _, p in case.tail_calls)]
             if slots:
-                load_args["companions"] = list(slots)
+                load_args["companions"] = list(dict.fromkeys(slots))
         if isinstance(case.attach, XdpAttach) and case.attach.mode == "hw":
             # offload: the program is bound to the device when it is loaded
             load_args.update(offload_dev=case.attach.dev, offload_ns=case.attach.ns)
         return load_args
+
+    def _set_up(self, case: Case, handle: int) -> None:
+        """What user space does between the load and the attach: map contents, tail call
+        slots."""
+        if case.setup_maps:
+            self.agent.call("map_update", {"handle": handle, "maps": _map_rows(case.setup_maps)})
+        if case.tail_calls:
+            slots = [list(t) for t in case.tail_calls]
+            self.agent.call("tail_calls", {"handle": handle, "slots": slots})
 
     def _load_attach_drive(
         self, scenario: Scenario, case: Case, expect: Expect, seen: Observed, cell: CellResult
@@ -454,8 +464,7 @@ class Engine:
         handle = seen.load.get("handle")
         if handle is None:
             return
-        if case.setup_maps:
-            self.agent.call("map_update", {"handle": handle, "maps": _map_rows(case.setup_maps)})
+        self._set_up(case, handle)
         if case.attach is not None:
             spec: dict[str, Any] = {
                 "handle": handle,

@@ -76,6 +76,7 @@ def add_options(parser: pytest.Parser) -> None:
     verify.addoption("--kitl-map", action="append", default=[], metavar="NAME:max_entries=N")
     verify.addoption("--kitl-attach-target", action="append", default=[], metavar="PROG=FUNC")
     verify.addoption("--kitl-map-set", action="append", default=[], metavar="NAME:KEY=VALUE")
+    verify.addoption("--kitl-tail-call", action="append", default=[], metavar="MAP:SLOT=PROG")
     verify.addoption("--kitl-no-fixups", action="store_true", help="no veristat map fixups")
     verify.addoption("--kitl-no-pinning", action="store_true", help="pin no map")
     verify.addoption("--kitl-pin-root", default=None, metavar="DIR", help="pin_root_path")

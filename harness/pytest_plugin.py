@@ -116,6 +116,7 @@ class KitlSession:
                 pin_root=verify.check_pin_root(get("kitl_pin_root")),
                 whole_object=get("kitl_whole_object"),
                 annotations=get("kitl_annotations"),
+                tail_calls=tuple(verify.parse_tail_call(t) for t in get("kitl_tail_call")),
                 map_values=tuple(verify.parse_map_value(v) for v in get("kitl_map_set")),
             )
         return self._verify

@@ -402,6 +402,8 @@ class Case:
     line: int = field(default=0, compare=False)
     setup_maps: tuple[MapExpect, ...] = ()  # map contents written after the load
     skip: str = ""  # why the case is not run: its cells are SKIPPED with this reason
+    # prog array slots filled after the load: (map, index, program of the same object)
+    tail_calls: tuple[tuple[str, int, str], ...] = ()
 
     def expect_for(
         self,
@@ -775,6 +777,7 @@ class _CaseParser:
             name, obj, prog, section, self.match.prog_type, expect, d.get("description", ""),
             requires, load, attach, drive, overrides, line=d.line,
             setup_maps=self._setup(d) if "setup" in d else (),
+            tail_calls=self._tail_calls(d) if "setup" in d else (),
         )  # fmt: skip
 
     def _program(self, d: LocDict) -> tuple[str, str, str] | None:
@@ -877,6 +880,27 @@ class _CaseParser:
         maps = info.maps if info is not None and (info.compiled or info.maps) else None
         ctx = ExpectContext(self.match, maps, None, None, DEFAULT_LOG_LEVEL)
         return map_contents(self.rd, m["maps"], ctx, f"{self.what}.setup.maps")
+
+    def _tail_calls(self, d: LocDict) -> tuple[tuple[str, int, str], ...]:
+        """`setup: {tail_calls: {MAP: {SLOT: PROGRAM}}}`, the programs the object's."""
+        m = d["setup"]
+        table = m.get("tail_calls") if isinstance(m, LocDict) else None
+        if not isinstance(table, LocDict):
+            return ()
+        info = self.obj.info if self.obj else None
+        programs = info.program_names() if info is not None else []
+        out = []
+        for map_name, slots in table.items():
+            for slot, program in (slots or {}).items():
+                if programs and program not in programs:
+                    self.rd.error(
+                        f"{self.what}.setup.tail_calls.{map_name}: the object has no program "
+                        f"{program!r}",
+                        where(slots, slot, value=True),
+                        suggest(program, programs, "programs"),
+                    )
+                out.append((map_name, int(slot), program))
+        return tuple(out)
 
     def _check_load_names(self, m: LocDict) -> None:
         """Maps sized and an attach target set must be the object's and fit the program."""

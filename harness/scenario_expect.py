@@ -958,7 +958,13 @@ CASE = obj(
                     Str(MAP_NAME, "a map name"),
                     doc="map contents written after the load, before attach and drive; "
                     "integers are little-endian at the map's size",
-                )
+                ),
+                "tail_calls": Map(
+                    Map(Str(IDENT, "program names"), Str(re.compile(r"^\d{1,6}$"), "slots")),
+                    Str(MAP_NAME, "a prog array"),
+                    doc="prog array slots filled by program name after the load, as user "
+                    "space does: {jmp_table: {0: stage_one}}; those programs load with it",
+                ),
             }
         ),
         "attach": ATTACH,

@@ -80,6 +80,7 @@ class VerifyOptions:
     whole_object: bool = False  # every program of the object in each load, as a skeleton
     map_values: tuple[tuple[str, int | bytes, int | bytes], ...] = ()  # written before test_run
     annotations: bool = False  # the selftests' test_loader annotations are the expectations
+    tail_calls: tuple[tuple[str, int, str], ...] = ()  # (prog array, slot, program) to fill
 
 
 def objects_in(paths: Sequence[Path]) -> list[Path]:
@@ -214,6 +215,17 @@ def _map_datum(text: str) -> int | bytes:
     return int(text, 0)
 
 
+def parse_tail_call(text: str) -> tuple[str, int, str]:
+    """MAP:SLOT=PROGRAM: a prog array slot user space fills with a program of the object."""
+    m = re.fullmatch(r"([A-Za-z_.][A-Za-z0-9_.]*):(\d{1,6})=([A-Za-z_][A-Za-z0-9_]*)", text)
+    if m is None:
+        raise UsageError(
+            f"--tail-call {text!r}: expected PROG_ARRAY:SLOT=PROGRAM",
+            hint="e.g. --tail-call jmp_table:0=stage_one",
+        )
+    return m.group(1), int(m.group(2)), m.group(3)
+
+
 def parse_attach_target(text: str) -> tuple[str, str]:
     """PROG=FUNC: the target user space gives a tracing program before the load."""
     prog, _, target = text.partition("=")
@@ -269,6 +281,10 @@ def check_names(objects: Sequence[Path], options: VerifyOptions) -> None:
     for name, *_ in options.maps:
         if name not in maps:
             raise UsageError(f"--map {name}: no object has a map {name!r}", hint=_hint(name, maps))
+    for name, _, program in options.tail_calls:
+        if name not in maps or program not in programs:
+            missing = f"a map {name!r}" if name not in maps else f"a program {program!r}"
+            raise UsageError(f"--tail-call {name}: no object has {missing}")
     for name, *_ in options.map_values:
         if name not in maps and "." not in name:  # ".bss" and the like: libbpf's data maps
             raise UsageError(
@@ -336,6 +352,7 @@ def scenario_for_object(obj: Path, options: VerifyOptions) -> Scenario:
     global_names = {g.name for g in info.globals}
     targets = dict(options.attach_targets)
     companions = ("*",) if options.whole_object else ()
+    names = set(info.program_names())
     setup = tuple(
         MapExpect(m, tuple(MapEntry(k, v) for n, k, v in options.map_values if n == m))
         for m in dict.fromkeys(n for n, _, _ in options.map_values)
@@ -380,6 +397,9 @@ def scenario_for_object(obj: Path, options: VerifyOptions) -> Scenario:
                     load=load,
                     drive=drive,
                     setup_maps=setup,
+                    tail_calls=tuple(
+                        t for t in options.tail_calls if t[0] in info.maps and t[2] in names
+                    ),
                 )
             )
     obj_def = BpfObject(name, path=obj, info=info)
@@ -489,6 +509,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="write an entry into a map after the load, before test_run (repeatable)",
     )
     p.add_argument(
+        "--tail-call",
+        dest="tail_calls",
+        action="append",
+        default=[],
+        metavar="PROG_ARRAY:SLOT=PROGRAM",
+        help="fill a prog array slot with a program after the load, as user space does",
+    )
+    p.add_argument(
         "--attach-target",
         dest="attach_targets",
         action="append",
@@ -553,6 +581,7 @@ def options_from(args: argparse.Namespace) -> VerifyOptions:
         whole_object=args.whole_object,
         map_values=tuple(parse_map_value(v) for v in args.map_values),
         annotations=args.annotations,
+        tail_calls=tuple(parse_tail_call(t) for t in args.tail_calls),
     )
 
 
@@ -586,6 +615,8 @@ def verify_argv(args: argparse.Namespace, objects: Sequence[Path], run_dir: Path
         argv += ["--kitl-attach-target", target]
     for value in args.map_values:
         argv += ["--kitl-map-set", value]
+    for slot in args.tail_calls:
+        argv += ["--kitl-tail-call", slot]
     if not args.fixups:
         argv.append("--kitl-no-fixups")
     if not args.pinning:

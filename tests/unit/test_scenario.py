@@ -744,3 +744,21 @@ def test_setup_writes_map_contents_the_object_has(tmp_path: Path, progs_o: Path)
         (1, 7),
         (b"\x02", b"\xff\x00"),
     ]
+
+
+def test_setup_fills_tail_call_slots_with_the_objects_programs(
+    tmp_path: Path, progs_o: Path
+) -> None:
+    shutil.copy(progs_o, tmp_path / "progs.bpf.o")
+    text = (
+        "name: slots\nobjects: {p: {path: progs.bpf.o}}\n"
+        "cases:\n"
+        "  - name: a\n    program: p/xdp_pass\n    expect: {}\n"
+        "    setup: {tail_calls: {counts: {'0': xdp_pass, '3': tc_shot}}}\n"
+        "  - name: b\n    program: p/xdp_pass\n    expect: {}\n"
+        "    setup: {tail_calls: {counts: {'0': nope}}}\n"
+    )
+    [error] = check(_write(tmp_path, text))
+    assert "cases[1].setup.tail_calls.counts: the object has no program 'nope'" in str(error)
+    good = load_scenario(_write(tmp_path, text.split("  - name: b", maxsplit=1)[0])).case("a")
+    assert good.tail_calls == (("counts", 0, "xdp_pass"), ("counts", 3, "tc_shot"))

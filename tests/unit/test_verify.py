@@ -416,3 +416,15 @@ def test_a_bulk_entry_sets_its_programs_flags_and_log_level(basic: Path, tmp_pat
     oob, ok = scenario.case("xdp_oob").load, scenario.case("xdp_ok").load
     assert oob.flags == ("BPF_F_STRICT_ALIGNMENT", "BPF_F_TEST_STATE_FREQ")
     assert (oob.log_level, ok.log_level, ok.flags) == (2, 5, ("BPF_F_STRICT_ALIGNMENT",))
+
+
+def test_tail_call_slots_parse_and_are_checked_against_the_objects(loader_set: Path) -> None:
+    assert verify.parse_tail_call("jmp_table:3=stage") == ("jmp_table", 3, "stage")
+    for bad in ("jmp_table", "jmp_table:x=stage", "jmp_table:0=", ":0=stage"):
+        with pytest.raises(UsageError, match="expected PROG_ARRAY:SLOT=PROGRAM"):
+            verify.parse_tail_call(bad)
+    with pytest.raises(UsageError, match="--tail-call counts: no object has a program 'nope'"):
+        verify.check_names([loader_set], verify.VerifyOptions(tail_calls=(("counts", 0, "nope"),)))
+    options = verify.VerifyOptions(tail_calls=(("counts", 0, "xdp_count"),))
+    case = verify.scenario_for_object(loader_set, options).case("trace_read")
+    assert case.tail_calls == (("counts", 0, "xdp_count"),)

@@ -172,3 +172,19 @@ def test_map_contents_written_before_test_run_decide_the_verdict(
     assert main([*argv, "--output", str(bare)]) == 0
     cell = cells(bare)[f"tailcalls::configured[{KERNEL}-default]"]["observed"]
     assert cell["test_run"]["retval"] == 0  # an array's zeroed value: XDP_ABORTED
+
+
+def test_a_slot_user_space_fills_by_name_takes_the_tail_call(
+    tailcalls: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    argv = ["verify", str(tailcalls), "--kernel", KERNEL, "--prog", "dyn_dispatch", "--test-run"]
+    filled = ["--tail-call", "dyn_stages:0=stage_drop"]
+    assert main([*argv, *filled, "--output", str(run)]) == 0
+    cell = cells(run)[f"tailcalls::dyn_dispatch[{KERNEL}-default]"]["observed"]
+    assert cell["test_run"]["retval"] == 1  # stage_drop's XDP_DROP, through the slot
+    assert "stage_drop" in cell["load"]["companions"]
+    empty = tmp_path / "empty"
+    assert main([*argv, "--output", str(empty)]) == 0
+    cell = cells(empty)[f"tailcalls::dyn_dispatch[{KERNEL}-default]"]["observed"]
+    assert cell["test_run"]["retval"] == 0  # XDP_ABORTED: the slot was empty

@@ -22,6 +22,14 @@ struct {
 
 volatile const u32 stage = 0;
 
+/* a prog array user space fills after the load (kitl verify --tail-call) */
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, 1);
+	__uint(key_size, sizeof(u32));
+	__uint(value_size, sizeof(u32));
+} dyn_stages SEC(".maps");
+
 /* what user space writes before it runs the program: the verdict of `configured` */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -47,6 +55,13 @@ SEC("xdp")
 int stage_drop(struct xdp_md *ctx)
 {
 	return XDP_DROP;
+}
+
+SEC("xdp")
+int dyn_dispatch(struct xdp_md *ctx)
+{
+	bpf_tail_call(ctx, &dyn_stages, 0);
+	return XDP_ABORTED; /* nothing in slot 0 */
 }
 
 SEC("xdp")
