@@ -151,7 +151,7 @@ class Agent:
             self._bpffs_note = libbpf_prepare.mount_bpffs()
         root = args.get("pin_root") or DEFAULT_PIN_ROOT
         pins_before = libbpf_prepare.pins_under(root)
-        privilege = "unprivileged" if args.get("unprivileged") else args.get("privilege")
+        privilege = args.get("privilege")
         if privilege and privilege != "privileged":
             obj, out = self._load_lowered(lib, args, privilege)
         else:

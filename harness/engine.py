@@ -597,15 +597,13 @@ def _expect_json(expect: Expect) -> dict[str, Any]:
         if value not in (None, ()):
             out[key] = list(value) if isinstance(value, tuple) else value
     if expect.map:
-        out["map"] = {
-            m.name: [[_plain(e.key), _plain(e.value)] for e in m.entries] for m in expect.map
-        }
+        out["map"] = _map_rows(expect.map)
     return out
 
 
 def _map_rows(maps: tuple[MapExpect, ...]) -> dict[str, list[list[int | str]]]:
-    """Map contents for the guest: integers as numbers (written at the map's sizes there),
-    bytes as hex."""
+    """Map contents as JSON (for the guest, and the expectation a cell records): integers as
+    numbers (written at the map's sizes), bytes as hex."""
     return {m.name: [[_plain(e.key), _plain(e.value)] for e in m.entries] for m in maps}
 
 

@@ -383,10 +383,9 @@ def _attach_type(lib: Libbpf, prog: int) -> str:
 def _preset(lib: Libbpf, obj: int, presets: tuple[tuple[str, int, bytes], ...]) -> None:
     """Write global variables' initial values into the opened object's data maps (libbpf
     names them "<object>.<section>", e.g. "prog_bpf.rodata"), before the load freezes them."""
+    maps = libbpf_prepare.maps_of(lib, obj)
     for section, offset, data in presets:
-        m = lib.c.bpf_object__next_map(obj, None)
-        while m and not lib.c.bpf_map__name(m).decode().endswith(section):
-            m = lib.c.bpf_object__next_map(obj, m)
+        m = next((m for m in maps if libbpf_prepare.map_name(lib, m).endswith(section)), None)
         size = ctypes.c_size_t(0)
         base = lib.c.bpf_map__initial_value(m, ctypes.byref(size)) if m else None
         if not base or offset + len(data) > size.value:
@@ -463,7 +462,7 @@ def _companions(names: list[str], program: str, wanted: tuple[str, ...]) -> list
     return [n for n in names if n in wanted and n != program]
 
 
-def _failed_companion(messages: str, program: str, companions: list[str]) -> str:
+def _failed_companion(messages: str, companions: list[str]) -> str:
     """The companion libbpf names as failing ("prog 'x': failed to load"), if any."""
     for name in companions:
         if f"prog '{name}': failed to load" in messages or (
@@ -669,7 +668,7 @@ class BpfObject(Attachable):
                 fixups=fixups,
                 failed_map=None if rc == 0 else libbpf_prepare.failed_map(lib, obj, messages),
                 companions=tuple(loaded),
-                failed_program="" if rc == 0 else _failed_companion(messages, program, loaded),
+                failed_program="" if rc == 0 else _failed_companion(messages, loaded),
             )
         except BaseException:
             c.bpf_object__close(obj)
@@ -735,12 +734,9 @@ class BpfObject(Attachable):
         return int(self.lib.c.bpf_map__fd(self._map(name)))
 
     def map_names(self) -> list[str]:
-        names: list[str] = []
-        m = self.lib.c.bpf_object__next_map(self.ptr, None)
-        while m:
-            names.append(self.lib.c.bpf_map__name(m).decode())
-            m = self.lib.c.bpf_object__next_map(self.ptr, m)
-        return names
+        return [
+            libbpf_prepare.map_name(self.lib, m) for m in libbpf_prepare.maps_of(self.lib, self.ptr)
+        ]
 
     # -- maps ---------------------------------------------------------------------------
     def _map_sizes(self, name: str) -> tuple[int, int, int]:

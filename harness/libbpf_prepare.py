@@ -30,8 +30,10 @@ if TYPE_CHECKING:
 
 # enum bpf_map_type values (uapi/linux/bpf.h)
 PERF_EVENT_ARRAY, STACK_TRACE, RINGBUF, USER_RINGBUF = 4, 7, 27, 31
-# sizes that are not entry counts: storage maps take max_entries 0 (veristat skips them)
-_NOT_COUNTED = frozenset({19, 21, 24, 28, 29, 32})  # cgroup/percpu_cgroup/sk/inode/task/cgrp
+# max_entries 0 is valid for these: storage maps, whose size is not an entry count
+# (cgroup/percpu_cgroup/sk/inode/task/cgrp; veristat skips them), and perf event arrays,
+# which libbpf sizes to the CPUs itself
+UNCOUNTED_MAP_TYPES = frozenset({PERF_EVENT_ARRAY, 19, 21, 24, 28, 29, 32})
 PERF_MAX_STACK = 127  # the kernel's default kernel.perf_event_max_stack
 # libbpf's words naming the map whose creation failed ("map 'x': failed to create: ...")
 _FAILED_MAP = re.compile(r"map '([^']+)': (?:failed to create|failed to auto-pin|error reusing)")
@@ -105,15 +107,25 @@ def _set(lib: Libbpf, m: int, name: str, what: str, value: int | None) -> None:
         raise ValueError(f"map {name!r}: libbpf refused {what} {value}: {os.strerror(-rc)}")
 
 
+def lacks_entries(kind: int, max_entries: int) -> bool:
+    """A map its loader's user space gives its size at run time (max_entries still 0)."""
+    return kind not in UNCOUNTED_MAP_TYPES and max_entries == 0
+
+
+def lacks_value_size(kind: int, value_size: int) -> bool:
+    """A stack-trace map whose frame count user space sets (value_size still 0)."""
+    return kind == STACK_TRACE and value_size == 0
+
+
 def _fixup(lib: Libbpf, m: int, name: str) -> list[str]:
     c = lib.c
     kind = int(c.bpf_map__type(m))
     notes = []
-    if kind == STACK_TRACE and int(c.bpf_map__value_size(m)) == 0:
+    if lacks_value_size(kind, int(c.bpf_map__value_size(m))):
         frames = PERF_MAX_STACK * 8
         c.bpf_map__set_value_size(m, frames)
         notes.append(f"map {name!r}: value_size 0 set to {frames} ({PERF_MAX_STACK} frames)")
-    if kind in _NOT_COUNTED or kind == PERF_EVENT_ARRAY or int(c.bpf_map__max_entries(m)):
+    if not lacks_entries(kind, int(c.bpf_map__max_entries(m))):
         return notes
     entries = os.sysconf("SC_PAGE_SIZE") if kind in (RINGBUF, USER_RINGBUF) else 1
     c.bpf_map__set_max_entries(m, entries)

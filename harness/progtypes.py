@@ -479,6 +479,7 @@ UNKNOWN_TYPE = ProgType("unknown", 0, "?", (), IGNORED_CODES)
 # Types whose target (a kernel function, tracepoint or LSM hook) libbpf finds in BTF at load
 # time, and which a loader may retarget (bpf_program__set_attach_target).
 ATTACH_TARGET_TYPES = frozenset({"tracing", "lsm"})
+ATTACH_TARGET_HINT = "only fentry/fexit/fmod_ret/tp_btf/iter (tracing) and lsm programs have one"
 
 PROG_TYPES: dict[str, ProgType] = {t.name: t for t in _TABLE}
 

@@ -228,6 +228,12 @@ class LoadOptions:
         return sum(progtypes.PROG_LOAD_FLAGS[f] for f in set(self.flags))
 
 
+def profile_case_name(program: str, privilege: str) -> str:
+    """A program's case as loaded with a privilege profile: `PROGRAM` with every
+    capability, `PROGRAM.PROFILE` otherwise (kitl verify and --annotations alike)."""
+    return program if privilege == "privileged" else f"{program}.{privilege}"
+
+
 Direction = Literal["ingress", "egress"]
 
 
@@ -927,7 +933,7 @@ class _CaseParser:
                 f"{self.what}.load.attach_target: {pt.article} {pt.name} program has no "
                 "attach target to set",
                 where(m, "attach_target"),
-                "only fentry/fexit/fmod_ret/tp_btf/iter (tracing) and lsm programs take one",
+                progtypes.ATTACH_TARGET_HINT,
             )
 
     # -- attach

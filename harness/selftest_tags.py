@@ -24,7 +24,7 @@ from pathlib import Path
 
 from harness import caps, progtypes
 from harness.elfobj import ObjectInfo
-from harness.scenario import Case, LoadOptions, Requires, TestRunDrive
+from harness.scenario import Case, LoadOptions, Requires, TestRunDrive, profile_case_name
 from harness.scenario_expect import Expect
 
 PREFIX = "comment:"
@@ -266,7 +266,6 @@ def parse_caps(text: str) -> tuple[int, ...]:
 # --- as kitl cases ---------------------------------------------------------------------------
 
 TEST_DATA_LEN = 64  # test_loader runs every program on 64 zero bytes
-UNPRIVILEGED_SUFFIX = ".unprivileged"
 
 
 def annotated(info: ObjectInfo) -> bool:
@@ -330,7 +329,7 @@ def _case(
     )
     expect = Expect(load="rejected" if mode.failure else "ok", log=mode.messages, retval=retval)
     return Case(
-        spec.program + (UNPRIVILEGED_SUFFIX if unprivileged else ""),
+        profile_case_name(spec.program, mode_name),
         scenario,
         spec.program,
         section,

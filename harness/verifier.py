@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness import libbpf_prepare
+
 # veristat scans at most this many lines from the end for the stats block.
 _STATS_SCAN_LINES = 100
 
@@ -345,9 +347,6 @@ _PIN = re.compile(
     r"is not on BPF FS|failed to auto-pin|couldn't reuse pinned map|error reusing pinned map"
     r"|failed to statfs"
 )
-# Types whose size is not an entry count (storage maps) or is the CPUs' (perf event arrays):
-# max_entries 0 is valid for them.
-_UNCOUNTED_MAP_TYPES = frozenset({4, 19, 21, 24, 28, 29, 32})
 
 
 def classify_failure(
@@ -430,9 +429,9 @@ def map_unsized(failed_map: Mapping[str, Any]) -> bool:
     """A map its loader's user space sizes at run time: max_entries (or a stack-trace
     map's value_size) still 0."""
     kind = int(failed_map.get("type", 0))
-    if kind not in _UNCOUNTED_MAP_TYPES and not failed_map.get("max_entries"):
-        return True
-    return kind == 7 and not failed_map.get("value_size")  # STACK_TRACE
+    return libbpf_prepare.lacks_entries(
+        kind, int(failed_map.get("max_entries") or 0)
+    ) or libbpf_prepare.lacks_value_size(kind, int(failed_map.get("value_size") or 0))
 
 
 def missing_target(text: str) -> str | None:

@@ -40,6 +40,7 @@ from harness.scenario import (
     RunConfig,
     Scenario,
     TestRunDrive,
+    profile_case_name,
 )
 from harness.scenario_expect import (
     LOG_LEVEL_MASK,
@@ -307,7 +308,7 @@ def check_names(objects: Sequence[Path], options: VerifyOptions) -> None:
         if match is None or match.prog_type.name not in progtypes.ATTACH_TARGET_TYPES:
             raise UsageError(
                 f'--attach-target {prog}: SEC("{found.section}") takes no attach target',
-                hint="only fentry/fexit/fmod_ret/tp_btf/iter and lsm programs have one",
+                hint=progtypes.ATTACH_TARGET_HINT,
             )
 
 
@@ -340,11 +341,7 @@ def scenario_for_object(obj: Path, options: VerifyOptions) -> Scenario:
         raise UsageError(str(exc)) from None
     name = scenario_name(obj)
     if options.annotations:
-        selected = [
-            p.name
-            for p in info.programs
-            if not options.programs or any(fnmatch.fnmatchcase(p.name, g) for g in options.programs)
-        ]
+        selected = [p.name for p in info.programs if _selected(p.name, options)]
         found = selftest_tags.cases_of(info, obj, name, selected)
         obj_def = BpfObject(name, path=obj, info=info)
         return Scenario(name, obj, (obj_def,), tuple(found), configs=options.configs)
@@ -359,9 +356,7 @@ def scenario_for_object(obj: Path, options: VerifyOptions) -> Scenario:
         if m in info.maps or "." in m
     )
     for prog in info.programs:
-        if options.programs and not any(
-            fnmatch.fnmatchcase(prog.name, g) for g in options.programs
-        ):
+        if not _selected(prog.name, options):
             continue
         match = progtypes.match_section(prog.section)
         prog_type = match.prog_type if match else UNKNOWN_TYPE
@@ -388,7 +383,7 @@ def scenario_for_object(obj: Path, options: VerifyOptions) -> Scenario:
                 drive = _test_run(prog_type, options.test_run_input)
             cases.append(
                 Case(
-                    prog.name if privilege == PRIVILEGED else f"{prog.name}.{privilege}",
+                    profile_case_name(prog.name, privilege),
                     name,
                     prog.name,
                     prog.section,
@@ -404,6 +399,11 @@ def scenario_for_object(obj: Path, options: VerifyOptions) -> Scenario:
             )
     obj_def = BpfObject(name, path=obj, info=info)
     return Scenario(name, obj, (obj_def,), tuple(cases), configs=options.configs)
+
+
+def _selected(program: str, options: VerifyOptions) -> bool:
+    """Whether --prog's globs (none: every program) take this program."""
+    return not options.programs or any(fnmatch.fnmatchcase(program, g) for g in options.programs)
 
 
 def _unreadable_object(obj: Path, problem: str, options: VerifyOptions) -> Scenario:
@@ -752,7 +752,7 @@ def _load_settings(entry: verify_expect.Entry, case: Case) -> LoadOptions:
     if entry.attach_target is not None and case.prog_type.name not in progtypes.ATTACH_TARGET_TYPES:
         raise UsageError(
             f"{entry.where}: attach_target: {case.program} ({case.section}) takes none",
-            hint="only fentry/fexit/fmod_ret/tp_btf/iter and lsm programs have one",
+            hint=progtypes.ATTACH_TARGET_HINT,
         )
     named = {name for name, *_ in entry.maps}
     return replace(
