@@ -87,10 +87,7 @@ class Splat:
     @property
     def signature(self) -> str:
         """What the fingerprint hashes, readable: `title | inner < caller < ...`."""
-        title = self.title
-        for pattern, repl in _TITLE_NOISE:
-            title = pattern.sub(repl, title)
-        return f"{title.strip()} | {' < '.join(self.site)}"
+        return f"{_normal_title(self.title)} | {' < '.join(self.site)}"
 
     @property
     def fingerprint(self) -> str:
@@ -142,9 +139,9 @@ def find_splats(console: str, max_lines: int = 120) -> list[Splat]:
         if (
             fatal
             and not functions
-            and _FATAL.search(lines[start])
             and splats
             and start - spans[-1][1] <= _PANIC_AFTER
+            and (_FATAL.search(lines[start]) or _same_title(splat, splats[-1]))
         ):
             first = spans[-1][0]
             splats[-1] = replace(splats[-1], fatal=True, text="\n".join(raw[first:j]))
@@ -154,6 +151,18 @@ def find_splats(console: str, max_lines: int = 120) -> list[Splat]:
             spans.append((start, j))
         i = j
     return splats
+
+
+def _same_title(later: Splat, earlier: Splat) -> bool:
+    """Whether `later` repeats `earlier` on another CPU (`Oops: int3 [#2]` after `[#1]`,
+    without its own trace): then the earlier one, with the trace, explains the panic."""
+    return _normal_title(later.title) == _normal_title(earlier.title)
+
+
+def _normal_title(title: str) -> str:
+    for pattern, repl in _TITLE_NOISE:
+        title = pattern.sub(repl, title)
+    return title.strip()
 
 
 def first_crash(console: str) -> Splat | None:

@@ -486,6 +486,14 @@ class VM:
             self.check_crash_after_failure()
             raise
 
+    def usable(self) -> bool:
+        """Whether the guest is still running and its console shows no fatal crash: a
+        long-lived guest shared by several users is replaced when this turns false."""
+        if self._proc is None or self._proc.poll() is not None or self._channel is None:
+            return False
+        splat = consolelog.first_crash(self.console_text())
+        return splat is None or not splat.fatal
+
     def check_crash_after_failure(self) -> None:
         """Raise KernelCrashError if the console shows the guest died of a kernel crash;
         callers use it to tell a crash from a lost channel after any guest failure."""

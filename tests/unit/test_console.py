@@ -159,3 +159,17 @@ def test_oom_kills_are_read_from_a_real_console() -> None:
     ]
     assert console.find_splats(text) == [], "the OOM report's stack dump is not a crash"
     assert console.oom_kills((DATA / "boot-debian-6.1.log").read_text()) == []
+
+
+def test_an_oops_repeated_on_another_cpu_before_the_panic_is_one_splat() -> None:
+    # debian-7.2 under TCG: an int3 met in __schedule on CPU 1 ([#1], with its trace),
+    # the same int3 on CPU 0 ([#2], no trace), then "Fatal exception in interrupt"
+    text = (DATA / "int3-oops-debian-7.2.log").read_text()
+    splats = [s for s in console.find_splats(text) if s.severe]
+    assert len(splats) == 1, [s.title for s in splats]
+    crash = console.first_crash(text)
+    assert crash is not None
+    assert crash.fatal
+    assert crash.title == "Oops: int3: 0000 [#1] SMP NOPTI"
+    assert crash.site[:3] == ("schedule", "schedule_timeout", "rcu_gp_fqs_loop")
+    assert "Fatal exception in interrupt" in crash.text

@@ -497,3 +497,16 @@ def test_kitl_merge_lists_the_first_duplicates_and_counts_the_rest(
     assert "... and 5 more (all in results.json: run.duplicates)" in err
     body = json.loads((out / "results.json").read_text())
     assert len(body["run"]["duplicates"]) == len(cases)
+
+
+def test_a_lost_vm_or_an_int3_oops_under_tcg_gets_one_more_attempt() -> None:
+    int3 = {"title": "Oops: int3: 0000 [#1] SMP NOPTI", "functions": ["schedule"]}
+    null = {"title": "BUG: kernel NULL pointer dereference, address: 0000000000000008"}
+    crashed = Outcome.KERNEL_CRASH
+    assert matrix.worth_a_retry(result("a", Outcome.VM_LOST, accel="tcg"))
+    assert matrix.worth_a_retry(result("a", crashed, accel="tcg", crash=int3))
+    assert not matrix.worth_a_retry(result("a", crashed, accel="kvm", crash=int3))
+    assert not matrix.worth_a_retry(result("a", crashed, accel="tcg", crash=null))
+    assert not matrix.worth_a_retry(result("a", crashed, accel="tcg"))
+    assert not matrix.worth_a_retry(result("a", Outcome.TIMED_OUT, accel="tcg"))
+    assert not matrix.worth_a_retry(result("a", Outcome.VERIFIER_REJECTED, accel="tcg"))

@@ -188,3 +188,18 @@ def test_a_crash_while_booting_is_retried_once_and_recorded(tmp_path: Path) -> N
     assert launcher.processes[0].killed
     assert "Kernel panic" in (tmp_path / "c.log.attempt1").read_text()
     assert "KITL-READY" in (tmp_path / "c.log").read_text()
+
+
+def test_a_guest_is_usable_until_it_crashes_or_its_process_ends(tmp_path: Path) -> None:
+    launcher = FakeLauncher(console=[(0.0, "KITL-READY 6.1.0-fake\n"), (0.3, PANIC)])
+    with fake_vm(tmp_path, launcher, 5) as vm:
+        assert vm.usable()
+        deadline = time.monotonic() + 5
+        while vm.usable() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not vm.usable(), "a fatal crash on the console makes the guest unusable"
+    assert not vm.usable(), "a closed VM is not usable"
+    launcher = FakeLauncher()
+    with fake_vm(tmp_path, launcher, 5) as vm:
+        launcher.processes[0].exit_status = 0
+        assert not vm.usable(), "a guest whose process ended is not usable"

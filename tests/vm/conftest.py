@@ -46,11 +46,21 @@ class VmPool:
     def __init__(self, kernels: Kernels, accel_name: str, logs: Path) -> None:
         self.kernels, self.accel, self.logs = kernels, accel_name, logs
         self.vms: dict[str, VM] = {}
+        self.boots: dict[str, int] = {}
 
     def get(self, name: str) -> tuple[Kernel, VM]:
+        """The running guest of a kernel; one that crashed or died is replaced by a fresh
+        boot, so that one crash fails the test that met it, not every later test."""
         kernel = self.kernels.get(name)
+        old = self.vms.get(name)
+        if old is not None and not old.usable():
+            old.close()
+            del self.vms[name]
         if name not in self.vms:
-            vm = VM(kernel, accel=self.accel, console_path=self.logs / f"console-{name}.log")
+            self.boots[name] = self.boots.get(name, 0) + 1
+            suffix = "" if self.boots[name] == 1 else f".boot{self.boots[name]}"
+            console = self.logs / f"console-{name}{suffix}.log"
+            vm = VM(kernel, accel=self.accel, console_path=console)
             vm.__enter__()
             self.vms[name] = vm
         return kernel, self.vms[name]

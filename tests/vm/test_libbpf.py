@@ -23,11 +23,16 @@ import sys
 import textwrap
 import time
 import traceback
+import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from harness.channel import CommandResult
+from harness.errors import KernelCrashError
+from harness.kernel import Kernel
 from harness.libbpf import AttachError, BpfObject, Libbpf, LoadOptions
 from tests.unit.test_libbpf_layout import BPF_SOURCES, compile_bpf
 from tests.vm.conftest import VM_KERNELS, VmPool
@@ -279,18 +284,29 @@ def report(
 ) -> dict[str, Any]:
     """The guest's JSON report for one kernel: one guest run per kernel per session."""
     name: str = request.param
-    kernel, vm = vm_pool.get(name)
     objdir = tmp_path_factory.mktemp(f"bpf-{name}")
-    remote = f"/tmp/kitl-libbpf-{os.getpid()}-{name}"
-    assert vm.run(["mkdir", "-p", remote], timeout=60).ok
-    for source in sorted(BPF_SOURCES.glob("*.bpf.c")):
-        obj = compile_bpf(source, objdir)
-        vm.channel.put(obj.read_bytes(), f"{remote}/{obj.name}")
-    result = vm.run([sys.executable, "-c", guest_script(), remote], timeout=1200)
+    objects = [compile_bpf(source, objdir) for source in sorted(BPF_SOURCES.glob("*.bpf.c"))]
+    try:
+        kernel, result = run_checks(vm_pool, name, objects)
+    except KernelCrashError as exc:
+        # Under TCG a guest has crashed, rarely, outside any BPF code (an int3 met while
+        # another vCPU patched a static key in __schedule): the checks get one more
+        # guest, and a second crash fails the test.
+        warnings.warn(f"{name}: the guest crashed, the checks run once more: {exc}", stacklevel=1)
+        kernel, result = run_checks(vm_pool, name, objects)
     assert result.ok, f"guest script failed ({result.status}):\n{result.stderr[-4000:]}"
     data: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
     assert data["release"] == kernel.release
     return data
+
+
+def run_checks(vm_pool: VmPool, name: str, objects: list[Path]) -> tuple[Kernel, CommandResult]:
+    kernel, vm = vm_pool.get(name)
+    remote = f"/tmp/kitl-libbpf-{os.getpid()}-{name}"
+    assert vm.run(["mkdir", "-p", remote], timeout=60).ok
+    for obj in objects:
+        vm.channel.put(obj.read_bytes(), f"{remote}/{obj.name}")
+    return kernel, vm.run([sys.executable, "-c", guest_script(), remote], timeout=1200)
 
 
 def part(report: dict[str, Any], name: str) -> dict[str, Any]:
