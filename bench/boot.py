@@ -23,11 +23,11 @@ from pathlib import Path
 
 from common import stop_on_sigterm
 
-from harness import accel
-from harness.kernel import Kernel
-from harness.resolve import Kernels
-from harness.slots import GuestSlots
-from harness.vm import VM
+from harness.kernel.resolve import Kernels
+from harness.kernel.store import Kernel
+from harness.vm import accel
+from harness.vm.machine import VM
+from harness.vm.slots import GuestSlots
 
 
 def bare_boot(kernel: Kernel, accel_name: str) -> float:
@@ -69,7 +69,7 @@ def _bare_boot_once(kernel: Kernel, accel_name: str) -> float | None:
 
 def kitl_boot(kernel: Kernel, accel_name: str, slots: GuestSlots) -> float:
     """kitl's boot-to-ready as every kitl command boots: admitted through the guest slots
-    (harness.slots), then booted and reached over SSH."""
+    (harness.vm.slots), then booted and reached over SSH."""
     with tempfile.TemporaryDirectory() as tmp:
         started = time.monotonic()
         console = Path(tmp) / "console.log"

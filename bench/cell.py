@@ -21,11 +21,12 @@ from pathlib import Path
 
 from common import stop_on_sigterm
 
-from harness import accel, packet
-from harness.agentclient import AgentClient
-from harness.compile import compile_object, kernel_btf, vmlinux_h
-from harness.resolve import Kernels
-from harness.vm import VM
+from harness.bpf import packet
+from harness.kernel.resolve import Kernels
+from harness.run.compile import compile_object, kernel_btf, vmlinux_h
+from harness.vm import accel
+from harness.vm.agentclient import AgentClient
+from harness.vm.machine import VM
 
 # One program (bpftool loads every program of an object), with a map as cells have.
 SOURCE = """#include "vmlinux.h"

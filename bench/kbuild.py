@@ -22,9 +22,9 @@ import time
 
 from common import stamp, stop_on_sigterm
 
-from harness import kbuild
-from harness.cache import Cache
-from harness.resolve import Kernels
+from harness.kernel import kbuild
+from harness.kernel.cache import Cache
+from harness.kernel.resolve import Kernels
 
 
 def main() -> int:

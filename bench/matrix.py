@@ -24,7 +24,7 @@ from pathlib import Path
 from common import stamp, stop_on_sigterm
 
 ROOT = Path(__file__).resolve().parents[1]
-KITL = [sys.executable, "-m", "harness.cli"]
+KITL = [sys.executable, "-m", "harness.cli.main"]
 
 
 def _timed(argv: list[str]) -> float:

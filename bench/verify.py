@@ -28,8 +28,8 @@ from pathlib import Path
 
 from common import stamp, stop_on_sigterm
 
-from harness.compile import compile_object, kernel_btf, vmlinux_h
-from harness.resolve import Kernels
+from harness.kernel.resolve import Kernels
+from harness.run.compile import compile_object, kernel_btf, vmlinux_h
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = """#include "vmlinux.h"
@@ -55,7 +55,7 @@ def source(*numbers: int) -> str:
 
 def _kitl(*argv: str) -> tuple[float, str]:
     started = time.monotonic()
-    argv_ = [sys.executable, "-m", "harness.cli", *argv]
+    argv_ = [sys.executable, "-m", "harness.cli.main", *argv]
     proc = subprocess.run(argv_, cwd=ROOT, capture_output=True, text=True, check=False)
     seconds = time.monotonic() - started
     if proc.returncode != 0:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import packet
-from harness.fixtures import Compile, Guest, NetdevsimFactory, Topology
+from harness.bpf import packet
+from harness.pytest_plugin.fixtures import Compile, Guest, NetdevsimFactory, Topology
 
 SOURCE = Path(__file__).with_name("xdp_pass.bpf.c")
 XDP_DROP, XDP_PASS = 1, 2

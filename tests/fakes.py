@@ -15,11 +15,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import runner
-from harness.channel import CommandResult
+from harness.cli import runner
 from harness.errors import GuestLostError
-from harness.kernel import Kernel
-from harness.vm import VM, BootSpec, ConsoleRecorder
+from harness.kernel.store import Kernel
+from harness.vm.channel import CommandResult
+from harness.vm.machine import VM, BootSpec, ConsoleRecorder
 
 
 @dataclass

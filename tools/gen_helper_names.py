@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write harness/bpf_helpers.py: the BPF helper names by id, from a kernel's uapi bpf.h.
+"""Write harness/bpf/helper_names.py: the BPF helper names by id, from a kernel's uapi bpf.h.
 
     tools/gen_helper_names.py LINUX_SOURCE/include/uapi/linux/bpf.h
 
@@ -15,7 +15,7 @@ import re
 import sys
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parent.parent / "harness" / "bpf_helpers.py"
+OUT = Path(__file__).resolve().parent.parent / "harness" / "bpf" / "helper_names.py"
 _FN = re.compile(r"^\s*FN\((\w+), (\d+), ##ctx\)", re.M)
 
 

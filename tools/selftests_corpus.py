@@ -30,11 +30,11 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from harness.cache import Cache
-from harness.compile import kernel_btf
-from harness.libbpf_build import default_loader
-from harness.progress import DownloadProgress
-from harness.resolve import Kernels
+from harness.cli.progress import DownloadProgress
+from harness.kernel.cache import Cache
+from harness.kernel.libbpf_build import default_loader
+from harness.kernel.resolve import Kernels
+from harness.run.compile import kernel_btf
 
 # tools/ builds bpftool too: its vmlinux.h carries the kernel's kfunc prototypes, which the
 # selftests call without declaring them (Debian's bpftool is too old to write them)

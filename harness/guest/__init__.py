@@ -1,4 +1,6 @@
-"""Files that run inside the guest (shipped as package data)."""
+"""Everything that runs inside the VM, in the agent's process: the agent, the libbpf binding
+and its attach code, the per-case topology, the drives, capabilities. Imports only the
+standard library, itself and harness.bpf (checked by tests/unit/test_layers.py)."""
 
 from pathlib import Path
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import accel
-from harness.accel import ProbeResult
-from harness.cache import Cache
 from harness.errors import UsageError
+from harness.kernel.cache import Cache
+from harness.vm import accel
+from harness.vm.accel import ProbeResult
 
 
 def counting_probe(works: bool, calls: list[int]) -> accel.Probe:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.agent import serve
-from harness.agentclient import AgentCallError, AgentClient
+from harness.guest.agent import serve
+from harness.vm.agentclient import AgentCallError, AgentClient
 from tests.fakes import fake_vm
 
 

@@ -1,4 +1,4 @@
-"""Naming the real cause of a failed load (harness.causes), from what the guest reports:
+"""Naming the real cause of a failed load (harness.bpf.causes), from what the guest reports:
 libbpf's messages, the verifier log, and the guest's description of a map that failed.
 The libbpf lines are the ones libbpf 1.1-1.8 print (tools/lib/bpf/libbpf.c); the two
 saved real loads come from tests/data/verifier/."""
@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from harness import repro
-from harness.bpf_helpers import HELPERS, helper_name
-from harness.causes import explain
+from harness.bpf.causes import explain
+from harness.bpf.helper_names import HELPERS, helper_name
+from harness.cli import repro
 
 DATA = Path(__file__).parent.parent / "data" / "verifier"
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from harness import compare as cmp
-from harness.compare import Comparison, Thresholds, compare, load_results, parse_percent
 from harness.errors import UsageError
+from harness.results import compare as cmp
+from harness.results.compare import Comparison, Thresholds, compare, load_results, parse_percent
 
 DATA = Path(__file__).parent.parent / "data" / "compare"
 DEFAULT = Thresholds()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from harness import console
+from harness.vm import console
 
 DATA = Path(__file__).parent.parent / "data" / "console"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.engine import Engine
-from harness.scenario import RunConfig
+from harness.run.engine import Engine
+from harness.scenario.loader import RunConfig
 
 BOOT = {"net.core.bpf_jit_enable": "1", "net.core.bpf_jit_harden": "0"}
 

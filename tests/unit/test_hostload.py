@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import hostload
-from harness.hostload import CpuTimes, HostLoad
+from harness.vm import hostload
+from harness.vm.hostload import CpuTimes, HostLoad
 
 # /proc/stat of a 2-core guest-of-a-cloud host: user nice system idle iowait irq softirq
 # steal guest guest_nice

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import interrupts, runner
-from harness.agentclient import AgentClient
+from harness import interrupts
+from harness.cli import runner
 from harness.errors import UsageError
+from harness.vm.agentclient import AgentClient
 from tests.fakes import run_args
 
 

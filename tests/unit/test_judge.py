@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import progtypes
-from harness.judge import Observed, judge
+from harness.bpf import progtypes
 from harness.outcome import Outcome
-from harness.scenario import Case, load_scenario
-from harness.scenario_expect import Expect, MapEntry, MapExpect
+from harness.run.judge import Observed, judge
+from harness.scenario.loader import Case, load_scenario
+from harness.scenario.shape import Expect, MapEntry, MapExpect
 
 SCENARIO = Path(__file__).parents[2] / "scenarios" / "xdp-basics" / "scenario.yaml"
 REJECTION_LOG = (

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from harness import kbuild
-from harness.catalog import BuildSource, load_catalog
-from harness.compile import extract_vmlinux
 from harness.errors import ConfigError
-from harness.kernel import parse_config
-from harness.scenario import load_scenario
+from harness.kernel import kbuild
+from harness.kernel.catalog import BuildSource, load_catalog
+from harness.kernel.store import parse_config
+from harness.run.compile import extract_vmlinux
+from harness.scenario.loader import load_scenario
 
 KERNELS = Path(__file__).resolve().parents[2] / "kernels"
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from harness import netdevsim
-from harness.cache import Cache
-from harness.debian import Package
 from harness.errors import FetchError
-from harness.kernel import KernelStore
-from harness.lockfile import LockedKernel
+from harness.kernel import netdevsim
+from harness.kernel.cache import Cache
+from harness.kernel.debian import Package
+from harness.kernel.lockfile import LockedKernel
+from harness.kernel.store import KernelStore
 
 RELEASE = "6.1.0-99-amd64"
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import debversion
-from harness.catalog import CatalogEntry, DebianSource, load_catalog
-from harness.debian import Package, _depends_names, parse_packages_index, resolve_series
 from harness.errors import ConfigError, FetchError, UsageError
-from harness.lockfile import LockedKernel, LockFile
+from harness.kernel import debversion
+from harness.kernel.catalog import CatalogEntry, DebianSource, load_catalog
+from harness.kernel.debian import Package, _depends_names, parse_packages_index, resolve_series
+from harness.kernel.lockfile import LockedKernel, LockFile
 
 DATA = Path(__file__).parent.parent / "data"
 REPO = Path(__file__).parent.parent.parent

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from harness.errors import ConfigError
-from harness.known import (
+from harness.outcome import Outcome
+from harness.results.known import (
     KnownFailures,
     KnownReport,
     apply_known,
@@ -19,8 +20,7 @@ from harness.known import (
     load_known,
     parse_known,
 )
-from harness.outcome import Outcome
-from harness.results import CellResult
+from harness.results.rundir import CellResult
 
 FILE = Path("kitl-expect.yaml")
 DAY = datetime.date(2027, 3, 1)

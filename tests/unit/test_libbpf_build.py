@@ -14,13 +14,12 @@ from typing import Any
 
 import pytest
 
-from harness.cache import Cache
-from harness.catalog import Catalog, CatalogEntry, DebianSource, PathSource
-from harness.debian import Package
 from harness.errors import BuildError, UsageError
-from harness.kbuild import first_error
-from harness.kernel import KernelStore
-from harness.libbpf_build import (
+from harness.kernel.cache import Cache
+from harness.kernel.catalog import Catalog, CatalogEntry, DebianSource, PathSource
+from harness.kernel.debian import Package
+from harness.kernel.kbuild import first_error
+from harness.kernel.libbpf_build import (
     BuiltLibbpf,
     cache_dir,
     libbpf_for,
@@ -28,8 +27,9 @@ from harness.libbpf_build import (
     map_version,
     untar_argv,
 )
-from harness.lockfile import LockedKernel, LockFile
-from harness.resolve import Kernels
+from harness.kernel.lockfile import LockedKernel, LockFile
+from harness.kernel.resolve import Kernels
+from harness.kernel.store import KernelStore
 
 SYSTEM_LIBBPF = "/usr/lib/x86_64-linux-gnu/libbpf.so.1"
 
@@ -260,7 +260,7 @@ def test_debian_7_2_libbpf_builds_loads_and_has_tcx() -> None:
     # for every later test in this process
     probe = (
         "import json, sys\n"
-        "from harness.libbpf import Libbpf\n"
+        "from harness.guest.libbpf import Libbpf\n"
         "new, old = Libbpf(sys.argv[1]), Libbpf(sys.argv[2])\n"
         "print(json.dumps([new.version, new.has('bpf_program__attach_tcx'),"
         " old.has('bpf_program__attach_tcx')]))\n"

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import libbpf as lb
-from harness.libbpf import (
+from harness.guest import libbpf as lb
+from harness.guest.libbpf import (
     ENOTSUPP,
     BpfObject,
     BpfObjectOpenOpts,
@@ -25,7 +25,7 @@ from harness.libbpf import (
     describe_errno,
     errno_name,
 )
-from harness.libbpf_attach import (
+from harness.guest.libbpf_attach import (
     BpfTcHook,
     BpfTcOpts,
     BpfTcxOpts,

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from harness import libbpf_build, runner
-from harness.catalog import load_catalog
+from harness.cli import runner
 from harness.errors import UsageError
-from harness.matrix import plan
-from harness.scenario import ScenarioError, load_scenario
+from harness.kernel import libbpf_build
+from harness.kernel.catalog import load_catalog
+from harness.run.matrix import plan
+from harness.scenario.loader import ScenarioError, load_scenario
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "plugin"
 CATALOG = Path(__file__).resolve().parents[2] / "kernels" / "catalog.yaml"

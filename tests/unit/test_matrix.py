@@ -14,15 +14,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness import matrix, runner
-from harness.cache import Cache
-from harness.cli import MERGE_SHOWN, main
+from harness.cli import runner
+from harness.cli.main import MERGE_SHOWN, main
 from harness.errors import BuildError, UsageError
-from harness.kernel import Kernel
-from harness.matrix import Cell, Shard, newest, plan, shard_cells
+from harness.kernel.cache import Cache
+from harness.kernel.store import Kernel
 from harness.outcome import Outcome
-from harness.results import CellResult, RunDir, finalize, merge_runs, read_cells
-from harness.scenario import RunConfig, Scenario, load_scenario
+from harness.results.rundir import CellResult, RunDir, finalize, merge_runs, read_cells
+from harness.run import matrix
+from harness.run.matrix import Cell, Shard, newest, plan, shard_cells
+from harness.scenario.loader import RunConfig, Scenario, load_scenario
 from tests.fakes import run_args
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "plugin"

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import main
-from harness.kernel import Kernel, image_release, parse_config
-from harness.netdevsim import patch_config_text, toolchain_changes
-from harness.vm import BootSpec, VngLauncher
+from harness.cli.main import main
+from harness.kernel.netdevsim import patch_config_text, toolchain_changes
+from harness.kernel.store import Kernel, image_release, parse_config
+from harness.vm.machine import BootSpec, VngLauncher
 
 DEBIAN_CONFIG = """\
 CONFIG_CC_VERSION_TEXT="x86_64-linux-gnu-gcc-14 (Debian 14.2.0-19) 14.2.0"

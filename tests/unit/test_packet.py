@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from harness.packet import build, checksum, from_hex
+from harness.bpf.packet import build, checksum, from_hex
 
 
 def test_udp_over_ipv4_has_valid_checksums() -> None:

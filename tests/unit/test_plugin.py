@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.catalog import load_catalog
-from harness.pytest_plugin import KitlSession
-from harness.results import CellResult
+from harness.kernel.catalog import load_catalog
+from harness.pytest_plugin.plugin import KitlSession
+from harness.results.rundir import CellResult
 
 pytest_plugins = ["pytester"]
 
@@ -44,10 +44,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.kernel import Kernel
+from harness.kernel.store import Kernel
 from harness.outcome import Outcome
-from harness.pytest_plugin import KitlSession
-from harness.results import CellResult
+from harness.pytest_plugin.plugin import KitlSession
+from harness.results.rundir import CellResult
 
 RELEASES = {
     "debian-6.1": "6.1.0-40-amd64",
@@ -240,7 +240,7 @@ def test_configs_option_keeps_only_that_config(pytester: pytest.Pytester) -> Non
 
 
 def test_configs_option_drops_scenarios_without_that_config(pytester: pytest.Pytester) -> None:
-    """As `kitl run --configs jit` plans it (harness.matrix.plan): tc has only 'default'."""
+    """As `kitl run --configs jit` plans it (harness.run.matrix.plan): tc has only 'default'."""
     use(pytester, "tc.yaml", "xdp.yaml")
     _, ids = collect(pytester, "--kitl", "--kitl-kernels", "debian-6.1", "--kitl-configs", "jit")
     assert ids == xdp_ids("debian-6.1", ("jit",))

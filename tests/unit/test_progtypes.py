@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import progtypes
-from harness.progtypes import (
+from harness.bpf import progtypes
+from harness.bpf.progtypes import (
     ATTACH_FAMILIES,
     CONVENTIONS,
     DRIVES,

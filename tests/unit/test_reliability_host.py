@@ -21,16 +21,18 @@ from typing import Any
 
 import pytest
 
-from harness import accel, cli, netdevsim
-from harness.cache import Cache
-from harness.catalog import Catalog, CatalogEntry, DebianSource
-from harness.debian import Package
+from harness.cli import main as cli
 from harness.errors import FetchError, WriteError
-from harness.kernel import MANIFEST, KernelStore
-from harness.lockfile import LockedKernel, LockFile
+from harness.kernel import netdevsim
+from harness.kernel.cache import Cache
+from harness.kernel.catalog import Catalog, CatalogEntry, DebianSource
+from harness.kernel.debian import Package
+from harness.kernel.lockfile import LockedKernel, LockFile
+from harness.kernel.resolve import Kernels
+from harness.kernel.store import MANIFEST, KernelStore
 from harness.outcome import Outcome
-from harness.resolve import Kernels
-from harness.results import CellResult, RunDir, finalize, read_cells
+from harness.results.rundir import CellResult, RunDir, finalize, read_cells
+from harness.vm import accel
 
 REPO = Path(__file__).resolve().parents[2]
 RELEASE = "6.1.0-99-amd64"
@@ -451,7 +453,7 @@ def test_kitl_report_and_merge_on_a_full_disk_print_one_line_and_exit_1(
 ) -> None:
     source = _small_run(tmp_path / "run", 2)
     out = tiny_disk / "report"
-    kitl = [sys.executable, "-m", "harness.cli"]
+    kitl = [sys.executable, "-m", "harness.cli.main"]
     ok = subprocess.run([*kitl, "report", str(source), "-o", str(out)], cwd=REPO, check=False)
     assert ok.returncode == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}

@@ -18,20 +18,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness import cli, verify
-from harness.agentclient import AgentClient
-from harness.cache import Cache
-from harness.compile import compile_object
-from harness.engine import Engine
+from harness.cli import main as cli
+from harness.cli import verify
 from harness.errors import UsageError
-from harness.judge import Observed, judge
-from harness.libbpf import BpfObject, Libbpf
-from harness.matrix import plan
+from harness.guest.libbpf import BpfObject, Libbpf
+from harness.kernel.cache import Cache
 from harness.outcome import Outcome
-from harness.report import render_all
-from harness.results import SAFE_NAME_MAX, CellResult, RunDir, finalize, safe_name
-from harness.scenario import check
-from harness.scenario_expect import Expect
+from harness.report.render import render_all
+from harness.results.rundir import SAFE_NAME_MAX, CellResult, RunDir, finalize, safe_name
+from harness.run.compile import compile_object
+from harness.run.engine import Engine
+from harness.run.judge import Observed, judge
+from harness.run.matrix import plan
+from harness.scenario import objects
+from harness.scenario.loader import check
+from harness.scenario.shape import Expect
+from harness.vm.agentclient import AgentClient
 from tests.fakes import fake_vm
 from tests.unit.test_libbpf_layout import compile_bpf
 
@@ -103,7 +105,7 @@ def test_the_guest_agent_answers_every_corrupt_load_and_keeps_serving(
     ]
     requests.append({"id": 99, "op": "ping"})
     proc = subprocess.run(
-        [sys.executable, "-u", "-m", "harness.agent"],
+        [sys.executable, "-u", "-m", "harness.guest.agent"],
         input="".join(json.dumps(r) + "\n" for r in requests),
         capture_output=True,
         text=True,
@@ -120,7 +122,7 @@ def test_the_guest_agent_answers_every_corrupt_load_and_keeps_serving(
         load = answer["result"]
         assert (load["ok"], load["prog_id"]) == (False, None)
         assert str(path) in load["libbpf_messages"]
-        outcome, reason = judge(verify.scenario_for_object(path, verify.VerifyOptions()).cases[0],
+        outcome, reason = judge(objects.scenario_for_object(path, objects.VerifyOptions()).cases[0],
                                 Expect(), Observed(load=load))  # fmt: skip
         assert outcome is Outcome.LOAD_FAILED
         assert reason.startswith("LOAD_FAILED: elf: ")
@@ -135,10 +137,10 @@ def test_kitl_verify_plans_a_cell_per_corrupt_object_beside_the_good_ones(
     (mixed / "good.bpf.o").write_bytes(good.read_bytes())
     for path in corrupt.values():
         (mixed / path.name).write_bytes(path.read_bytes())
-    objects = verify.objects_in([mixed])
-    assert len(objects) == 7
-    verify.duplicate_names(objects)
-    scenarios = [verify.scenario_for_object(o, verify.VerifyOptions()) for o in objects]
+    found = objects.objects_in([mixed])
+    assert len(found) == 7
+    objects.duplicate_names(found)
+    scenarios = [objects.scenario_for_object(o, objects.VerifyOptions()) for o in found]
     cells = plan(scenarios, ["k1", "k2"], [], [])
     by_scenario: dict[str, list[str]] = {}
     for c in cells:
@@ -162,10 +164,10 @@ def test_corrupt_object_cells_run_to_load_failed_with_libbpfs_reason(
     guest played by the host: only corrupt objects, so nothing loads into the host kernel."""
     monkeypatch.setattr(Engine, "guest_object", lambda self, path: str(path))
     run = RunDir(tmp_path / "run", {})
-    scenarios = [verify.scenario_for_object(p, verify.VerifyOptions()) for p in corrupt.values()]
-    objects = {(s.name, o.name): o.path for s in scenarios for o in s.objects if o.path}
+    scenarios = [objects.scenario_for_object(p, objects.VerifyOptions()) for p in corrupt.values()]
+    built = {(s.name, o.name): o.path for s in scenarios for o in s.objects if o.path}
     with fake_vm(tmp_path) as vm, AgentClient(vm) as agent:
-        engine = Engine(vm, agent, vm.kernel, run, objects, cache=Cache(tmp_path / "cache"))
+        engine = Engine(vm, agent, vm.kernel, run, built, cache=Cache(tmp_path / "cache"))
         results = [engine.run_cell(s, s.cases[0], s.configs[0]) for s in scenarios]
     for result, path in zip(results, corrupt.values(), strict=True):
         assert result.outcome is Outcome.LOAD_FAILED, result.reason
@@ -206,7 +208,7 @@ def test_objects_that_cannot_be_read_are_usage_errors_not_hangs(tmp_path: Path) 
         (tmp_path / "gone.o", "cannot read: No such file or directory"),
     ):
         with pytest.raises(UsageError, match=message):
-            verify.scenario_for_object(path, verify.VerifyOptions())
+            objects.scenario_for_object(path, objects.VerifyOptions())
 
 
 # --- 4. hostile names -------------------------------------------------------------------------
@@ -307,14 +309,14 @@ def test_hostile_object_file_names_verify_apart_and_run_nothing(
     tmp_path: Path, good: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    objects = tmp_path / "objects"
-    objects.mkdir()
+    objdir = tmp_path / "objects"
+    objdir.mkdir()
     names = ["a;b", "$(touch pwned)", "`touch pwned`", "a b", "a_b", "line\nbreak", "-rf", "é"]
     for n in names:
-        (objects / f"{n}.o").write_bytes(good.read_bytes())
-    found = verify.objects_in([objects])
-    verify.duplicate_names(found)
-    scenarios = [verify.scenario_for_object(o, verify.VerifyOptions()) for o in found]
+        (objdir / f"{n}.o").write_bytes(good.read_bytes())
+    found = objects.objects_in([objdir])
+    objects.duplicate_names(found)
+    scenarios = [objects.scenario_for_object(o, objects.VerifyOptions()) for o in found]
     assert len({s.name for s in scenarios}) == len(names)
     assert all(set(s.name) <= SAFE_CHARS and not s.name.startswith(".") for s in scenarios)
     cells = plan(scenarios, ["k"], [], [])
@@ -323,7 +325,7 @@ def test_hostile_object_file_names_verify_apart_and_run_nothing(
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "a;b.o").write_bytes(good.read_bytes())
     with pytest.raises(UsageError, match=r"a;b\.o and .*other/a;b\.o both verify as"):
-        verify.duplicate_names(verify.objects_in([objects, tmp_path / "other"]))
+        objects.duplicate_names(objects.objects_in([objdir, tmp_path / "other"]))
     assert not list(tmp_path.rglob("pwned"))
 
 

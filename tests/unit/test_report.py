@@ -26,9 +26,9 @@ from typing import Any
 
 import pytest
 
-from harness import report
 from harness.errors import UsageError
-from harness.report import (
+from harness.report import render as report
+from harness.report.render import (
     VERISTAT_HEADER,
     build_report,
     load_cells,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.report import render_all
+from harness.report.render import render_all
 
 RUN = Path(__file__).parents[1] / "data" / "report-runs" / "two-kernels"
 CHROMIUM_TIMEOUT = 60

@@ -17,9 +17,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness import elfobj, yamlsrc
+from harness import yamlsrc
+from harness.bpf import elfobj
 from harness.errors import ConfigError
-from harness.scenario import (
+from harness.scenario.loader import (
     AutoAttach,
     CgroupAttach,
     Scenario,
@@ -35,7 +36,7 @@ from harness.scenario import (
     json_schema,
     load_scenario,
 )
-from harness.scenario_expect import (
+from harness.scenario.shape import (
     ERROR_CLASSES,
     Expect,
     kernel_version,
@@ -697,7 +698,7 @@ def test_unreadable_files(tmp_path: Path) -> None:
 
 
 def test_error_classes_match_the_verifier_classifier() -> None:
-    source = (REPO / "harness" / "verifier.py").read_text()
+    source = (REPO / "harness" / "bpf" / "verifier_log.py").read_text()
     body = source[source.index("def classify_failure") :]
     returned = set(re.findall(r'return "([A-Z_]+)"', body))
     assert returned

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness.errors import ConfigError
-from harness.scenario import check
+from harness.scenario.loader import check
 
 KEYS = ["name", "objects", "cases", "topology", "configs", "kernels", "program", "expect",
         "drive", "attach", "load", "requires", "overrides", "xdp", "test_run", "syscall",

@@ -1,4 +1,4 @@
-"""Admission (harness.slots) with real lock files and real processes, no QEMU: a guest
+"""Admission (harness.vm.slots) with real lock files and real processes, no QEMU: a guest
 waits while other processes' guests fill the host, is admitted when one goes, a dead
 holder's slots come back, and a process never waits on itself."""
 
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import slots
-from harness.kernel import Kernel
-from harness.slots import GuestSlots
-from harness.vm import VM
+from harness.kernel.store import Kernel
+from harness.vm import slots
+from harness.vm.machine import VM
+from harness.vm.slots import GuestSlots
 from tests.fakes import FakeLauncher
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from harness.verifier import (
+from harness.bpf.verifier_log import (
     VerifierLog,
     VerifierStats,
     classify_failure,

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from harness import verify
-from harness.causes import explain
-from harness.cli import main
-from harness.elfobj import read_object
+from harness.bpf.causes import explain
+from harness.bpf.elfobj import read_object
+from harness.cli import verify
+from harness.cli.main import main
 from harness.errors import UsageError
-from harness.verify_expect import parse_expectations
+from harness.scenario import objects
+from harness.scenario.bulk import parse_expectations
 from tests.unit.test_libbpf_layout import compile_bpf
 
 # The programs of tests/data/verify/basic.bpf.c, without vmlinux.h (no kernel needed here).
@@ -38,8 +39,8 @@ def basic(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_one_case_per_program_and_privilege(basic: Path) -> None:
-    options = verify.VerifyOptions(privileges=("privileged", "unprivileged"), test_run=True)
-    scenario = verify.scenario_for_object(basic, options)
+    options = objects.VerifyOptions(privileges=("privileged", "unprivileged"), test_run=True)
+    scenario = objects.scenario_for_object(basic, options)
     assert scenario.name == "basic"
     names = [c.name for c in scenario.cases]
     assert names == [
@@ -55,8 +56,10 @@ def test_one_case_per_program_and_privilege(basic: Path) -> None:
 
 
 def test_prog_globs_and_load_options(basic: Path) -> None:
-    options = verify.VerifyOptions(programs=("xdp_*",), log_level=2, flags=("BPF_F_TEST_RND_HI32",))
-    cases = verify.scenario_for_object(basic, options).cases
+    options = objects.VerifyOptions(
+        programs=("xdp_*",), log_level=2, flags=("BPF_F_TEST_RND_HI32",)
+    )
+    cases = objects.scenario_for_object(basic, options).cases
     assert [c.name for c in cases] == ["xdp_ok", "xdp_oob"]
     assert cases[0].load.log_level == 2
     assert cases[0].load.flags_value == 4
@@ -64,20 +67,20 @@ def test_prog_globs_and_load_options(basic: Path) -> None:
 
 def test_bad_flags_and_configs_are_usage_errors() -> None:
     with pytest.raises(UsageError, match="unknown program load flag 'BPF_F_NOPE'"):
-        verify.parse_flags("BPF_F_SLEEPABLE,BPF_F_NOPE")
-    assert verify.parse_config("interp:net.core.bpf_jit_enable=0").sysctl == (
+        objects.parse_flags("BPF_F_SLEEPABLE,BPF_F_NOPE")
+    assert objects.parse_config("interp:net.core.bpf_jit_enable=0").sysctl == (
         ("net.core.bpf_jit_enable", "0"),
     )
     with pytest.raises(UsageError, match="expected NAME:SYSCTL=VALUE"):
-        verify.parse_config("interp")
+        objects.parse_config("interp")
 
 
 def test_objects_in_finds_objects_and_refuses_nothing(tmp_path: Path, basic: Path) -> None:
-    assert verify.objects_in([basic.parent]) == [basic.resolve()]
+    assert objects.objects_in([basic.parent]) == [basic.resolve()]
     with pytest.raises(UsageError, match="no BPF objects"):
-        verify.objects_in([tmp_path])
+        objects.objects_in([tmp_path])
     with pytest.raises(UsageError, match="no such object file"):
-        verify.objects_in([tmp_path / "missing.o"])
+        objects.objects_in([tmp_path / "missing.o"])
 
 
 BULK = """\
@@ -96,9 +99,9 @@ expect:
 
 
 def test_bulk_expectations_become_first_match_overrides(basic: Path, tmp_path: Path) -> None:
-    bulk = verify.BulkExpectations(parse_expectations(tmp_path / "kitl-verify.yaml", BULK))
-    options = verify.VerifyOptions(privileges=("privileged", "unprivileged"))
-    scenario = bulk.apply(verify.scenario_for_object(basic, options))
+    bulk = objects.BulkExpectations(parse_expectations(tmp_path / "kitl-verify.yaml", BULK))
+    options = objects.VerifyOptions(privileges=("privileged", "unprivileged"))
+    scenario = bulk.apply(objects.scenario_for_object(basic, options))
     oob = scenario.case("xdp_oob")
     old, new = oob.expect_for("5.10.0-46-amd64", "default"), oob.expect_for("6.1.0-56", "default")
     assert (old.load, old.log) == ("rejected", ("invalid\\ access\\ to\\ packet",))
@@ -126,14 +129,14 @@ def test_verify_argv_is_exact(tmp_path: Path) -> None:
 
 
 def test_globals_and_test_run_input_parse() -> None:
-    assert verify.parse_global("verdict=1") == ("verdict", 1)
-    assert verify.parse_global(" mask = 0xff ") == ("mask", 255)
-    assert verify.parse_global("on=true") == ("on", 1)
+    assert objects.parse_global("verdict=1") == ("verdict", 1)
+    assert objects.parse_global(" mask = 0xff ") == ("mask", 255)
+    assert objects.parse_global("on=true") == ("on", 1)
     with pytest.raises(UsageError, match="expected NAME=VALUE"):
-        verify.parse_global("1x=2")
-    assert verify.parse_hex("0a:00 00") == b"\n\0\0"
+        objects.parse_global("1x=2")
+    assert objects.parse_hex("0a:00 00") == b"\n\0\0"
     with pytest.raises(UsageError, match="not hex bytes"):
-        verify.parse_hex("zz")
+        objects.parse_hex("zz")
 
 
 GLOBALS = """\
@@ -171,7 +174,7 @@ def test_a_log_level_the_kernel_would_refuse_is_a_usage_error_before_anything_bo
     assert f"kitl: --log-level {level}: not a verifier log level" in err
     assert not (tmp_path / "runs").exists()
     for good in (0, 1, 5, 15):
-        assert verify.check_log_level(good) == good
+        assert objects.check_log_level(good) == good
 
 
 def test_repro_checks_the_log_level_first(
@@ -210,8 +213,8 @@ def test_what_a_loader_sets_reaches_each_case(loader_set: Path) -> None:
          "--pin-root", "/sys/fs/bpf/tool"]
     )  # fmt: skip
     options = verify.options_from(args)
-    verify.check_names([loader_set], options)
-    scenario = verify.scenario_for_object(loader_set, options)
+    objects.check_names([loader_set], options)
+    scenario = objects.scenario_for_object(loader_set, options)
     trace, xdp = scenario.case("trace_read").load, scenario.case("xdp_count").load
     assert trace.maps == (("counts", 1024, 8),)
     assert trace.globals == (("limit", 9),)
@@ -270,11 +273,11 @@ def test_a_file_that_is_not_a_bpf_object_is_refused_named_and_skipped_found(
     tree.mkdir()
     (tree / "host.o").write_bytes(Path("/bin/true").read_bytes()[:4096])  # the host's ELF
     (tree / "basic.bpf.o").write_bytes(basic.read_bytes())
-    assert verify.checked_objects([tree]) == [(tree / "basic.bpf.o").resolve()]
+    assert objects.checked_objects([tree]) == [(tree / "basic.bpf.o").resolve()]
     assert "kitl: skipped" in capsys.readouterr().err
     (tree / "basic.bpf.o").unlink()
     with pytest.raises(UsageError, match="no BPF object in"):
-        verify.checked_objects([tree])
+        objects.checked_objects([tree])
 
 
 def test_a_bulk_entry_carries_its_programs_load_settings(loader_set: Path, tmp_path: Path) -> None:
@@ -284,9 +287,9 @@ def test_a_bulk_entry_carries_its_programs_load_settings(loader_set: Path, tmp_p
         "    maps: {counts: {max_entries: 4096}}\n"
         "  - program: xdp_count\n    attach_target: vfs_read\n"
     )
-    bulk = verify.BulkExpectations(parse_expectations(tmp_path / "kitl-verify.yaml", text))
-    options = verify.VerifyOptions(maps=(("counts", 8, None),))
-    scenario = verify.scenario_for_object(loader_set, options)
+    bulk = objects.BulkExpectations(parse_expectations(tmp_path / "kitl-verify.yaml", text))
+    options = objects.VerifyOptions(maps=(("counts", 8, None),))
+    scenario = objects.scenario_for_object(loader_set, options)
     trace = replace(scenario, cases=(scenario.case("trace_read"),))
     load = bulk.apply(trace).case("trace_read").load
     assert (load.attach_target, load.maps) == ("vfs_read", (("counts", 4096, None),))
@@ -319,9 +322,9 @@ def test_programs_in_static_prog_array_slots_are_found_and_whole_object_loads_al
     src.write_text(SLOTS)
     obj = compile_bpf(src, tmp_path)
     assert read_object(obj).slot_programs == ("stage_pass",)
-    plain = verify.scenario_for_object(obj, verify.VerifyOptions())
+    plain = objects.scenario_for_object(obj, objects.VerifyOptions())
     assert plain.case("dispatch").load.companions == ()  # the engine adds the slot programs
-    whole = verify.scenario_for_object(obj, verify.VerifyOptions(whole_object=True))
+    whole = objects.scenario_for_object(obj, objects.VerifyOptions(whole_object=True))
     assert {c.load.companions for c in whole.cases} == {("*",)}
 
 
@@ -343,12 +346,12 @@ def test_a_companions_failure_names_the_companion() -> None:
 
 
 def test_privilege_profiles_parse_and_name_their_cases(basic: Path) -> None:
-    assert verify.parse_privileges("both") == ("privileged", "unprivileged")
-    assert verify.parse_privileges("bpf,bpf-net,bpf") == ("bpf", "bpf-net")
+    assert objects.parse_privileges("both") == ("privileged", "unprivileged")
+    assert objects.parse_privileges("bpf,bpf-net,bpf") == ("bpf", "bpf-net")
     with pytest.raises(UsageError, match="'root': not a privilege profile"):
-        verify.parse_privileges("root")
-    options = verify.VerifyOptions(privileges=("privileged", "bpf"), programs=("xdp_ok",))
-    scenario = verify.scenario_for_object(basic, options)
+        objects.parse_privileges("root")
+    options = objects.VerifyOptions(privileges=("privileged", "bpf"), programs=("xdp_ok",))
+    scenario = objects.scenario_for_object(basic, options)
     assert [(c.name, c.load.privilege) for c in scenario.cases] == [
         ("xdp_ok", "privileged"),
         ("xdp_ok.bpf", "bpf"),
@@ -368,19 +371,19 @@ def test_a_map_a_profile_may_not_create_says_which_profile() -> None:
 
 
 def test_map_values_parse_and_reach_the_cases_of_objects_with_the_map(loader_set: Path) -> None:
-    assert verify.parse_map_value("counts:1=0x2a") == ("counts", 1, 42)
-    assert verify.parse_map_value("counts:-1=hex:0a0b") == ("counts", -1, b"\x0a\x0b")
+    assert objects.parse_map_value("counts:1=0x2a") == ("counts", 1, 42)
+    assert objects.parse_map_value("counts:-1=hex:0a0b") == ("counts", -1, b"\x0a\x0b")
     for bad in ("counts", "counts:1", "counts:x=1", "counts:1=hex:", "bad name:1=1"):
         with pytest.raises(UsageError, match="expected NAME:KEY=VALUE"):
-            verify.parse_map_value(bad)
-    options = verify.VerifyOptions(map_values=(("counts", 1, 42), ("counts", 2, 7)))
-    verify.check_names([loader_set], options)
-    case = verify.scenario_for_object(loader_set, options).case("xdp_count")
+            objects.parse_map_value(bad)
+    options = objects.VerifyOptions(map_values=(("counts", 1, 42), ("counts", 2, 7)))
+    objects.check_names([loader_set], options)
+    case = objects.scenario_for_object(loader_set, options).case("xdp_count")
     assert [(m.name, [(e.key, e.value) for e in m.entries]) for m in case.setup_maps] == [
         ("counts", [(1, 42), (2, 7)])
     ]
     with pytest.raises(UsageError, match="--map-set count: no object has a map 'count'"):
-        verify.check_names([loader_set], verify.VerifyOptions(map_values=(("count", 1, 1),)))
+        objects.check_names([loader_set], objects.VerifyOptions(map_values=(("count", 1, 1),)))
 
 
 def test_a_corpus_table_shows_only_the_programs_that_need_a_look(
@@ -410,21 +413,23 @@ def test_a_bulk_entry_sets_its_programs_flags_and_log_level(basic: Path, tmp_pat
         "  - program: xdp_oob\n    flags: [BPF_F_TEST_STATE_FREQ]\n    log_level: 2\n"
         "    verdict: rejected\n"
     )
-    bulk = verify.BulkExpectations(parse_expectations(tmp_path / "kitl-verify.yaml", text))
-    options = verify.VerifyOptions(flags=("BPF_F_STRICT_ALIGNMENT",))
-    scenario = bulk.apply(verify.scenario_for_object(basic, options))
+    bulk = objects.BulkExpectations(parse_expectations(tmp_path / "kitl-verify.yaml", text))
+    options = objects.VerifyOptions(flags=("BPF_F_STRICT_ALIGNMENT",))
+    scenario = bulk.apply(objects.scenario_for_object(basic, options))
     oob, ok = scenario.case("xdp_oob").load, scenario.case("xdp_ok").load
     assert oob.flags == ("BPF_F_STRICT_ALIGNMENT", "BPF_F_TEST_STATE_FREQ")
     assert (oob.log_level, ok.log_level, ok.flags) == (2, 5, ("BPF_F_STRICT_ALIGNMENT",))
 
 
 def test_tail_call_slots_parse_and_are_checked_against_the_objects(loader_set: Path) -> None:
-    assert verify.parse_tail_call("jmp_table:3=stage") == ("jmp_table", 3, "stage")
+    assert objects.parse_tail_call("jmp_table:3=stage") == ("jmp_table", 3, "stage")
     for bad in ("jmp_table", "jmp_table:x=stage", "jmp_table:0=", ":0=stage"):
         with pytest.raises(UsageError, match="expected PROG_ARRAY:SLOT=PROGRAM"):
-            verify.parse_tail_call(bad)
+            objects.parse_tail_call(bad)
     with pytest.raises(UsageError, match="--tail-call counts: no object has a program 'nope'"):
-        verify.check_names([loader_set], verify.VerifyOptions(tail_calls=(("counts", 0, "nope"),)))
-    options = verify.VerifyOptions(tail_calls=(("counts", 0, "xdp_count"),))
-    case = verify.scenario_for_object(loader_set, options).case("trace_read")
+        objects.check_names(
+            [loader_set], objects.VerifyOptions(tail_calls=(("counts", 0, "nope"),))
+        )
+    options = objects.VerifyOptions(tail_calls=(("counts", 0, "xdp_count"),))
+    case = objects.scenario_for_object(loader_set, options).case("trace_read")
     assert case.tail_calls == (("counts", 0, "xdp_count"),)

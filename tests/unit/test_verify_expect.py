@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import progtypes
+from harness.bpf import progtypes
+from harness.bpf.verifier_log import log_excerpt
 from harness.errors import ConfigError
-from harness.verifier import log_excerpt
-from harness.verify_expect import (
+from harness.scenario.bulk import (
     Entry,
     Expectations,
     LogMessage,

@@ -14,9 +14,9 @@ from harness.errors import (
     GuestLostError,
     KernelCrashError,
 )
-from harness.kernel import Kernel
+from harness.kernel.store import Kernel
 from harness.outcome import Outcome, outcome_for_error
-from harness.vm import VM
+from harness.vm.machine import VM
 from tests.fakes import FakeLauncher
 
 PANIC = """\

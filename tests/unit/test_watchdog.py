@@ -12,17 +12,17 @@ from unittest import mock
 
 import pytest
 
-from harness import agentclient, console, hostload
-from harness.agentclient import AgentClient, AgentTimeoutError
-from harness.engine import Engine
 from harness.errors import GuestLostError, GuestTimeoutError
-from harness.hostload import HostLoad
 from harness.interrupts import Watchdog, timed_out_reason
-from harness.kernel import Kernel
+from harness.kernel.store import Kernel
 from harness.outcome import Outcome, outcome_for_error
-from harness.results import CellResult, RunDir, read_cells
-from harness.scenario import RunConfig, load_scenario
-from harness.vm import VM
+from harness.results.rundir import CellResult, RunDir, read_cells
+from harness.run.engine import Engine
+from harness.scenario.loader import RunConfig, load_scenario
+from harness.vm import agentclient, console, hostload
+from harness.vm.agentclient import AgentClient, AgentTimeoutError
+from harness.vm.hostload import HostLoad
+from harness.vm.machine import VM
 from tests.fakes import FakeLauncher
 
 DATA = Path(__file__).parents[1] / "data"
@@ -239,11 +239,11 @@ def test_oom_kills_during_a_cell_are_recorded_and_named_when_it_failed(tmp_path:
     assert passed.reason == "as judged"
     assert passed.observed["oom_kills"]
     # the OOM killer took the agent itself: a lost VM, and why
-    agent_killed = OOM.replace("(python3)", "(python3 -m harness.agent)")
+    agent_killed = OOM.replace("(python3)", "(python3 -m harness.guest.agent)")
     lost = explained(tmp_path, Outcome.VM_LOST, agent_killed, first_failure="run: gone")
     assert lost.outcome is Outcome.VM_LOST
     assert lost.reason.startswith("run: gone (the guest ran out of memory: ")
-    assert "(python3 -m harness.agent)" in lost.reason
+    assert "(python3 -m harness.guest.agent)" in lost.reason
 
 
 class LostAgent(AgentClient):

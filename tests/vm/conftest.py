@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import accel
-from harness.cache import Cache
-from harness.kernel import Kernel
-from harness.resolve import Kernels
-from harness.vm import VM
+from harness.kernel.cache import Cache
+from harness.kernel.resolve import Kernels
+from harness.kernel.store import Kernel
+from harness.vm import accel
+from harness.vm.machine import VM
 
 # At least one kernel of the old and one of the new Debian packaging; the two must boot in CI.
 VM_KERNELS = ["debian-6.1", "debian-7.2"]

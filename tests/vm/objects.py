@@ -1,5 +1,5 @@
 """BPF test objects for the VM tests: C sources of tests/data compiled the way kitl compiles
-scenario sources (harness.compile, cached), against a catalog kernel's vmlinux.h."""
+scenario sources (harness.run.compile, cached), against a catalog kernel's vmlinux.h."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from harness.cache import Cache
-from harness.compile import compile_object, kernel_btf, vmlinux_h
-from harness.resolve import Kernels
+from harness.kernel.cache import Cache
+from harness.kernel.resolve import Kernels
+from harness.run.compile import compile_object, kernel_btf, vmlinux_h
 
 
 def compiled(sources: Iterable[Path], out: Path, kernel: str = "debian-7.2") -> Path:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.agentclient import AgentCallError, AgentClient
+from harness.vm.agentclient import AgentCallError, AgentClient
 from tests.unit.test_libbpf_layout import BPF_SOURCES, compile_bpf
 from tests.vm.conftest import VM_KERNELS, VmPool
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from harness.cli import main
+from harness.cli.main import main
 from tests.vm.objects import compiled
 
 DATA = Path(__file__).parents[1] / "data" / "annotated"

@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from harness import console
+from harness.vm import console
 from tests.vm.conftest import VM_KERNELS
 
 DATA = Path(__file__).parents[1] / "data"
@@ -93,7 +93,7 @@ class Kitl:
         out, err = tmp / f"{name}.out", tmp / f"{name}.err"
         with out.open("wb") as stdout, err.open("wb") as stderr:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "harness.cli", *args],
+                [sys.executable, "-m", "harness.cli.main", *args],
                 stdout=stdout,
                 stderr=stderr,
                 env={**os.environ, MARKER: token},

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.cache import CACHE_ENV, Cache
+from harness.kernel.cache import CACHE_ENV, Cache
 
 pytest_plugins = ("pytester",)
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.fixtures import Compile, Guest
+from harness.pytest_plugin.fixtures import Compile, Guest
 
 PIN = "/sys/fs/bpf/kitl-fixture-leak"
 

@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from harness.cache import Cache
-from harness.compile import compile_object, kernel_btf, vmlinux_h
-from harness.resolve import Kernels
+from harness.kernel.cache import Cache
+from harness.kernel.resolve import Kernels
+from harness.run.compile import compile_object, kernel_btf, vmlinux_h
 from tests.vm.test_faults import STEADY, Kitl, figures, leftovers, records, wait_records
 
 VERIFY_DATA = Path(__file__).parents[1] / "data" / "verify"

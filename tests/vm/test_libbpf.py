@@ -30,10 +30,10 @@ from typing import Any
 
 import pytest
 
-from harness.channel import CommandResult
 from harness.errors import KernelCrashError
-from harness.kernel import Kernel
-from harness.libbpf import AttachError, BpfObject, Libbpf, LoadOptions
+from harness.guest.libbpf import AttachError, BpfObject, Libbpf, LoadOptions
+from harness.kernel.store import Kernel
+from harness.vm.channel import CommandResult
 from tests.unit.test_libbpf_layout import BPF_SOURCES, compile_bpf
 from tests.vm.conftest import VM_KERNELS, VmPool
 
@@ -43,7 +43,7 @@ from __future__ import annotations
 import dataclasses, json, os, socket, subprocess, sys, time, traceback
 from collections.abc import Callable
 from typing import Any
-from harness.libbpf import AttachError, BpfObject, Libbpf, LoadOptions
+from harness.guest.libbpf import AttachError, BpfObject, Libbpf, LoadOptions
 """
 
 EACCES, EINVAL, ENOSPC, EPERM = 13, 22, 28, 1

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from harness.cli import main
+from harness.cli.main import main
 from tests.vm.conftest import VM_KERNELS
 
 SCENARIO = Path(__file__).parents[2] / "scenarios" / "xdp-basics"

@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from harness.bootcheck import check
-from harness.cli import main
+from harness.cli.main import main
 from harness.errors import GuestTimeoutError
 from harness.outcome import Outcome
+from harness.vm.bootcheck import check
 from tests.vm.conftest import VM_KERNELS, VmPool
 
 

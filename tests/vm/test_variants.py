@@ -22,11 +22,11 @@ from typing import Any
 
 import pytest
 
-from harness import kbuild
-from harness.cache import Cache
-from harness.catalog import BuildSource, kernels_dir
-from harness.cli import main
-from harness.resolve import Kernels
+from harness.cli.main import main
+from harness.kernel import kbuild
+from harness.kernel.cache import Cache
+from harness.kernel.catalog import BuildSource, kernels_dir
+from harness.kernel.resolve import Kernels
 
 SCENARIOS = Path(__file__).parents[2] / "scenarios"
 KERNELS_DIR = kernels_dir()

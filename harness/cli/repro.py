@@ -1,0 +1,194 @@
+"""`kitl repro RUN_DIR CELL_ID`: one cell of a run again, locally, with the full verifier log.
+
+Boots the kernel the cell ran on (the digest must match what the cache holds now), sets the
+sysctls the cell had in effect, loads the very object the run loaded (by content hash) with
+verifier log level 2, writes the log to RUN_DIR/repro/ and pages it.  With --shell the
+program stays loaded and the user gets a shell in the guest, bpftool at hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from harness.bpf.causes import explain
+from harness.bpf.verifier_log import parse_log
+from harness.cli.progress import DownloadProgress, stderr
+from harness.errors import UsageError
+from harness.guest.libbpf import BPF_LOG_LEVEL2, BPF_LOG_STATS
+from harness.kernel import libbpf_build
+from harness.kernel.cache import Cache
+from harness.kernel.resolve import Kernels
+from harness.results.rundir import read_cells, safe_name
+from harness.run.engine import build_objects
+from harness.run.matrix import newest
+from harness.scenario import objects
+from harness.scenario.loader import load_scenario
+from harness.vm import accel
+from harness.vm.agentclient import AgentClient
+from harness.vm.machine import VM
+from harness.vm.slots import GuestSlots
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("cell_id", metavar="CELL_ID", help="e.g. 'xdp-basics::drop-udp[debian-6.1-jit]'")
+    p.add_argument(
+        "--log-level",
+        type=int,
+        default=BPF_LOG_LEVEL2 | BPF_LOG_STATS,
+        help="default 6 (2 + stats)",
+    )
+    p.add_argument("--shell", action="store_true", help="stay in the guest, the program loaded")
+    p.add_argument("--no-pager", action="store_true", help="print the log instead of paging it")
+    p.add_argument(
+        "--allow-other-kernel",
+        action="store_true",
+        help="boot even if the cached kernel's digest differs from the run's",
+    )
+    p.add_argument("--accel", default="auto", choices=accel.ACCELS)
+    p.add_argument("--dry-run", action="store_true", help="say what would be booted and loaded")
+
+
+def find_cell(run_dir: Path, cell_id: str) -> dict[str, Any]:
+    cells = read_cells(run_dir)
+    if not cells and (run_dir / "results.json").is_file():
+        cells = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))["cells"]
+    if not cells:
+        raise UsageError(f"{run_dir}: not a kitl run directory (no results)")
+    for cell in cells:
+        if cell.get("id") == cell_id:
+            return dict(cell)
+    ids = [str(c.get("id")) for c in cells]
+    close = difflib.get_close_matches(cell_id, ids, n=3)
+    hint = "did you mean " + " or ".join(repr(c) for c in close) if close else None
+    raise UsageError(f"{run_dir}: no cell {cell_id!r}", hint=hint)
+
+
+def command_line(run_dir: Path, cell_id: str) -> str:
+    return shlex.join(["kitl", "repro", str(run_dir), cell_id])
+
+
+def run(args: argparse.Namespace) -> int:
+    objects.check_log_level(args.log_level)
+    cell = find_cell(args.run_dir, args.cell_id)
+    if cell.get("scenario") == "*":
+        raise UsageError(f"{args.cell_id} is a run-level failure, not a program to reload")
+    scenario_file = Path(cell.get("scenario_file") or "")
+    if not scenario_file.is_file():
+        raise UsageError(f"{args.cell_id}: its scenario file {scenario_file} is gone")
+    if scenario_file.suffix == ".o":  # a `kitl verify` cell: the object is the scenario
+        scenario = objects.scenario_for_object(
+            scenario_file, objects.VerifyOptions(privileges=("privileged", objects.UNPRIVILEGED))
+        )
+    else:
+        scenario = load_scenario(scenario_file)
+    case = next((c for c in scenario.cases if c.name == cell["case"]), None)
+    if case is None:
+        raise UsageError(f"{scenario_file}: has no case {cell['case']!r} any more")
+    ks = Kernels.open(Cache.default())
+    with DownloadProgress() as progress:
+        kernel = ks.get(str(cell["kernel"]), progress)
+    if cell.get("kernel_digest") and cell["kernel_digest"] != kernel.digest:
+        message = f"{kernel.name}: the cached kernel is not the one the run used"
+        if not args.allow_other_kernel:
+            raise UsageError(
+                message,
+                hint=f"run {cell['kernel_digest'][:12]}, cache {kernel.digest[:12]}; "
+                "--allow-other-kernel boots it anyway",
+            )
+        stderr.print(f"kitl: warning: {message}")
+    obj = _object(cell, scenario, case.object, kernel, ks.store.cache)
+    sysctls = {k: v for k, v in (cell.get("sysctls") or {}).items() if v is not None}
+    if args.dry_run:
+        print(f"boot {kernel.name} ({kernel.release}, digest {kernel.digest[:12]})")
+        print(f"sysctl {' '.join(f'{k}={v}' for k, v in sysctls.items())}")
+        print(f"load {obj} program {case.program} log_level {args.log_level}")
+        return 0
+    cache = ks.store.cache
+    decision = accel.decide(args.accel, cache, lambda: accel.qemu_kvm_probe(kernel.vmlinuz))
+    loader = libbpf_build.loader_path(str(cell.get("libbpf") or ""), ks)  # the cell's libbpf
+    out = args.run_dir / "repro" / f"{safe_name(args.cell_id)}.verifier.log"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with (
+        tempfile.TemporaryDirectory(prefix="kitl-repro-") as tmp,
+        VM(
+            kernel,
+            accel=decision.accel,
+            console_path=Path(tmp) / "console.log",
+            slots=GuestSlots.for_cache(cache),
+        ) as vm,
+        AgentClient(vm, libbpf=loader) as agent,
+    ):
+        if sysctls:
+            agent.call("sysctl", {"values": sysctls})
+        remote = f"/run/kitl-repro-{hashlib.sha256(obj.read_bytes()).hexdigest()[:16]}.o"
+        vm.channel.put(obj.read_bytes(), remote)
+        load_args: dict[str, Any] = {
+            "prog_flags": case.load.flags_value,
+            "privilege": case.load.privilege,
+            # what the run set on the object (map sizes, globals, targets, pinning)
+            **(cell.get("observed", {}).get("load_args") or {}),
+            "object": remote,
+            "program": case.program,
+            "log_level": args.log_level,
+        }
+        load = agent.call("load", load_args)
+        log = str(load.get("log") or load.get("libbpf_messages") or "")
+        out.write_text(log, encoding="utf-8")
+        stderr.print(
+            f"kitl: {args.cell_id} on {kernel.release}: {_verdict(load, log)}; log in {out}"
+        )
+        _page(out, args.no_pager)
+        if args.shell:
+            stderr.print(
+                f"kitl: object at {remote} in the guest"
+                + (", program loaded (bpftool prog show)" if load.get("ok") else "")
+                + "; exit the shell to stop the VM"
+            )
+            subprocess.call(vm.ssh_command())
+    return 0 if load.get("ok") == (cell.get("observed", {}).get("load", {}).get("ok")) else 1
+
+
+def _verdict(load: dict[str, Any], log: str) -> str:
+    """'loaded; 12 insns, 1 states' or the failure's class and cause, in one line."""
+    stats = parse_log(log).stats
+    figures = f"; {stats.insns} insns, {stats.total_states} states" if stats.insns else ""
+    if load.get("ok"):
+        return f"loaded{figures}"
+    cause = explain(load)
+    return f"failed, {cause.error_class}: {cause.message}{figures}"
+
+
+def _object(cell: dict[str, Any], scenario: Any, name: str, kernel: Any, cache: Cache) -> Path:
+    """The object the run loaded: the recorded file if it still has the recorded hash, else
+    compiled again (the same source and header give the same bytes, and say so if not)."""
+    recorded = Path(cell.get("object_file") or "")
+    digest = cell.get("object_sha256") or ""
+    if recorded.is_file() and hashlib.sha256(recorded.read_bytes()).hexdigest() == digest:
+        return recorded
+    built = build_objects([scenario], newest([kernel]), cache)[(scenario.name, name)]
+    if digest and hashlib.sha256(built.read_bytes()).hexdigest() != digest:
+        stderr.print("kitl: warning: the object differs from the run's (source or header changed)")
+    return built
+
+
+def _page(path: Path, no_pager: bool) -> None:
+    if no_pager or not sys.stdout.isatty():
+        sys.stdout.write(path.read_text(encoding="utf-8"))
+        return
+    pager = os.environ.get("PAGER") or ("less" if shutil.which("less") else "")
+    if not pager:
+        sys.stdout.write(path.read_text(encoding="utf-8"))
+        return
+    subprocess.call([*pager.split(), str(path)])

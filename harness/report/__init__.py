@@ -1,0 +1,1 @@
+"""Reports from a run directory, without a VM: JUnit XML, Markdown, HTML and CSV."""

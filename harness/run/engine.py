@@ -1,0 +1,665 @@
+"""Running scenarios in one booted guest through its agent: the cells of one kernel.
+
+Per config: sysctls are set (and read back) inside the running guest.  Per case: the
+topology is built, the program loaded on its own, attached, driven, its maps read, then
+everything is released and the topology torn down, so each case starts clean.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from harness.bpf import packet, progtypes
+from harness.bpf.elfobj import read_object
+from harness.bpf.verifier_log import parse_log
+from harness.errors import KitlError
+from harness.interrupts import DEFAULT_CELL_TIMEOUT, Watchdog, timed_out_reason
+from harness.kernel.cache import Cache
+from harness.kernel.store import Kernel
+from harness.outcome import Outcome, outcome_for_error
+from harness.results.rundir import CellResult, RunDir
+from harness.run.compile import compile_object, kernel_btf, vmlinux_h
+from harness.run.judge import Observed, judge
+from harness.scenario.loader import (
+    Case,
+    CgroupAttach,
+    LoadOptions,
+    RunConfig,
+    Scenario,
+    SocketAttach,
+    SyscallDrive,
+    TcxAttach,
+    TestRunDrive,
+    TrafficDrive,
+    XdpAttach,
+)
+from harness.scenario.shape import Expect, MapExpect, kernel_version
+from harness.vm import console as consolelog
+from harness.vm import hostload
+from harness.vm.agentclient import AgentCallError, AgentClient
+from harness.vm.machine import VM
+
+Report = Callable[[CellResult], None]
+# load arguments a cell records so `kitl repro` sets the same things on the object
+_REPLAYED_LOAD_ARGS = (
+    "prog_flags", "privilege", "globals", "maps", "fixups", "pinning", "pin_root",
+    "attach_target", "companions", "keep_caps", "unprivileged_maps_only",
+)  # fmt: skip
+CASE_TIMEOUT = 300.0  # generous: TCG, and a first load of a big object
+
+
+def build_objects(
+    scenarios: Sequence[Scenario], header_kernel: Kernel, cache: Cache
+) -> dict[tuple[str, str], Path]:
+    """Compile every `source:` object on the host (CO-RE, once, cached by content)."""
+    header = vmlinux_h(kernel_btf(header_kernel), cache)
+    built: dict[tuple[str, str], Path] = {}
+    for scenario in scenarios:
+        for obj in scenario.objects:
+            if obj.source is not None:
+                built[(scenario.name, obj.name)] = compile_object(
+                    obj.source, header, cache, obj.cflags
+                )
+            elif obj.path is not None:
+                built[(scenario.name, obj.name)] = obj.path
+    return built
+
+
+class Engine:
+    def __init__(
+        self,
+        vm: VM,
+        agent: AgentClient,
+        kernel: Kernel,
+        run: RunDir,
+        objects: dict[tuple[str, str], Path],
+        *,
+        cache: Cache,
+    ) -> None:
+        self.vm, self.agent, self.kernel, self.run = vm, agent, kernel, run
+        self.objects = objects
+        self.cache = cache
+        self._in_guest: dict[Path, str] = {}
+        self._hashes: dict[Path, str] = {}
+        self._slots: dict[Path, tuple[str, ...]] = {}
+        self._guest_facts: dict[str, Any] | None = None
+        # the guest's console and dmesg logs, relative to the run directory (when known)
+        self.guest_logs: tuple[str, str] = ("", "")
+        self.libbpf = ""  # the loader as cells record it ("": the default loader)
+        self._enums: dict[str, int] | None = None
+        self.release = kernel.release
+        # the sysctls of the config in effect in the guest, and what the kernel refused
+        self._config: tuple[tuple[str, int | str], ...] | None = None
+        self._sysctls: dict[str, Any] | None = None
+        self._refused = ""
+        self._boot_sysctls: dict[str, Any] | None = None
+        self._touched: set[str] = set()
+        # the wall-time budget of one cell (kitl run --cell-timeout), and the running one's
+        self.cell_timeout = DEFAULT_CELL_TIMEOUT
+        self._dog: Watchdog | None = None
+
+    def _sha256(self, path: Path) -> str:
+        if path not in self._hashes:
+            self._hashes[path] = hashlib.sha256(path.read_bytes()).hexdigest()
+        return self._hashes[path]
+
+    def _testing_flags(self, names: tuple[str, ...]) -> int:
+        """The test flags this kernel takes (test_loader probes them the same way: a flag
+        the kernel does not know fails every load with EINVAL)."""
+        try:
+            version = kernel_version(self.kernel.release)
+        except ValueError:
+            return 0
+        return sum(
+            progtypes.PROG_LOAD_FLAGS[n]
+            for n in names
+            if version >= progtypes.PROG_LOAD_FLAG_SINCE.get(n, (99,))
+        )
+
+    def _slot_programs(self, path: Path) -> tuple[str, ...]:
+        """The programs the object's prog arrays name statically (read once per object; an
+        object kitl cannot read has none, and libbpf says what is wrong with it)."""
+        if path not in self._slots:
+            try:
+                self._slots[path] = read_object(path).slot_programs
+            except ValueError:
+                self._slots[path] = ()
+        return self._slots[path]
+
+    def guest_object(self, path: Path) -> str:
+        """Copy an object into the guest's tmpfs once (host paths created after boot may
+        be invisible through the guest's overlay of /tmp)."""
+        if path not in self._in_guest:
+            data = path.read_bytes()
+            remote = f"/run/kitl-{hashlib.sha256(data).hexdigest()[:16]}.o"
+            self.vm.channel.put(data, remote)
+            self._in_guest[path] = remote
+        return self._in_guest[path]
+
+    def run_scenario(
+        self, scenario: Scenario, configs: Sequence[str] | None, report: Report
+    ) -> list[CellResult]:
+        cells: list[CellResult] = []
+        chosen = [c for c in scenario.configs if not configs or c.name in configs]
+        for config in chosen:
+            for case in scenario.cases:
+                cell = self.run_cell(scenario, case, config)
+                report(cell)
+                cells.append(cell)
+                if cell.outcome in (Outcome.KERNEL_CRASH, Outcome.VM_LOST):
+                    return cells  # the caller restarts the VM for what is left
+        return cells
+
+    def run_cell(
+        self, scenario: Scenario, case: Case, config: RunConfig, *, retry_of: str = ""
+    ) -> CellResult:
+        """One (case, config) in this guest, within the cell timeout: the config's sysctls
+        are switched only when they differ from the ones in effect.  A guest that fails
+        under the cell (crash, hang, lost) makes an outcome, never an exception.  The cell
+        is appended to the run directory; `retry_of` (why the first attempt lost its VM)
+        goes into the reason of a retry's record."""
+        cell = CellResult(
+            scenario=scenario.name,
+            case=case.name,
+            kernel=self.kernel.name,
+            config=config.name,
+            outcome=Outcome.ERROR,
+            kernel_release=self.kernel.release,
+            kernel_digest=self.kernel.digest,
+            accel=self.vm.accel,
+            program=f"{case.object}/{case.program}",
+            prog_type=case.prog_type.name,
+            section=case.section,
+            scenario_file=str(scenario.path.resolve()),
+            console_path=self.guest_logs[0],
+            dmesg_path=self.guest_logs[1],
+            libbpf=self.libbpf,
+        )
+        mark = len(self.vm.console_text())
+        with Watchdog(self.cell_timeout, self.vm.kill) as dog:
+            self._dog, self.agent.deadline, self.agent.first_failure = dog, dog.deadline, ""
+            try:
+                if self._config != config.sysctl or self._sysctls is None:
+                    self._sysctls, self._refused = self._apply(config)
+                    self._config = config.sysctl
+                cell.sysctls = dict(self._sysctls)
+                if self._refused:
+                    cell.outcome, cell.reason = Outcome.SKIPPED, self._refused
+                else:
+                    self._run_case(scenario, case, config, cell)
+            except KitlError as exc:  # outside the case: switching the config, facts
+                cell.outcome, cell.reason = outcome_for_error(exc), str(exc)
+            finally:
+                self._dog, self.agent.deadline = None, None
+        self._explain(cell, dog, self.vm.console_text()[mark:])
+        if retry_of:
+            note = f"retried once on a fresh VM; the first attempt: {retry_of}"
+            cell.reason = f"{cell.reason} ({note})" if cell.reason else note
+        self.run.append(cell)
+        return cell
+
+    def _explain(self, cell: CellResult, dog: Watchdog, console: str) -> None:
+        """What the watchdog and the guest's console (what it printed during the cell) say
+        about the cell: a crash's splat and fingerprint, an overrun budget, OOM kills."""
+        oom = consolelog.oom_kills(console)
+        if oom:
+            cell.observed["oom_kills"] = oom
+        if cell.outcome is Outcome.KERNEL_CRASH:
+            splat = consolelog.first_crash(console) or consolelog.first_crash(
+                self.vm.console_text()
+            )
+            if splat is not None:
+                cell.crash = {
+                    "title": splat.title,
+                    "fingerprint": splat.fingerprint,
+                    "signature": splat.signature,
+                    "functions": list(splat.functions),
+                    "text": splat.text,
+                }
+        elif dog.fired or (
+            dog.expired and cell.outcome in (Outcome.TIMED_OUT, Outcome.VM_LOST, Outcome.ERROR)
+        ):
+            # the watchdog's kill shows as a lost VM; either way the budget ran out
+            cell.reason = timed_out_reason(dog.seconds, self.agent.first_failure or cell.reason)
+            load = hostload.snapshot()
+            if load.overloaded:  # a starved guest runs out of time too: say which it was
+                cell.reason += f" ({load.verdict()})"
+            cell.outcome = Outcome.TIMED_OUT
+        elif cell.outcome is Outcome.VM_LOST and self.agent.first_failure:
+            cell.reason = self.agent.first_failure  # the loss, not a cleanup call after it
+        if oom and cell.outcome not in (Outcome.PASSED, Outcome.SKIPPED):
+            cell.reason = f"{cell.reason} (the guest ran out of memory: {'; '.join(oom)})"
+
+    def _budget(self) -> float:
+        """Seconds left to the running cell (what a command it runs may take)."""
+        return self._dog.remaining() if self._dog is not None else CASE_TIMEOUT
+
+    def _apply(self, config: RunConfig) -> tuple[dict[str, Any], str]:
+        """Switch the guest to `config`: its sysctls, and every sysctl an earlier config
+        changed back to its value at boot, so configs never leak into each other."""
+        if self._boot_sysctls is None:
+            self._boot_sysctls = dict(self._facts()["sysctl"])
+        wanted: dict[str, Any] = {
+            k: self._boot_sysctls[k] for k in self._touched if self._boot_sysctls.get(k) is not None
+        }
+        wanted.update(config.sysctl)
+        self._touched.update(k for k, _ in config.sysctl)
+        answer = self.agent.call("sysctl", {"values": wanted}) if wanted else {}
+        refused = [
+            f"{k}={v}: {answer[k]['error']}" for k, v in config.sysctl if not answer[k]["ok"]
+        ]
+        values = dict(self._boot_sysctls)
+        values.update({k: a["value"] for k, a in answer.items()})
+        reason = ("the kernel refused " + "; ".join(refused)) if refused else ""
+        return values, reason
+
+    def _run_case(
+        self, scenario: Scenario, case: Case, config: RunConfig, cell: CellResult
+    ) -> None:
+        loader = str(self._facts().get("libbpf_version") or "")
+        btf = self._facts().get("btf")
+        expect = case.expect_for(
+            self.kernel.release, config.name, loader, btf if isinstance(btf, bool) else None
+        )
+        cell.expected = _expect_json(expect)
+        seen = Observed()
+        started = time.monotonic()
+        topology = scenario.topology
+        has_topology = bool(topology.netns or topology.veth or topology.netdevsim)
+        try:
+            if case.skip:
+                cell.outcome, cell.reason = Outcome.SKIPPED, case.skip
+                return
+            wanted = case.requires.libbpf
+            if wanted is not None and not (loader and wanted.contains(kernel_version(loader))):
+                cell.outcome = Outcome.SKIPPED
+                cell.reason = f"the case needs libbpf {wanted.text}; this loader is {loader or '?'}"
+                return
+            missing = self._missing_requirements(case, seen)
+            if missing:
+                cell.outcome = Outcome.SKIPPED
+                cell.reason = "this kernel lacks " + "; ".join(missing)
+                return
+            try:  # a topology half set up is torn down too
+                if has_topology:
+                    self.agent.call("topology_up", _topology_json(scenario), timeout=CASE_TIMEOUT)
+                self._load_attach_drive(scenario, case, expect, seen, cell)
+            finally:
+                leftovers = self._clean(has_topology)
+            cell.outcome, cell.reason = judge(case, expect, seen)
+            if leftovers and cell.outcome is Outcome.PASSED:
+                cell.outcome, cell.reason = Outcome.ERROR, "cleanup failed: " + "; ".join(leftovers)
+        except AgentCallError as exc:
+            cell.outcome, cell.reason = Outcome.ERROR, str(exc)
+        except KitlError as exc:
+            cell.outcome, cell.reason = outcome_for_error(exc), str(exc)
+        finally:
+            cell.timings["case_s"] = round(time.monotonic() - started, 3)
+            cell.observed = _observed_json(seen)
+            self.run.write_verifier_log(cell, str(seen.load.get("log", "")))
+
+    def _missing_requirements(self, case: Case, seen: Observed) -> list[str]:
+        """Probe the guest for the case's `requires:`.  Names are resolved to ids through
+        the kernel's own BTF (its enums): a helper the kernel's BTF does not know is absent."""
+        req = case.requires
+        missing: list[str] = []
+        if req.btf and not self._facts()["btf"]:
+            missing.append("kernel BTF (/sys/kernel/btf/vmlinux)")
+        if case.prog_type.name == "lsm" and self.kernel.config.get("CONFIG_BPF_LSM") == "n":
+            missing.append("BPF LSM (the kernel is built without CONFIG_BPF_LSM)")
+        elif case.prog_type.name == "lsm" and "bpf" not in str(self._facts()["lsm"]).split(","):
+            # LSM programs attach either way, but run only when BPF LSM is active
+            missing.append(
+                "an active BPF LSM (bpf is not in lsm=; add it to the boot command line)"
+            )
+        attach_types = list(req.attach_types)
+        if isinstance(case.attach, TcxAttach):  # tcx links exist from 6.6 on
+            attach_types.append(f"tcx_{case.attach.direction}")
+        if attach_types:
+            enums = self._kernel_enums()
+            missing += [
+                f"attach type {name} (not in this kernel's enum bpf_attach_type)"
+                for name in dict.fromkeys(attach_types)
+                if f"BPF_{name.upper()}" not in enums
+            ]
+        if not (req.helpers or req.prog_types or req.map_types or req.kfuncs):
+            return missing
+        enums = self._kernel_enums()
+        args: dict[str, Any] = {
+            "prog_type": case.prog_type.uapi,
+            "kfuncs": list(req.kfuncs),
+            "helpers": {},
+            "prog_types": {},
+            "map_types": {},
+        }
+        for names, prefix, key, kind in (
+            (req.helpers, "BPF_FUNC_", "helpers", "helper"),
+            (req.prog_types, "BPF_PROG_TYPE_", "prog_types", "program type"),
+            (req.map_types, "BPF_MAP_TYPE_", "map_types", "map type"),
+        ):
+            for name in names:
+                # enum bpf_func_id keeps the helper's case (BPF_FUNC_loop); types are upper
+                enum = prefix + (name.removeprefix("bpf_") if key == "helpers" else name.upper())
+                if enum not in enums:
+                    missing.append(f"{kind} {name} (not in this kernel's BTF)")
+                else:
+                    args[key][name] = enums[enum]
+        answer = self.agent.call("probe", args)
+        seen.notes += answer.get("unprobed", [])
+        return missing + list(answer["missing"])
+
+    def _facts(self) -> dict[str, Any]:
+        if self._guest_facts is None:
+            self._guest_facts = dict(self.agent.call("facts"))
+        return self._guest_facts
+
+    def _kernel_enums(self) -> dict[str, int]:
+        if self._enums is None:
+            header = vmlinux_h(kernel_btf(self.kernel), self.cache)
+            text = header.read_text(encoding="utf-8", errors="replace")
+            self._enums = {}
+            for enum in ("bpf_func_id", "bpf_prog_type", "bpf_map_type", "bpf_attach_type"):
+                block = re.search(rf"\benum {enum} \{{(.*?)\}};", text, re.S)
+                if block:  # only these enums: other enums reuse some of the names
+                    self._enums.update(
+                        (m.group(1), int(m.group(2)))
+                        for m in re.finditer(r"\b(BPF_\w+) = (\d+)", block.group(1))
+                    )
+        return self._enums
+
+    def _clean(self, has_topology: bool) -> list[str]:
+        """Release every object and tear the topology down, whatever failed before."""
+        problems: list[str] = []
+        try:
+            problems += self.agent.call("release", timeout=CASE_TIMEOUT)["problems"]
+        finally:
+            if has_topology:
+                down = self.agent.call("topology_down", timeout=CASE_TIMEOUT)
+                problems += down["problems"]
+                problems += [f"netns {n} left behind" for n in down["netns_left"]]
+        return problems
+
+    def _load_args(self, case: Case, obj_path: Path) -> dict[str, Any]:
+        load_args: dict[str, Any] = {
+            "object": self.guest_object(obj_path),
+            "program": case.program,
+            "log_level": case.load.log_level,
+        }
+        if case.load.log_size:
+            load_args["log_size"] = case.load.log_size
+        flags = case.load.flags_value | self._testing_flags(case.load.testing_flags)
+        if flags:
+            load_args["prog_flags"] = flags
+        if case.load.btf_custom_path is not None:
+            load_args["btf_custom_path"] = self.guest_object(case.load.btf_custom_path)
+        external = self.kernel.external_btf
+        if case.load.external_btf and external is not None and not self._facts()["btf"]:
+            load_args["btf_custom_path"] = self.guest_object(external)
+        if case.load.privilege != "privileged":
+            load_args["privilege"] = case.load.privilege
+        if case.load.globals:
+            load_args["globals"] = dict(case.load.globals)
+        load_args.update(_prepare_args(case.load))
+        if not case.load.companions:
+            # libbpf fills a prog array's static slots at load time and fails unless their
+            # programs load too: they are the program's companions, as are the programs
+            # the case puts in slots itself
+            slots = [*self._slot_programs(obj_path), *(p for _, _, p in case.tail_calls)]
+            if slots:
+                load_args["companions"] = list(dict.fromkeys(slots))
+        if isinstance(case.attach, XdpAttach) and case.attach.mode == "hw":
+            # offload: the program is bound to the device when it is loaded
+            load_args.update(offload_dev=case.attach.dev, offload_ns=case.attach.ns)
+        return load_args
+
+    def _set_up(self, case: Case, handle: int) -> None:
+        """What user space does between the load and the attach: map contents, tail call
+        slots."""
+        if case.setup_maps:
+            self.agent.call("map_update", {"handle": handle, "maps": _map_rows(case.setup_maps)})
+        if case.tail_calls:
+            slots = [list(t) for t in case.tail_calls]
+            self.agent.call("tail_calls", {"handle": handle, "slots": slots})
+
+    def _load_attach_drive(
+        self, scenario: Scenario, case: Case, expect: Expect, seen: Observed, cell: CellResult
+    ) -> None:
+        obj_path = self.objects[(scenario.name, case.object)]
+        cell.object_file = str(obj_path)
+        cell.object_sha256 = self._sha256(obj_path)
+        load_args = self._load_args(case, obj_path)
+        seen.load = self.agent.call("load", load_args, timeout=CASE_TIMEOUT)
+        seen.load_args = {k: v for k, v in load_args.items() if k in _REPLAYED_LOAD_ARGS}
+        _user_paths(seen.load, {load_args["object"]: str(obj_path)})
+        # what kitl changed in the object (veristat's fixups) and what the guest lacked
+        seen.notes += [*seen.load.get("fixups", ()), *seen.load.get("notes", ())]
+        cell.timings["load_ms"] = round(seen.load.get("load_ns", 0) / 1e6, 3)
+        cell.verifier = {
+            k: seen.load.get(k)
+            for k in (
+                "verified_insns",
+                "xlated_len",
+                "jited_len",
+                "insn_cnt",
+                "errno",
+                "log_truncated",
+                "libbpf_version",
+                "log_level",
+                "failed_stage",
+            )
+        }
+        stats = parse_log(str(seen.load.get("log", ""))).stats
+        cell.verifier.update(
+            insns=stats.insns,
+            total_states=stats.total_states,
+            peak_states=stats.peak_states,
+            max_states_per_insn=stats.max_states_per_insn,
+            duration_us=stats.duration_us,
+            stack_depth=stats.stack_depth_total,
+        )
+        handle = seen.load.get("handle")
+        if handle is None:
+            return
+        self._set_up(case, handle)
+        if case.attach is not None:
+            spec: dict[str, Any] = {
+                "handle": handle,
+                "program": case.program,
+                "family": case.attach.family,
+            }
+            for key in ("dev", "ns", "mode", "direction", "path"):
+                value = getattr(case.attach, key, None)
+                if value is not None:
+                    spec[key] = value
+            try:
+                seen.attach = self.agent.call("attach", spec, timeout=CASE_TIMEOUT)
+            except AgentCallError as exc:
+                if exc.kind != "attach":
+                    raise
+                seen.attach_error = str(exc)
+                return
+        if expect.events:
+            self.agent.call(
+                "events_start", {"handle": handle, "maps": [m for m, _ in expect.events]}
+            )
+        drive = case.drive
+        # the drive's processes and sockets live in the cgroup the program is attached to
+        cgroup = case.attach.path if isinstance(case.attach, CgroupAttach) else None
+        if isinstance(drive, TestRunDrive):
+            data = (
+                drive.data
+                if drive.data is not None
+                else packet.build(drive.packet.as_dict() if drive.packet else {})
+            )
+            args: dict[str, Any] = {
+                "handle": handle,
+                "program": case.program,
+                "data_hex": data.hex(),
+                "repeat": drive.repeat,
+                # raw_tracepoint, syscall...: the context is the only input
+                "ctx_only": not case.prog_type.test_run_data,
+            }
+            if drive.ctx_data is not None:
+                args["ctx_hex"] = drive.ctx_data.hex()
+            seen.test_run = self.agent.call("test_run", args, timeout=CASE_TIMEOUT)
+            cell.timings["ns_per_op"] = seen.test_run.get("duration_ns", 0)
+        elif isinstance(drive, TrafficDrive):
+            seen.traffic = self.agent.call(
+                "traffic",
+                {
+                    "from": drive.from_ns,
+                    "to": drive.to,
+                    "to_ns": drive.to_ns,
+                    "proto": drive.proto,
+                    "port": drive.port or 9000,
+                    "count": drive.count,
+                    "size": drive.size,
+                    "cgroup": cgroup,
+                    "socket_filter": (
+                        {"handle": handle, "program": case.program}
+                        if isinstance(case.attach, SocketAttach)
+                        else None
+                    ),
+                },
+                timeout=CASE_TIMEOUT,
+            )
+        elif isinstance(drive, SyscallDrive) and drive.action == "run":
+            seen.syscall = self.agent.call(
+                "run",
+                # the command may take what is left of the cell; the agent kills it then
+                {
+                    "argv": list(drive.argv),
+                    "ns": drive.ns,
+                    "cgroup": cgroup,
+                    "timeout": round(self._budget(), 1),
+                },
+                timeout=CASE_TIMEOUT,
+            )
+        elif isinstance(drive, SyscallDrive):
+            seen.syscall = self.agent.call(
+                "syscall",
+                {
+                    "action": drive.action,
+                    "argv": list(drive.argv),
+                    "path": drive.path,
+                    "mode": "write" if drive.write else "read",
+                    "create": drive.create,
+                    "to": drive.to,
+                    "port": drive.port,
+                    "proto": drive.proto,
+                    "ns": drive.ns,
+                    "cgroup": cgroup,
+                },
+                timeout=CASE_TIMEOUT,
+            )
+        if expect.events:
+            seen.events = self.agent.call("events_count", {"handle": handle})
+        if expect.map:
+            names = sorted({m.name for m in expect.map})
+            seen.maps = self.agent.call(
+                "map_dump", {"handle": handle, "maps": names}, timeout=CASE_TIMEOUT
+            )
+
+
+def _topology_json(scenario: Scenario) -> dict[str, Any]:
+    t = scenario.topology
+    return {
+        "netns": list(t.netns),
+        "veth": [
+            {
+                "a": {"dev": p.a.ifname, "ns": p.a.ns, "addr": p.a.address},
+                "b": {"dev": p.b.ifname, "ns": p.b.ns, "addr": p.b.address},
+            }
+            for p in t.veth
+        ],
+        "netdevsim": [{"id": d.id, "ports": d.ports, "ns": d.ns} for d in t.netdevsim],
+    }
+
+
+def _expect_json(expect: Expect) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in (
+        "load",
+        "log",
+        "error_class",
+        "retval",
+        "delivered",
+        "dropped",
+        "errno",
+        "exit_status",
+        "attach_mode",
+    ):
+        value = getattr(expect, key)
+        if value not in (None, ()):
+            out[key] = list(value) if isinstance(value, tuple) else value
+    if expect.map:
+        out["map"] = _map_rows(expect.map)
+    return out
+
+
+def _map_rows(maps: tuple[MapExpect, ...]) -> dict[str, list[list[int | str]]]:
+    """Map contents as JSON (for the guest, and the expectation a cell records): integers as
+    numbers (written at the map's sizes), bytes as hex."""
+    return {m.name: [[_plain(e.key), _plain(e.value)] for e in m.entries] for m in maps}
+
+
+def _plain(value: int | bytes) -> int | str:
+    return value.hex() if isinstance(value, bytes) else value
+
+
+def _observed_json(seen: Observed) -> dict[str, Any]:
+    load = {k: v for k, v in seen.load.items() if k not in ("log", "handle")}
+    return {
+        "load": load,
+        "load_args": seen.load_args,
+        "error_class": seen.error_class,
+        "attach": seen.attach,
+        "attach_error": seen.attach_error,
+        "test_run": seen.test_run,
+        "traffic": seen.traffic,
+        "syscall": seen.syscall,
+        "maps": seen.maps,
+        "events": seen.events,
+        "notes": seen.notes,
+    }
+
+
+def _prepare_args(load: LoadOptions) -> dict[str, Any]:
+    """What the guest sets on the object before its load, as a real loader would
+    (harness.guest.libbpf_prepare); only what differs from the guest's defaults."""
+    args: dict[str, Any] = {}
+    if load.maps:
+        args["maps"] = [
+            {"name": name, "max_entries": entries, "value_size": value}
+            for name, entries, value in load.maps
+        ]
+    if not load.fixups:
+        args["fixups"] = False
+    if not load.pinning:
+        args["pinning"] = False
+    if load.pin_root:
+        args["pin_root"] = load.pin_root
+    if load.attach_target:
+        args["attach_target"] = load.attach_target
+    if load.companions:
+        args["companions"] = list(load.companions)
+    if load.keep_caps:
+        args["keep_caps"] = list(load.keep_caps)
+    if load.unprivileged_maps_only:
+        args["unprivileged_maps_only"] = True
+    return args
+
+
+def _user_paths(load: dict[str, Any], copies: dict[str, str]) -> None:
+    """libbpf names the object by the path it opened, the guest's copy: say the user's."""
+    for key in ("libbpf_messages", "log"):
+        text = load.get(key)
+        if isinstance(text, str):
+            for remote, local in copies.items():
+                text = text.replace(remote, local)
+            load[key] = text

@@ -1,0 +1,187 @@
+"""Deciding a cell's outcome from what was observed and what the case expects (pure)."""
+
+from __future__ import annotations
+
+import errno
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.bpf import progtypes
+from harness.bpf.causes import explain
+from harness.bpf.verifier_log import log_excerpt, log_from_libbpf_messages
+from harness.outcome import Outcome
+from harness.scenario.loader import Case
+from harness.scenario.shape import Expect, MapEntry
+
+
+@dataclass
+class Observed:
+    """Everything the guest reported for one cell (JSON-ready)."""
+
+    load: dict[str, Any] = field(default_factory=dict)
+    # what the guest was asked to set on the object (sizes, globals, targets), for repro
+    load_args: dict[str, Any] = field(default_factory=dict)
+    error_class: str | None = None
+    attach: dict[str, Any] | None = None
+    attach_error: str | None = None
+    test_run: dict[str, Any] | None = None
+    traffic: dict[str, Any] | None = None
+    syscall: dict[str, Any] | None = None
+    maps: dict[str, list[list[str]]] = field(default_factory=dict)
+    events: dict[str, int] = field(default_factory=dict)  # ringbuf records per map
+    notes: list[str] = field(default_factory=list)  # e.g. requirements libbpf could not probe
+
+
+# libbpf's words for a SEC() it has no definition for (0.7 up to 1.8)
+_UNKNOWN_SECTION = re.compile(r"missing BPF prog type, check ELF section name '([^']*)'")
+
+
+def _regexes_in_order(patterns: tuple[str, ...], text: str) -> str | None:
+    """None if every pattern matches after the previous one's match, else the first missing,
+    with the log lines around where the search stopped."""
+    pos = 0
+    for pattern in patterns:
+        m = re.compile(pattern, re.M).search(text, pos)
+        if m is None:
+            return f"{pattern}/ (searched from here:\n{log_excerpt(text, pos)}\n)"
+        pos = m.end()
+    return None
+
+
+def _le(value: int | bytes, size: int) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    return (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+
+
+def _show(value: int | bytes) -> str:
+    return value.hex() if isinstance(value, bytes) else str(value)
+
+
+def _show_like(got: bytes, expected: int | bytes) -> str:
+    """The observed value in the form the expectation was written in: hex bytes against
+    hex, a number against a number (little-endian, as the map holds it)."""
+    if isinstance(expected, bytes):
+        return got.hex()
+    return str(int.from_bytes(got, "little", signed=expected < 0))
+
+
+def _map_mismatch(name: str, entries: tuple[MapEntry, ...], dump: list[list[str]]) -> str | None:
+    items = {bytes.fromhex(k): bytes.fromhex(v) for k, v in dump}
+    if not items:
+        return f"map {name} is empty"
+    key_size = len(next(iter(items)))
+    value_size = len(next(iter(items.values())))
+    for entry in entries:
+        key = _le(entry.key, key_size)
+        want = _le(entry.value, value_size)
+        got = items.get(key)
+        if got != want:
+            shown = _show_like(got, entry.value) if got is not None else "no entry"
+            return f"map {name}[{_show(entry.key)}] = {shown}, expected {_show(entry.value)}"
+    return None
+
+
+def _errno_text(code: object) -> str:
+    if isinstance(code, int) and code in errno.errorcode:
+        return f"{errno.errorcode[code]} ({code})"
+    return "0 (success)" if code == 0 else str(code)
+
+
+def _rejection_text(load: dict[str, Any]) -> str:
+    """Where a rejection's expected messages are searched: the log, then libbpf's messages
+    without the copy of the log they carry at log level 0 (searched twice, patterns in the
+    wrong order would match across the two copies)."""
+    messages = str(load.get("libbpf_messages", ""))
+    embedded = log_from_libbpf_messages(messages)
+    if embedded:
+        messages = messages.replace(embedded, "", 1)
+    return str(load.get("log", "")) + "\n" + messages
+
+
+def judge(case: Case, expect: Expect, seen: Observed) -> tuple[Outcome, str]:
+    """The outcome of one cell and, when it is not PASSED, the reason in one line."""
+    load = seen.load
+    if not load.get("ok"):
+        cause = explain(load)
+        seen.error_class = cause.error_class
+        if not expect.rejected:
+            kind = (
+                Outcome.VERIFIER_REJECTED
+                if seen.error_class == "VERIFIER_REJECTED"
+                else Outcome.LOAD_FAILED
+            )
+            reason = f"{seen.error_class}: {cause.message}"
+            unknown = _UNKNOWN_SECTION.search(str(load.get("libbpf_messages", "")))
+            if seen.error_class == "UNSUPPORTED_PROG_TYPE" and unknown:
+                # libbpf could not map SEC() to a type: a newer loader may know it
+                reason += (
+                    f" (libbpf {load.get('libbpf_version')} does not know "
+                    f'SEC("{unknown.group(1)}"); a newer libbpf may: --libbpf default)'
+                )
+            elif seen.error_class == "UNSUPPORTED_PROG_TYPE" and load.get("libbpf_lacks"):
+                reason += f" (libbpf {load.get('libbpf_version')} lacks newer APIs, e.g. "
+                reason += f"{', '.join(load['libbpf_lacks'][-2:])})"
+            return kind, reason
+        if expect.error_class and expect.error_class != seen.error_class:
+            return Outcome.FAILED, f"rejected as {seen.error_class}, expected {expect.error_class}"
+        missing = _regexes_in_order(expect.log, _rejection_text(load))
+        if missing is not None:
+            return Outcome.FAILED, f"rejected, but the log lacks /{missing}"
+        return Outcome.PASSED, ""
+    if expect.rejected:
+        return Outcome.FAILED, "loaded, but the case expects the verifier to reject it"
+    missing = _regexes_in_order(expect.log, load.get("log", ""))
+    if missing is not None:
+        return Outcome.FAILED, f"loaded, but the verifier log lacks /{missing}"
+    if seen.attach_error is not None:
+        return Outcome.ATTACH_FAILED, seen.attach_error
+    return _judge_effects(case, expect, seen)
+
+
+def _judge_effects(case: Case, expect: Expect, seen: Observed) -> tuple[Outcome, str]:
+    if expect.attach_mode is not None:
+        mode = (seen.attach or {}).get("attach_mode")
+        if mode != expect.attach_mode:
+            return Outcome.FAILED, f"XDP attached in mode {mode}, expected {expect.attach_mode}"
+    if expect.retval is not None:
+        run = seen.test_run
+        if run is None:
+            return Outcome.FAILED, (
+                f"expects return value {case.retval_name(expect.retval)}, but the program "
+                "was not run (no test_run for this case)"
+            )
+        if run.get("errno"):
+            return Outcome.FAILED, f"test_run failed: errno {run['errno']}"
+        got = progtypes.to_s32(int(run.get("retval", -1)))
+        if expect.retval != progtypes.RETVAL_ANY and got != progtypes.to_s32(expect.retval):
+            return Outcome.FAILED, (
+                f"returned {case.retval_name(got)}, expected {case.retval_name(expect.retval)}"
+            )
+    traffic = seen.traffic or {}
+    for key in ("delivered", "dropped"):
+        want = getattr(expect, key)
+        if want is not None and traffic.get(key) != want:
+            return (
+                Outcome.FAILED,
+                f"{key} {traffic.get(key)} of {traffic.get('sent')}, expected {want}",
+            )
+    syscall = seen.syscall or {}
+    if expect.exit_status is not None and syscall.get("status") != expect.exit_status:
+        return Outcome.FAILED, f"exit status {syscall.get('status')}, expected {expect.exit_status}"
+    if expect.errno is not None and syscall.get("errno") != expect.errno:
+        return Outcome.FAILED, (
+            f"errno {_errno_text(syscall.get('errno'))}, expected {_errno_text(expect.errno)}"
+        )
+    for map_name, expected_events in expect.events:
+        counted = seen.events.get(map_name)
+        if counted != expected_events:
+            return Outcome.FAILED, f"{counted} events in {map_name}, expected {expected_events}"
+    for map_expect in expect.map:
+        problem = _map_mismatch(
+            map_expect.name, map_expect.entries, seen.maps.get(map_expect.name, [])
+        )
+        if problem:
+            return Outcome.FAILED, problem
+    return Outcome.PASSED, ""

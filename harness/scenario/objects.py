@@ -1,0 +1,519 @@
+"""BPF objects as scenarios built in memory, for `kitl verify`: one case per program
+(filtered by --prog), expecting a successful load unless bulk expectations
+(harness.scenario.bulk) say otherwise; the values of verify's options parsed and checked
+before anything boots.  The pytest plugin collects `.o` files under `--kitl-verify` and
+builds their scenarios with `scenario_for_object`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import hashlib
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from harness.bpf import progtypes
+from harness.bpf.elfobj import ObjectFormatError, read_object
+from harness.bpf.progtypes import ProgType
+from harness.errors import UsageError
+from harness.scenario import bulk, selftest_tags
+from harness.scenario.loader import (
+    BpfObject,
+    Case,
+    LoadOptions,
+    Override,
+    PacketSpec,
+    RunConfig,
+    Scenario,
+    TestRunDrive,
+    files_under,
+    profile_case_name,
+)
+from harness.scenario.shape import (
+    LOG_LEVEL_MASK,
+    MAP_NAME,
+    PRIVILEGES,
+    Expect,
+    MapEntry,
+    MapExpect,
+)
+
+UNKNOWN_TYPE = progtypes.UNKNOWN_TYPE
+PRIVILEGED = "privileged"  # every capability; other profiles (harness.guest.caps) suffix the case
+UNPRIVILEGED = "unprivileged"
+OBJECT_CASE = "object"  # the one case of an object that is not a BPF object
+SKIPPED_SHOWN = 10  # files under a directory that are not BPF objects, named on stderr
+_CONFIG = re.compile(r"^([a-z0-9][a-z0-9._-]{0,63}):(.+)$")
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    programs: tuple[str, ...] = ()  # fnmatch globs on program names; empty: all
+    log_level: int = 5
+    log_size: int | None = None
+    flags: tuple[str, ...] = ()  # names from progtypes.PROG_LOAD_FLAGS
+    btf_custom_path: Path | None = None
+    privileges: tuple[str, ...] = (PRIVILEGED,)  # profiles of scenario_expect.PRIVILEGES
+    test_run: bool = False
+    test_run_input: bytes | None = None  # packet (packet types) or context; None: a default
+    configs: tuple[RunConfig, ...] = (RunConfig("default"),)
+    globals: tuple[tuple[str, int], ...] = ()  # veristat's -G "name = value"
+    # what a real loader sets before the load (harness.guest.libbpf_prepare)
+    maps: tuple[tuple[str, int | None, int | None], ...] = ()  # (map, max_entries, value_size)
+    attach_targets: tuple[tuple[str, str], ...] = ()  # (program, target function)
+    fixups: bool = True
+    pinning: bool = True
+    pin_root: str | None = None
+    whole_object: bool = False  # every program of the object in each load, as a skeleton
+    map_values: tuple[tuple[str, int | bytes, int | bytes], ...] = ()  # written before test_run
+    annotations: bool = False  # the selftests' test_loader annotations are the expectations
+    tail_calls: tuple[tuple[str, int, str], ...] = ()  # (prog array, slot, program) to fill
+
+
+def objects_in(paths: Sequence[Path]) -> list[Path]:
+    """The object files named, or found under the directories named (*.o), sorted."""
+    found = files_under(paths, ".o", "object", "BPF objects")
+    return list(dict.fromkeys(p.resolve() for p in found))
+
+
+def check_log_level(level: int) -> int:
+    """A verifier log level the kernel takes: a sum of 1 (the log), 2 (verbose), 4
+    (statistics) and 8 (BPF_LOG_FIXED, 6.4 and later); checked before anything boots."""
+    if not 0 <= level <= LOG_LEVEL_MASK:
+        raise UsageError(
+            f"--log-level {level}: not a verifier log level",
+            hint="0 to 15, a sum of 1 (log), 2 (verbose), 4 (statistics), 8 (fixed size)",
+        )
+    return level
+
+
+def parse_privileges(text: str) -> tuple[str, ...]:
+    """A comma-separated list of privilege profiles; "both" is privileged,unprivileged."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    out: list[str] = []
+    for name in names:
+        expanded = [PRIVILEGED, UNPRIVILEGED] if name == "both" else [name]
+        for profile in expanded:
+            if profile not in PRIVILEGES:
+                raise UsageError(
+                    f"--privilege {name!r}: not a privilege profile",
+                    hint=f"profiles: {', '.join(PRIVILEGES)}, or both",
+                )
+            out.append(profile)
+    if not out:
+        raise UsageError("--privilege: no profile given")
+    return tuple(dict.fromkeys(out))
+
+
+def parse_flags(text: str) -> tuple[str, ...]:
+    names = tuple(f.strip() for f in text.split(",") if f.strip())
+    for name in names:
+        if name not in progtypes.PROG_LOAD_FLAGS:
+            known = ", ".join(progtypes.PROG_LOAD_FLAGS)
+            raise UsageError(f"unknown program load flag {name!r}", hint=f"flags: {known}")
+    return names
+
+
+def parse_config(text: str) -> RunConfig:
+    """NAME:KEY=VALUE[,KEY=VALUE]: a config of sysctls, e.g.
+    interp:net.core.bpf_jit_enable=0."""
+    m = _CONFIG.match(text)
+    pairs = [p.split("=", 1) for p in m.group(2).split(",")] if m else []
+    if not m or any(len(p) != 2 or not p[0].strip() for p in pairs):
+        raise UsageError(
+            f"--config {text!r}: expected NAME:SYSCTL=VALUE[,SYSCTL=VALUE]",
+            hint="e.g. interp:net.core.bpf_jit_enable=0",
+        )
+    return RunConfig(m.group(1), tuple((k.strip(), v.strip()) for k, v in pairs))
+
+
+def parse_hex(text: str | None) -> bytes | None:
+    if text is None:
+        return None
+    try:
+        data = bytes.fromhex(re.sub(r"[\s:]", "", text))
+    except ValueError:
+        raise UsageError(f"--test-run-input: {text[:40]!r} is not hex bytes") from None
+    if not data:
+        raise UsageError("--test-run-input: no bytes")
+    return data
+
+
+def parse_global(text: str) -> tuple[str, int]:
+    """NAME=VALUE (veristat's -G "name = value"): an integer, 0x hex, true or false."""
+    name, _, value = text.partition("=")
+    name, value = name.strip(), value.strip().lower()
+    number = {"true": 1, "false": 0}.get(value)
+    if number is None:
+        try:
+            number = int(value, 0)
+        except ValueError:
+            number = None
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or number is None:
+        raise UsageError(f"--global {text!r}: expected NAME=VALUE, e.g. max_entries=64")
+    return name, number
+
+
+_MAP_SIZE_KEYS = ("max_entries", "value_size")
+
+
+def parse_map(text: str) -> tuple[str, int | None, int | None]:
+    """NAME:max_entries=N[,value_size=N]: a map's size as its loader sets it."""
+    name, _, spec = text.partition(":")
+    sizes: dict[str, int] = {}
+    for item in spec.split(",") if spec else []:
+        key, _, value = item.partition("=")
+        if key.strip() not in _MAP_SIZE_KEYS or not value.strip().isdigit():
+            sizes = {}
+            break
+        sizes[key.strip()] = int(value.strip())
+    if not MAP_NAME.match(name) or not sizes or not all(0 < v < 2**32 for v in sizes.values()):
+        raise UsageError(
+            f"--map {text!r}: expected NAME:max_entries=N[,value_size=N]",
+            hint="e.g. --map counts:max_entries=10240 (sizes from 1 to 2^32-1)",
+        )
+    return name, sizes.get("max_entries"), sizes.get("value_size")
+
+
+def parse_map_value(text: str) -> tuple[str, int | bytes, int | bytes]:
+    """NAME:KEY=VALUE: an entry written into a map after the load (before test_run).  KEY
+    and VALUE are integers (little-endian at the map's sizes) or hex:BYTES."""
+    name, _, entry = text.partition(":")
+    key, _, value = entry.partition("=")
+    try:
+        parsed = (_map_datum(key), _map_datum(value))
+    except ValueError:
+        parsed = None
+    if not MAP_NAME.match(name) or parsed is None:
+        raise UsageError(
+            f"--map-set {text!r}: expected NAME:KEY=VALUE",
+            hint="integers (42, 0x2a, -1) or hex:BYTES, e.g. --map-set config:0=hex:0a000001",
+        )
+    return name, parsed[0], parsed[1]
+
+
+def _map_datum(text: str) -> int | bytes:
+    text = text.strip()
+    if text.startswith("hex:"):
+        data = bytes.fromhex(text[4:])
+        if not data:
+            raise ValueError("no bytes")
+        return data
+    return int(text, 0)
+
+
+def parse_tail_call(text: str) -> tuple[str, int, str]:
+    """MAP:SLOT=PROGRAM: a prog array slot user space fills with a program of the object."""
+    m = re.fullmatch(r"([A-Za-z_.][A-Za-z0-9_.]*):(\d{1,6})=([A-Za-z_][A-Za-z0-9_]*)", text)
+    if m is None:
+        raise UsageError(
+            f"--tail-call {text!r}: expected PROG_ARRAY:SLOT=PROGRAM",
+            hint="e.g. --tail-call jmp_table:0=stage_one",
+        )
+    return m.group(1), int(m.group(2)), m.group(3)
+
+
+def parse_attach_target(text: str) -> tuple[str, str]:
+    """PROG=FUNC: the target user space gives a tracing program before the load."""
+    prog, _, target = text.partition("=")
+    ident = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
+    if not ident.fullmatch(prog.strip()) or not ident.fullmatch(target.strip()):
+        raise UsageError(
+            f"--attach-target {text!r}: expected PROGRAM=FUNCTION",
+            hint="e.g. --attach-target dummy_file_read=vfs_read",
+        )
+    return prog.strip(), target.strip()
+
+
+def check_pin_root(text: str | None) -> str | None:
+    if text is not None and not re.fullmatch(r"/sys/fs/bpf(/[A-Za-z0-9._-]+)*", text):
+        raise UsageError(f"--pin-root {text!r}: not a directory under /sys/fs/bpf")
+    return text
+
+
+def checked_objects(paths: Sequence[Path]) -> list[Path]:
+    """The BPF objects to verify, checked before anything boots: a file named that is not
+    one is a usage error; one found under a directory (a build tree also holds the host's
+    objects) is skipped, and said so on stderr."""
+    named = {p.resolve() for p in paths if not p.is_dir()}
+    kept: list[Path] = []
+    skipped: list[str] = []
+    for obj in objects_in(paths):
+        try:
+            read_object(obj)
+        except ObjectFormatError as exc:
+            if obj in named:
+                raise UsageError(str(exc), hint="kitl verify takes BPF objects") from None
+            skipped.append(str(exc))
+            continue
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        kept.append(obj)
+    for line in skipped[:SKIPPED_SHOWN]:
+        print(f"kitl: skipped {line}", file=sys.stderr)
+    if len(skipped) > SKIPPED_SHOWN:
+        print(f"kitl: skipped {len(skipped) - SKIPPED_SHOWN} more", file=sys.stderr)
+    if not kept:
+        raise UsageError(f"no BPF object in {', '.join(map(str, paths))}")
+    return kept
+
+
+def check_names(objects: Sequence[Path], options: VerifyOptions) -> None:
+    """Every map, global and program the options name is in some object, and every
+    retargeted program can take a target: a typo fails here, not in every guest."""
+    infos = [read_object(o) for o in objects]
+    maps = {m for i in infos for m in i.maps}
+    global_names = {g.name for i in infos for g in i.globals}
+    programs = {p.name: p for i in infos for p in i.programs}
+    for name, *_ in options.maps:
+        if name not in maps:
+            raise UsageError(f"--map {name}: no object has a map {name!r}", hint=_hint(name, maps))
+    for name, _, program in options.tail_calls:
+        if name not in maps or program not in programs:
+            missing = f"a map {name!r}" if name not in maps else f"a program {program!r}"
+            raise UsageError(f"--tail-call {name}: no object has {missing}")
+    for name, *_ in options.map_values:
+        if name not in maps and "." not in name:  # ".bss" and the like: libbpf's data maps
+            raise UsageError(
+                f"--map-set {name}: no object has a map {name!r}", hint=_hint(name, maps)
+            )
+    for name, _ in options.globals:
+        if name not in global_names:
+            raise UsageError(
+                f"--global {name}: no object has a global variable {name!r}",
+                hint=_hint(name, global_names),
+            )
+    for prog, _ in options.attach_targets:
+        found = programs.get(prog)
+        if found is None:
+            raise UsageError(
+                f"--attach-target {prog}: no object has a program {prog!r}",
+                hint=_hint(prog, set(programs)),
+            )
+        match = progtypes.match_section(found.section)
+        if match is None or match.prog_type.name not in progtypes.ATTACH_TARGET_TYPES:
+            raise UsageError(
+                f'--attach-target {prog}: SEC("{found.section}") takes no attach target',
+                hint=progtypes.ATTACH_TARGET_HINT,
+            )
+
+
+def _hint(name: str, known: set[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    return f"did you mean {close[0]!r}?" if close else ""
+
+
+def scenario_name(obj: Path) -> str:
+    """The object's file name without .bpf.o; characters outside [A-Za-z0-9._-] become
+    '_' and then a hash of the name is appended, so 'a b.o' and 'a_b.o' stay apart."""
+    name = obj.name.removesuffix(".o").removesuffix(".bpf")
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")
+    if cleaned == name and name:
+        return name
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{cleaned[:80] or 'object'}-{digest}"
+
+
+def scenario_for_object(obj: Path, options: VerifyOptions) -> Scenario:
+    """One case per selected program of `obj` (and per privilege asked for).  An object
+    that is not a BPF object (empty, truncated, another machine's ELF) gets one case,
+    OBJECT_CASE, whose load fails in the guest with libbpf's own message: one cell per
+    loader, kernel and config says so, and the other objects still run."""
+    try:
+        info = read_object(obj)
+    except ObjectFormatError as exc:
+        return _unreadable_object(obj, str(exc), options)
+    except ValueError as exc:  # cannot be read at all: the guest could not get it either
+        raise UsageError(str(exc)) from None
+    name = scenario_name(obj)
+    if options.annotations:
+        selected = [p.name for p in info.programs if _selected(p.name, options)]
+        found = selftest_tags.cases_of(info, obj, name, selected)
+        obj_def = BpfObject(name, path=obj, info=info)
+        return Scenario(name, obj, (obj_def,), tuple(found), configs=options.configs)
+    cases: list[Case] = []
+    global_names = {g.name for g in info.globals}
+    targets = dict(options.attach_targets)
+    companions = ("*",) if options.whole_object else ()
+    names = set(info.program_names())
+    setup = tuple(
+        MapExpect(m, tuple(MapEntry(k, v) for n, k, v in options.map_values if n == m))
+        for m in dict.fromkeys(n for n, _, _ in options.map_values)
+        if m in info.maps or "." in m
+    )
+    for prog in info.programs:
+        if not _selected(prog.name, options):
+            continue
+        match = progtypes.match_section(prog.section)
+        prog_type = match.prog_type if match else UNKNOWN_TYPE
+        for privilege in options.privileges:
+            load = LoadOptions(
+                options.log_level,
+                options.log_size,
+                options.flags,
+                options.btf_custom_path,
+                privilege=privilege,
+                # only what this object has: the names were checked against all objects
+                globals=tuple(g for g in options.globals if g[0] in global_names),
+                maps=tuple(m for m in options.maps if m[0] in info.maps),
+                fixups=options.fixups,
+                pinning=options.pinning,
+                pin_root=options.pin_root,
+                attach_target=targets.get(prog.name),
+                companions=companions,
+            )
+            # the program's own return value, where the kernel can run it without a target;
+            # after a load with fewer capabilities it runs with them back (test_loader's way)
+            drive = None
+            if options.test_run and prog_type.test_run:
+                drive = _test_run(prog_type, options.test_run_input)
+            cases.append(
+                Case(
+                    profile_case_name(prog.name, privilege),
+                    name,
+                    prog.name,
+                    prog.section,
+                    prog_type,
+                    Expect(),
+                    load=load,
+                    drive=drive,
+                    setup_maps=setup,
+                    tail_calls=tuple(
+                        t for t in options.tail_calls if t[0] in info.maps and t[2] in names
+                    ),
+                )
+            )
+    obj_def = BpfObject(name, path=obj, info=info)
+    return Scenario(name, obj, (obj_def,), tuple(cases), configs=options.configs)
+
+
+def _selected(program: str, options: VerifyOptions) -> bool:
+    """Whether --prog's globs (none: every program) take this program."""
+    return not options.programs or any(fnmatch.fnmatchcase(program, g) for g in options.programs)
+
+
+def _unreadable_object(obj: Path, problem: str, options: VerifyOptions) -> Scenario:
+    """The scenario of an object kitl's ELF reader refuses: one case that loads it (no
+    program selected; libbpf fails opening it, before any program is looked up)."""
+    name = scenario_name(obj)
+    load = LoadOptions(
+        options.log_level,
+        options.log_size,
+        options.flags,
+        options.btf_custom_path,
+        privilege=options.privileges[0] if len(options.privileges) == 1 else PRIVILEGED,
+    )  # no globals: there is no data section to preset them in
+    case = Case(OBJECT_CASE, name, "", "", UNKNOWN_TYPE, Expect(), problem, load=load)
+    obj_def = BpfObject(name, path=obj)
+    return Scenario(name, obj, (obj_def,), (case,), problem, configs=options.configs)
+
+
+def duplicate_names(objects: Sequence[Path]) -> None:
+    """Two objects with one scenario name would write the same cells: refuse them."""
+    seen: dict[str, Path] = {}
+    for obj in objects:
+        name = scenario_name(obj)
+        if name in seen:
+            raise UsageError(
+                f"{seen[name]} and {obj} both verify as {name!r}; their cells would collide",
+                hint="rename one, or verify them in separate runs",
+            )
+        seen[name] = obj
+
+
+def _test_run(prog_type: ProgType, given: bytes | None) -> TestRunDrive:
+    """The input of a program's test_run: the bytes given (the packet of a packet type, else
+    the context), or an Ethernet/IPv4/UDP packet for packet types and no context."""
+    if prog_type.test_run_data:
+        if given is not None:
+            return TestRunDrive(data=given)
+        return TestRunDrive(packet=PacketSpec(l3="ipv4", l4="udp"))
+    return TestRunDrive(ctx_data=given)
+
+
+def with_expectations(scenario: Scenario, overrides: dict[str, tuple[Override, ...]]) -> Scenario:
+    """The scenario with each case's expectations (by case name) from the bulk file."""
+    cases = tuple(replace(c, overrides=overrides.get(c.name, ())) for c in scenario.cases)
+    return replace(scenario, cases=cases)
+
+
+# --- bulk expectations ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BulkExpectations:
+    """A kitl-verify.yaml (harness.scenario.bulk) turned into each case's expectations."""
+
+    expectations: bulk.Expectations
+
+    def apply(self, scenario: Scenario) -> Scenario:
+        """Every entry that can match a case (whatever the kernel) becomes an override of
+        it, in reverse file order: overrides apply in turn, so of those whose kernel range
+        holds, the first in the file has the last word, which is first-match semantics."""
+        obj = scenario.objects[0].path or scenario.path
+        overrides: dict[str, tuple[Override, ...]] = {}
+        cases: list[Case] = []
+        for original in scenario.cases:
+            case = original
+            # whatever their kernel range: the engine picks by the cell's kernel
+            matching = [
+                e
+                for e in self.expectations.entries
+                if replace(e, kernel=None).matches(
+                    obj.name, case.program, None, case.load.privilege
+                )
+            ]
+            overrides[case.name] = tuple(_override(e, case) for e in reversed(matching))
+            wants_retval = any(e.retval is not None for e in matching)
+            if wants_retval and case.drive is None and case.prog_type.test_run:
+                case = replace(case, drive=_test_run(case.prog_type, None))
+            if matching:
+                case = replace(case, load=_load_settings(matching[0], case))
+            cases.append(case)
+        return with_expectations(replace(scenario, cases=tuple(cases)), overrides)
+
+
+def _load_settings(entry: bulk.Entry, case: Case) -> LoadOptions:
+    """The case's load with what the entry's loader sets: its map sizes win over the
+    command line's for the same map, its attach target over --attach-target, its log level
+    over --log-level; its flags are added to --flags."""
+    if not entry.sets_load:
+        return case.load
+    if entry.attach_target is not None and case.prog_type.name not in progtypes.ATTACH_TARGET_TYPES:
+        raise UsageError(
+            f"{entry.where}: attach_target: {case.program} ({case.section}) takes none",
+            hint=progtypes.ATTACH_TARGET_HINT,
+        )
+    named = {name for name, *_ in entry.maps}
+    return replace(
+        case.load,
+        maps=(*(m for m in case.load.maps if m[0] not in named), *entry.maps),
+        attach_target=entry.attach_target or case.load.attach_target,
+        flags=tuple(dict.fromkeys((*case.load.flags, *entry.flags))),
+        log_level=case.load.log_level if entry.log_level is None else entry.log_level,
+    )
+
+
+def _override(entry: bulk.Entry, case: Case) -> Override:
+    rejected = entry.verdict == "rejected"
+    retval = None
+    if entry.retval is not None:
+        try:
+            retval = progtypes.resolve_retval(case.prog_type, case.section, entry.retval)
+        except ValueError as exc:
+            raise UsageError(f"{entry.where}: retval: {exc}") from None
+    expect = Expect(
+        load="rejected" if rejected else "ok",
+        log=tuple(m.regex.pattern if m.regex else re.escape(m.text) for m in entry.log),
+        error_class=entry.error_class,
+        retval=retval,
+    )
+    return Override(expect, ("load", "log", "error_class", "retval"), kernel=entry.kernel)
+
+
+def load_bulk(path: Path) -> BulkExpectations:
+    return BulkExpectations(bulk.load_expectations(path))

@@ -1,0 +1,108 @@
+"""The host side of the guest agent protocol (see harness/guest/agent.py)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+import time
+from typing import Any
+
+from harness import interrupts
+from harness.errors import GuestLostError, GuestTimeoutError, KitlError
+from harness.interrupts import ANSWER_GRACE
+from harness.vm.channel import LineStream
+from harness.vm.machine import VM
+
+AGENT_START_TIMEOUT = 180.0  # a first Python start in a TCG guest, with imports, under load
+
+
+class AgentCallError(KitlError):
+    """The agent answered, with an error of a named kind (topology, setup, internal...)."""
+
+    def __init__(self, op: str, message: str, kind: str) -> None:
+        super().__init__(f"{op}: {message}")
+        self.kind = kind
+
+
+class AgentTimeoutError(GuestTimeoutError):
+    """The agent answered that what it ran for an op did not finish in time (a drive
+    that hangs): the cell timed out, though the guest is still there."""
+
+
+class AgentClient:
+    """One agent per VM; `call()` sends a request and waits for its answer."""
+
+    def __init__(self, vm: VM, *, python: str | None = None, libbpf: str | None = None) -> None:
+        self.vm = vm
+        self.python = python or sys.executable
+        self.libbpf = libbpf  # a libbpf.so path for the agent to load; None: the system's
+        self._stream: LineStream | None = None
+        self._ids = itertools.count(1)
+        # the running cell's deadline (monotonic): no call waits beyond it and a grace
+        self.deadline: float | None = None
+        # the first timeout or loss since the engine reset it (per cell): what went wrong,
+        # when the cleanup calls that follow fail too
+        self.first_failure = ""
+        self._lost = ""  # why the agent is gone: later calls fail at once with it
+
+    def __enter__(self) -> AgentClient:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> dict[str, Any]:
+        # -u: unbuffered; -I: ignore user site and PYTHON* env, the guest sees the host's.
+        argv = [self.python, "-u", "-m", "harness.guest.agent"]
+        if self.libbpf:
+            argv = ["env", f"KITL_LIBBPF={self.libbpf}", *argv]
+        self._stream = self.vm.channel.start(argv)
+        answer: dict[str, Any] = self.call("ping", timeout=AGENT_START_TIMEOUT)
+        return answer
+
+    def call(self, op: str, args: dict[str, Any] | None = None, *, timeout: float = 60.0) -> Any:
+        interrupts.raise_if_stopping()  # no call during a stop: the agent may be busy for long
+        if self._stream is None:
+            raise GuestLostError("the guest agent is not running")
+        if self._lost:
+            raise GuestLostError(f"{op}: not sent, {self._lost}")
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise self._failed(GuestTimeoutError(f"{op}: not started, time is up"))
+            timeout = min(timeout, round(left + ANSWER_GRACE, 1))  # round: it is in messages
+        rid = next(self._ids)
+        try:
+            self._stream.send_line(json.dumps({"id": rid, "op": op, "args": args or {}}))
+            while True:
+                line = self._stream.read_line(timeout)
+                try:
+                    response = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # not ours: stray output; the protocol owns stdout otherwise
+                if response.get("id") == rid:
+                    break
+        except GuestTimeoutError:
+            self.vm.check_crash_after_failure()
+            message = f"{op}: the guest agent did not answer within {timeout:g}s"
+            raise self._failed(GuestTimeoutError(message)) from None
+        except GuestLostError as exc:
+            self.vm.check_crash_after_failure()  # a kernel crash is raised as one
+            self._lost = f"the guest agent is gone: {exc}"
+            raise self._failed(GuestLostError(f"{op}: {self._lost}")) from None
+        if not response.get("ok"):
+            if response.get("kind") == "timeout":
+                raise self._failed(AgentTimeoutError(f"{op}: {response.get('error')}"))
+            raise AgentCallError(op, str(response.get("error")), str(response.get("kind")))
+        return response.get("result")
+
+    def _failed(self, exc: KitlError) -> KitlError:
+        self.first_failure = self.first_failure or str(exc)
+        return exc
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
