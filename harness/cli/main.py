@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shlex
 import signal
 import subprocess
@@ -53,13 +54,7 @@ def _matrix_commands(sub: Any) -> None:
     verify.add_arguments(p)
 
 
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="kitl", description="Kernel-in-the-loop test harness for eBPF programs."
-    )
-    parser.add_argument("--version", action="version", version=f"kitl {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _kernels_commands(sub: Any) -> None:
     kernels = sub.add_parser("kernels", help="list, fetch, lock and describe kernels")
     ksub = kernels.add_subparsers(dest="kernels_command", required=True, metavar="ACTION")
     p = ksub.add_parser("list", help="the catalog: name, release, fetched?, BTF, key CONFIG_ flags")
@@ -78,6 +73,22 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", metavar="NAME")
     p.add_argument("--update", action="store_true", help="re-resolve against Debian's archive")
     p.add_argument("--json", action="store_true")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kitl", description="Kernel-in-the-loop test harness for eBPF programs."
+    )
+    parser.add_argument("--version", action="version", version=f"kitl {__version__}")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log host-side decisions on stderr: kernel files, accelerator, retries, slots",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    _kernels_commands(sub)
 
     def vm_options(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -552,6 +563,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif command:
         args = make_parser().parse_args([*own, "--", *command])
     handler = COMMANDS[(args.command, getattr(args, "kernels_command", None))]
+    if args.verbose:
+        logging.basicConfig(level=logging.INFO, format="kitl: %(name)s: %(message)s")
     # SIGTERM unwinds like Ctrl-C, so every context manager tears its VM down (and a
     # signal during a teardown waits for it to finish)
     restore = interrupts.install()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from harness.kernel.catalog import Catalog, CatalogEntry, load_catalog
 from harness.kernel.debian import Package
 from harness.kernel.lockfile import LockedKernel, LockFile
 from harness.kernel.store import Kernel, KernelStore, Progress, path_kernel
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -43,8 +46,10 @@ class Kernels:
         """The bootable kernel for `name`, fetching it first if the cache lacks it."""
         entry = self.catalog.get(name)
         if entry.path is not None:
+            log.info("%s: the local image %s", name, entry.path)
             return path_kernel(entry)
         if entry.build is not None:
+            log.info("%s: built from %s's source", name, entry.build.source)
             return self._built(entry, progress)
         kernel = self.store.fetch(self.locked(entry), progress)
         return dataclasses.replace(kernel, cmdline=entry.cmdline)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import subprocess
 import threading
@@ -26,6 +27,8 @@ from harness.kernel import debian, netdevsim
 from harness.kernel.cache import Cache, remove_stale_partials, staging_dir
 from harness.kernel.catalog import CatalogEntry
 from harness.kernel.lockfile import LockedKernel
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "kitl-kernel.json"
 KEY_CONFIGS = (
@@ -141,7 +144,9 @@ class KernelStore:
     def fetch(self, locked: LockedKernel, progress: Progress | None = None) -> Kernel:
         ready = self.installed(locked)
         if ready is not None:
+            log.info("%s: in the cache (%s)", locked.name, ready.vmlinuz.parent.parent.parent)
             return ready
+        log.info("%s: not in the cache, fetching %s", locked.name, locked.version)
         with self.cache.lock(f"kernel-{locked.name}-{locked.version}"):
             ready = self.installed(locked)  # another process may have finished meanwhile
             if ready is not None:

@@ -8,6 +8,7 @@ that crashed or lost its VM gets a fresh one for the next cell.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +29,8 @@ from harness.scenario.loader import Case, RunConfig, Scenario
 from harness.scenario.shape import kernel_version
 from harness.vm.agentclient import AgentClient
 from harness.vm.machine import VM
+
+log = logging.getLogger(__name__)
 
 # Outcomes after which the guest cannot be trusted for the next cell.
 RESTART_AFTER = frozenset({Outcome.KERNEL_CRASH, Outcome.VM_LOST, Outcome.TIMED_OUT})
@@ -202,6 +205,7 @@ class Guests:
             if attempt == 2 or not worth_a_retry(result):
                 return result
             lost = f"{result.outcome}: {result.reason}"
+            log.info("%s: %s; once more on a fresh VM", cell.cell_id, lost)
         raise AssertionError("unreachable")
 
     def _guest(self, kernel: Kernel) -> _Guest | KitlError:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -22,6 +23,8 @@ from pathlib import Path
 
 from harness.errors import UsageError
 from harness.kernel.cache import Cache
+
+log = logging.getLogger(__name__)
 
 ACCELS = ("auto", "kvm", "tcg")
 PROBE_SECONDS = 20.0
@@ -168,6 +171,27 @@ def decide(
     """Resolve --accel.  `probe` boots a kernel under KVM; None means no kernel is at hand,
     in which case `auto` picks TCG without caching a verdict.  A probe that does not
     answer within `probe_timeout` (or fails) counts as a KVM that hangs: TCG, cached."""
+    decision = _decide(
+        requested,
+        cache,
+        probe,
+        kvm_available=kvm_available,
+        fingerprint=fingerprint,
+        probe_timeout=probe_timeout,
+    )
+    log.info("--accel %s: %s (%s)", requested, decision.accel, decision.reason)
+    return decision
+
+
+def _decide(
+    requested: str,
+    cache: Cache,
+    probe: Probe | None,
+    *,
+    kvm_available: Callable[[], bool] = kvm_usable,
+    fingerprint: Callable[[], str] = host_fingerprint,
+    probe_timeout: float,
+) -> AccelDecision:
     if requested not in ACCELS:
         raise UsageError(f"--accel {requested!r}: expected one of {', '.join(ACCELS)}")
     if requested == "tcg":

@@ -8,7 +8,7 @@ run-level KERNEL_CRASH of debian-7.3).
 Golden files live in tests/data/report-golden/.  After a deliberate change to a report's
 format, rewrite them and review the diff:
 
-    KITL_REGEN_GOLDEN=1 .venv/bin/pytest tests/unit/test_report.py
+    KITL_REGEN=1 .venv/bin/pytest tests/unit/test_report.py
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from harness.report.render import (
 DATA = Path(__file__).parents[1] / "data"
 RUN = DATA / "report-runs" / "two-kernels"
 GOLDEN = DATA / "report-golden"
-REGEN = os.environ.get("KITL_REGEN_GOLDEN") == "1"
+REGEN = os.environ.get("KITL_REGEN") == "1"
 
 
 @pytest.fixture
@@ -86,7 +86,7 @@ def test_golden(run_dir: Path, name: str) -> None:
     if REGEN:
         golden.parent.mkdir(parents=True, exist_ok=True)
         golden.write_text(got, encoding="utf-8")
-    assert golden.exists(), f"no golden {golden}: run with KITL_REGEN_GOLDEN=1"
+    assert golden.exists(), f"no golden {golden}: run with KITL_REGEN=1"
     assert got == golden.read_text(encoding="utf-8")
 
 
