@@ -14,9 +14,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.bpf import packet, progtypes
+from harness.bpf import progtypes
 from harness.bpf.elfobj import read_object
-from harness.bpf.verifier_log import parse_log
 from harness.errors import KitlError
 from harness.interrupts import DEFAULT_CELL_TIMEOUT, Watchdog, timed_out_reason
 from harness.kernel.cache import Cache
@@ -25,10 +24,17 @@ from harness.outcome import Outcome, outcome_for_error
 from harness.results.rundir import CellResult, RunDir
 from harness.run.compile import compile_object, kernel_btf, vmlinux_h
 from harness.run.judge import Observed, judge
+from harness.run.records import expect_json, map_rows, observed_json, user_paths, verifier_figures
+from harness.run.requests import (
+    prepare_args,
+    syscall_args,
+    test_run_args,
+    topology_args,
+    traffic_args,
+)
 from harness.scenario.loader import (
     Case,
     CgroupAttach,
-    LoadOptions,
     RunConfig,
     Scenario,
     SocketAttach,
@@ -38,7 +44,7 @@ from harness.scenario.loader import (
     TrafficDrive,
     XdpAttach,
 )
-from harness.scenario.shape import Expect, MapExpect, kernel_version
+from harness.scenario.shape import Expect, kernel_version
 from harness.vm import console as consolelog
 from harness.vm import hostload
 from harness.vm.agentclient import AgentCallError, AgentClient
@@ -266,7 +272,7 @@ class Engine:
         expect = case.expect_for(
             self.kernel.release, config.name, loader, btf if isinstance(btf, bool) else None
         )
-        cell.expected = _expect_json(expect)
+        cell.expected = expect_json(expect)
         seen = Observed()
         started = time.monotonic()
         topology = scenario.topology
@@ -287,7 +293,7 @@ class Engine:
                 return
             try:  # a topology half set up is torn down too
                 if has_topology:
-                    self.agent.call("topology_up", _topology_json(scenario), timeout=CASE_TIMEOUT)
+                    self.agent.call("topology_up", topology_args(scenario), timeout=CASE_TIMEOUT)
                 self._load_attach_drive(scenario, case, expect, seen, cell)
             finally:
                 leftovers = self._clean(has_topology)
@@ -300,7 +306,7 @@ class Engine:
             cell.outcome, cell.reason = outcome_for_error(exc), str(exc)
         finally:
             cell.timings["case_s"] = round(time.monotonic() - started, 3)
-            cell.observed = _observed_json(seen)
+            cell.observed = observed_json(seen)
             self.run.write_verifier_log(cell, str(seen.load.get("log", "")))
 
     def _missing_requirements(self, case: Case, seen: Observed) -> list[str]:
@@ -404,7 +410,7 @@ class Engine:
             load_args["privilege"] = case.load.privilege
         if case.load.globals:
             load_args["globals"] = dict(case.load.globals)
-        load_args.update(_prepare_args(case.load))
+        load_args.update(prepare_args(case.load))
         if not case.load.companions:
             # libbpf fills a prog array's static slots at load time and fails unless their
             # programs load too: they are the program's companions, as are the programs
@@ -421,7 +427,7 @@ class Engine:
         """What user space does between the load and the attach: map contents, tail call
         slots."""
         if case.setup_maps:
-            self.agent.call("map_update", {"handle": handle, "maps": _map_rows(case.setup_maps)})
+            self.agent.call("map_update", {"handle": handle, "maps": map_rows(case.setup_maps)})
         if case.tail_calls:
             slots = [list(t) for t in case.tail_calls]
             self.agent.call("tail_calls", {"handle": handle, "slots": slots})
@@ -429,134 +435,19 @@ class Engine:
     def _load_attach_drive(
         self, scenario: Scenario, case: Case, expect: Expect, seen: Observed, cell: CellResult
     ) -> None:
-        obj_path = self.objects[(scenario.name, case.object)]
-        cell.object_file = str(obj_path)
-        cell.object_sha256 = self._sha256(obj_path)
-        load_args = self._load_args(case, obj_path)
-        seen.load = self.agent.call("load", load_args, timeout=CASE_TIMEOUT)
-        seen.load_args = {k: v for k, v in load_args.items() if k in _REPLAYED_LOAD_ARGS}
-        _user_paths(seen.load, {load_args["object"]: str(obj_path)})
-        # what kitl changed in the object (veristat's fixups) and what the guest lacked
-        seen.notes += [*seen.load.get("fixups", ()), *seen.load.get("notes", ())]
-        cell.timings["load_ms"] = round(seen.load.get("load_ns", 0) / 1e6, 3)
-        cell.verifier = {
-            k: seen.load.get(k)
-            for k in (
-                "verified_insns",
-                "xlated_len",
-                "jited_len",
-                "insn_cnt",
-                "errno",
-                "log_truncated",
-                "libbpf_version",
-                "log_level",
-                "failed_stage",
-            )
-        }
-        stats = parse_log(str(seen.load.get("log", ""))).stats
-        cell.verifier.update(
-            insns=stats.insns,
-            total_states=stats.total_states,
-            peak_states=stats.peak_states,
-            max_states_per_insn=stats.max_states_per_insn,
-            duration_us=stats.duration_us,
-            stack_depth=stats.stack_depth_total,
-        )
-        handle = seen.load.get("handle")
+        """Load the case's program, set up its maps, attach it, start its event counters,
+        drive it and read what it left in its maps; a step that fails ends the case."""
+        handle = self._load(scenario, case, seen, cell)
         if handle is None:
             return
         self._set_up(case, handle)
-        if case.attach is not None:
-            spec: dict[str, Any] = {
-                "handle": handle,
-                "program": case.program,
-                "family": case.attach.family,
-            }
-            for key in ("dev", "ns", "mode", "direction", "path"):
-                value = getattr(case.attach, key, None)
-                if value is not None:
-                    spec[key] = value
-            try:
-                seen.attach = self.agent.call("attach", spec, timeout=CASE_TIMEOUT)
-            except AgentCallError as exc:
-                if exc.kind != "attach":
-                    raise
-                seen.attach_error = str(exc)
-                return
+        if case.attach is not None and not self._attach(case, handle, seen):
+            return
         if expect.events:
             self.agent.call(
                 "events_start", {"handle": handle, "maps": [m for m, _ in expect.events]}
             )
-        drive = case.drive
-        # the drive's processes and sockets live in the cgroup the program is attached to
-        cgroup = case.attach.path if isinstance(case.attach, CgroupAttach) else None
-        if isinstance(drive, TestRunDrive):
-            data = (
-                drive.data
-                if drive.data is not None
-                else packet.build(drive.packet.as_dict() if drive.packet else {})
-            )
-            args: dict[str, Any] = {
-                "handle": handle,
-                "program": case.program,
-                "data_hex": data.hex(),
-                "repeat": drive.repeat,
-                # raw_tracepoint, syscall...: the context is the only input
-                "ctx_only": not case.prog_type.test_run_data,
-            }
-            if drive.ctx_data is not None:
-                args["ctx_hex"] = drive.ctx_data.hex()
-            seen.test_run = self.agent.call("test_run", args, timeout=CASE_TIMEOUT)
-            cell.timings["ns_per_op"] = seen.test_run.get("duration_ns", 0)
-        elif isinstance(drive, TrafficDrive):
-            seen.traffic = self.agent.call(
-                "traffic",
-                {
-                    "from": drive.from_ns,
-                    "to": drive.to,
-                    "to_ns": drive.to_ns,
-                    "proto": drive.proto,
-                    "port": drive.port or 9000,
-                    "count": drive.count,
-                    "size": drive.size,
-                    "cgroup": cgroup,
-                    "socket_filter": (
-                        {"handle": handle, "program": case.program}
-                        if isinstance(case.attach, SocketAttach)
-                        else None
-                    ),
-                },
-                timeout=CASE_TIMEOUT,
-            )
-        elif isinstance(drive, SyscallDrive) and drive.action == "run":
-            seen.syscall = self.agent.call(
-                "run",
-                # the command may take what is left of the cell; the agent kills it then
-                {
-                    "argv": list(drive.argv),
-                    "ns": drive.ns,
-                    "cgroup": cgroup,
-                    "timeout": round(self._budget(), 1),
-                },
-                timeout=CASE_TIMEOUT,
-            )
-        elif isinstance(drive, SyscallDrive):
-            seen.syscall = self.agent.call(
-                "syscall",
-                {
-                    "action": drive.action,
-                    "argv": list(drive.argv),
-                    "path": drive.path,
-                    "mode": "write" if drive.write else "read",
-                    "create": drive.create,
-                    "to": drive.to,
-                    "port": drive.port,
-                    "proto": drive.proto,
-                    "ns": drive.ns,
-                    "cgroup": cgroup,
-                },
-                timeout=CASE_TIMEOUT,
-            )
+        self._drive(case, handle, seen, cell)
         if expect.events:
             seen.events = self.agent.call("events_count", {"handle": handle})
         if expect.map:
@@ -565,101 +456,62 @@ class Engine:
                 "map_dump", {"handle": handle, "maps": names}, timeout=CASE_TIMEOUT
             )
 
+    def _load(self, scenario: Scenario, case: Case, seen: Observed, cell: CellResult) -> int | None:
+        """Load the object's program in the guest; the verifier's figures go into the cell.
+        The object's handle, None when the load failed."""
+        obj_path = self.objects[(scenario.name, case.object)]
+        cell.object_file = str(obj_path)
+        cell.object_sha256 = self._sha256(obj_path)
+        load_args = self._load_args(case, obj_path)
+        seen.load = self.agent.call("load", load_args, timeout=CASE_TIMEOUT)
+        seen.load_args = {k: v for k, v in load_args.items() if k in _REPLAYED_LOAD_ARGS}
+        user_paths(seen.load, {load_args["object"]: str(obj_path)})
+        # what kitl changed in the object (veristat's fixups) and what the guest lacked
+        seen.notes += [*seen.load.get("fixups", ()), *seen.load.get("notes", ())]
+        cell.timings["load_ms"] = round(seen.load.get("load_ns", 0) / 1e6, 3)
+        cell.verifier = verifier_figures(seen.load)
+        handle = seen.load.get("handle")
+        return None if handle is None else int(handle)
 
-def _topology_json(scenario: Scenario) -> dict[str, Any]:
-    t = scenario.topology
-    return {
-        "netns": list(t.netns),
-        "veth": [
-            {
-                "a": {"dev": p.a.ifname, "ns": p.a.ns, "addr": p.a.address},
-                "b": {"dev": p.b.ifname, "ns": p.b.ns, "addr": p.b.address},
-            }
-            for p in t.veth
-        ],
-        "netdevsim": [{"id": d.id, "ports": d.ports, "ns": d.ns} for d in t.netdevsim],
-    }
+    def _attach(self, case: Case, handle: int, seen: Observed) -> bool:
+        """Attach as the case says; an attach the kernel refuses is the case's result
+        (False), any other failure of the guest ends the cell."""
+        assert case.attach is not None
+        spec: dict[str, Any] = {"handle": handle, "program": case.program}
+        spec["family"] = case.attach.family
+        for key in ("dev", "ns", "mode", "direction", "path"):
+            value = getattr(case.attach, key, None)
+            if value is not None:
+                spec[key] = value
+        try:
+            seen.attach = self.agent.call("attach", spec, timeout=CASE_TIMEOUT)
+        except AgentCallError as exc:
+            if exc.kind != "attach":
+                raise
+            seen.attach_error = str(exc)
+            return False
+        return True
 
-
-def _expect_json(expect: Expect) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key in (
-        "load",
-        "log",
-        "error_class",
-        "retval",
-        "delivered",
-        "dropped",
-        "errno",
-        "exit_status",
-        "attach_mode",
-    ):
-        value = getattr(expect, key)
-        if value not in (None, ()):
-            out[key] = list(value) if isinstance(value, tuple) else value
-    if expect.map:
-        out["map"] = _map_rows(expect.map)
-    return out
-
-
-def _map_rows(maps: tuple[MapExpect, ...]) -> dict[str, list[list[int | str]]]:
-    """Map contents as JSON (for the guest, and the expectation a cell records): integers as
-    numbers (written at the map's sizes), bytes as hex."""
-    return {m.name: [[_plain(e.key), _plain(e.value)] for e in m.entries] for m in maps}
-
-
-def _plain(value: int | bytes) -> int | str:
-    return value.hex() if isinstance(value, bytes) else value
-
-
-def _observed_json(seen: Observed) -> dict[str, Any]:
-    load = {k: v for k, v in seen.load.items() if k not in ("log", "handle")}
-    return {
-        "load": load,
-        "load_args": seen.load_args,
-        "error_class": seen.error_class,
-        "attach": seen.attach,
-        "attach_error": seen.attach_error,
-        "test_run": seen.test_run,
-        "traffic": seen.traffic,
-        "syscall": seen.syscall,
-        "maps": seen.maps,
-        "events": seen.events,
-        "notes": seen.notes,
-    }
-
-
-def _prepare_args(load: LoadOptions) -> dict[str, Any]:
-    """What the guest sets on the object before its load, as a real loader would
-    (harness.guest.libbpf_prepare); only what differs from the guest's defaults."""
-    args: dict[str, Any] = {}
-    if load.maps:
-        args["maps"] = [
-            {"name": name, "max_entries": entries, "value_size": value}
-            for name, entries, value in load.maps
-        ]
-    if not load.fixups:
-        args["fixups"] = False
-    if not load.pinning:
-        args["pinning"] = False
-    if load.pin_root:
-        args["pin_root"] = load.pin_root
-    if load.attach_target:
-        args["attach_target"] = load.attach_target
-    if load.companions:
-        args["companions"] = list(load.companions)
-    if load.keep_caps:
-        args["keep_caps"] = list(load.keep_caps)
-    if load.unprivileged_maps_only:
-        args["unprivileged_maps_only"] = True
-    return args
-
-
-def _user_paths(load: dict[str, Any], copies: dict[str, str]) -> None:
-    """libbpf names the object by the path it opened, the guest's copy: say the user's."""
-    for key in ("libbpf_messages", "log"):
-        text = load.get(key)
-        if isinstance(text, str):
-            for remote, local in copies.items():
-                text = text.replace(remote, local)
-            load[key] = text
+    def _drive(self, case: Case, handle: int, seen: Observed, cell: CellResult) -> None:
+        """Make the program run as the case's drive says (none: nothing runs it)."""
+        drive = case.drive
+        # the drive's processes and sockets live in the cgroup the program is attached to
+        cgroup = case.attach.path if isinstance(case.attach, CgroupAttach) else None
+        if isinstance(drive, TestRunDrive):
+            seen.test_run = self.agent.call(
+                "test_run", test_run_args(case, drive, handle), timeout=CASE_TIMEOUT
+            )
+            cell.timings["ns_per_op"] = seen.test_run.get("duration_ns", 0)
+        elif isinstance(drive, TrafficDrive):
+            socket_filter = isinstance(case.attach, SocketAttach)
+            args = traffic_args(drive, cgroup, (handle, case.program) if socket_filter else None)
+            seen.traffic = self.agent.call("traffic", args, timeout=CASE_TIMEOUT)
+        elif isinstance(drive, SyscallDrive) and drive.action == "run":
+            # the command may take what is left of the cell; the agent kills it then
+            args = {"argv": list(drive.argv), "ns": drive.ns, "cgroup": cgroup}
+            args["timeout"] = round(self._budget(), 1)
+            seen.syscall = self.agent.call("run", args, timeout=CASE_TIMEOUT)
+        elif isinstance(drive, SyscallDrive):
+            seen.syscall = self.agent.call(
+                "syscall", syscall_args(drive, cgroup), timeout=CASE_TIMEOUT
+            )
