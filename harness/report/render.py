@@ -18,7 +18,6 @@ import os
 import re
 import shlex
 import sys
-import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -26,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from harness.bpf.verifier_log import parse_log
-from harness.errors import DISK_ERRNOS, UsageError, WriteError
+from harness.errors import UsageError, WriteError
 from harness.outcome import Outcome
 from harness.report import html
-from harness.results.rundir import safe_name
+from harness.results.rundir import cell_id, label, safe_name, write_atomic
 from harness.scenario.shape import kernel_version
 
 FORMATS = ("junit", "markdown", "html", "csv")
@@ -79,11 +78,6 @@ def _number(value: object) -> int | float | None:
     return value if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def _label(kernel: str, config: str, libbpf: str) -> str:
-    """A column's name: kernel-config, or kernel-config-libbpf when the cell names a libbpf."""
-    return "-".join(p for p in (kernel, config, libbpf) if p) or "?"
-
-
 @dataclass(frozen=True)
 class Cell:
     """One cell of results.json, every key optional (older or future runs, killed runs)."""
@@ -129,13 +123,12 @@ class Cell:
             timings=_mapping(data.get("timings")),
             load_ok=load if isinstance(load, bool) else None,
             log_path=_text(data.get("log_path")),
-            cell_id=_text(data.get("id"))
-            or f"{scenario}::{case}[{_label(kernel, config, libbpf)}]",
+            cell_id=_text(data.get("id")) or cell_id(scenario, case, kernel, config, libbpf),
         )
 
     @property
     def column(self) -> str:
-        return _label(self.kernel, self.config, self.libbpf)
+        return label(self.kernel, self.config, self.libbpf)
 
     @property
     def row(self) -> str:
@@ -332,7 +325,7 @@ def build_report(run_dir: Path) -> Report:
         rows.setdefault(cell.row)
     present = {(c.kernel, c.config, c.libbpf) for c in cells}
     columns = tuple(
-        Column(kernel, config, libbpf, _label(kernel, config, libbpf))
+        Column(kernel, config, libbpf, label(kernel, config, libbpf))
         for kernel in kernels
         for config, libbpf in configs
         if (kernel, config, libbpf) in present
@@ -554,22 +547,6 @@ def render_csv(report: Report, column: Column) -> str:
 # -- writing ----------------------------------------------------------------------------------
 
 
-def write_atomic(path: Path, data: str | bytes) -> Path:
-    """Write to a temporary file beside `path`, then rename: a reader never sees half a file."""
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; reports are for everyone
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def render_all(
     run_dir: Path, out_dir: Path | None = None, *, formats: Collection[str] = FORMATS
 ) -> list[Path]:
@@ -599,11 +576,8 @@ def render_all(
         ]
     try:
         return [write_atomic(out / name, data) for name, data in files]
-    except OSError as exc:
-        message = f"{out}: cannot write the report ({exc.strerror})"
-        if exc.errno in DISK_ERRNOS:  # the machine's problem, not the arguments'
-            raise WriteError(message) from None
-        raise UsageError(message) from None
+    except (WriteError, UsageError) as exc:  # the same class: whose problem it is
+        raise type(exc)(f"{out}: cannot write the report ({exc})") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -38,18 +38,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from harness.errors import UsageError
-from harness.outcome import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Outcome
+from harness.errors import KitlError, UsageError
+from harness.outcome import EXIT_FAILED, EXIT_OK, Outcome
+from harness.results.rundir import cell_id, write_atomic
 
 COMPARE_SCHEMA = 1
 FORMATS = ("table", "markdown", "json")
@@ -89,8 +88,7 @@ class CellKey:
     libbpf: str = ""
 
     def __str__(self) -> str:
-        text = f"{self.scenario}::{self.case}[{self.kernel}-{self.config}]"
-        return f"{text} libbpf={self.libbpf}" if self.libbpf else text
+        return cell_id(self.scenario, self.case, self.kernel, self.config, self.libbpf)
 
 
 @dataclass(frozen=True, order=True)
@@ -102,8 +100,7 @@ class ProgramKey:
     libbpf: str = ""
 
     def __str__(self) -> str:
-        text = f"{self.scenario}::{self.program}[{self.kernel}-{self.config}]"
-        return f"{text} libbpf={self.libbpf}" if self.libbpf else text
+        return cell_id(self.scenario, self.program, self.kernel, self.config, self.libbpf)
 
 
 def _text(cell: Mapping[str, Any], name: str) -> str:
@@ -565,21 +562,6 @@ def thresholds_from_args(args: argparse.Namespace) -> Thresholds:
     return Thresholds(**changes)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file in the same directory, so a reader never sees half."""
-    tmp: str | None = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as exc:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-        raise UsageError(f"{path}: cannot write: {exc.strerror or exc}") from None
-
-
 def run(args: argparse.Namespace) -> int:
     """`kitl compare`: 0 when the gate passes, 1 when it fails, 2 on a usage error."""
     try:
@@ -588,8 +570,8 @@ def run(args: argparse.Namespace) -> int:
         text = render(result, args.format)
         if args.output is not None:
             write_atomic(args.output, text)
-    except UsageError as exc:
+    except KitlError as exc:
         print(f"kitl: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return exc.exit_code
     sys.stdout.write(text)
     return result.exit_status

@@ -25,7 +25,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from harness.errors import UsageError, WriteError
+from harness.errors import DISK_ERRNOS, UsageError, WriteError
 from harness.outcome import Outcome
 
 RESULTS_SCHEMA = 1
@@ -49,21 +49,27 @@ def _write_failed(path: Path, exc: OSError) -> WriteError:
     return WriteError(f"{path}: cannot write: {exc.strerror or exc}")
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write beside `path`, then rename: on any failure (disk full) the old file stays
-    whole and no temporary file is left behind."""
+def write_atomic(path: Path, data: str | bytes) -> Path:
+    """Write beside `path`, then rename: a reader never sees half a file, and on any
+    failure the old file stays whole and no temporary file is left behind.  A full or
+    failing disk is a WriteError (the machine's problem); any other failure, such as a
+    directory that does not exist, is a UsageError (the path given is wrong)."""
+    raw = data.encode("utf-8") if isinstance(data, str) else data
     tmp: str | None = None
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
-            f.write(text.encode("utf-8"))
+            f.write(raw)
         os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide results from other users
         os.replace(tmp, path)
     except OSError as exc:
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-        raise _write_failed(path, exc) from None
+        if exc.errno in DISK_ERRNOS:
+            raise _write_failed(path, exc) from None
+        raise UsageError(f"{path}: cannot write: {exc.strerror or exc}") from None
+    return path
 
 
 @dataclass
@@ -101,7 +107,7 @@ class CellResult:
 
     @property
     def cell_id(self) -> str:
-        return f"{self.scenario}::{self.case}[{self.label}]"
+        return cell_id(self.scenario, self.case, self.kernel, self.config, self.libbpf)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -247,9 +253,16 @@ def boot_failures(path: Path) -> list[dict[str, Any]]:
 
 
 def label(kernel: str, config: str, libbpf: str) -> str:
-    """The bracket of a cell id: KERNEL-CONFIG, and -LIBBPF when the loader is not the
-    default (recorded as "")."""
-    return f"{kernel}-{config}-{libbpf}" if libbpf else f"{kernel}-{config}"
+    """The bracket of a cell id, and a report's column: KERNEL-CONFIG, and -LIBBPF when
+    the loader is not the default (recorded as ""); a part a damaged record lacks is left
+    out."""
+    return "-".join(p for p in (kernel, config, libbpf) if p) or "?"
+
+
+def cell_id(scenario: str, case: str, kernel: str, config: str, libbpf: str) -> str:
+    """The one name of a cell, as the terminal, the reports, `kitl compare`, `kitl known`,
+    `kitl repro`, `kitl merge` and --resume write and read it: SCENARIO::CASE[LABEL]."""
+    return f"{scenario}::{case}[{label(kernel, config, libbpf)}]"
 
 
 def finalize(path: Path, meta: dict[str, Any]) -> list[dict[str, Any]]:
