@@ -30,7 +30,7 @@ from harness.errors import DISK_ERRNOS, UsageError, WriteError
 from harness.outcome import Outcome
 from harness.report import html
 from harness.results.rundir import safe_name
-from harness.scenario.shape import kernel_version
+from harness.scenario.expect import kernel_version
 
 FORMATS = ("junit", "markdown", "html", "csv")
 RUN_LEVEL = "*"  # scenario (and case, config) of a failure that hit a whole kernel

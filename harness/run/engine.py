@@ -25,7 +25,8 @@ from harness.outcome import Outcome, outcome_for_error
 from harness.results.rundir import CellResult, RunDir
 from harness.run.compile import compile_object, kernel_btf, vmlinux_h
 from harness.run.judge import Observed, judge
-from harness.scenario.loader import (
+from harness.scenario.expect import Expect, MapExpect, kernel_version
+from harness.scenario.model import (
     Case,
     CgroupAttach,
     LoadOptions,
@@ -38,7 +39,6 @@ from harness.scenario.loader import (
     TrafficDrive,
     XdpAttach,
 )
-from harness.scenario.shape import Expect, MapExpect, kernel_version
 from harness.vm import console as consolelog
 from harness.vm import hostload
 from harness.vm.agentclient import AgentCallError, AgentClient
