@@ -33,7 +33,7 @@ from harness.outcome import EXIT_USAGE, Outcome, exit_code, outcome_for_error
 from harness.report import render
 from harness.results import compare
 from harness.results.rundir import merge_runs, outcome_of
-from harness.scenario import loader
+from harness.scenario import loader, model, shape
 from harness.vm import accel
 from harness.vm.bootcheck import BootCheck, check
 from harness.vm.machine import VM, VngLauncher, free_port
@@ -461,7 +461,7 @@ def cmd_accel(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_scenarios(paths: Sequence[Path], allow_outside: bool) -> list[loader.Scenario]:
+def _load_scenarios(paths: Sequence[Path], allow_outside: bool) -> list[model.Scenario]:
     errors: list[str] = []
     loaded = []
     for path in loader.files_under(paths, ".yaml", "scenario", "scenario files"):
@@ -487,7 +487,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    print(json.dumps(loader.json_schema(), indent=2))
+    print(json.dumps(shape.json_schema(), indent=2))
     return 0
 
 

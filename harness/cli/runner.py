@@ -35,7 +35,7 @@ from harness.results.known import DEFAULT_NAME as KNOWN_DEFAULT
 from harness.results.known import load_known
 from harness.results.rundir import finished_ids, outcome_of, read_cells
 from harness.run.matrix import Cell, Shard, plan, shard_cells
-from harness.scenario.loader import Scenario
+from harness.scenario.model import Scenario
 from harness.vm import accel
 
 BUNDLED = Path(__file__).resolve().parents[2] / "scenarios"

@@ -23,9 +23,7 @@ from harness.kernel.resolve import Kernels
 from harness.outcome import EXIT_OK
 from harness.results.rundir import label
 from harness.run.matrix import Shard, plan, shard_cells
-from harness.scenario.loader import (
-    RunConfig,
-)
+from harness.scenario.model import RunConfig
 from harness.scenario.objects import (
     VerifyOptions,
     check_log_level,

@@ -38,7 +38,8 @@ from harness.results import known as known_mod
 from harness.results.rundir import CellResult, RunDir, finalize, finished_ids, read_cells
 from harness.run.matrix import Cell, Guests, Shard, newest, plan, shard_cells
 from harness.scenario import objects
-from harness.scenario.loader import RunConfig, Scenario, load_scenario
+from harness.scenario.loader import load_scenario
+from harness.scenario.model import RunConfig, Scenario
 from harness.vm import accel
 from harness.vm.machine import VM
 from harness.vm.slots import GuestSlots

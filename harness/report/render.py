@@ -29,7 +29,7 @@ from harness.errors import UsageError, WriteError
 from harness.outcome import Outcome
 from harness.report import html
 from harness.results.rundir import cell_id, label, safe_name, write_atomic
-from harness.scenario.shape import kernel_version
+from harness.scenario.expect import kernel_version
 
 FORMATS = ("junit", "markdown", "html", "csv")
 RUN_LEVEL = "*"  # scenario (and case, config) of a failure that hit a whole kernel

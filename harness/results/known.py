@@ -42,13 +42,8 @@ from harness.errors import ConfigError
 from harness.outcome import EXIT_FAILED, EXIT_OK, Outcome
 from harness.results.compare import cell_key
 from harness.results.rundir import CellResult
-from harness.scenario.shape import (
-    VersionRange,
-    describe,
-    kernel_version,
-    parse_version_range,
-    suggest,
-)
+from harness.scenario.expect import VersionRange, kernel_version, parse_version_range
+from harness.scenario.spec import describe, suggest
 from harness.yamlsrc import LocDict, LocList, where
 
 DEFAULT_NAME = "kitl-expect.yaml"

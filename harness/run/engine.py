@@ -32,7 +32,8 @@ from harness.run.requests import (
     topology_args,
     traffic_args,
 )
-from harness.scenario.loader import (
+from harness.scenario.expect import Expect, kernel_version
+from harness.scenario.model import (
     Case,
     CgroupAttach,
     RunConfig,
@@ -44,7 +45,6 @@ from harness.scenario.loader import (
     TrafficDrive,
     XdpAttach,
 )
-from harness.scenario.shape import Expect, kernel_version
 from harness.vm import console as consolelog
 from harness.vm import hostload
 from harness.vm.agentclient import AgentCallError, AgentClient

@@ -11,8 +11,8 @@ from harness.bpf import progtypes
 from harness.bpf.causes import explain
 from harness.bpf.verifier_log import log_excerpt, log_from_libbpf_messages
 from harness.outcome import Outcome
-from harness.scenario.loader import Case
-from harness.scenario.shape import Expect, MapEntry
+from harness.scenario.expect import Expect, MapEntry
+from harness.scenario.model import Case
 
 
 @dataclass

@@ -25,8 +25,8 @@ from harness.kernel.store import Kernel
 from harness.outcome import Outcome, outcome_for_error
 from harness.results.rundir import CellResult, RunDir, label, safe_name
 from harness.run.engine import Engine, build_objects
-from harness.scenario.loader import Case, RunConfig, Scenario
-from harness.scenario.shape import kernel_version
+from harness.scenario.expect import kernel_version
+from harness.scenario.model import Case, RunConfig, Scenario
 from harness.vm.agentclient import AgentClient
 from harness.vm.machine import VM
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from harness.bpf.verifier_log import parse_log
 from harness.run.judge import Observed
-from harness.scenario.shape import Expect, MapExpect
+from harness.scenario.expect import Expect, MapExpect
 
 _VERIFIER_KEYS = (
     "verified_insns",

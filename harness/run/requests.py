@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from harness.bpf import packet
-from harness.scenario.loader import (
+from harness.scenario.model import (
     Case,
     LoadOptions,
     Scenario,

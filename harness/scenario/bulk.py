@@ -40,27 +40,19 @@ import yaml
 
 from harness import yamlsrc
 from harness.bpf import progtypes
-from harness.scenario.loader import ScenarioError
-from harness.scenario.shape import (
+from harness.scenario.expect import (
     ATTACH_TARGET,
     ERROR_CLASSES,
-    LOG_LEVEL_MASK,
     MAP_SIZES,
     PRIVILEGES,
-    Either,
-    Int,
-    Pos,
-    Reader,
-    Seq,
-    Str,
     VersionRange,
-    describe,
     kernel_version,
-    obj,
     parse_version_range,
-    suggest,
     usable,
 )
+from harness.scenario.loader import ScenarioError
+from harness.scenario.shape import LOG_LEVEL_MASK
+from harness.scenario.spec import Either, Int, Pos, Reader, Seq, Str, describe, obj, suggest
 from harness.yamlsrc import LocDict, LocList, where
 
 DEFAULT_NAME = "kitl-verify.yaml"

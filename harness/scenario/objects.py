@@ -21,26 +21,19 @@ from harness.bpf.elfobj import ObjectFormatError, read_object
 from harness.bpf.progtypes import ProgType
 from harness.errors import UsageError
 from harness.scenario import bulk, selftest_tags
-from harness.scenario.loader import (
+from harness.scenario.expect import MAP_NAME, PRIVILEGES, Expect, MapEntry, MapExpect, Override
+from harness.scenario.loader import files_under
+from harness.scenario.model import (
     BpfObject,
     Case,
     LoadOptions,
-    Override,
     PacketSpec,
     RunConfig,
     Scenario,
     TestRunDrive,
-    files_under,
     profile_case_name,
 )
-from harness.scenario.shape import (
-    LOG_LEVEL_MASK,
-    MAP_NAME,
-    PRIVILEGES,
-    Expect,
-    MapEntry,
-    MapExpect,
-)
+from harness.scenario.shape import LOG_LEVEL_MASK
 
 UNKNOWN_TYPE = progtypes.UNKNOWN_TYPE
 PRIVILEGED = "privileged"  # every capability; other profiles (harness.guest.caps) suffix the case

@@ -25,8 +25,8 @@ from pathlib import Path
 from harness.bpf import progtypes
 from harness.bpf.elfobj import ObjectInfo
 from harness.guest import caps
-from harness.scenario.loader import Case, LoadOptions, Requires, TestRunDrive, profile_case_name
-from harness.scenario.shape import Expect
+from harness.scenario.expect import Expect
+from harness.scenario.model import Case, LoadOptions, Requires, TestRunDrive, profile_case_name
 
 PREFIX = "comment:"
 POINTER_VALUE = 0xBADCAFE  # bpf_misc.h: a retval test_loader does not compare

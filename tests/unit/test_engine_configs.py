@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from harness.run.engine import Engine
-from harness.scenario.loader import RunConfig
+from harness.scenario.model import RunConfig
 
 BOOT = {"net.core.bpf_jit_enable": "1", "net.core.bpf_jit_harden": "0"}
 

@@ -10,8 +10,9 @@ import pytest
 from harness.bpf import progtypes
 from harness.outcome import Outcome
 from harness.run.judge import Observed, judge
-from harness.scenario.loader import Case, load_scenario
-from harness.scenario.shape import Expect, MapEntry, MapExpect
+from harness.scenario.expect import Expect, MapEntry, MapExpect
+from harness.scenario.loader import load_scenario
+from harness.scenario.model import Case
 
 SCENARIO = Path(__file__).parents[2] / "scenarios" / "xdp-basics" / "scenario.yaml"
 REJECTION_LOG = (

@@ -23,7 +23,8 @@ from harness.outcome import Outcome
 from harness.results.rundir import CellResult, RunDir, finalize, merge_runs, read_cells
 from harness.run import matrix
 from harness.run.matrix import Cell, Shard, newest, plan, shard_cells
-from harness.scenario.loader import RunConfig, Scenario, load_scenario
+from harness.scenario.loader import load_scenario
+from harness.scenario.model import RunConfig, Scenario
 from tests.fakes import run_args
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "plugin"

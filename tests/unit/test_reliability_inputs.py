@@ -31,8 +31,8 @@ from harness.run.engine import Engine
 from harness.run.judge import Observed, judge
 from harness.run.matrix import plan
 from harness.scenario import objects
+from harness.scenario.expect import Expect
 from harness.scenario.loader import check
-from harness.scenario.shape import Expect
 from harness.vm.agentclient import AgentClient
 from tests.fakes import fake_vm
 from tests.unit.test_libbpf_layout import compile_bpf

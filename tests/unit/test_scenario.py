@@ -20,11 +20,12 @@ from hypothesis import strategies as st
 from harness import yamlsrc
 from harness.bpf import elfobj
 from harness.errors import ConfigError
-from harness.scenario.loader import (
+from harness.scenario.expect import ERROR_CLASSES, Expect, kernel_version, parse_version_range
+from harness.scenario.loader import ScenarioError, check, load_scenario
+from harness.scenario.model import (
     AutoAttach,
     CgroupAttach,
     Scenario,
-    ScenarioError,
     SocketAttach,
     SyscallDrive,
     TcAttach,
@@ -32,16 +33,8 @@ from harness.scenario.loader import (
     TestRunDrive,
     TrafficDrive,
     XdpAttach,
-    check,
-    json_schema,
-    load_scenario,
 )
-from harness.scenario.shape import (
-    ERROR_CLASSES,
-    Expect,
-    kernel_version,
-    parse_version_range,
-)
+from harness.scenario.shape import json_schema
 
 DATA = Path(__file__).parent.parent / "data" / "scenarios"
 REPO = Path(__file__).parent.parent.parent

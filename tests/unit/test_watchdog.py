@@ -18,7 +18,8 @@ from harness.kernel.store import Kernel
 from harness.outcome import Outcome, outcome_for_error
 from harness.results.rundir import CellResult, RunDir, read_cells
 from harness.run.engine import Engine
-from harness.scenario.loader import RunConfig, load_scenario
+from harness.scenario.loader import load_scenario
+from harness.scenario.model import RunConfig
 from harness.vm import agentclient, console, hostload
 from harness.vm.agentclient import AgentClient, AgentTimeoutError
 from harness.vm.hostload import HostLoad
