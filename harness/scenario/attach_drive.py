@@ -1,8 +1,8 @@
 """A case's `attach:` and `drive:`: how its program is attached and made to run.
 
-`_AttachDriveParser` turns them into the model's attach and drive values
+`AttachDriveParser` turns them into the model's attach and drive values
 (harness.scenario.model), checked against the program's type and section and against the
-scenario's topology; it is part of harness.scenario.cases' `_CaseParser`.
+scenario's topology; it is part of harness.scenario.cases' `CaseParser`.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from harness.scenario.model import (
     TrafficDrive,
     XdpAttach,
 )
+from harness.scenario.parsing import Parser, mapping_at, ns_text
 from harness.scenario.spec import Pos, Reader, hex_digits
-from harness.scenario.toplevel import _body, _ns_text, _Parser
 from harness.yamlsrc import LocDict, where
 
 # Fields of struct xdp_md / struct __sk_buff that test_run's ctx: may set by name.
@@ -43,10 +43,10 @@ CTX_FIELDS = {
 _CTX_BY_NAME = frozenset({"xdp", "sched_cls", "sched_act", "socket_filter", "cgroup_skb"})
 
 
-class _AttachDriveParser:
-    """The attach and drive of one case; mixed into _CaseParser, whose state it reads."""
+class AttachDriveParser:
+    """The attach and drive of one case; mixed into CaseParser, whose state it reads."""
 
-    p: _Parser
+    p: Parser
     rd: Reader
     what: str
     match: SectionMatch | None
@@ -56,7 +56,7 @@ class _AttachDriveParser:
     def _attach(self, d: LocDict, case: str) -> Attach | None:
         family = next(iter(d["attach"]))
         what, at = f"{self.what}.attach.{family}", where(d["attach"], family)
-        b = _body(d["attach"], family)
+        b = mapping_at(d["attach"], family)
         if self.match is not None:
             pt = self.match.prog_type
             if family not in pt.families:
@@ -139,7 +139,7 @@ class _AttachDriveParser:
                 f"{what}.{key}: {dev!r} exists in several namespaces", at, "add ns: to say which"
             )
             return None
-        known = [f"{name} ({_ns_text(n)})" for name, n, _ in devices]
+        known = [f"{name} ({ns_text(n)})" for name, n, _ in devices]
         hint = (
             "devices: " + ", ".join(known)
             if known
@@ -173,7 +173,7 @@ class _AttachDriveParser:
     def _drive(self, d: LocDict, attach: Attach | None) -> Drive | None:
         kind = next(iter(d["drive"]))
         what, at = f"{self.what}.drive.{kind}", where(d["drive"], kind)
-        b = _body(d["drive"], kind)
+        b = mapping_at(d["drive"], kind)
         pt = self.match.prog_type if self.match else None
         if pt is not None and kind not in pt.drives:
             if kind == "test_run" and not pt.test_run:
@@ -316,12 +316,12 @@ class _AttachDriveParser:
             spec["payload_size"] = m["payload_size"]
         if l3:
             spec["l3"] = l3[0]
-            b = _body(m, l3[0])
+            b = mapping_at(m, l3[0])
             spec.update(ttl=b.get("ttl", b.get("hop_limit")))
             for end in ("src", "dst"):
                 spec[end] = self._ip(b, end, l3[0], f"{what}.{l3[0]}") if end in b else None
         if l4:
-            b = _body(m, l4[0])
+            b = mapping_at(m, l4[0])
             spec.update(l4=l4[0], sport=b.get("sport"), dport=b.get("dport"))
             spec.update(icmp_type=b.get("type"), icmp_code=b.get("code"))
             flags = b.get("flags")
@@ -351,7 +351,7 @@ class _AttachDriveParser:
             rd.error(f"{what}.port: icmp has no ports", where(b, "port"))
         target = self._target(b, what)
         if isinstance(attach, SocketAttach) and target and attach.ns and attach.ns != target.ns:
-            msg = f"{what}.to: {target.ip} is in {_ns_text(target.ns)}, the socket in {attach.ns!r}"
+            msg = f"{what}.to: {target.ip} is in {ns_text(target.ns)}, the socket in {attach.ns!r}"
             rd.error(msg, where(b, "to", value=True))
         if len(rd.errors) > errors or not ok or target is None or target.ip is None:
             return None

@@ -9,7 +9,7 @@ from pathlib import Path
 from harness.bpf import progtypes
 from harness.bpf.progtypes import ATTACH_FAMILIES as FAMILIES
 from harness.bpf.progtypes import ATTACH_TARGET_TYPES, DRIVES, SectionMatch
-from harness.scenario.attach_drive import _AttachDriveParser
+from harness.scenario.attach_drive import AttachDriveParser
 from harness.scenario.expect import (
     EXPECT,
     Expect,
@@ -35,17 +35,17 @@ from harness.scenario.model import (
     SyscallDrive,
     TrafficDrive,
 )
+from harness.scenario.parsing import Parser, fits, key_fits, only_key
 from harness.scenario.shape import CASE, OVERRIDE
 from harness.scenario.spec import Pos, suggest
-from harness.scenario.toplevel import _fits, _ok, _only_key, _Parser
 from harness.yamlsrc import LocDict, LocList, where
 
 
-class _CaseParser(_AttachDriveParser):
+class CaseParser(AttachDriveParser):
     """One entry of `cases:` (its shape already checked); knows the program's section once
     `program:` is resolved."""
 
-    def __init__(self, parser: _Parser, index: int) -> None:
+    def __init__(self, parser: Parser, index: int) -> None:
         self.p = parser
         self.rd = parser.rd
         self.what = f"cases[{index}]"
@@ -56,13 +56,13 @@ class _CaseParser(_AttachDriveParser):
         if not isinstance(d, LocDict):
             return None
         errors = len(self.rd.errors)
-        shape_ok = _fits(d, CASE)
-        name: str = d["name"] if _ok(d, "name", CASE) else "case"
-        program = self._program(d) if _ok(d, "program", CASE) else None
+        shape_ok = fits(d, CASE)
+        name: str = d["name"] if key_fits(d, "name", CASE) else "case"
+        program = self._program(d) if key_fits(d, "program", CASE) else None
         requires = self._requires(d["requires"]) if "requires" in d else Requires()
         load = self._load(d) if "load" in d else LoadOptions()
-        attach = self._attach(d, name) if _ok(d, "attach", CASE) else None
-        drive = self._drive(d, attach) if _ok(d, "drive", CASE) else None
+        attach = self._attach(d, name) if key_fits(d, "attach", CASE) else None
+        drive = self._drive(d, attach) if key_fits(d, "drive", CASE) else None
         if isinstance(attach, SocketAttach) and not isinstance(drive, TrafficDrive):
             msg = f"{self.what}.attach.socket: a socket filter needs a traffic drive"
             hint = "it sits on the receiving socket; or omit attach: and drive with test_run"
@@ -117,7 +117,7 @@ class _CaseParser(_AttachDriveParser):
         return obj_name, prog_name, prog.section
 
     def _requires(self, m: object) -> Requires:
-        if not isinstance(m, LocDict) or not _fits(m, CASE.field("requires")):
+        if not isinstance(m, LocDict) or not fits(m, CASE.field("requires")):
             return Requires()
         helpers = tuple(h if h.startswith("bpf_") else f"bpf_{h}" for h in m.get("helpers", ()))
         return Requires(
@@ -140,7 +140,7 @@ class _CaseParser(_AttachDriveParser):
 
     def _load(self, d: LocDict) -> LoadOptions:
         m = d["load"]
-        if not isinstance(m, LocDict) or not _fits(m, CASE.field("load")):
+        if not isinstance(m, LocDict) or not fits(m, CASE.field("load")):
             return LoadOptions()
         btf = (
             self.p.file(m, "btf_custom_path", f"{self.what}.load")
@@ -243,7 +243,7 @@ class _CaseParser(_AttachDriveParser):
         info = self.obj.info if self.obj else None
         maps = info.maps if info is not None and (info.compiled or info.maps) else None
         # What the case asks for, even when its own shape is wrong (no follow-on errors).
-        kinds = [_only_key(d.get(k), v) for k, v in (("drive", DRIVES), ("attach", FAMILIES))]
+        kinds = [only_key(d.get(k), v) for k, v in (("drive", DRIVES), ("attach", FAMILIES))]
         action = drive.action if isinstance(drive, SyscallDrive) else None
         ctx = ExpectContext(self.match, maps, kinds[0], kinds[1], load.log_level, action)
         if not isinstance(d["expect"], LocDict):
@@ -268,7 +268,7 @@ class _CaseParser(_AttachDriveParser):
         if not isinstance(m, LocDict) or not isinstance(m.get("expect"), LocDict):
             return None
         when = m.get("when")
-        if not _fits(when, OVERRIDE.field("when")):
+        if not fits(when, OVERRIDE.field("when")):
             when = LocDict()  # reported; the expectation is still checked
         elif not when:
             msg = f"{what}.when: give kernel:, config:, libbpf: and/or btf:"

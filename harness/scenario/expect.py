@@ -127,7 +127,7 @@ ATTACH_TARGET = Str(
     doc="the target a tracing program's user space sets at load time (fentry, tp_btf...)",
 )
 _COUNT = Int(0, 10**9)
-_MAP_VALUE = Either((Int(-(2**63), 2**64 - 1), Hex(1 << 16)))
+MAP_VALUE = Either((Int(-(2**63), 2**64 - 1), Hex(1 << 16)))
 
 EXPECT = obj(
     {
@@ -144,7 +144,7 @@ EXPECT = obj(
         "errno": Either((Int(0, progtypes.MAX_ERRNO), Str()), doc="the syscall drive's errno"),
         "exit_status": Int(0, 255, doc="the syscall drive's exit status"),
         "map": Map(
-            Seq(obj({"key": _MAP_VALUE, "value": _MAP_VALUE}, required=("key", "value")), 1, 4096),
+            Seq(obj({"key": MAP_VALUE, "value": MAP_VALUE}, required=("key", "value")), 1, 4096),
             Str(MAP_NAME, "a map name"),
             doc="map contents after the drive; integers are little-endian at the map's size",
         ),

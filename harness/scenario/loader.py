@@ -5,7 +5,7 @@
 booting anything; `load_scenario(path)` returns the `Scenario` or raises `ScenarioError`
 (a ConfigError naming the first problem and carrying all of them).  The language is
 documented in docs/scenarios.md; harness.scenario.shape's `json_schema()` describes it for
-editors.  The top level is read by harness.scenario.toplevel, each case by
+editors.  The top level is read by harness.scenario.parsing, each case by
 harness.scenario.cases.
 
 Every name that reaches the guest (netns, devices, cases, cgroup paths) is checked against a
@@ -20,11 +20,11 @@ from pathlib import Path
 
 from harness import yamlsrc
 from harness.errors import ConfigError, KitlError, UsageError
-from harness.scenario.cases import _CaseParser
+from harness.scenario.cases import CaseParser
 from harness.scenario.model import Case, RunConfig, Scenario
+from harness.scenario.parsing import Parser, fits, key_fits
 from harness.scenario.shape import CONFIG, NAME_SPEC, SCENARIO
 from harness.scenario.spec import describe
-from harness.scenario.toplevel import _fits, _ok, _Parser
 from harness.yamlsrc import LocDict, LocList, where
 
 __all__ = [
@@ -71,14 +71,14 @@ def _parse(path: Path, allow_outside: bool) -> tuple[Scenario | None, list[Confi
         doc = yamlsrc.load(path)
     except ConfigError as exc:  # yamlsrc turns every malformed document into one
         return None, [exc]
-    parser = _ScenarioParser(path, allow_outside)
+    parser = ScenarioParser(path, allow_outside)
     scenario = parser.scenario(doc)
     unique = {str(e): e for e in parser.rd.errors}.values()
     errors = sorted(unique, key=lambda e: (e.line or 0, e.column or 0))
     return (None if errors else scenario), errors
 
 
-class _ScenarioParser(_Parser):
+class ScenarioParser(Parser):
     """A whole scenario file: its top level, then its cases."""
 
     def scenario(self, doc: object) -> Scenario | None:
@@ -89,12 +89,12 @@ class _ScenarioParser(_Parser):
             rd.error(msg, at)
             return None
         rd.validate(doc, SCENARIO, "", where(doc))
-        self.name = doc["name"] if _ok(doc, "name", SCENARIO) else "scenario"
+        self.name = doc["name"] if key_fits(doc, "name", SCENARIO) else "scenario"
         if isinstance(configs := doc.get("configs"), LocDict):
             self.configs = tuple(
                 RunConfig(name, tuple(((body or {}).get("sysctl") or {}).items()))
                 for name, body in configs.items()
-                if _fits(name, NAME_SPEC) and _fits(body, CONFIG)
+                if fits(name, NAME_SPEC) and fits(body, CONFIG)
             )
         if isinstance(objects := doc.get("objects"), LocDict):
             for name, body in objects.items():
@@ -103,7 +103,7 @@ class _ScenarioParser(_Parser):
             self.topology = self._topology(topology)
         cases: list[Case | None] = []
         if isinstance(items := doc.get("cases"), LocList):
-            cases = [_CaseParser(self, i).parse(c) for i, c in enumerate(items)]
+            cases = [CaseParser(self, i).parse(c) for i, c in enumerate(items)]
             self._unique_cases(items, cases)
         if rd.errors:
             return None
@@ -122,7 +122,7 @@ class _ScenarioParser(_Parser):
     def _loaders(self, doc: LocDict) -> tuple[str, ...]:
         """The scenario's `libbpf:` list: default, system and debian-X as they are, anything
         else a libbpf.so file relative to the scenario (inside its directory)."""
-        if not _ok(doc, "libbpf", SCENARIO):
+        if not key_fits(doc, "libbpf", SCENARIO):
             return ()
         loaders: list[str] = []
         for i, name in enumerate(doc["libbpf"]):

@@ -13,11 +13,11 @@ from typing import Any
 
 from harness.bpf import progtypes
 from harness.scenario.expect import (
-    _MAP_VALUE,
     ATTACH_TARGET,
     EXPECT,
     MAP_NAME,
     MAP_SIZES,
+    MAP_VALUE,
     PIN_ROOT,
     PRIVILEGES,
 )
@@ -245,7 +245,7 @@ CASE = obj(
             {
                 "maps": Map(
                     Seq(
-                        obj({"key": _MAP_VALUE, "value": _MAP_VALUE}, required=("key", "value")),
+                        obj({"key": MAP_VALUE, "value": MAP_VALUE}, required=("key", "value")),
                         1,
                         4096,
                     ),

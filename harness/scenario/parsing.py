@@ -1,6 +1,6 @@
 """A scenario file's top level, read before its cases: the objects and the topology.
 
-`_Parser` holds the parse's state (its Reader, the scenario's directory, configs, objects,
+`Parser` holds the parse's state (its Reader, the scenario's directory, configs, objects,
 topology) for the case parsers (harness.scenario.cases), and checks what they refer to: files
 named relative to the scenario, netns of the topology.  The small helpers here are shared by
 every part of the parse.
@@ -28,22 +28,22 @@ from harness.yamlsrc import LocDict, LocList, where
 # --- the checks a shape cannot express ---------------------------------------------------
 
 
-def _fits(value: object, spec: Spec) -> bool:
+def fits(value: object, spec: Spec) -> bool:
     return Reader(Path()).validate(value, spec, "", {})
 
 
-def _ok(d: LocDict, key: str, spec: Obj) -> bool:
+def key_fits(d: LocDict, key: str, spec: Obj) -> bool:
     """`key` is present in `d` and has the shape `spec` gives it (problems already reported)."""
-    return key in d and _fits(d[key], spec.field(key))
+    return key in d and fits(d[key], spec.field(key))
 
 
-def _only_key(node: object, choices: tuple[str, ...]) -> str | None:
+def only_key(node: object, choices: tuple[str, ...]) -> str | None:
     if isinstance(node, LocDict) and len(node) == 1 and next(iter(node)) in choices:
         return str(next(iter(node)))
     return None
 
 
-def _body(d: LocDict, key: str) -> LocDict:
+def mapping_at(d: LocDict, key: str) -> LocDict:
     """`d[key]`, a mapping or null (then an empty mapping at null's position)."""
     value = d[key]
     if isinstance(value, LocDict):
@@ -60,11 +60,11 @@ def _items(d: LocDict, key: str) -> list[Any]:
     return value if isinstance(value, LocList) else []
 
 
-def _ns_text(ns: str | None) -> str:
+def ns_text(ns: str | None) -> str:
     return f"netns {ns!r}" if ns else "the root namespace"
 
 
-class _Parser:
+class Parser:
     def __init__(self, path: Path, allow_outside: bool) -> None:
         self.path = path
         self.rd = Reader(path)
@@ -109,7 +109,7 @@ class _Parser:
 
     def _object(self, name: str, body: object, parent: LocDict) -> BpfObject | None:
         rd, what = self.rd, f"objects.{name}"
-        if not _fits(name, NAME_SPEC) or not isinstance(body, LocDict) or not _fits(body, OBJECT):
+        if not fits(name, NAME_SPEC) or not isinstance(body, LocDict) or not fits(body, OBJECT):
             return None
         if ("source" in body) == ("path" in body):
             msg = f"{what}: give exactly one of 'source' (a .c file) or 'path' (a .o file)"
@@ -137,13 +137,13 @@ class _Parser:
     def _topology(self, d: LocDict) -> Topology:
         netns = d.get("netns")
         if isinstance(netns, LocList):
-            names = tuple(dict.fromkeys(n for n in netns if _fits(n, NAME_SPEC)))
+            names = tuple(dict.fromkeys(n for n in netns if fits(n, NAME_SPEC)))
             self.topology = Topology(names)
         veth: list[VethPair] = []
         owners: dict[str, str] = {}  # address -> device
         devices: set[tuple[str, str | None]] = set()
         for i, item in enumerate(_items(d, "veth")):
-            if not _fits(item, VETH):
+            if not fits(item, VETH):
                 continue
             what = f"topology.veth[{i}]"
             ends = [self._endpoint(item, k, what) for k in ("a", "b")]
@@ -151,7 +151,7 @@ class _Parser:
                 at = where(item, key, value=True)
                 if end is not None and (end.ifname, end.ns) in devices:
                     self.rd.error(
-                        f"{what}.{key}: {end.ifname!r} is already in {_ns_text(end.ns)}", at
+                        f"{what}.{key}: {end.ifname!r} is already in {ns_text(end.ns)}", at
                     )
                 if end is not None and end.ip in owners:
                     self.rd.error(
@@ -165,7 +165,7 @@ class _Parser:
                 veth.append(VethPair(ends[0], ends[1]))
         nsim: list[NetdevsimDevice] = []
         for i, item in enumerate(_items(d, "netdevsim")):
-            if not _fits(item, NETDEVSIM):
+            if not fits(item, NETDEVSIM):
                 continue
             ok, ns = self.ns(item, "ns", f"topology.netdevsim[{i}]")
             device = NetdevsimDevice(item["id"], item.get("ports", 1), ns)
@@ -185,7 +185,7 @@ class _Parser:
         ifname, _, ns = ifname.partition("@")
         at = where(d, key, value=True)
         rule = 'IFNAME[@NETNS][/ADDRESS/PREFIX], e.g. "v1@b/10.0.0.2/24"'
-        if not _fits(ifname, DEV_SPEC):
+        if not fits(ifname, DEV_SPEC):
             self.rd.error(
                 f"{what}.{key}: bad device name {ifname[:40]!r}", at, f"{rule}; {IFNAME_RULE}"
             )
