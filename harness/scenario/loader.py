@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
 from harness import yamlsrc
-from harness.bpf import progtypes
+from harness.bpf import progtypes, sections
 from harness.bpf.elfobj import ObjectInfo, read_object, scan_source
 from harness.bpf.progtypes import ATTACH_FAMILIES as FAMILIES
-from harness.bpf.progtypes import ATTACH_TARGET_TYPES, DRIVES, ProgType, SectionMatch
+from harness.bpf.progtypes import ATTACH_TARGET_TYPES, DRIVES, ProgType
+from harness.bpf.sections import SectionMatch
 from harness.errors import ConfigError, KitlError, UsageError
 from harness.scenario.shape import (
     CASE,
@@ -432,7 +433,7 @@ class Case:
         )
 
     def retval_name(self, value: int) -> str:
-        return progtypes.retval_name(self.prog_type, self.section, value)
+        return sections.retval_name(self.prog_type, self.section, value)
 
 
 @dataclass(frozen=True)
@@ -808,7 +809,7 @@ class _CaseParser:
             file = (obj.source or obj.path or Path()).name
             rd.error(f"{what}: object {obj_name!r} ({file}) has no program {prog_name!r}", at, hint)
             return None
-        match = progtypes.match_section(prog.section)
+        match = sections.match_section(prog.section)
         if match is None:
             msg = f'{what}: libbpf has no program type for SEC("{prog.section}") of {prog_name}'
             rd.error(
@@ -994,7 +995,7 @@ class _CaseParser:
 
     def _auto(self, what: str, at: Pos) -> AutoAttach | None:
         m = self.match
-        if m is not None and not (m.definition.auto and progtypes.section_target(m.section)):
+        if m is not None and not (m.definition.auto and sections.section_target(m.section)):
             why = (
                 "names no attach target"
                 if m.definition.auto
@@ -1039,7 +1040,7 @@ class _CaseParser:
 
     def _direction(self, b: LocDict, what: str) -> Literal["ingress", "egress"] | None:
         section = self.match.section if self.match else ""
-        fixed = progtypes.section_direction(section)
+        fixed = sections.section_direction(section)
         given = b.get("direction")
         if given is None and fixed is None:
             hint = f'SEC("{section}") does not fix one' if section else None
