@@ -25,7 +25,7 @@ from harness.bpf.causes import explain
 from harness.bpf.verifier_log import parse_log
 from harness.cli.progress import DownloadProgress, stderr
 from harness.errors import UsageError
-from harness.guest.libbpf import BPF_LOG_LEVEL2, BPF_LOG_STATS
+from harness.guest.libbpf_load import BPF_LOG_LEVEL2, BPF_LOG_STATS
 from harness.kernel import libbpf_build
 from harness.kernel.cache import Cache
 from harness.kernel.resolve import Kernels

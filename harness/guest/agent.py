@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.bpf import elfobj
-from harness.guest import caps, drive, libbpf, libbpf_prepare
+from harness.guest import caps, drive, libbpf, libbpf_load, libbpf_object, libbpf_prepare
 from harness.guest.topology import NETNS_DIR, GuestError, Topology, ifindex_of, in_netns
 
 DEFAULT_PIN_ROOT = "/sys/fs/bpf"  # libbpf's, when the object names no pin_root_path
@@ -57,7 +57,7 @@ class Agent:
             "syscall": self.syscall,
         }
         self.counters: dict[int, dict[str, Any]] = {}  # handle -> map name -> RingBufferCounter
-        self.objects: dict[int, Any] = {}  # handle -> harness.guest.libbpf.BpfObject
+        self.objects: dict[int, Any] = {}  # handle -> harness.guest.libbpf_object.BpfObject
         self.link_netns: dict[int, str | None] = {}  # handle -> netns its links live in
         # BPF ids alive before the first object of a case was loaded: what release() compares
         self.baseline: dict[str, frozenset[int]] | None = None
@@ -146,7 +146,7 @@ class Agent:
         """Load one program of an object on its own; keep it for attach/test_run."""
         lib = self.libbpf()
         if not self.objects:
-            self.baseline = libbpf.live_ids(lib)
+            self.baseline = libbpf_load.live_ids(lib)
         if not self._bpffs_tried:
             self._bpffs_tried = True
             self._bpffs_note = libbpf_prepare.mount_bpffs()
@@ -222,7 +222,7 @@ class Agent:
             libbpf_prepare.MapSize(m["name"], m.get("max_entries"), m.get("value_size"))
             for m in args.get("maps") or ()
         )
-        opts = libbpf.LoadOptions(
+        opts = libbpf_load.LoadOptions(
             log_level=int(args.get("log_level", 1 | 4)),
             log_size=int(args.get("log_size") or 16 << 20),
             btf_custom_path=args.get("btf_custom_path"),
@@ -239,7 +239,7 @@ class Agent:
             unprivileged_maps_only=bool(args.get("unprivileged_maps_only")),
         )
         try:
-            return libbpf.BpfObject.load_one(lib, args["object"], args["program"], opts)
+            return libbpf_object.BpfObject.load_one(lib, args["object"], args["program"], opts)
         except (KeyError, ValueError) as exc:  # a map or target the object cannot take
             raise AgentError(str(exc).strip('"'), "setup") from None
 
@@ -424,7 +424,7 @@ class Agent:
         lib = self.libbpf()
         deadline = time.monotonic() + LEAK_SETTLE_S
         while True:
-            now = libbpf.live_ids(lib)
+            now = libbpf_load.live_ids(lib)
             extra = {kind: sorted(now[kind] - before.get(kind, frozenset())) for kind in now}
             if not any(extra.values()) or time.monotonic() > deadline:
                 break

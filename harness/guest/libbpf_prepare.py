@@ -1,6 +1,6 @@
 """What a real loader does to an opened object before it loads it, inside the guest.
 
-Applied between bpf_object__open and bpf_object__load (harness.guest.libbpf):
+Applied between bpf_object__open and bpf_object__load (harness.guest.libbpf_object):
 
 - veristat's fixups: a map declared with `max_entries` 0 is sized by its loader's user
   space at run time (bcc's libbpf-tools size every map from command-line options), so it
@@ -23,7 +23,6 @@ import ctypes
 import os
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from harness.bpf.maps import (
     PERF_MAX_STACK,
@@ -32,9 +31,7 @@ from harness.bpf.maps import (
     lacks_entries,
     lacks_value_size,
 )
-
-if TYPE_CHECKING:
-    from harness.guest.libbpf import Libbpf
+from harness.guest.libbpf import Libbpf
 
 # libbpf's words naming the map whose creation failed ("map 'x': failed to create: ...")
 _FAILED_MAP = re.compile(r"map '([^']+)': (?:failed to create|failed to auto-pin|error reusing)")

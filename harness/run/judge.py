@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.bpf import progtypes
+from harness.bpf import retcodes
 from harness.bpf.causes import explain
 from harness.bpf.verifier_log import log_excerpt, log_from_libbpf_messages
 from harness.outcome import Outcome
@@ -154,8 +154,8 @@ def _judge_effects(case: Case, expect: Expect, seen: Observed) -> tuple[Outcome,
             )
         if run.get("errno"):
             return Outcome.FAILED, f"test_run failed: errno {run['errno']}"
-        got = progtypes.to_s32(int(run.get("retval", -1)))
-        if expect.retval != progtypes.RETVAL_ANY and got != progtypes.to_s32(expect.retval):
+        got = retcodes.to_s32(int(run.get("retval", -1)))
+        if expect.retval != retcodes.RETVAL_ANY and got != retcodes.to_s32(expect.retval):
             return Outcome.FAILED, (
                 f"returned {case.retval_name(got)}, expected {case.retval_name(expect.retval)}"
             )

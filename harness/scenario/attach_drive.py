@@ -10,8 +10,9 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, Literal
 
-from harness.bpf import progtypes
-from harness.bpf.progtypes import ProgType, SectionMatch
+from harness.bpf import sections
+from harness.bpf.progtypes import ProgType
+from harness.bpf.sections import SectionMatch
 from harness.scenario.model import (
     SYSCALL_ACTIONS,
     Attach,
@@ -107,7 +108,7 @@ class AttachDriveParser:
 
     def _auto(self, what: str, at: Pos) -> AutoAttach | None:
         m = self.match
-        if m is not None and not (m.definition.auto and progtypes.section_target(m.section)):
+        if m is not None and not (m.definition.auto and sections.section_target(m.section)):
             why = (
                 "names no attach target"
                 if m.definition.auto
@@ -152,7 +153,7 @@ class AttachDriveParser:
 
     def _direction(self, b: LocDict, what: str) -> Literal["ingress", "egress"] | None:
         section = self.match.section if self.match else ""
-        fixed = progtypes.section_direction(section)
+        fixed = sections.section_direction(section)
         given = b.get("direction")
         if given is None and fixed is None:
             hint = f'SEC("{section}") does not fix one' if section else None

@@ -39,7 +39,7 @@ from typing import Literal
 import yaml
 
 from harness import yamlsrc
-from harness.bpf import progtypes
+from harness.bpf import progtypes, retcodes
 from harness.scenario.expect import (
     ATTACH_TARGET,
     ERROR_CLASSES,
@@ -68,7 +68,7 @@ ENTRY = obj(
         "verdict": Str(choices=("accepted", "rejected")),
         "log": Seq(Str(), 1, 64, single_ok=True, doc="substrings or /regexes/, in order"),
         "error_class": Str(choices=ERROR_CLASSES),
-        "retval": Either((Int(progtypes.S32_MIN, progtypes.U32_MAX), Str())),
+        "retval": Either((Int(retcodes.S32_MIN, retcodes.U32_MAX), Str())),
         "kernel": Str(doc='a kernel version range, e.g. ">=5.17"'),
         "privilege": Str(choices=(*PRIVILEGES, "any")),
         "reason": Str(),

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.bpf import progtypes
+from harness.bpf import progtypes, sections
 from harness.bpf.progtypes import ATTACH_FAMILIES as FAMILIES
-from harness.bpf.progtypes import ATTACH_TARGET_TYPES, DRIVES, SectionMatch
+from harness.bpf.progtypes import ATTACH_TARGET_TYPES, DRIVES
+from harness.bpf.sections import SectionMatch
 from harness.scenario.attach_drive import AttachDriveParser
 from harness.scenario.expect import (
     EXPECT,
@@ -104,7 +105,7 @@ class CaseParser(AttachDriveParser):
             file = (obj.source or obj.path or Path()).name
             rd.error(f"{what}: object {obj_name!r} ({file}) has no program {prog_name!r}", at, hint)
             return None
-        match = progtypes.match_section(prog.section)
+        match = sections.match_section(prog.section)
         if match is None:
             msg = f'{what}: libbpf has no program type for SEC("{prog.section}") of {prog_name}'
             rd.error(

@@ -14,8 +14,8 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from harness.bpf import progtypes
-from harness.bpf.progtypes import SectionMatch
+from harness.bpf import retcodes, sections
+from harness.bpf.sections import SectionMatch
 from harness.scenario.spec import (
     Either,
     Hex,
@@ -135,13 +135,13 @@ EXPECT = obj(
         "log": Seq(Str(), 1, 64, single_ok=True, doc="regexes the verifier log matches, in order"),
         "error_class": Str(choices=ERROR_CLASSES, doc="the class of the load failure"),
         "retval": Either(
-            (Int(progtypes.S32_MIN, progtypes.U32_MAX), Str()),
+            (Int(retcodes.S32_MIN, retcodes.U32_MAX), Str()),
             doc="test_run's return value: a code of the program's type, -EPERM, a number, or "
             "any (it ran; a kernel pointer, a hash)",
         ),
         "delivered": Int(0, 10**9, doc="packets of the traffic drive that arrived"),
         "dropped": Int(0, 10**9, doc="packets of the traffic drive that did not"),
-        "errno": Either((Int(0, progtypes.MAX_ERRNO), Str()), doc="the syscall drive's errno"),
+        "errno": Either((Int(0, retcodes.MAX_ERRNO), Str()), doc="the syscall drive's errno"),
         "exit_status": Int(0, 255, doc="the syscall drive's exit status"),
         "map": Map(
             Seq(obj({"key": MAP_VALUE, "value": MAP_VALUE}, required=("key", "value")), 1, 4096),
@@ -304,7 +304,7 @@ def read_expect(rd: Reader, d: LocDict, ctx: ExpectContext, what: str) -> Expect
         values["errno"] = d["errno"]
         if isinstance(d["errno"], str):
             try:
-                values["errno"] = progtypes.errno_value(d["errno"].strip())
+                values["errno"] = retcodes.errno_value(d["errno"].strip())
             except ValueError as exc:
                 rd.error(f"{what}.errno: {exc}", where(d, "errno", value=True))
     if "map" in d:
@@ -345,7 +345,7 @@ def _retval(rd: Reader, d: LocDict, ctx: ExpectContext, what: str) -> int | None
     if ctx.match is None:  # the program is unknown; that is reported elsewhere
         return None
     try:
-        return progtypes.resolve_retval(ctx.match.prog_type, ctx.match.section, value)
+        return sections.resolve_retval(ctx.match.prog_type, ctx.match.section, value)
     except ValueError as exc:
         kind = ctx.match.prog_type
         hint = f'SEC("{ctx.match.section}") makes it {kind.article} {kind.name} program'

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
-from harness.bpf import progtypes
+from harness.bpf import progtypes, sections
 from harness.bpf.elfobj import ObjectInfo
 from harness.bpf.progtypes import ProgType
 from harness.scenario.expect import (
@@ -364,7 +364,7 @@ class Case:
         )
 
     def retval_name(self, value: int) -> str:
-        return progtypes.retval_name(self.prog_type, self.section, value)
+        return sections.retval_name(self.prog_type, self.section, value)
 
 
 @dataclass(frozen=True)

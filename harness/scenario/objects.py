@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from harness.bpf import progtypes
+from harness.bpf import progtypes, sections
 from harness.bpf.elfobj import ObjectFormatError, read_object
 from harness.bpf.progtypes import ProgType
 from harness.errors import UsageError
@@ -287,7 +287,7 @@ def check_names(objects: Sequence[Path], options: VerifyOptions) -> None:
                 f"--attach-target {prog}: no object has a program {prog!r}",
                 hint=_hint(prog, set(programs)),
             )
-        match = progtypes.match_section(found.section)
+        match = sections.match_section(found.section)
         if match is None or match.prog_type.name not in progtypes.ATTACH_TARGET_TYPES:
             raise UsageError(
                 f'--attach-target {prog}: SEC("{found.section}") takes no attach target',
@@ -341,7 +341,7 @@ def scenario_for_object(obj: Path, options: VerifyOptions) -> Scenario:
     for prog in info.programs:
         if not _selected(prog.name, options):
             continue
-        match = progtypes.match_section(prog.section)
+        match = sections.match_section(prog.section)
         prog_type = match.prog_type if match else UNKNOWN_TYPE
         for privilege in options.privileges:
             load = LoadOptions(
@@ -496,7 +496,7 @@ def _override(entry: bulk.Entry, case: Case) -> Override:
     retval = None
     if entry.retval is not None:
         try:
-            retval = progtypes.resolve_retval(case.prog_type, case.section, entry.retval)
+            retval = sections.resolve_retval(case.prog_type, case.section, entry.retval)
         except ValueError as exc:
             raise UsageError(f"{entry.where}: retval: {exc}") from None
     expect = Expect(

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from harness.bpf import progtypes
+from harness.bpf import progtypes, retcodes, sections
 from harness.bpf.elfobj import ObjectInfo
 from harness.guest import caps
 from harness.scenario.expect import Expect
@@ -284,7 +284,7 @@ def cases_of(info: ObjectInfo, obj: Path, scenario: str, programs: list[str]) ->
         spec = specs[prog.name]
         if spec.auxiliary or prog.name not in programs:
             continue
-        match = progtypes.match_section(prog.section)
+        match = sections.match_section(prog.section)
         for mode_name, mode in spec.modes:
             aux = tuple(n for n, s in specs.items() if mode_name in s.auxiliary and n != prog.name)
             case = _case(
@@ -315,7 +315,7 @@ def _case(
     retval = None
     if mode.retval is not None and not mode.failure:
         retval = (
-            progtypes.RETVAL_ANY if mode.retval == POINTER_VALUE else progtypes.to_s32(mode.retval)
+            retcodes.RETVAL_ANY if mode.retval == POINTER_VALUE else retcodes.to_s32(mode.retval)
         )
     unprivileged = mode_name == "unprivileged"
     load = LoadOptions(
@@ -345,7 +345,7 @@ def _case(
     )
 
 
-def _drive(mode: Mode, match: progtypes.SectionMatch) -> TestRunDrive | None:
+def _drive(mode: Mode, match: sections.SectionMatch) -> TestRunDrive | None:
     """test_run on 64 zero bytes (a packet type's data; others get no input), as
     test_loader's do_prog_test_run, when a return value is expected of a load that works."""
     if mode.retval is None or mode.failure:

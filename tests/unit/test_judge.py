@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.bpf import progtypes
+from harness.bpf import progtypes, retcodes, sections
 from harness.outcome import Outcome
 from harness.run.judge import Observed, judge
 from harness.scenario.expect import Expect, MapEntry, MapExpect
@@ -157,10 +157,10 @@ def test_a_map_value_is_shown_in_the_form_the_expectation_was_written_in(case: C
 def test_retval_any_needs_a_run_and_nothing_else(case: Case) -> None:
     """For programs that return a kernel pointer or a hash (the selftests' POINTER_VALUE)."""
     xdp = progtypes.PROG_TYPES["xdp"]
-    assert progtypes.resolve_retval(xdp, "xdp", "any") == progtypes.RETVAL_ANY
-    assert progtypes.retval_name(xdp, "xdp", progtypes.RETVAL_ANY) == "any"
+    assert sections.resolve_retval(xdp, "xdp", "any") == retcodes.RETVAL_ANY
+    assert sections.retval_name(xdp, "xdp", retcodes.RETVAL_ANY) == "any"
     seen = loaded()
     seen.test_run = {"retval": 0xFFFF8880, "errno": 0}
-    assert judge(case, Expect(retval=progtypes.RETVAL_ANY), seen) == (Outcome.PASSED, "")
-    outcome, reason = judge(case, Expect(retval=progtypes.RETVAL_ANY), loaded())
+    assert judge(case, Expect(retval=retcodes.RETVAL_ANY), seen) == (Outcome.PASSED, "")
+    outcome, reason = judge(case, Expect(retval=retcodes.RETVAL_ANY), loaded())
     assert (outcome, reason.startswith("expects return value any, but")) == (Outcome.FAILED, True)

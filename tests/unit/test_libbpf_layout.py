@@ -13,26 +13,18 @@ from pathlib import Path
 import pytest
 
 from harness.guest import libbpf as lb
-from harness.guest.libbpf import (
-    ENOTSUPP,
-    BpfObject,
-    BpfObjectOpenOpts,
-    Libbpf,
-    LibbpfError,
-    LoadOptions,
-    ProgramLoad,
-    TestRun,
-    describe_errno,
-    errno_name,
-)
+from harness.guest import libbpf_object
+from harness.guest.libbpf import ENOTSUPP, Libbpf, LibbpfError, describe_errno, errno_name
 from harness.guest.libbpf_attach import (
     BpfTcHook,
     BpfTcOpts,
     BpfTcxOpts,
-    BpfTestRunOpts,
     BpfXdpAttachOpts,
     BpfXdpQueryOpts,
 )
+from harness.guest.libbpf_load import LoadOptions, ProgramLoad
+from harness.guest.libbpf_object import BpfObject, BpfObjectOpenOpts
+from harness.guest.libbpf_run import BpfTestRunOpts, TestRun
 
 BPF_SOURCES = Path(__file__).resolve().parent.parent / "data" / "bpf"
 LIBBPF_HEADERS = (Path("/usr/include/bpf/libbpf.h"), Path("/usr/include/bpf/bpf.h"))
@@ -313,10 +305,10 @@ def test_log_level_0_log_is_taken_from_libbpfs_message() -> None:
         "invalid access to packet\n-- END PROG LOAD LOG --\nlibbpf: failed to load object\n"
     )
     assert (
-        lb._log_from_messages(messages)
+        libbpf_object._log_from_messages(messages)
         == "0: (61) r1 = *(u32 *)(r1 +0)\ninvalid access to packet\n"
     )
-    assert lb._log_from_messages("libbpf: nothing\n") == ""
+    assert libbpf_object._log_from_messages("libbpf: nothing\n") == ""
 
 
 def test_result_types_are_frozen_and_not_collected_by_pytest() -> None:

@@ -9,14 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.bpf import progtypes
-from harness.bpf.progtypes import (
-    ATTACH_FAMILIES,
-    CONVENTIONS,
-    DRIVES,
-    MAP_TYPES,
-    PROG_LOAD_FLAGS,
-    PROG_TYPES,
+from harness.bpf.progtypes import ATTACH_FAMILIES, DRIVES, MAP_TYPES, PROG_LOAD_FLAGS, PROG_TYPES
+from harness.bpf.retcodes import CONVENTIONS
+from harness.bpf.sections import (
+    convention_for,
     match_section,
     prog_type_for_section,
     resolve_retval,
@@ -223,7 +219,7 @@ def test_every_code_round_trips_through_its_name() -> None:
     for prog_type in PROG_TYPES.values():
         for definition in prog_type.sections:
             section = definition.pattern.rstrip("+")
-            conv = progtypes.convention_for(prog_type, section)
+            conv = convention_for(prog_type, section)
             for code in conv.codes:
                 value = resolve_retval(prog_type, section, code.name)
                 first = next(c for c in conv.codes if c.value == value)

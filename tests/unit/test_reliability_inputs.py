@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 from harness.cli import main as cli
 from harness.cli import verify
 from harness.errors import UsageError
-from harness.guest.libbpf import BpfObject, Libbpf
+from harness.guest.libbpf import Libbpf
+from harness.guest.libbpf_object import BpfObject
 from harness.kernel.cache import Cache
 from harness.outcome import Outcome
 from harness.report.render import render_all

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.bpf import progtypes
+from harness.bpf import retcodes
 from harness.bpf.btf import BtfError, func_decl_tags
 from harness.bpf.elfobj import read_object
 from harness.scenario import objects, selftest_tags
@@ -122,7 +122,7 @@ def test_cases_run_as_test_loader_runs_them(obj: Path) -> None:
     names = [c.name for c in scenario.cases]
     assert names == ["ok_any", "rejected", "rejected.unprivileged", "flagged", "xlated", "plain"]
     ok_any = scenario.case("ok_any")
-    assert ok_any.expect.retval == progtypes.RETVAL_ANY  # POINTER_VALUE: any value
+    assert ok_any.expect.retval == retcodes.RETVAL_ANY  # POINTER_VALUE: any value
     assert ok_any.drive is not None  # test_run on 64 zero bytes... of a socket filter
     assert ok_any.load.companions == ("helper_prog",)  # the auxiliary program loads too
     assert ok_any.load.log_level == 0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.bpf import progtypes
+from harness.bpf import sections
 from harness.bpf.verifier_log import log_excerpt
 from harness.errors import ConfigError
 from harness.scenario.bulk import (
@@ -28,7 +28,7 @@ ERRORS = DATA / "verify_expect" / "errors.yaml"
 LOGS = DATA / "verifier"
 R510, R61, R73 = "5.10.0-46-amd64", "6.1.0-56-amd64", "7.3.4+deb13-amd64"
 FILE = Path("kitl-verify.yaml")
-XDP = progtypes.prog_type_for_section("xdp")
+XDP = sections.prog_type_for_section("xdp")
 
 
 def real_log(kernel: str, name: str) -> str:

@@ -31,7 +31,9 @@ from typing import Any
 import pytest
 
 from harness.errors import KernelCrashError
-from harness.guest.libbpf import AttachError, BpfObject, Libbpf, LoadOptions
+from harness.guest.libbpf import AttachError, Libbpf
+from harness.guest.libbpf_load import LoadOptions
+from harness.guest.libbpf_object import BpfObject
 from harness.kernel.store import Kernel
 from harness.vm.channel import CommandResult
 from tests.unit.test_libbpf_layout import BPF_SOURCES, compile_bpf
@@ -43,7 +45,9 @@ from __future__ import annotations
 import dataclasses, json, os, socket, subprocess, sys, time, traceback
 from collections.abc import Callable
 from typing import Any
-from harness.guest.libbpf import AttachError, BpfObject, Libbpf, LoadOptions
+from harness.guest.libbpf import AttachError, Libbpf
+from harness.guest.libbpf_load import LoadOptions
+from harness.guest.libbpf_object import BpfObject
 """
 
 EACCES, EINVAL, ENOSPC, EPERM = 13, 22, 28, 1
