@@ -33,6 +33,7 @@ from harness.kernel.resolve import Kernels
 from harness.kernel.store import Kernel
 from harness.outcome import Outcome
 from harness.pytest_plugin import options
+from harness.report import model as report_model
 from harness.report import render
 from harness.results import known as known_mod
 from harness.results.rundir import CellResult, RunDir, finalize, finished_ids, read_cells
@@ -395,7 +396,7 @@ class CellItem(pytest.Item):
             text = r.reason if r.reason.startswith(str(r.outcome)) else f"{r.outcome}: {r.reason}"
             log = self.session.config.stash[_SESSION].run_path / r.log_path
             if r.log_path and log.is_file():
-                text += "\n--- verifier log (tail) ---\n" + render.tail(log, lines=15)
+                text += "\n--- verifier log (tail) ---\n" + report_model.tail(log, lines=15)
             return text
         return str(super().repr_failure(excinfo))
 

@@ -1,16 +1,15 @@
 """The HTML report: one static, self-contained page (inline CSS, no script, no external asset)
-with the run's matrix and its failures.  harness/report/render.py builds the model and writes it."""
+with the run's matrix and its failures.  harness/report/model.py
+builds the model, harness/report/render.py writes it."""
 
 from __future__ import annotations
 
 import html
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-if TYPE_CHECKING:  # report.py imports this module: types only, no import cycle at runtime
-    from harness.report.render import Cell, Report
+from harness.report.model import Cell, Report
 
 _CSS = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #1f2328; }

@@ -10,17 +10,12 @@ the command.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import io
-import json
-import os
 import re
-import shlex
 import sys
 import xml.etree.ElementTree as ET
-from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,28 +23,21 @@ from harness.bpf.verifier_log import parse_log
 from harness.errors import UsageError, WriteError
 from harness.outcome import Outcome
 from harness.report import html
-from harness.results.rundir import cell_id, label, safe_name, write_atomic
-from harness.scenario.expect import kernel_version
+from harness.report.model import (
+    RUN_LEVEL,
+    Cell,
+    Column,
+    Report,
+    build_report,
+    mapping_of,
+    tail,
+    text_of,
+)
+from harness.results.rundir import safe_name, write_atomic
 
 FORMATS = ("junit", "markdown", "html", "csv")
-RUN_LEVEL = "*"  # scenario (and case, config) of a failure that hit a whole kernel
-LOG_EXCERPT_LINES = 20
 SYSTEM_OUT_BYTES = 4096
 
-# symbol, short word: what a matrix cell shows for each outcome
-_DISPLAY: dict[str, tuple[str, str]] = {
-    Outcome.PASSED: ("✅", "pass"),
-    Outcome.FAILED: ("❌", "failed"),
-    Outcome.VERIFIER_REJECTED: ("❌", "rejected"),
-    Outcome.LOAD_FAILED: ("❌", "load failed"),
-    Outcome.ATTACH_FAILED: ("❌", "attach failed"),
-    Outcome.SKIPPED: ("⏭", "skip"),
-    Outcome.BOOT_FAILED: ("💥", "boot failed"),
-    Outcome.KERNEL_CRASH: ("💥", "crash"),
-    Outcome.VM_LOST: ("💥", "VM lost"),
-    Outcome.TIMED_OUT: ("💥", "timeout"),
-    Outcome.ERROR: ("💥", "error"),
-}
 _NOT_LOADED = frozenset({Outcome.VERIFIER_REJECTED, Outcome.LOAD_FAILED})
 # veristat's default `-o csv` columns: the first name of each stat in its stat_defs table,
 # read in tools/testing/selftests/bpf/veristat.c (newer veristat appends more columns; its
@@ -63,282 +51,6 @@ _PROPERTIES += ("jited_len", "xlated_len")
 # characters XML 1.0 cannot carry at all, even escaped (console logs hold ANSI escapes)
 _XML_ILLEGAL = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|~&#])")
-
-
-def _mapping(value: object) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
-def _text(value: object) -> str:
-    return "" if value is None else value if isinstance(value, str) else str(value)
-
-
-def _number(value: object) -> int | float | None:
-    # bool is an int to Python, but never a figure here
-    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One cell of results.json, every key optional (older or future runs, killed runs)."""
-
-    scenario: str
-    case: str
-    kernel: str
-    config: str
-    libbpf: str
-    outcome: str
-    reason: str
-    kernel_release: str
-    program: str
-    prog_type: str
-    verifier: Mapping[str, Any]
-    timings: Mapping[str, Any]
-    load_ok: bool | None  # observed.load.ok: None when the case never got to loading
-    log_path: str
-    cell_id: str
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Cell:
-        load = _mapping(_mapping(data.get("observed")).get("load")).get("ok")
-        kernel, config = _text(data.get("kernel")), _text(data.get("config"))
-        scenario, case = _text(data.get("scenario")), _text(data.get("case"))
-        libbpf = _text(data.get("libbpf"))
-        outcome = _text(data.get("outcome")) or Outcome.ERROR
-        reason = _text(data.get("reason"))
-        if not data.get("outcome") and not reason:
-            reason = "the cell recorded no outcome"
-        return cls(
-            scenario=scenario,
-            case=case,
-            kernel=kernel,
-            config=config,
-            libbpf=libbpf,
-            outcome=outcome,
-            reason=reason,
-            kernel_release=_text(data.get("kernel_release")),
-            program=_text(data.get("program")),
-            prog_type=_text(data.get("prog_type")),
-            verifier=_mapping(data.get("verifier")),
-            timings=_mapping(data.get("timings")),
-            load_ok=load if isinstance(load, bool) else None,
-            log_path=_text(data.get("log_path")),
-            cell_id=_text(data.get("id")) or cell_id(scenario, case, kernel, config, libbpf),
-        )
-
-    @property
-    def column(self) -> str:
-        return label(self.kernel, self.config, self.libbpf)
-
-    @property
-    def row(self) -> str:
-        return f"{self.scenario}::{self.case}"
-
-    @property
-    def run_level(self) -> bool:
-        return self.scenario == RUN_LEVEL
-
-    @property
-    def category(self) -> str:
-        """pass, fail, skip or infra; an outcome this version does not know counts as infra
-        (nothing can be said about the kernel from it)."""
-        if self.outcome == Outcome.PASSED:
-            return "pass"
-        if self.outcome == Outcome.SKIPPED:
-            return "skip"
-        if self.outcome in _DISPLAY and not Outcome(self.outcome).is_infrastructure:
-            return "fail"
-        return "infra"
-
-    @property
-    def symbol(self) -> str:
-        return _DISPLAY.get(self.outcome, ("❓", ""))[0]
-
-    @property
-    def label(self) -> str:
-        """Symbol and short word, as a matrix cell shows it."""
-        symbol, word = _DISPLAY.get(self.outcome, ("❓", self.outcome.lower()))
-        return f"{symbol} {word}"
-
-    def figure(self, key: str) -> int | float | None:
-        """A number the cell recorded under `key`, in its verifier stats or its timings."""
-        found = _number(self.verifier.get(key))
-        return found if found is not None else _number(self.timings.get(key))
-
-
-@dataclass(frozen=True)
-class Column:
-    kernel: str
-    config: str
-    libbpf: str
-    label: str
-
-
-@dataclass(frozen=True)
-class Report:
-    """The matrix: rows scenario::case, columns kernel-config[-libbpf] in a stable order."""
-
-    run_dir: Path
-    meta: Mapping[str, Any]
-    cells: tuple[Cell, ...]
-    kernels: tuple[str, ...]
-    columns: tuple[Column, ...]
-    rows: tuple[str, ...]
-    grid: Mapping[tuple[str, str], Cell]  # (row, column label) -> cell
-
-    def cell(self, row: str, column: Column) -> Cell | None:
-        return self.grid.get((row, column.label))
-
-    def first_failing_kernel(self, row: str) -> str | None:
-        """The lowest kernel (in column order) where some config neither passed nor skipped."""
-        for kernel in self.kernels:
-            for column in self.columns:
-                cell = self.cell(row, column)
-                if column.kernel == kernel and cell and cell.category in ("fail", "infra"):
-                    return kernel
-        return None
-
-    @property
-    def failures(self) -> tuple[Cell, ...]:
-        """Every cell that neither passed nor skipped, in matrix order."""
-        found = (self.cell(row, column) for row in self.rows for column in self.columns)
-        return tuple(c for c in found if c and c.category in ("fail", "infra"))
-
-    def counts(self) -> list[tuple[str, int]]:
-        """(outcome, count) for every outcome present, in the enum's order."""
-        seen: dict[str, int] = {}
-        for cell in self.cells:
-            seen[cell.outcome] = seen.get(cell.outcome, 0) + 1
-        order = [str(o) for o in Outcome] + sorted(set(seen) - set(_DISPLAY))
-        return [(o, seen[o]) for o in order if o in seen]
-
-    def headline(self) -> str:
-        parts = [f"{_DISPLAY.get(o, ('❓',))[0]} {n} {o}" for o, n in self.counts()]
-        return f"{len(self.cells)} cells: " + (" · ".join(parts) or "nothing ran")
-
-    def inside(self, relative: str) -> Path | None:
-        """RUN/relative if it exists and stays inside the run directory (a hand-edited
-        results.json must not make a report embed /etc/shadow)."""
-        if not relative:
-            return None
-        root = self.run_dir.resolve()
-        path = (root / relative).resolve()
-        return path if path.is_relative_to(root) and path.is_file() else None
-
-    def log_file(self, cell: Cell) -> Path | None:
-        return self.inside(cell.log_path)
-
-    def guest_file(self, kernel: str, kind: str) -> Path | None:
-        return self.inside(f"guest/{safe_name(kernel)}.{kind}.log")
-
-    def excerpt(
-        self, cell: Cell, lines: int = LOG_EXCERPT_LINES, max_bytes: int = 64 * 1024
-    ) -> tuple[str, str]:
-        """(what, text): the verifier log's tail or, for a failure that killed the kernel
-        before any log (a crash, a boot failure), the tail of the guest console."""
-        if path := self.log_file(cell):
-            return "verifier log", tail(path, lines=lines, max_bytes=max_bytes)
-        if cell.category == "infra" and (path := self.guest_file(cell.kernel, "console")):
-            return "guest console", tail(path, lines=lines, max_bytes=max_bytes)
-        return "", ""
-
-    def repro(self, cell: Cell) -> str:
-        return f"kitl repro {shlex.quote(str(self.run_dir))} {shlex.quote(cell.cell_id)}"
-
-
-def tail(path: Path, *, lines: int = LOG_EXCERPT_LINES, max_bytes: int = 64 * 1024) -> str:
-    """The last `lines` lines of a text file, reading at most `max_bytes` of it (a verifier
-    log may reach 16 MiB)."""
-    with path.open("rb") as f:
-        size = f.seek(0, os.SEEK_END)
-        f.seek(max(0, size - max_bytes))
-        data = f.read()
-    text = data.decode("utf-8", errors="replace").replace("\r\n", "\n").replace("\r", "")
-    kept = text.splitlines()
-    if size > max_bytes and kept:
-        kept = kept[1:]  # the first line read is probably cut
-    return "\n".join(kept[-lines:])
-
-
-def load_cells(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(run meta, cells) of a run directory: results.json when it is whole, else the cells
-    results.jsonl collected (a killed run), meta then empty.  A cell id seen twice keeps its
-    last record (a resumed run appends a cell again) at the place it first appeared."""
-    if not run_dir.is_dir():
-        raise UsageError(f"{run_dir}: no such run directory")
-    body: Any = None
-    with contextlib.suppress(OSError, UnicodeDecodeError, json.JSONDecodeError):
-        body = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
-    records: list[Any]
-    if isinstance(body, dict) and isinstance(body.get("cells"), list):
-        meta = dict(_mapping(body.get("run")))
-        records = body["cells"]
-    else:
-        meta, records = {}, []
-        try:
-            lines = (run_dir / "results.jsonl").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            raise UsageError(
-                f"{run_dir}: not a kitl run directory (no readable results.json or results.jsonl)"
-            ) from None
-        for line in lines.splitlines():
-            # a run killed mid-write leaves a torn last line: skip what does not parse
-            with contextlib.suppress(json.JSONDecodeError):
-                records.append(json.loads(line))
-        if lines.strip() and not any(isinstance(r, dict) for r in records):
-            raise UsageError(f"{run_dir}/results.jsonl: no cell in it parses as JSON")
-    by_id: dict[tuple[str, str], dict[str, Any]] = {}
-    for record in records:
-        if isinstance(record, dict):  # libbpf too: today's ids do not name it
-            by_id[(parsed := Cell.from_json(record)).cell_id, parsed.libbpf] = record
-    return meta, list(by_id.values())
-
-
-def _kernel_order(meta: Mapping[str, Any], cells: Iterable[Cell]) -> tuple[str, ...]:
-    listed = meta.get("kernels")
-    named = [k for k in listed if isinstance(k, str)] if isinstance(listed, list) else []
-    releases: dict[str, str] = {}
-    for cell in cells:
-        if not releases.get(cell.kernel):
-            releases[cell.kernel] = cell.kernel_release
-    if isinstance(one := meta.get("kernel"), str) and one in releases and not releases[one]:
-        releases[one] = _text(meta.get("release"))  # a one-kernel run's meta names its release
-
-    def key(kernel: str) -> tuple[int, tuple[int, int, int], str]:
-        try:
-            return 0, kernel_version(releases[kernel]), kernel
-        except ValueError:
-            return 1, (0, 0, 0), kernel  # no release known (a boot failure): after the rest
-
-    rest = sorted((k for k in releases if k not in named), key=key)
-    return tuple(k for k in named if k in releases) + tuple(rest)
-
-
-def build_report(run_dir: Path) -> Report:
-    meta, records = load_cells(run_dir)
-    cells = tuple(Cell.from_json(r) for r in records)
-    kernels = _kernel_order(meta, cells)
-    configs: dict[tuple[str, str], None] = {}  # first-seen order, an ordered set
-    rows: dict[str, None] = {c.row: None for c in cells if c.run_level}  # run-level first
-    for cell in cells:
-        configs.setdefault((cell.config, cell.libbpf))
-        rows.setdefault(cell.row)
-    present = {(c.kernel, c.config, c.libbpf) for c in cells}
-    columns = tuple(
-        Column(kernel, config, libbpf, label(kernel, config, libbpf))
-        for kernel in kernels
-        for config, libbpf in configs
-        if (kernel, config, libbpf) in present
-    )
-    return Report(
-        run_dir=run_dir,
-        meta=meta,
-        cells=cells,
-        kernels=kernels,
-        columns=columns,
-        rows=tuple(rows),
-        grid={(c.row, c.column): c for c in cells},
-    )
 
 
 # -- JUnit XML --------------------------------------------------------------------------------
@@ -363,7 +75,7 @@ def render_junit(report: Report) -> bytes:
             "config": column.config,
             "libbpf": column.libbpf,
             "kernel_release": release,
-            "accel": _text(report.meta.get("accel")),
+            "accel": text_of(report.meta.get("accel")),
         }
         for name, text in suite_props.items():
             if text:
@@ -403,7 +115,7 @@ def _testcase(report: Report, suite: ET.Element, cell: Cell, counts: dict[str, i
         "program": cell.program,
         "kernel_release": cell.kernel_release,
     }
-    fields.update((name, _text(cell.figure(name))) for name in _PROPERTIES)
+    fields.update((name, text_of(cell.figure(name))) for name in _PROPERTIES)
     for name, value in fields.items():
         if value:
             ET.SubElement(props, "property", name=name, value=_xml(value))
@@ -440,7 +152,7 @@ def render_markdown(report: Report) -> str:
     if report.kernels:
         meta.append("kernels " + ", ".join(md_escape(k) for k in report.kernels))
     for key in ("accel", "libbpf", "started", "finished"):
-        if value := _text(report.meta.get(key)):
+        if value := text_of(report.meta.get(key)):
             meta.append(f"{key} {md_escape(value)}")
     out += [" · ".join(meta), ""]
     header = ["scenario::case", *(c.label for c in report.columns), "first failing kernel"]
@@ -454,7 +166,7 @@ def render_markdown(report: Report) -> str:
         shown.append(md_escape(report.first_failing_kernel(row) or "—"))
         out.append("| " + " | ".join(shown) + " |")
     out += _boot_failures_markdown(report)
-    unbooted = {_text(f.get("kernel")) for f in _boot_failures(report)}
+    unbooted = {text_of(f.get("kernel")) for f in _boot_failures(report)}
     failures, not_run = [], 0
     for cell in report.failures:  # an unbooted kernel's cells: counted, told once above
         if cell.outcome == "BOOT_FAILED" and cell.kernel in unbooted:
@@ -482,7 +194,7 @@ def render_markdown(report: Report) -> str:
 
 def _boot_failures(report: Report) -> list[Mapping[str, Any]]:
     found = report.meta.get("boot_failures")
-    return [_mapping(f) for f in found] if isinstance(found, list) else []
+    return [mapping_of(f) for f in found] if isinstance(found, list) else []
 
 
 def _boot_failures_markdown(report: Report) -> list[str]:
@@ -492,10 +204,12 @@ def _boot_failures_markdown(report: Report) -> list[str]:
         return []
     out = ["", f"## Kernels that did not boot ({len(failures)})", ""]
     for failure in failures:
-        kernel = _text(failure.get("kernel"))
-        out += [f"### {md_escape(kernel)}: {md_escape(_text(failure.get('outcome')))}", ""]
-        out += [f"> {md_escape(line) or ' '}" for line in _text(failure.get("reason")).splitlines()]
-        if console := report.inside(_text(failure.get("console_path"))):
+        kernel = text_of(failure.get("kernel"))
+        out += [f"### {md_escape(kernel)}: {md_escape(text_of(failure.get('outcome')))}", ""]
+        out += [
+            f"> {md_escape(line) or ' '}" for line in text_of(failure.get("reason")).splitlines()
+        ]
+        if console := report.inside(text_of(failure.get("console_path"))):
             text = tail(console)
             fence = _fence(text)
             out += ["", "Guest console (tail):", "", f"{fence}text", text, fence]

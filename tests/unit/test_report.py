@@ -28,10 +28,9 @@ import pytest
 
 from harness.errors import UsageError
 from harness.report import render as report
+from harness.report.model import build_report, load_cells
 from harness.report.render import (
     VERISTAT_HEADER,
-    build_report,
-    load_cells,
     render_all,
     render_junit,
     render_markdown,

@@ -1,0 +1,313 @@
+"""A run directory as the reports see it (read only): its cells, each with every key
+optional, the columns of the matrix (kernel x config x loader) in kernel order, the
+failures, and log excerpts.  Every format in harness/report/ renders this model."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.errors import UsageError
+from harness.outcome import Outcome
+from harness.results.rundir import cell_id, label, safe_name
+from harness.scenario.expect import kernel_version
+
+RUN_LEVEL = "*"  # scenario (and case, config) of a failure that hit a whole kernel
+LOG_EXCERPT_LINES = 20
+
+# symbol, short word: what a matrix cell shows for each outcome
+_DISPLAY: dict[str, tuple[str, str]] = {
+    Outcome.PASSED: ("✅", "pass"),
+    Outcome.FAILED: ("❌", "failed"),
+    Outcome.VERIFIER_REJECTED: ("❌", "rejected"),
+    Outcome.LOAD_FAILED: ("❌", "load failed"),
+    Outcome.ATTACH_FAILED: ("❌", "attach failed"),
+    Outcome.SKIPPED: ("⏭", "skip"),
+    Outcome.BOOT_FAILED: ("💥", "boot failed"),
+    Outcome.KERNEL_CRASH: ("💥", "crash"),
+    Outcome.VM_LOST: ("💥", "VM lost"),
+    Outcome.TIMED_OUT: ("💥", "timeout"),
+    Outcome.ERROR: ("💥", "error"),
+}
+
+
+def mapping_of(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def text_of(value: object) -> str:
+    return "" if value is None else value if isinstance(value, str) else str(value)
+
+
+def _number(value: object) -> int | float | None:
+    # bool is an int to Python, but never a figure here
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell of results.json, every key optional (older or future runs, killed runs)."""
+
+    scenario: str
+    case: str
+    kernel: str
+    config: str
+    libbpf: str
+    outcome: str
+    reason: str
+    kernel_release: str
+    program: str
+    prog_type: str
+    verifier: Mapping[str, Any]
+    timings: Mapping[str, Any]
+    load_ok: bool | None  # observed.load.ok: None when the case never got to loading
+    log_path: str
+    cell_id: str
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Cell:
+        load = mapping_of(mapping_of(data.get("observed")).get("load")).get("ok")
+        kernel, config = text_of(data.get("kernel")), text_of(data.get("config"))
+        scenario, case = text_of(data.get("scenario")), text_of(data.get("case"))
+        libbpf = text_of(data.get("libbpf"))
+        outcome = text_of(data.get("outcome")) or Outcome.ERROR
+        reason = text_of(data.get("reason"))
+        if not data.get("outcome") and not reason:
+            reason = "the cell recorded no outcome"
+        return cls(
+            scenario=scenario,
+            case=case,
+            kernel=kernel,
+            config=config,
+            libbpf=libbpf,
+            outcome=outcome,
+            reason=reason,
+            kernel_release=text_of(data.get("kernel_release")),
+            program=text_of(data.get("program")),
+            prog_type=text_of(data.get("prog_type")),
+            verifier=mapping_of(data.get("verifier")),
+            timings=mapping_of(data.get("timings")),
+            load_ok=load if isinstance(load, bool) else None,
+            log_path=text_of(data.get("log_path")),
+            cell_id=text_of(data.get("id")) or cell_id(scenario, case, kernel, config, libbpf),
+        )
+
+    @property
+    def column(self) -> str:
+        return label(self.kernel, self.config, self.libbpf)
+
+    @property
+    def row(self) -> str:
+        return f"{self.scenario}::{self.case}"
+
+    @property
+    def run_level(self) -> bool:
+        return self.scenario == RUN_LEVEL
+
+    @property
+    def category(self) -> str:
+        """pass, fail, skip or infra; an outcome this version does not know counts as infra
+        (nothing can be said about the kernel from it)."""
+        if self.outcome == Outcome.PASSED:
+            return "pass"
+        if self.outcome == Outcome.SKIPPED:
+            return "skip"
+        if self.outcome in _DISPLAY and not Outcome(self.outcome).is_infrastructure:
+            return "fail"
+        return "infra"
+
+    @property
+    def symbol(self) -> str:
+        return _DISPLAY.get(self.outcome, ("❓", ""))[0]
+
+    @property
+    def label(self) -> str:
+        """Symbol and short word, as a matrix cell shows it."""
+        symbol, word = _DISPLAY.get(self.outcome, ("❓", self.outcome.lower()))
+        return f"{symbol} {word}"
+
+    def figure(self, key: str) -> int | float | None:
+        """A number the cell recorded under `key`, in its verifier stats or its timings."""
+        found = _number(self.verifier.get(key))
+        return found if found is not None else _number(self.timings.get(key))
+
+
+@dataclass(frozen=True)
+class Column:
+    kernel: str
+    config: str
+    libbpf: str
+    label: str
+
+
+@dataclass(frozen=True)
+class Report:
+    """The matrix: rows scenario::case, columns kernel-config[-libbpf] in a stable order."""
+
+    run_dir: Path
+    meta: Mapping[str, Any]
+    cells: tuple[Cell, ...]
+    kernels: tuple[str, ...]
+    columns: tuple[Column, ...]
+    rows: tuple[str, ...]
+    grid: Mapping[tuple[str, str], Cell]  # (row, column label) -> cell
+
+    def cell(self, row: str, column: Column) -> Cell | None:
+        return self.grid.get((row, column.label))
+
+    def first_failing_kernel(self, row: str) -> str | None:
+        """The lowest kernel (in column order) where some config neither passed nor skipped."""
+        for kernel in self.kernels:
+            for column in self.columns:
+                cell = self.cell(row, column)
+                if column.kernel == kernel and cell and cell.category in ("fail", "infra"):
+                    return kernel
+        return None
+
+    @property
+    def failures(self) -> tuple[Cell, ...]:
+        """Every cell that neither passed nor skipped, in matrix order."""
+        found = (self.cell(row, column) for row in self.rows for column in self.columns)
+        return tuple(c for c in found if c and c.category in ("fail", "infra"))
+
+    def counts(self) -> list[tuple[str, int]]:
+        """(outcome, count) for every outcome present, in the enum's order."""
+        seen: dict[str, int] = {}
+        for cell in self.cells:
+            seen[cell.outcome] = seen.get(cell.outcome, 0) + 1
+        order = [str(o) for o in Outcome] + sorted(set(seen) - set(_DISPLAY))
+        return [(o, seen[o]) for o in order if o in seen]
+
+    def headline(self) -> str:
+        parts = [f"{_DISPLAY.get(o, ('❓',))[0]} {n} {o}" for o, n in self.counts()]
+        return f"{len(self.cells)} cells: " + (" · ".join(parts) or "nothing ran")
+
+    def inside(self, relative: str) -> Path | None:
+        """RUN/relative if it exists and stays inside the run directory (a hand-edited
+        results.json must not make a report embed /etc/shadow)."""
+        if not relative:
+            return None
+        root = self.run_dir.resolve()
+        path = (root / relative).resolve()
+        return path if path.is_relative_to(root) and path.is_file() else None
+
+    def log_file(self, cell: Cell) -> Path | None:
+        return self.inside(cell.log_path)
+
+    def guest_file(self, kernel: str, kind: str) -> Path | None:
+        return self.inside(f"guest/{safe_name(kernel)}.{kind}.log")
+
+    def excerpt(
+        self, cell: Cell, lines: int = LOG_EXCERPT_LINES, max_bytes: int = 64 * 1024
+    ) -> tuple[str, str]:
+        """(what, text): the verifier log's tail or, for a failure that killed the kernel
+        before any log (a crash, a boot failure), the tail of the guest console."""
+        if path := self.log_file(cell):
+            return "verifier log", tail(path, lines=lines, max_bytes=max_bytes)
+        if cell.category == "infra" and (path := self.guest_file(cell.kernel, "console")):
+            return "guest console", tail(path, lines=lines, max_bytes=max_bytes)
+        return "", ""
+
+    def repro(self, cell: Cell) -> str:
+        return f"kitl repro {shlex.quote(str(self.run_dir))} {shlex.quote(cell.cell_id)}"
+
+
+def tail(path: Path, *, lines: int = LOG_EXCERPT_LINES, max_bytes: int = 64 * 1024) -> str:
+    """The last `lines` lines of a text file, reading at most `max_bytes` of it (a verifier
+    log may reach 16 MiB)."""
+    with path.open("rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(0, size - max_bytes))
+        data = f.read()
+    text = data.decode("utf-8", errors="replace").replace("\r\n", "\n").replace("\r", "")
+    kept = text.splitlines()
+    if size > max_bytes and kept:
+        kept = kept[1:]  # the first line read is probably cut
+    return "\n".join(kept[-lines:])
+
+
+def load_cells(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(run meta, cells) of a run directory: results.json when it is whole, else the cells
+    results.jsonl collected (a killed run), meta then empty.  A cell id seen twice keeps its
+    last record (a resumed run appends a cell again) at the place it first appeared."""
+    if not run_dir.is_dir():
+        raise UsageError(f"{run_dir}: no such run directory")
+    body: Any = None
+    with contextlib.suppress(OSError, UnicodeDecodeError, json.JSONDecodeError):
+        body = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+    records: list[Any]
+    if isinstance(body, dict) and isinstance(body.get("cells"), list):
+        meta = dict(mapping_of(body.get("run")))
+        records = body["cells"]
+    else:
+        meta, records = {}, []
+        try:
+            lines = (run_dir / "results.jsonl").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            raise UsageError(
+                f"{run_dir}: not a kitl run directory (no readable results.json or results.jsonl)"
+            ) from None
+        for line in lines.splitlines():
+            # a run killed mid-write leaves a torn last line: skip what does not parse
+            with contextlib.suppress(json.JSONDecodeError):
+                records.append(json.loads(line))
+        if lines.strip() and not any(isinstance(r, dict) for r in records):
+            raise UsageError(f"{run_dir}/results.jsonl: no cell in it parses as JSON")
+    by_id: dict[tuple[str, str], dict[str, Any]] = {}
+    for record in records:
+        if isinstance(record, dict):  # libbpf too: today's ids do not name it
+            by_id[(parsed := Cell.from_json(record)).cell_id, parsed.libbpf] = record
+    return meta, list(by_id.values())
+
+
+def _kernel_order(meta: Mapping[str, Any], cells: Iterable[Cell]) -> tuple[str, ...]:
+    listed = meta.get("kernels")
+    named = [k for k in listed if isinstance(k, str)] if isinstance(listed, list) else []
+    releases: dict[str, str] = {}
+    for cell in cells:
+        if not releases.get(cell.kernel):
+            releases[cell.kernel] = cell.kernel_release
+    if isinstance(one := meta.get("kernel"), str) and one in releases and not releases[one]:
+        releases[one] = text_of(meta.get("release"))  # a one-kernel run's meta names its release
+
+    def key(kernel: str) -> tuple[int, tuple[int, int, int], str]:
+        try:
+            return 0, kernel_version(releases[kernel]), kernel
+        except ValueError:
+            return 1, (0, 0, 0), kernel  # no release known (a boot failure): after the rest
+
+    rest = sorted((k for k in releases if k not in named), key=key)
+    return tuple(k for k in named if k in releases) + tuple(rest)
+
+
+def build_report(run_dir: Path) -> Report:
+    meta, records = load_cells(run_dir)
+    cells = tuple(Cell.from_json(r) for r in records)
+    kernels = _kernel_order(meta, cells)
+    configs: dict[tuple[str, str], None] = {}  # first-seen order, an ordered set
+    rows: dict[str, None] = {c.row: None for c in cells if c.run_level}  # run-level first
+    for cell in cells:
+        configs.setdefault((cell.config, cell.libbpf))
+        rows.setdefault(cell.row)
+    present = {(c.kernel, c.config, c.libbpf) for c in cells}
+    columns = tuple(
+        Column(kernel, config, libbpf, label(kernel, config, libbpf))
+        for kernel in kernels
+        for config, libbpf in configs
+        if (kernel, config, libbpf) in present
+    )
+    return Report(
+        run_dir=run_dir,
+        meta=meta,
+        cells=cells,
+        kernels=kernels,
+        columns=columns,
+        rows=tuple(rows),
+        grid={(c.row, c.column): c for c in cells},
+    )
