@@ -32,7 +32,7 @@ from harness.kernel.store import Kernel
 from harness.outcome import EXIT_USAGE, Outcome, exit_code, outcome_for_error
 from harness.report import render
 from harness.results import compare
-from harness.results.rundir import merge_runs, outcome_of
+from harness.results.runs import merge_runs, outcome_of
 from harness.scenario import loader, model, shape
 from harness.vm import accel
 from harness.vm.bootcheck import BootCheck, check

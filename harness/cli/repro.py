@@ -29,7 +29,8 @@ from harness.guest.libbpf_load import BPF_LOG_LEVEL2, BPF_LOG_STATS
 from harness.kernel import libbpf_build
 from harness.kernel.cache import Cache
 from harness.kernel.resolve import Kernels
-from harness.results.rundir import read_cells, safe_name
+from harness.results.rundir import safe_name
+from harness.results.runs import appended
 from harness.run.engine import build_objects
 from harness.run.matrix import newest
 from harness.scenario import objects
@@ -61,7 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def find_cell(run_dir: Path, cell_id: str) -> dict[str, Any]:
-    cells = read_cells(run_dir)
+    cells = appended(run_dir)
     if not cells and (run_dir / "results.json").is_file():
         cells = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))["cells"]
     if not cells:

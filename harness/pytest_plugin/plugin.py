@@ -36,7 +36,8 @@ from harness.pytest_plugin import options
 from harness.report import model as report_model
 from harness.report import render
 from harness.results import known as known_mod
-from harness.results.rundir import CellResult, RunDir, finalize, finished_ids, read_cells
+from harness.results.rundir import CellResult, RunDir
+from harness.results.runs import appended, finalize, finished_ids
 from harness.run.matrix import Cell, Guests, Shard, newest, plan, shard_cells
 from harness.scenario import objects
 from harness.scenario.loader import load_scenario
@@ -539,7 +540,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     kitl.close(dmesg=exitstatus != pytest.ExitCode.INTERRUPTED)
     if kitl.worker:
         return
-    cells = read_cells(kitl.run_path)
+    cells = appended(kitl.run_path)
     meta = {
         # the kernels asked for, or (the scenarios' or the catalog's) those that ran
         "kernels": kitl.kernel_names or list(dict.fromkeys(str(c["kernel"]) for c in cells)),

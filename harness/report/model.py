@@ -4,8 +4,6 @@ failures, and log excerpts.  Every format in harness/report/ renders this model.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import shlex
 from collections.abc import Iterable, Mapping
@@ -16,6 +14,7 @@ from typing import Any
 from harness.errors import UsageError
 from harness.outcome import Outcome
 from harness.results.rundir import cell_id, label, safe_name
+from harness.results.runs import load_run
 from harness.scenario.expect import kernel_version
 
 RUN_LEVEL = "*"  # scenario (and case, config) of a failure that hit a whole kernel
@@ -233,37 +232,13 @@ def tail(path: Path, *, lines: int = LOG_EXCERPT_LINES, max_bytes: int = 64 * 10
 
 
 def load_cells(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(run meta, cells) of a run directory: results.json when it is whole, else the cells
-    results.jsonl collected (a killed run), meta then empty.  A cell id seen twice keeps its
-    last record (a resumed run appends a cell again) at the place it first appeared."""
+    """(run meta, cells) of a run directory, read by harness.results.runs: results.json
+    when it is whole, else the cells results.jsonl collected (a killed run), meta then
+    empty."""
     if not run_dir.is_dir():
         raise UsageError(f"{run_dir}: no such run directory")
-    body: Any = None
-    with contextlib.suppress(OSError, UnicodeDecodeError, json.JSONDecodeError):
-        body = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
-    records: list[Any]
-    if isinstance(body, dict) and isinstance(body.get("cells"), list):
-        meta = dict(mapping_of(body.get("run")))
-        records = body["cells"]
-    else:
-        meta, records = {}, []
-        try:
-            lines = (run_dir / "results.jsonl").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            raise UsageError(
-                f"{run_dir}: not a kitl run directory (no readable results.json or results.jsonl)"
-            ) from None
-        for line in lines.splitlines():
-            # a run killed mid-write leaves a torn last line: skip what does not parse
-            with contextlib.suppress(json.JSONDecodeError):
-                records.append(json.loads(line))
-        if lines.strip() and not any(isinstance(r, dict) for r in records):
-            raise UsageError(f"{run_dir}/results.jsonl: no cell in it parses as JSON")
-    by_id: dict[tuple[str, str], dict[str, Any]] = {}
-    for record in records:
-        if isinstance(record, dict):  # libbpf too: today's ids do not name it
-            by_id[(parsed := Cell.from_json(record)).cell_id, parsed.libbpf] = record
-    return meta, list(by_id.values())
+    run = load_run(run_dir)
+    return run.meta, run.cells
 
 
 def _kernel_order(meta: Mapping[str, Any], cells: Iterable[Cell]) -> tuple[str, ...]:

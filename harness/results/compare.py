@@ -49,6 +49,7 @@ from typing import Any, Literal
 from harness.errors import KitlError, UsageError
 from harness.outcome import EXIT_FAILED, EXIT_OK, Outcome
 from harness.results.rundir import cell_id, write_atomic
+from harness.results.runs import load_run
 
 COMPARE_SCHEMA = 1
 FORMATS = ("table", "markdown", "json")
@@ -113,62 +114,10 @@ def cell_key(cell: Mapping[str, Any]) -> CellKey:
     return CellKey(*(_text(cell, k) for k in ("scenario", "case", "kernel", "config", "libbpf")))
 
 
-def _cells_from(payload: Any, path: Path) -> list[dict[str, Any]]:
-    if isinstance(payload, dict):
-        schema = payload.get("schema", 1)
-        if schema != 1:
-            raise UsageError(f"{path}: unsupported results schema {schema!r} (expected 1)")
-        payload = payload.get("cells")
-    if not isinstance(payload, list) or not all(isinstance(c, dict) for c in payload):
-        raise UsageError(f"{path}: not a kitl results file (expected a list of cells)")
-    return payload
-
-
-def _read_jsonl(path: Path, text: str) -> list[dict[str, Any]]:
-    cells: dict[CellKey, dict[str, Any]] = {}
-    lines = text.split("\n")
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            cell = json.loads(line)
-        except (json.JSONDecodeError, RecursionError) as exc:
-            # A run killed mid-write leaves a cut final object without its newline: drop it.
-            if number == len(lines) and line.lstrip().startswith("{"):
-                continue
-            detail = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
-            raise UsageError(f"{path}:{number}: corrupt results line: {detail}") from None
-        if not isinstance(cell, dict):
-            raise UsageError(f"{path}:{number}: corrupt results line: not a JSON object")
-        # The last line per cell wins (a re-run cell is appended again); pop keeps the order
-        # of the latest appearance.
-        cells.pop(cell_key(cell), None)
-        cells[cell_key(cell)] = cell
-    return list(cells.values())
-
-
 def load_results(path: Path) -> list[dict[str, Any]]:
-    """The cells of a run directory (results.json, else results.jsonl for a killed run), of
-    a results.json file, or of a results.jsonl file."""
-    if path.is_dir():
-        for name in ("results.json", "results.jsonl"):
-            if (path / name).is_file():
-                return load_results(path / name)
-        raise UsageError(f"{path}: no results.json or results.jsonl (not a kitl run directory?)")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such file or directory") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read: {exc}") from None
-    if path.suffix == ".jsonl":
-        return _read_jsonl(path, text)
-    try:
-        payload = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        detail = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
-        raise UsageError(f"{path}: corrupt results file: {detail}") from None
-    return _cells_from(payload, path)
+    """The cells of a run directory, a results.json or a results.jsonl (harness.results.runs
+    reads them, by one set of rules)."""
+    return load_run(path).cells
 
 
 # --- thresholds ------------------------------------------------------------------------------

@@ -15,10 +15,8 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import tempfile
 import time
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +43,7 @@ def safe_name(text: str) -> str:
     return f"{cleaned[: SAFE_NAME_MAX - len(digest) - 1]}-{digest}"
 
 
-def _write_failed(path: Path, exc: OSError) -> WriteError:
+def write_failed(path: Path, exc: OSError) -> WriteError:
     return WriteError(f"{path}: cannot write: {exc.strerror or exc}")
 
 
@@ -67,7 +65,7 @@ def write_atomic(path: Path, data: str | bytes) -> Path:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
         if exc.errno in DISK_ERRNOS:
-            raise _write_failed(path, exc) from None
+            raise write_failed(path, exc) from None
         raise UsageError(f"{path}: cannot write: {exc.strerror or exc}") from None
     return path
 
@@ -122,6 +120,13 @@ class RunDir:
         self.meta = meta
         self.cells: list[CellResult] = []
         path.mkdir(parents=True, exist_ok=True)
+        # results.json is written when a run ends, and readers prefer it to results.jsonl:
+        # one left by an earlier run here (before a --resume) must not outlive this run's
+        # start, or a stop before this run's end would leave it to stand for the whole;
+        # results.jsonl holds all it has
+        if (path / "results.jsonl").is_file():
+            with contextlib.suppress(FileNotFoundError):
+                (path / "results.json").unlink()
         (path / "logs").mkdir(exist_ok=True)
         (path / "guest").mkdir(exist_ok=True)
 
@@ -145,7 +150,7 @@ class RunDir:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise _write_failed(path.parent, exc) from None
+            raise write_failed(path.parent, exc) from None
         write_atomic(path, text)  # never half a log under the name a cell points to
         cell.log_path = str(path.relative_to(self.path))
 
@@ -174,7 +179,7 @@ class RunDir:
             with FileLock(self.path / ".results.lock"):
                 _append_whole(jsonl, line)
         except OSError as exc:
-            raise _write_failed(jsonl, exc) from None
+            raise write_failed(jsonl, exc) from None
         self.cells.append(cell)
 
     def finish(self) -> Path:
@@ -191,9 +196,13 @@ class RunDir:
 def _append_whole(path: Path, data: bytes) -> None:
     """Append `data` with unbuffered writes (nothing left in a buffer to fail later) and
     fsync; on failure truncate back to the size before, then raise."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         start = os.fstat(fd).st_size
+        if start and os.pread(fd, 1, start - 1) != b"\n":
+            # a record cut by a writer killed mid-write: end its line, so that this one
+            # stays whole on its own and readers name the cut one by its line
+            data = b"\n" + data
         try:
             view = memoryview(data)
             while view:
@@ -207,51 +216,6 @@ def _append_whole(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def read_cells(path: Path) -> list[dict[str, Any]]:
-    """The cells of results.jsonl, in order, the last record of a cell winning (a resumed
-    or retried cell is appended again).  A torn last line (a killed writer) is ignored."""
-    cells: dict[tuple[str, str], dict[str, Any]] = {}
-    jsonl = path / "results.jsonl"
-    if not jsonl.is_file():
-        return []
-    for line in jsonl.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            cell = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(cell, dict) and "id" in cell:
-            key = (str(cell["id"]), str(cell.get("libbpf", "")))
-            cells.pop(key, None)  # re-inserted at the end: the order of the latest runs
-            cells[key] = cell
-    return list(cells.values())
-
-
-def outcome_of(cell: Mapping[str, Any]) -> Outcome:
-    """A recorded cell's outcome; one kitl does not know (a damaged or foreign record) is
-    an ERROR."""
-    outcome = str(cell.get("outcome"))
-    return Outcome(outcome) if outcome in Outcome.__members__ else Outcome.ERROR
-
-
-def finished_ids(path: Path) -> set[str]:
-    """Ids of the cells a run directory already has a result for, other than those an
-    interrupted or broken run left (infrastructure outcomes): what a resumed run skips."""
-    return {str(c["id"]) for c in read_cells(path) if not outcome_of(c).is_infrastructure}
-
-
-def boot_failures(path: Path) -> list[dict[str, Any]]:
-    """The kernels of a run that did not come up (RunDir.record_boot_failure), by name."""
-    found = []
-    for record in sorted((path / "guest").glob("*.boot-failure.log")):
-        try:
-            data = json.loads(record.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if isinstance(data, dict):
-            found.append(data)
-    return found
-
-
 def label(kernel: str, config: str, libbpf: str) -> str:
     """The bracket of a cell id, and a report's column: KERNEL-CONFIG, and -LIBBPF when
     the loader is not the default (recorded as ""); a part a damaged record lacks is left
@@ -263,97 +227,3 @@ def cell_id(scenario: str, case: str, kernel: str, config: str, libbpf: str) -> 
     """The one name of a cell, as the terminal, the reports, `kitl compare`, `kitl known`,
     `kitl repro`, `kitl merge` and --resume write and read it: SCENARIO::CASE[LABEL]."""
     return f"{scenario}::{case}[{label(kernel, config, libbpf)}]"
-
-
-def finalize(path: Path, meta: dict[str, Any]) -> list[dict[str, Any]]:
-    """Write results.json from results.jsonl (several writers may have appended to it)."""
-    cells = read_cells(path)
-    unbooted = {str(c.get("kernel")) for c in cells if c.get("outcome") == "BOOT_FAILED"}
-    if failures := [f for f in boot_failures(path) if f.get("kernel") in unbooted]:
-        meta = {**meta, "boot_failures": failures}
-    body = {
-        "schema": RESULTS_SCHEMA,
-        "run": {**meta, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
-        "cells": cells,
-    }
-    write_atomic(path / "results.json", json.dumps(body, indent=2) + "\n")
-    return cells
-
-
-@dataclass(frozen=True)
-class Duplicate:
-    """A cell that more than one merged run has a result for, and which result was kept."""
-
-    cell_id: str
-    kept: str  # outcome
-    kept_from: Path
-    dropped: str
-    dropped_from: Path
-
-    def describe(self) -> str:
-        return (
-            f"{self.cell_id}: kept {self.kept} from {self.kept_from}, "
-            f"dropped {self.dropped} from {self.dropped_from}"
-        )
-
-
-def preferred(old: dict[str, Any], new: dict[str, Any]) -> bool:
-    """Whether `new` replaces `old` for the same cell: a real verdict (the kernel's, or a
-    skip) beats an infrastructure outcome (TIMED_OUT, VM_LOST, ERROR, BOOT_FAILED,
-    KERNEL_CRASH), which says nothing about the case; otherwise the later run wins."""
-    return outcome_of(old).is_infrastructure or not outcome_of(new).is_infrastructure
-
-
-def merge_runs(sources: list[Path], out: Path) -> tuple[list[dict[str, Any]], list[Duplicate]]:
-    """Combine run directories (shards of one matrix, a failed shard and its rerun) into
-    `out`: their cells and their logs.  A cell found in several sources keeps the result
-    `preferred` picks, and every such choice is returned, so none is made silently."""
-    if out.exists() and any(out.iterdir()):
-        raise UsageError(f"{out}: exists and is not empty; merge writes a new run directory")
-    for source in sources:
-        if not (source / "results.jsonl").is_file() and not (source / "results.json").is_file():
-            raise UsageError(f"{source}: not a kitl run directory (no results.json)")
-    metas: list[dict[str, Any]] = []
-    chosen: dict[tuple[str, str], tuple[dict[str, Any], Path]] = {}
-    duplicates: list[Duplicate] = []
-    for source in sources:
-        cells = read_cells(source)
-        if not cells and (source / "results.json").is_file():  # jsonl may be gone
-            body = json.loads((source / "results.json").read_text(encoding="utf-8"))
-            cells = list(body.get("cells", []))
-        if (source / "results.json").is_file():
-            body = json.loads((source / "results.json").read_text(encoding="utf-8"))
-            metas.append(dict(body.get("run", {})))
-        for cell in cells:
-            key = (str(cell.get("id")), str(cell.get("libbpf", "")))
-            if key not in chosen:
-                chosen[key] = (cell, source)
-                continue
-            old, old_source = chosen[key]
-            keep, drop = ((cell, source), (old, old_source))
-            if not preferred(old, cell):
-                keep, drop = drop, keep
-            chosen[key] = keep
-            duplicates.append(
-                Duplicate(
-                    key[0],
-                    str(keep[0].get("outcome")),
-                    keep[1],
-                    str(drop[0].get("outcome")),
-                    drop[1],
-                )
-            )
-    lines = [json.dumps(cell) + "\n" for cell, _ in chosen.values()]
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        for source in sources:
-            for sub in ("logs", "guest"):
-                if (source / sub).is_dir():
-                    shutil.copytree(source / sub, out / sub, dirs_exist_ok=True)
-    except OSError as exc:  # shutil.Error (many files) is an OSError too
-        raise _write_failed(out, exc) from None
-    write_atomic(out / "results.jsonl", "".join(lines))
-    meta = {"merged_from": [str(s) for s in sources], "shards": metas}
-    if duplicates:
-        meta["duplicates"] = [d.describe() for d in duplicates]
-    return finalize(out, meta), duplicates

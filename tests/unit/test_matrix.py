@@ -20,7 +20,8 @@ from harness.errors import BuildError, UsageError
 from harness.kernel.cache import Cache
 from harness.kernel.store import Kernel
 from harness.outcome import Outcome
-from harness.results.rundir import CellResult, RunDir, finalize, merge_runs, read_cells
+from harness.results.rundir import CellResult, RunDir
+from harness.results.runs import appended, finalize, merge_runs
 from harness.run import matrix
 from harness.run.matrix import Cell, Shard, newest, plan, shard_cells
 from harness.scenario.loader import load_scenario
@@ -213,7 +214,7 @@ def test_read_cells_last_record_wins_at_the_end(tmp_path: Path) -> None:
         record("c"),
         record("c", libbpf="1.1.2"),  # another libbpf: another cell
     )
-    cells = read_cells(run)
+    cells = appended(run)
     assert [(c["case"], c["outcome"], c.get("libbpf")) for c in cells] == [
         ("b", "PASSED", ""),
         ("a", "PASSED", ""),
@@ -222,11 +223,16 @@ def test_read_cells_last_record_wins_at_the_end(tmp_path: Path) -> None:
     ]
 
 
-def test_read_cells_skips_a_torn_last_line_and_junk(tmp_path: Path) -> None:
-    torn = record("c")[:25]
-    run = jsonl(tmp_path, record("a"), "[1, 2]", '{"no": "id"}', "", record("b"), torn)
-    assert [c["case"] for c in read_cells(run)] == ["a", "b"]
-    assert read_cells(tmp_path / "missing") == []
+def test_appended_cells_drop_a_torn_last_line_and_name_a_corrupt_one(tmp_path: Path) -> None:
+    # a writer killed in the middle of a record leaves it cut, without its newline
+    run = jsonl(tmp_path, record("a"), "", record("b"))
+    (run / "results.jsonl").write_text((run / "results.jsonl").read_text() + record("c")[:25])
+    assert [c["case"] for c in appended(run)] == ["a", "b"]
+    assert appended(tmp_path / "missing") == []
+    # anything else that is not a record is an error naming its line, never skipped
+    junk = jsonl(tmp_path / "junk", record("a"), "[1, 2]", record("b"))
+    with pytest.raises(UsageError, match=r"results\.jsonl:2: corrupt results line: not a JSON"):
+        appended(junk)
 
 
 def test_finalize_writes_schema_1(tmp_path: Path) -> None:
@@ -302,12 +308,14 @@ def test_merge_runs_refuses_a_non_empty_output_and_a_non_run_dir(tmp_path: Path)
     with pytest.raises(UsageError, match=r"stranger: not a kitl run directory"):
         merge_runs([one, stranger], out)
     assert not out.exists()  # refused before anything was written
-    assert merge_runs([one], tmp_path / "empty-is-fine") == (read_cells(one), [])
+    assert merge_runs([one], tmp_path / "empty-is-fine") == (appended(one), [])
 
 
 def test_merge_runs_takes_a_killed_shard_with_no_complete_cell(tmp_path: Path) -> None:
     one = shard_dir(tmp_path / "one", result("a"))
-    killed = jsonl(tmp_path / "killed", record("b")[:30])
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    (killed / "results.jsonl").write_text(record("b")[:30])  # cut, without its newline
     assert [c["case"] for c in merge_runs([one, killed], tmp_path / "out")[0]] == ["a"]
 
 
@@ -480,7 +488,7 @@ def test_an_object_that_does_not_compile_is_the_cells_outcome(
         "cannot build the scenario's objects: "
         "clang: progs.bpf.c:3:1: error: unknown type name 'u33'"
     )
-    assert [c["id"] for c in read_cells(tmp_path / "run")] == [cell.cell_id]
+    assert [c["id"] for c in appended(tmp_path / "run")] == [cell.cell_id]
 
 
 def test_kitl_merge_lists_the_first_duplicates_and_counts_the_rest(

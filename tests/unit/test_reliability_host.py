@@ -31,7 +31,8 @@ from harness.kernel.lockfile import LockedKernel, LockFile
 from harness.kernel.resolve import Kernels
 from harness.kernel.store import MANIFEST, KernelStore
 from harness.outcome import Outcome
-from harness.results.rundir import CellResult, RunDir, finalize, read_cells
+from harness.results.rundir import CellResult, RunDir
+from harness.results.runs import appended, finalize
 from harness.vm import accel
 
 REPO = Path(__file__).resolve().parents[2]
@@ -409,7 +410,7 @@ def test_appends_on_a_full_disk_fail_in_one_line_and_keep_every_whole_line(
     assert [c.case for c in run.cells] == [f"c{i}" for i in range(written)]
     filler.unlink()  # space again: the next append is a line of its own
     run.append(cell("after"))
-    assert [c["case"] for c in read_cells(run.path)] == [
+    assert [c["case"] for c in appended(run.path)] == [
         *(f"c{i}" for i in range(written)),
         "after",
     ]

@@ -26,7 +26,8 @@ from harness.guest.libbpf_object import BpfObject
 from harness.kernel.cache import Cache
 from harness.outcome import Outcome
 from harness.report.render import render_all
-from harness.results.rundir import SAFE_NAME_MAX, CellResult, RunDir, finalize, safe_name
+from harness.results.rundir import SAFE_NAME_MAX, CellResult, RunDir, safe_name
+from harness.results.runs import finalize
 from harness.run.compile import compile_object
 from harness.run.engine import Engine
 from harness.run.judge import Observed, judge

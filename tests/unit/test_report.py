@@ -134,7 +134,8 @@ def test_jsonl_fallback_last_record_wins(tmp_path: Path) -> None:
     (tmp_path / "results.jsonl").write_text("\n".join(lines), encoding="utf-8")
     meta, cells = load_cells(tmp_path)
     assert meta == {}
-    assert [(c["case"], c["outcome"]) for c in cells] == [("a", "PASSED"), ("b", "PASSED")]
+    # the last record of a cell, in the place of that record (harness.results.runs)
+    assert [(c["case"], c["outcome"]) for c in cells] == [("b", "PASSED"), ("a", "PASSED")]
 
 
 def test_results_json_preferred_and_corrupt_one_falls_back(tmp_path: Path) -> None:

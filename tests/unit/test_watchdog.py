@@ -16,7 +16,8 @@ from harness.errors import GuestLostError, GuestTimeoutError
 from harness.interrupts import Watchdog, timed_out_reason
 from harness.kernel.store import Kernel
 from harness.outcome import Outcome, outcome_for_error
-from harness.results.rundir import CellResult, RunDir, read_cells
+from harness.results.rundir import CellResult, RunDir
+from harness.results.runs import appended
 from harness.run.engine import Engine
 from harness.scenario.loader import load_scenario
 from harness.scenario.model import RunConfig
@@ -262,5 +263,5 @@ def test_a_guest_lost_while_switching_configs_is_a_result_not_an_exception(
     cell = e.run_cell(scenario, scenario.cases[0], config)
     assert cell.outcome is Outcome.VM_LOST
     assert "went away" in cell.reason
-    assert [c["outcome"] for c in read_cells(tmp_path / "run")] == ["VM_LOST"]
+    assert [c["outcome"] for c in appended(tmp_path / "run")] == ["VM_LOST"]
     assert e.agent.deadline is None, "no deadline outlives its cell"
