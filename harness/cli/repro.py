@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import hashlib
-import json
 import os
 import shlex
 import shutil
@@ -30,7 +29,7 @@ from harness.kernel import libbpf_build
 from harness.kernel.cache import Cache
 from harness.kernel.resolve import Kernels
 from harness.results.rundir import safe_name
-from harness.results.runs import appended
+from harness.results.runs import load_run
 from harness.run.engine import build_objects
 from harness.run.matrix import newest
 from harness.scenario import objects
@@ -62,9 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def find_cell(run_dir: Path, cell_id: str) -> dict[str, Any]:
-    cells = appended(run_dir)
-    if not cells and (run_dir / "results.json").is_file():
-        cells = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))["cells"]
+    cells = load_run(run_dir).cells if run_dir.is_dir() else []
     if not cells:
         raise UsageError(f"{run_dir}: not a kitl run directory (no results)")
     for cell in cells:

@@ -11,7 +11,6 @@ otherwise.  The cases run through the same pytest plugin, guests, run directory,
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ from harness.errors import UsageError
 from harness.kernel.resolve import Kernels
 from harness.outcome import EXIT_OK
 from harness.results.rundir import label
+from harness.results.runs import load_run
 from harness.run.matrix import Shard, plan, shard_cells
 from harness.scenario.model import RunConfig
 from harness.scenario.objects import (
@@ -269,7 +269,7 @@ def print_table(run_dir: Path) -> None:
     """Programs x kernel-config: `loaded INSNS` or the failure class, marked `!` where it
     is not what was expected; with a single cell, its whole verifier log (the one-command
     repro of a verifier failure)."""
-    cells = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))["cells"]
+    cells = load_run(run_dir).cells
 
     def column(c: dict[str, Any]) -> str:
         return label(c["kernel"], c["config"], str(c.get("libbpf") or ""))
