@@ -24,6 +24,7 @@ from harness.bpf.causes import explain
 from harness.bpf.verifier_log import parse_log
 from harness.cli.progress import DownloadProgress, stderr
 from harness.errors import UsageError
+from harness.guest import protocol
 from harness.guest.libbpf_load import BPF_LOG_LEVEL2, BPF_LOG_STATS
 from harness.kernel import libbpf_build
 from harness.kernel.cache import Cache
@@ -129,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         AgentClient(vm, libbpf=loader) as agent,
     ):
         if sysctls:
-            agent.call("sysctl", {"values": sysctls})
+            agent.send(protocol.Sysctl(sysctls))
         remote = f"/run/kitl-repro-{hashlib.sha256(obj.read_bytes()).hexdigest()[:16]}.o"
         vm.channel.put(obj.read_bytes(), remote)
         load_args: dict[str, Any] = {
@@ -141,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
             "program": case.program,
             "log_level": args.log_level,
         }
-        load = agent.call("load", load_args)
+        load = agent.send(protocol.Load.from_wire(load_args))
         log = str(load.get("log") or load.get("libbpf_messages") or "")
         out.write_text(log, encoding="utf-8")
         stderr.print(

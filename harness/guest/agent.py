@@ -26,35 +26,37 @@ from typing import Any
 
 from harness.bpf import elfobj
 from harness.guest import caps, drive, libbpf, libbpf_load, libbpf_object, libbpf_prepare
-from harness.guest.topology import NETNS_DIR, GuestError, Topology, ifindex_of, in_netns
+from harness.guest import protocol as p
+from harness.guest.protocol import ErrorKind, GuestError, Op
+from harness.guest.topology import NETNS_DIR, Topology, ifindex_of, in_netns
 
 DEFAULT_PIN_ROOT = "/sys/fs/bpf"  # libbpf's, when the object names no pin_root_path
 LEAK_SETTLE_S = 2.0  # ids of freed objects leave the kernel's idr shortly after close()
-AgentError = GuestError  # a request that failed in a way the host sees as a typed result
 
 
 class Agent:
     def __init__(self) -> None:
         self.topology = Topology()
-        self.ops: dict[str, Callable[[dict[str, Any]], Any]] = {
-            "ping": self.ping,
-            "facts": self.facts,
-            "sysctl": self.sysctl,
-            "run": self.run,
-            "topology_up": self.topology_up,
-            "topology_down": self.topology_down,
-            "traffic": self.traffic,
-            "load": self.load,
-            "attach": self.attach,
-            "test_run": self.test_run,
-            "map_dump": self.map_dump,
-            "map_update": self.map_update,
-            "tail_calls": self.tail_calls,
-            "release": self.release,
-            "probe": self.probe,
-            "events_start": self.events_start,
-            "events_count": self.events_count,
-            "syscall": self.syscall,
+        # each operation's handler, taking the request protocol.REQUESTS names for it
+        self.ops: dict[Op, Callable[[Any], Any]] = {
+            Op.PING: self.ping,
+            Op.FACTS: self.facts,
+            Op.SYSCTL: self.sysctl,
+            Op.RUN: self.run,
+            Op.TOPOLOGY_UP: self.topology_up,
+            Op.TOPOLOGY_DOWN: self.topology_down,
+            Op.TRAFFIC: self.traffic,
+            Op.LOAD: self.load,
+            Op.ATTACH: self.attach,
+            Op.TEST_RUN: self.test_run,
+            Op.MAP_DUMP: self.map_dump,
+            Op.MAP_UPDATE: self.map_update,
+            Op.TAIL_CALLS: self.tail_calls,
+            Op.RELEASE: self.release,
+            Op.PROBE: self.probe,
+            Op.EVENTS_START: self.events_start,
+            Op.EVENTS_COUNT: self.events_count,
+            Op.SYSCALL: self.syscall,
         }
         self.counters: dict[int, dict[str, Any]] = {}  # handle -> map name -> RingBufferCounter
         self.objects: dict[int, Any] = {}  # handle -> harness.guest.libbpf_object.BpfObject
@@ -68,10 +70,10 @@ class Agent:
         self._bpffs_note = ""  # why the guest has no bpffs, when mounting one failed
 
     # -- basics --------------------------------------------------------------------------
-    def ping(self, args: dict[str, Any]) -> dict[str, Any]:
+    def ping(self, req: p.Ping) -> dict[str, Any]:
         return {"pid": os.getpid(), "release": os.uname().release}
 
-    def facts(self, args: dict[str, Any]) -> dict[str, Any]:
+    def facts(self, req: p.Facts) -> dict[str, Any]:
         names = (
             "net.core.bpf_jit_enable",
             "net.core.bpf_jit_harden",
@@ -95,10 +97,10 @@ class Agent:
         except (OSError, libbpf.LibbpfError):
             return ""
 
-    def sysctl(self, args: dict[str, Any]) -> dict[str, Any]:
+    def sysctl(self, req: p.Sysctl) -> dict[str, Any]:
         """Set sysctls; report per key the value in effect or why the kernel refused."""
         out: dict[str, Any] = {}
-        for name, value in args["values"].items():
+        for name, value in req.values.items():
             path = Path("/proc/sys") / name.replace(".", "/")
             try:
                 path.write_text(f"{value}\n")
@@ -111,30 +113,28 @@ class Agent:
                 }
         return out
 
-    def run(self, args: dict[str, Any]) -> dict[str, Any]:
+    def run(self, req: p.Run) -> dict[str, Any]:
         return drive.command(
-            [str(a) for a in args["argv"]],
-            ns=args.get("ns"),
-            cgroup=args.get("cgroup"),
-            timeout=float(args.get("timeout", 60)),
+            [str(a) for a in req.argv], ns=req.ns, cgroup=req.cgroup, timeout=float(req.timeout)
         )
 
     # -- topology and drives (harness.guest.topology, harness.guest.drive) --------------
-    def topology_up(self, args: dict[str, Any]) -> dict[str, Any]:
-        return self.topology.up(args)
+    def topology_up(self, req: p.TopologyUp) -> dict[str, Any]:
+        return self.topology.up(req)
 
-    def topology_down(self, args: dict[str, Any]) -> dict[str, Any]:
+    def topology_down(self, req: p.TopologyDown) -> dict[str, Any]:
         return self.topology.down()
 
-    def traffic(self, args: dict[str, Any]) -> dict[str, Any]:
-        spec = args.get("socket_filter")
+    def traffic(self, req: p.Traffic) -> dict[str, Any]:
+        spec = req.socket_filter
         socket_filter = None
         if spec:
-            socket_filter = (self._object(spec).prog_fd(spec["program"]), spec["program"])
-        return drive.traffic(args, socket_filter)
+            program = str(spec["program"])
+            socket_filter = (self._object(spec["handle"]).prog_fd(program), program)
+        return drive.traffic(req, socket_filter)
 
-    def syscall(self, args: dict[str, Any]) -> dict[str, Any]:
-        return drive.syscall(args)
+    def syscall(self, req: p.Syscall) -> dict[str, Any]:
+        return drive.syscall(req)
 
     # -- BPF -----------------------------------------------------------------------------
     def libbpf(self) -> Any:
@@ -142,7 +142,7 @@ class Agent:
             self._lib = libbpf.Libbpf(os.environ.get("KITL_LIBBPF", "libbpf.so.1"))
         return self._lib
 
-    def load(self, args: dict[str, Any]) -> dict[str, Any]:
+    def load(self, req: p.Load) -> dict[str, Any]:
         """Load one program of an object on its own; keep it for attach/test_run."""
         lib = self.libbpf()
         if not self.objects:
@@ -150,18 +150,17 @@ class Agent:
         if not self._bpffs_tried:
             self._bpffs_tried = True
             self._bpffs_note = libbpf_prepare.mount_bpffs()
-        root = args.get("pin_root") or DEFAULT_PIN_ROOT
+        root = req.pin_root or DEFAULT_PIN_ROOT
         pins_before = libbpf_prepare.pins_under(root)
-        privilege = args.get("privilege")
-        if privilege and privilege != "privileged":
-            obj, out = self._load_lowered(lib, args, privilege)
+        if req.privilege and req.privilege != "privileged":
+            obj, out = self._load_lowered(lib, req, req.privilege)
         else:
             # Offload (XDP hw mode) binds the program to a device at load time; the kernel
             # looks the ifindex up in the loader's netns, so the load happens in the device's.
-            offload_ns = args.get("offload_ns") if args.get("offload_dev") else None
+            dev = req.offload_dev
+            offload_ns = req.offload_ns if dev else None
             with in_netns(offload_ns):
-                dev = args.get("offload_dev")
-                obj, result = self._load(lib, args, ifindex_of(dev, offload_ns) if dev else 0)
+                obj, result = self._load(lib, req, ifindex_of(dev, offload_ns) if dev else 0)
             out = self._report(lib, result)
         pins = sorted(libbpf_prepare.pins_under(root) - pins_before)
         if self._bpffs_note:
@@ -188,16 +187,14 @@ class Agent:
             failed["type_supported"] = lib.probe("map_type", int(failed["type"]))
         return out
 
-    def _load_lowered(
-        self, lib: Any, args: dict[str, Any], privilege: str
-    ) -> tuple[Any, dict[str, Any]]:
+    def _load_lowered(self, lib: Any, req: p.Load, privilege: str) -> tuple[Any, dict[str, Any]]:
         """The load as a loader with the profile's capabilities gets it (harness.guest.caps
         PROFILES): the others leave this thread's effective set for the load and come back
         after it, as the kernel's test_loader does, so the program can still be test_run.
         For "unprivileged", kernel.unprivileged_bpf_disabled is set to 0 first; a kernel
         that refuses says so."""
         if privilege not in caps.PROFILES:
-            raise AgentError(f"unknown privilege profile {privilege!r}", "protocol")
+            raise GuestError(f"unknown privilege profile {privilege!r}", ErrorKind.PROTOCOL)
         setting = "kernel.unprivileged_bpf_disabled"
         refused = ""
         if privilege == "unprivileged":
@@ -205,9 +202,9 @@ class Agent:
                 Path("/proc/sys/kernel/unprivileged_bpf_disabled").write_text("0\n")
             except OSError as exc:
                 refused = f"{setting}=0 refused: {exc.strerror}"
-        keep = set(args.get("keep_caps") or ())
+        keep = set(req.keep_caps)
         with caps.lowered(tuple(c for c in caps.PROFILES[privilege] if c not in keep)):
-            obj, result = self._load(lib, args, 0)
+            obj, result = self._load(lib, req, 0)
         out = self._report(lib, result)
         out["privilege"] = privilege
         out["unprivileged"] = privilege == "unprivileged"
@@ -217,55 +214,55 @@ class Agent:
         return obj, out
 
     @staticmethod
-    def _load(lib: Any, args: dict[str, Any], ifindex: int) -> tuple[Any, Any]:
+    def _load(lib: Any, req: p.Load, ifindex: int) -> tuple[Any, Any]:
         sizes = tuple(
             libbpf_prepare.MapSize(m["name"], m.get("max_entries"), m.get("value_size"))
-            for m in args.get("maps") or ()
+            for m in req.maps
         )
         opts = libbpf_load.LoadOptions(
-            log_level=int(args.get("log_level", 1 | 4)),
-            log_size=int(args.get("log_size") or 16 << 20),
-            btf_custom_path=args.get("btf_custom_path"),
-            kconfig=args.get("kconfig"),
-            prog_flags=int(args.get("prog_flags", 0)),
+            log_level=int(req.log_level),
+            log_size=int(req.log_size or 16 << 20),
+            btf_custom_path=req.btf_custom_path,
+            kconfig=req.kconfig,
+            prog_flags=int(req.prog_flags),
             ifindex=ifindex,
-            presets=_presets(args["object"], args.get("globals") or {}),
+            presets=_presets(req.object, dict(req.globals)),
             map_sizes=sizes,
-            fixups=bool(args.get("fixups", True)),
-            pinning=bool(args.get("pinning", True)),
-            pin_root=args.get("pin_root"),
-            attach_target=args.get("attach_target"),
-            companions=tuple(args.get("companions") or ()),
-            unprivileged_maps_only=bool(args.get("unprivileged_maps_only")),
+            fixups=bool(req.fixups),
+            pinning=bool(req.pinning),
+            pin_root=req.pin_root,
+            attach_target=req.attach_target,
+            companions=tuple(req.companions),
+            unprivileged_maps_only=bool(req.unprivileged_maps_only),
         )
         try:
-            return libbpf_object.BpfObject.load_one(lib, args["object"], args["program"], opts)
+            return libbpf_object.BpfObject.load_one(lib, req.object, req.program, opts)
         except (KeyError, ValueError) as exc:  # a map or target the object cannot take
-            raise AgentError(str(exc).strip('"'), "setup") from None
+            raise GuestError(str(exc).strip('"'), ErrorKind.SETUP) from None
 
-    def _object(self, args: dict[str, Any]) -> Any:
-        obj = self.objects.get(int(args["handle"]))
+    def _object(self, handle: int) -> Any:
+        obj = self.objects.get(int(handle))
         if obj is None:
-            raise AgentError(f"no loaded object with handle {args['handle']}", "protocol")
+            raise GuestError(f"no loaded object with handle {handle}", ErrorKind.PROTOCOL)
         return obj
 
-    def attach(self, args: dict[str, Any]) -> dict[str, Any]:
-        obj = self._object(args)
-        program, family = args["program"], args["family"]
-        self.link_netns[int(args["handle"])] = args.get("ns")
-        with in_netns(args.get("ns")):
-            ifindex = ifindex_of(args["dev"], args.get("ns")) if args.get("dev") else 0
+    def attach(self, req: p.Attach) -> dict[str, Any]:
+        obj = self._object(req.handle)
+        program, family = req.program, req.family
+        self.link_netns[int(req.handle)] = req.ns
+        with in_netns(req.ns):
+            ifindex = ifindex_of(req.dev, req.ns) if req.dev else 0
             try:
                 if family == "xdp":
-                    link = obj.attach_xdp(program, ifindex, args.get("mode") or "auto")
+                    link = obj.attach_xdp(program, ifindex, req.mode or "auto")
                     mode = obj.xdp_attach_mode(ifindex)
                     return {"via": link.via, "attach_mode": mode}
                 if family == "tc":
-                    link = obj.attach_tc(program, ifindex, args["direction"])
+                    link = obj.attach_tc(program, ifindex, req.direction)
                 elif family == "tcx":
-                    link = obj.attach_tcx(program, ifindex, args["direction"])
+                    link = obj.attach_tcx(program, ifindex, req.direction)
                 elif family == "cgroup":
-                    path = Path("/sys/fs/cgroup") / args["path"]
+                    path = Path("/sys/fs/cgroup") / str(req.path)
                     path.mkdir(parents=True, exist_ok=True)
                     link = obj.attach_cgroup(program, str(path))
                 elif family == "socket":
@@ -277,19 +274,19 @@ class Agent:
                 elif family == "auto":
                     link = obj.attach_auto(program)
                 else:
-                    raise AgentError(f"unknown attach family {family!r}", "protocol")
+                    raise GuestError(f"unknown attach family {family!r}", ErrorKind.PROTOCOL)
             except libbpf.AttachError as exc:
-                raise AgentError(str(exc), "attach") from None
+                raise GuestError(str(exc), ErrorKind.ATTACH) from None
         return {"via": link.via}
 
-    def test_run(self, args: dict[str, Any]) -> dict[str, Any]:
-        obj = self._object(args)
+    def test_run(self, req: p.TestRun) -> dict[str, Any]:
+        obj = self._object(req.handle)
         run = obj.test_run(
-            args["program"],
-            bytes.fromhex(args.get("data_hex", "")),
-            ctx=bytes.fromhex(args["ctx_hex"]) if args.get("ctx_hex") else None,
-            repeat=int(args.get("repeat", 1)),
-            ctx_only=bool(args.get("ctx_only")),
+            req.program,
+            bytes.fromhex(req.data_hex),
+            ctx=bytes.fromhex(req.ctx_hex) if req.ctx_hex else None,
+            repeat=int(req.repeat),
+            ctx_only=bool(req.ctx_only),
         )
         return {
             "retval": run.retval,
@@ -299,11 +296,11 @@ class Agent:
             "ctx_out_hex": run.ctx_out.hex(),
         }
 
-    def map_dump(self, args: dict[str, Any]) -> dict[str, Any]:
+    def map_dump(self, req: p.MapDump) -> dict[str, Any]:
         """Keys and values of the named maps (default: every map that can be walked; ring
         buffers and perf arrays cannot)."""
-        obj = self._object(args)
-        wanted = args.get("maps")
+        obj = self._object(req.handle)
+        wanted = req.maps
         out: dict[str, Any] = {}
         for name in wanted or obj.map_names():
             try:
@@ -313,66 +310,60 @@ class Agent:
                     raise
         return out
 
-    def map_update(self, args: dict[str, Any]) -> dict[str, Any]:
+    def map_update(self, req: p.MapUpdate) -> dict[str, Any]:
         """Write map contents: {map: [[key, value], ...]}; an integer is written
         little-endian at the map's key or value size, a string is hex bytes."""
-        obj = self._object(args)
+        obj = self._object(req.handle)
         written = 0
-        for name, rows in (args.get("maps") or {}).items():
+        for name, rows in req.maps.items():
             key_size, value_size = obj.map_sizes(name)
             for key, value in rows:
                 try:
                     obj.map_update(name, _raw(key, key_size), _raw(value, value_size))
                 except (libbpf.LibbpfError, ValueError, OverflowError) as exc:
-                    raise AgentError(f"setting map {name}[{key}]: {exc}", "setup") from None
+                    msg = f"setting map {name}[{key}]: {exc}"
+                    raise GuestError(msg, ErrorKind.SETUP) from None
                 written += 1
         return {"written": written}
 
-    def tail_calls(self, args: dict[str, Any]) -> dict[str, Any]:
+    def tail_calls(self, req: p.TailCalls) -> dict[str, Any]:
         """Fill prog array slots with programs of the same object, by name, as user space
         does after the load: {"slots": [[map, index, program], ...]}."""
-        obj = self._object(args)
-        for map_name, index, program in args.get("slots") or ():
+        obj = self._object(req.handle)
+        for map_name, index, program in req.slots:
             try:
                 fd = obj.prog_fd(program)
                 key_size, value_size = obj.map_sizes(map_name)
                 obj.map_update(map_name, _raw(int(index), key_size), _raw(fd, value_size))
             except (KeyError, libbpf.LibbpfError, ValueError) as exc:
                 msg = f"tail call slot {map_name}[{index}] = {program}: {exc}"
-                raise AgentError(msg, "setup") from None
-        return {"filled": len(args.get("slots") or ())}
+                raise GuestError(msg, ErrorKind.SETUP) from None
+        return {"filled": len(req.slots)}
 
-    def events_start(self, args: dict[str, Any]) -> dict[str, Any]:
+    def events_start(self, req: p.EventsStart) -> dict[str, Any]:
         """Start counting records of ringbuf maps (before the drive)."""
-        obj = self._object(args)
-        handle = int(args["handle"])
-        counters = self.counters.setdefault(handle, {})
-        for name in args["maps"]:
+        obj = self._object(req.handle)
+        counters = self.counters.setdefault(int(req.handle), {})
+        for name in req.maps:
             counters[name] = obj.ringbuf_counter(name)
         return {"counting": sorted(counters)}
 
-    def events_count(self, args: dict[str, Any]) -> dict[str, int]:
+    def events_count(self, req: p.EventsCount) -> dict[str, int]:
         """Records seen per map since events_start (drains what is pending)."""
-        counters = self.counters.get(int(args["handle"]), {})
+        counters = self.counters.get(int(req.handle), {})
         for counter in counters.values():
             counter.consume()
         return {name: int(counter.count) for name, counter in counters.items()}
 
-    def probe(self, args: dict[str, Any]) -> dict[str, Any]:
+    def probe(self, req: p.Probe) -> dict[str, Any]:
         """What of a case's `requires:` this kernel lacks, each with the probe that said so."""
         lib = self.libbpf()
         missing: list[str] = []
         unprobed: list[str] = []
-        prog_type = int(args.get("prog_type", 0))
-        checks = [
-            ("helper", f"helper {n}", prog_type, i) for n, i in args.get("helpers", {}).items()
-        ]
-        checks += [
-            ("prog_type", f"program type {n}", v, 0) for n, v in args.get("prog_types", {}).items()
-        ]
-        checks += [
-            ("map_type", f"map type {n}", v, 0) for n, v in args.get("map_types", {}).items()
-        ]
+        prog_type = int(req.prog_type)
+        checks = [("helper", f"helper {n}", prog_type, i) for n, i in req.helpers.items()]
+        checks += [("prog_type", f"program type {n}", v, 0) for n, v in req.prog_types.items()]
+        checks += [("map_type", f"map type {n}", v, 0) for n, v in req.map_types.items()]
         for kind, what, value, helper in checks:
             answer = lib.probe(kind, value, helper)
             if answer == 0:
@@ -384,7 +375,7 @@ class Agent:
                     f"{what}: libbpf {'.'.join(map(str, lib.version))} cannot probe "
                     f"it ({os.strerror(-answer)}); kernel BTF has it"
                 )
-        kfuncs = args.get("kfuncs", [])
+        kfuncs = req.kfuncs
         if kfuncs:
             btf = _kernel_btf()
             # A kfunc is a FUNC in the kernel's BTF: its name is in the BTF string table.
@@ -395,9 +386,9 @@ class Agent:
             ]
         return {"missing": missing, "unprobed": unprobed}
 
-    def release(self, args: dict[str, Any]) -> dict[str, Any]:
+    def release(self, req: p.Release) -> dict[str, Any]:
         """Close objects (all, or one handle): links detach, programs and maps go away."""
-        handles = [int(args["handle"])] if args.get("handle") else list(self.objects)
+        handles = [int(req.handle)] if req.handle else list(self.objects)
         problems = []
         for handle in handles:
             obj = self.objects.pop(handle, None)
@@ -436,28 +427,18 @@ class Agent:
         ]
 
     # -- loop ----------------------------------------------------------------------------
-    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
-        rid = request.get("id")
-        op = self.ops.get(str(request.get("op")))
-        if op is None:
-            return {
-                "id": rid,
-                "ok": False,
-                "error": f"unknown op {request.get('op')!r}",
-                "kind": "protocol",
-            }
+    def handle(self, message: dict[str, Any]) -> dict[str, Any]:
+        """One decoded request line to its answer: a request the protocol does not allow,
+        a GuestError and any other exception are answers too, never a crash."""
+        rid = message.get("id")
         try:
-            return {"id": rid, "ok": True, "result": op(request.get("args") or {})}
-        except AgentError as exc:
-            return {"id": rid, "ok": False, "error": str(exc), "kind": exc.kind}
+            request = p.parse_request(message)
+            return p.answer_ok(rid, self.ops[request.op](request))
+        except GuestError as exc:
+            return p.answer_error(rid, str(exc), exc.kind)
         except Exception as exc:
-            return {
-                "id": rid,
-                "ok": False,
-                "error": f"{type(exc).__name__}: {exc}",
-                "kind": "internal",
-                "traceback": traceback.format_exc(),
-            }
+            text = f"{type(exc).__name__}: {exc}"
+            return p.answer_error(rid, text, ErrorKind.INTERNAL, traceback=traceback.format_exc())
 
 
 def _presets(obj: str, values: dict[str, int]) -> tuple[tuple[str, int, bytes], ...]:
@@ -472,14 +453,14 @@ def _presets(obj: str, values: dict[str, int]) -> tuple[tuple[str, int, bytes], 
         var = found.get(name)
         if var is None:
             known = ", ".join(sorted(found)) or "none"
-            raise AgentError(
-                f"the object has no global variable {name!r} (globals: {known})", "setup"
+            raise GuestError(
+                f"the object has no global variable {name!r} (globals: {known})", ErrorKind.SETUP
             )
         try:
             data = int(value).to_bytes(var.size, "little", signed=int(value) < 0)
         except OverflowError:
-            raise AgentError(
-                f"{name} = {value} does not fit its {var.size} bytes", "setup"
+            raise GuestError(
+                f"{name} = {value} does not fit its {var.size} bytes", ErrorKind.SETUP
             ) from None
         out.append((var.section, var.offset, data))
     return tuple(out)
@@ -548,7 +529,7 @@ def serve(stdin: Any = None, stdout: Any = None) -> None:
         try:
             request = json.loads(line)
         except json.JSONDecodeError as exc:
-            response = {"id": None, "ok": False, "error": f"bad JSON: {exc}", "kind": "protocol"}
+            response = p.answer_error(None, f"bad JSON: {exc}", ErrorKind.PROTOCOL)
         else:
             response = agent.handle(request)
         with lock:

@@ -18,7 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from harness.guest.topology import GuestError, in_netns, run_command
+from harness.guest.protocol import ErrorKind, GuestError, Syscall, Traffic
+from harness.guest.topology import in_netns, run_command
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 SO_ATTACH_BPF = 50  # asm-generic/socket.h; Python's socket module does not name it
@@ -28,7 +29,7 @@ def cgroup_procs(cgroup: str) -> Path:
     """cgroup.procs of a cgroup given relative to the cgroup2 root (no escaping it)."""
     path = (CGROUP_ROOT / cgroup.strip("/")).resolve()
     if path != CGROUP_ROOT and CGROUP_ROOT not in path.parents:
-        raise GuestError(f"cgroup {cgroup!r} is outside {CGROUP_ROOT}", "protocol")
+        raise GuestError(f"cgroup {cgroup!r} is outside {CGROUP_ROOT}", ErrorKind.PROTOCOL)
     return path / "cgroup.procs"
 
 
@@ -58,7 +59,7 @@ def in_cgroup(cgroup: str | None) -> Iterator[None]:
     try:
         join_cgroup(procs)
     except OSError as exc:
-        raise GuestError(f"joining cgroup {cgroup}: {exc.strerror}", "setup") from None
+        raise GuestError(f"joining cgroup {cgroup}: {exc.strerror}", ErrorKind.SETUP) from None
     try:
         yield
     finally:
@@ -88,28 +89,28 @@ def attach_socket_filter(sock: socket.socket, prog_fd: int, program: str) -> Non
         sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_BPF, prog_fd)
     except OSError as exc:
         sock.close()
-        raise GuestError(f"SO_ATTACH_BPF of {program}: {exc.strerror}", "attach") from None
+        raise GuestError(f"SO_ATTACH_BPF of {program}: {exc.strerror}", ErrorKind.ATTACH) from None
 
 
-def traffic(args: dict[str, Any], socket_filter: tuple[int, str] | None = None) -> dict[str, Any]:
+def traffic(req: Traffic, socket_filter: tuple[int, str] | None = None) -> dict[str, Any]:
     """Send `count` packets from netns `from` to `to`, count what arrives in `to_ns`.
     `socket_filter` (prog fd, name) is attached to the receiving socket."""
-    proto = args.get("proto", "udp")
-    count, size = int(args.get("count", 1)), int(args.get("size", 64))
-    to = (str(args["to"]), int(args.get("port", 9000)))
-    wait = float(args.get("wait", 1.0))
-    cgroup = args.get("cgroup")
+    proto = req.proto
+    count, size = int(req.count), int(req.size)
+    to = (str(req.to), int(req.port))
+    wait = float(req.wait)
+    cgroup = req.cgroup
     if proto == "icmp":
-        return _ping(args.get("from"), to[0], count, size, wait, cgroup=cgroup)
+        return _ping(req.from_ns, to[0], count, size, wait, cgroup=cgroup)
     kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
     with in_cgroup(cgroup):  # both sockets belong to the case's cgroup, if it has one
-        with in_netns(args.get("to_ns")):
+        with in_netns(req.to_ns):
             receiver = socket.socket(socket.AF_INET, kind)
             receiver.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if socket_filter is not None:
                 attach_socket_filter(receiver, *socket_filter)
             receiver.bind(to)
-        with in_netns(args.get("from")):
+        with in_netns(req.from_ns):
             sender = socket.socket(socket.AF_INET, kind)
     try:
         if proto == "udp":
@@ -186,42 +187,43 @@ def _ping(
     return {"sent": count, "delivered": received, "dropped": count - received}
 
 
-def syscall(args: dict[str, Any]) -> dict[str, Any]:
+def syscall(req: Syscall) -> dict[str, Any]:
     """One built-in action done by the agent itself (in the case's netns and cgroup), so the
     program sees the syscall and its errno comes back as it is, not as an exit status."""
-    action = args["action"]
+    action = req.action
     started = time.monotonic()
     status: int | None = None
     error = 0
-    with in_cgroup(args.get("cgroup")), in_netns(args.get("ns")):
+    with in_cgroup(req.cgroup), in_netns(req.ns):
         try:
             if action == "open":
-                flags = os.O_WRONLY if args.get("mode") == "write" else os.O_RDONLY
-                if args.get("create"):
+                flags = os.O_WRONLY if req.mode == "write" else os.O_RDONLY
+                if req.create:
                     flags |= os.O_CREAT
-                os.close(os.open(args["path"], flags | os.O_CLOEXEC, 0o600))
+                os.close(os.open(str(req.path), flags | os.O_CLOEXEC, 0o600))
             elif action == "unlink":
-                os.unlink(args["path"])
+                os.unlink(str(req.path))
             elif action == "connect":
-                kind = socket.SOCK_STREAM if args.get("proto") == "tcp" else socket.SOCK_DGRAM
+                kind = socket.SOCK_STREAM if req.proto == "tcp" else socket.SOCK_DGRAM
                 with socket.socket(socket.AF_INET, kind) as sock:
-                    sock.settimeout(float(args.get("timeout", 2.0)))
-                    sock.connect((args["to"], int(args["port"])))
+                    sock.settimeout(2.0 if req.timeout is None else float(req.timeout))
+                    sock.connect((str(req.to), int(req.port or 0)))
             elif action == "execve":
                 # subprocess reports the child's failed execve errno as an OSError here
                 proc = subprocess.run(
-                    [str(a) for a in args["argv"]],
+                    [str(a) for a in req.argv],
                     capture_output=True,
-                    timeout=float(args.get("timeout", 60)),
+                    timeout=60.0 if req.timeout is None else float(req.timeout),
                     check=False,
                 )
                 status = proc.returncode
             else:
-                raise GuestError(f"unknown syscall action {action!r}", "protocol")
+                raise GuestError(f"unknown syscall action {action!r}", ErrorKind.PROTOCOL)
         except TimeoutError:
             error = errno.ETIMEDOUT
         except subprocess.TimeoutExpired:
-            raise GuestError(f"{args['argv'][0]} did not finish in time", "timeout") from None
+            message = f"{req.argv[0]} did not finish in time"
+            raise GuestError(message, ErrorKind.TIMEOUT) from None
         except OSError as exc:
             error = exc.errno or errno.EIO
     return {

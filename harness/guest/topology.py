@@ -1,8 +1,8 @@
 """Guest side: network namespaces, commands, and the per-case topology (netns, veth pairs,
 netdevsim devices).  Runs inside the guest, in the agent's process.
 
-Every failure is a GuestError with a kind the host turns into a typed result ("topology",
-"setup", "timeout", ...), never a traceback.
+Every failure is a GuestError (harness.guest.protocol) with a kind the host turns into a
+typed result (topology, setup, timeout...), never a traceback.
 """
 
 from __future__ import annotations
@@ -18,19 +18,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from harness.guest.protocol import ErrorKind, GuestError, TopologyUp
+
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = Path("/run/netns")
 NETDEVSIM_BUS = Path("/sys/bus/netdevsim")
 
 _libc = ctypes.CDLL(None, use_errno=True)
-
-
-class GuestError(Exception):
-    """A request that failed in a way the host should see as a typed result."""
-
-    def __init__(self, message: str, kind: str = "error") -> None:
-        super().__init__(message)
-        self.kind = kind
 
 
 @contextmanager
@@ -41,12 +35,13 @@ def in_netns(name: str | None) -> Iterator[None]:
         return
     path = NETNS_DIR / name
     if not path.exists():
-        raise GuestError(f"no network namespace {name!r}", "topology")
+        raise GuestError(f"no network namespace {name!r}", ErrorKind.TOPOLOGY)
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     target = os.open(path, os.O_RDONLY)
     try:
         if _libc.setns(target, CLONE_NEWNET) != 0:
-            raise GuestError(f"setns {name}: {os.strerror(ctypes.get_errno())}", "topology")
+            message = f"setns {name}: {os.strerror(ctypes.get_errno())}"
+            raise GuestError(message, ErrorKind.TOPOLOGY)
         try:
             yield
         finally:
@@ -62,7 +57,7 @@ def ifindex_of(dev: str, ns: str | None) -> int:
         return socket.if_nametoindex(dev)
     except OSError:
         where = f"netns {ns}" if ns else "the root namespace"
-        raise GuestError(f"no device {dev!r} in {where}", "topology") from None
+        raise GuestError(f"no device {dev!r} in {where}", ErrorKind.TOPOLOGY) from None
 
 
 def run_command(
@@ -84,16 +79,18 @@ def run_command(
         )
     except FileNotFoundError:
         raise GuestError(
-            f"{argv[0]} is not installed in the guest's view of the host", "setup"
+            f"{argv[0]} is not installed in the guest's view of the host", ErrorKind.SETUP
         ) from None
     except subprocess.TimeoutExpired:
-        raise GuestError(f"{argv[0]} did not finish within {timeout:g}s", "timeout") from None
+        raise GuestError(
+            f"{argv[0]} did not finish within {timeout:g}s", ErrorKind.TIMEOUT
+        ) from None
 
 
 def checked(argv: list[str], stdin: str | None = None) -> str:
     proc = run_command(argv, stdin=stdin)
     if proc.returncode != 0:
-        raise GuestError(f"{' '.join(argv)}: {proc.stderr.strip()[-400:]}", "topology")
+        raise GuestError(f"{' '.join(argv)}: {proc.stderr.strip()[-400:]}", ErrorKind.TOPOLOGY)
     return proc.stdout
 
 
@@ -104,15 +101,15 @@ class Topology:
         self.netns: list[str] = []
         self.netdevsim: list[int] = []
 
-    def up(self, args: dict[str, Any]) -> dict[str, Any]:
+    def up(self, req: TopologyUp) -> dict[str, Any]:
         """netns, veth pairs with addresses, netdevsim devices; one `ip -batch` per netns."""
         root: list[str] = []
         per_ns: dict[str, list[str]] = {}
-        for ns in args.get("netns", []):
+        for ns in req.netns:
             root.append(f"netns add {ns}")
             per_ns.setdefault(ns, []).append("link set lo up")
             self.netns.append(ns)
-        for pair in args.get("veth", []):
+        for pair in req.veth:
             a, b = pair["a"], pair["b"]
             cmd = f"link add {a['dev']}"
             if a.get("ns"):
@@ -132,7 +129,7 @@ class Topology:
             prefix = ["ip", "-n", ns] if ns else ["ip"]
             checked([*prefix, "-batch", "-"], "\n".join(lines) + "\n")
         devices = {}
-        for sim in args.get("netdevsim", []):
+        for sim in req.netdevsim:
             devices[str(sim["id"])] = self._netdevsim(
                 int(sim["id"]), int(sim.get("ports", 1)), sim.get("ns")
             )
@@ -146,7 +143,7 @@ class Topology:
         try:
             (NETDEVSIM_BUS / "new_device").write_text(f"{dev_id} {ports}\n")
         except OSError as exc:
-            raise GuestError(f"netdevsim {dev_id}: {exc.strerror}", "topology") from None
+            raise GuestError(f"netdevsim {dev_id}: {exc.strerror}", ErrorKind.TOPOLOGY) from None
         self.netdevsim.append(dev_id)
         net = NETDEVSIM_BUS / "devices" / f"netdevsim{dev_id}" / "net"
         deadline = time.monotonic() + 10
@@ -156,7 +153,7 @@ class Topology:
                 break
             time.sleep(0.05)
         else:
-            raise GuestError(f"netdevsim {dev_id}: netdevs did not appear", "topology")
+            raise GuestError(f"netdevsim {dev_id}: netdevs did not appear", ErrorKind.TOPOLOGY)
         # udev (when the guest runs it) renames new netdevs: rename ours after it is done
         if shutil.which("udevadm"):
             run_command(["udevadm", "settle", "--timeout=10"], timeout=15)

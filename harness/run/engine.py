@@ -17,6 +17,8 @@ from typing import Any
 from harness.bpf import progtypes
 from harness.bpf.elfobj import read_object
 from harness.errors import KitlError
+from harness.guest import protocol
+from harness.guest.protocol import ErrorKind
 from harness.interrupts import DEFAULT_CELL_TIMEOUT, Watchdog, timed_out_reason
 from harness.kernel.cache import Cache
 from harness.kernel.store import Kernel
@@ -27,10 +29,10 @@ from harness.run.judge import Observed, judge
 from harness.run.records import expect_json, map_rows, observed_json, user_paths, verifier_figures
 from harness.run.requests import (
     prepare_args,
-    syscall_args,
-    test_run_args,
-    topology_args,
-    traffic_args,
+    syscall_request,
+    test_run_request,
+    topology_request,
+    traffic_request,
 )
 from harness.scenario.expect import Expect, kernel_version
 from harness.scenario.model import (
@@ -255,7 +257,7 @@ class Engine:
         }
         wanted.update(config.sysctl)
         self._touched.update(k for k, _ in config.sysctl)
-        answer = self.agent.call("sysctl", {"values": wanted}) if wanted else {}
+        answer = self.agent.send(protocol.Sysctl(wanted)) if wanted else {}
         refused = [
             f"{k}={v}: {answer[k]['error']}" for k, v in config.sysctl if not answer[k]["ok"]
         ]
@@ -293,7 +295,7 @@ class Engine:
                 return
             try:  # a topology half set up is torn down too
                 if has_topology:
-                    self.agent.call("topology_up", topology_args(scenario), timeout=CASE_TIMEOUT)
+                    self.agent.send(topology_request(scenario), timeout=CASE_TIMEOUT)
                 self._load_attach_drive(scenario, case, expect, seen, cell)
             finally:
                 leftovers = self._clean(has_topology)
@@ -355,13 +357,13 @@ class Engine:
                     missing.append(f"{kind} {name} (not in this kernel's BTF)")
                 else:
                     args[key][name] = enums[enum]
-        answer = self.agent.call("probe", args)
+        answer = self.agent.send(protocol.Probe.from_wire(args))
         seen.notes += answer.get("unprobed", [])
         return missing + list(answer["missing"])
 
     def _facts(self) -> dict[str, Any]:
         if self._guest_facts is None:
-            self._guest_facts = dict(self.agent.call("facts"))
+            self._guest_facts = dict(self.agent.send(protocol.Facts()))
         return self._guest_facts
 
     def _kernel_enums(self) -> dict[str, int]:
@@ -382,10 +384,10 @@ class Engine:
         """Release every object and tear the topology down, whatever failed before."""
         problems: list[str] = []
         try:
-            problems += self.agent.call("release", timeout=CASE_TIMEOUT)["problems"]
+            problems += self.agent.send(protocol.Release(), timeout=CASE_TIMEOUT)["problems"]
         finally:
             if has_topology:
-                down = self.agent.call("topology_down", timeout=CASE_TIMEOUT)
+                down = self.agent.send(protocol.TopologyDown(), timeout=CASE_TIMEOUT)
                 problems += down["problems"]
                 problems += [f"netns {n} left behind" for n in down["netns_left"]]
         return problems
@@ -427,10 +429,9 @@ class Engine:
         """What user space does between the load and the attach: map contents, tail call
         slots."""
         if case.setup_maps:
-            self.agent.call("map_update", {"handle": handle, "maps": map_rows(case.setup_maps)})
+            self.agent.send(protocol.MapUpdate(handle, map_rows(case.setup_maps)))
         if case.tail_calls:
-            slots = [list(t) for t in case.tail_calls]
-            self.agent.call("tail_calls", {"handle": handle, "slots": slots})
+            self.agent.send(protocol.TailCalls(handle, tuple(case.tail_calls)))
 
     def _load_attach_drive(
         self, scenario: Scenario, case: Case, expect: Expect, seen: Observed, cell: CellResult
@@ -444,16 +445,14 @@ class Engine:
         if case.attach is not None and not self._attach(case, handle, seen):
             return
         if expect.events:
-            self.agent.call(
-                "events_start", {"handle": handle, "maps": [m for m, _ in expect.events]}
-            )
+            self.agent.send(protocol.EventsStart(handle, tuple(m for m, _ in expect.events)))
         self._drive(case, handle, seen, cell)
         if expect.events:
-            seen.events = self.agent.call("events_count", {"handle": handle})
+            seen.events = self.agent.send(protocol.EventsCount(handle))
         if expect.map:
             names = sorted({m.name for m in expect.map})
-            seen.maps = self.agent.call(
-                "map_dump", {"handle": handle, "maps": names}, timeout=CASE_TIMEOUT
+            seen.maps = self.agent.send(
+                protocol.MapDump(handle, tuple(names)), timeout=CASE_TIMEOUT
             )
 
     def _load(self, scenario: Scenario, case: Case, seen: Observed, cell: CellResult) -> int | None:
@@ -463,7 +462,7 @@ class Engine:
         cell.object_file = str(obj_path)
         cell.object_sha256 = self._sha256(obj_path)
         load_args = self._load_args(case, obj_path)
-        seen.load = self.agent.call("load", load_args, timeout=CASE_TIMEOUT)
+        seen.load = self.agent.send(protocol.Load.from_wire(load_args), timeout=CASE_TIMEOUT)
         seen.load_args = {k: v for k, v in load_args.items() if k in _REPLAYED_LOAD_ARGS}
         user_paths(seen.load, {load_args["object"]: str(obj_path)})
         # what kitl changed in the object (veristat's fixups) and what the guest lacked
@@ -477,16 +476,14 @@ class Engine:
         """Attach as the case says; an attach the kernel refuses is the case's result
         (False), any other failure of the guest ends the cell."""
         assert case.attach is not None
-        spec: dict[str, Any] = {"handle": handle, "program": case.program}
-        spec["family"] = case.attach.family
-        for key in ("dev", "ns", "mode", "direction", "path"):
-            value = getattr(case.attach, key, None)
-            if value is not None:
-                spec[key] = value
+        where = {
+            k: getattr(case.attach, k, None) for k in ("dev", "ns", "mode", "direction", "path")
+        }
+        request = protocol.Attach(handle, case.program, case.attach.family, **where)
         try:
-            seen.attach = self.agent.call("attach", spec, timeout=CASE_TIMEOUT)
+            seen.attach = self.agent.send(request, timeout=CASE_TIMEOUT)
         except AgentCallError as exc:
-            if exc.kind != "attach":
+            if exc.kind is not ErrorKind.ATTACH:
                 raise
             seen.attach_error = str(exc)
             return False
@@ -498,20 +495,18 @@ class Engine:
         # the drive's processes and sockets live in the cgroup the program is attached to
         cgroup = case.attach.path if isinstance(case.attach, CgroupAttach) else None
         if isinstance(drive, TestRunDrive):
-            seen.test_run = self.agent.call(
-                "test_run", test_run_args(case, drive, handle), timeout=CASE_TIMEOUT
-            )
+            request = test_run_request(case, drive, handle)
+            seen.test_run = self.agent.send(request, timeout=CASE_TIMEOUT)
             cell.timings["ns_per_op"] = seen.test_run.get("duration_ns", 0)
         elif isinstance(drive, TrafficDrive):
             socket_filter = isinstance(case.attach, SocketAttach)
-            args = traffic_args(drive, cgroup, (handle, case.program) if socket_filter else None)
-            seen.traffic = self.agent.call("traffic", args, timeout=CASE_TIMEOUT)
+            traffic = traffic_request(
+                drive, cgroup, (handle, case.program) if socket_filter else None
+            )
+            seen.traffic = self.agent.send(traffic, timeout=CASE_TIMEOUT)
         elif isinstance(drive, SyscallDrive) and drive.action == "run":
             # the command may take what is left of the cell; the agent kills it then
-            args = {"argv": list(drive.argv), "ns": drive.ns, "cgroup": cgroup}
-            args["timeout"] = round(self._budget(), 1)
-            seen.syscall = self.agent.call("run", args, timeout=CASE_TIMEOUT)
+            run = protocol.Run(tuple(drive.argv), drive.ns, cgroup, round(self._budget(), 1))
+            seen.syscall = self.agent.send(run, timeout=CASE_TIMEOUT)
         elif isinstance(drive, SyscallDrive):
-            seen.syscall = self.agent.call(
-                "syscall", syscall_args(drive, cgroup), timeout=CASE_TIMEOUT
-            )
+            seen.syscall = self.agent.send(syscall_request(drive, cgroup), timeout=CASE_TIMEOUT)

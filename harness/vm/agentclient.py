@@ -1,4 +1,5 @@
-"""The host side of the guest agent protocol (see harness/guest/agent.py)."""
+"""The host side of the guest agent protocol (harness.guest.protocol; the guest side is
+harness.guest.agent)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Any
 
 from harness import interrupts
 from harness.errors import GuestLostError, GuestTimeoutError, KitlError
+from harness.guest import protocol
+from harness.guest.protocol import ErrorKind, Op, Request
 from harness.interrupts import ANSWER_GRACE
 from harness.vm.channel import LineStream
 from harness.vm.machine import VM
@@ -20,7 +23,7 @@ AGENT_START_TIMEOUT = 180.0  # a first Python start in a TCG guest, with imports
 class AgentCallError(KitlError):
     """The agent answered, with an error of a named kind (topology, setup, internal...)."""
 
-    def __init__(self, op: str, message: str, kind: str) -> None:
+    def __init__(self, op: str, message: str, kind: ErrorKind) -> None:
         super().__init__(f"{op}: {message}")
         self.kind = kind
 
@@ -59,10 +62,18 @@ class AgentClient:
         if self.libbpf:
             argv = ["env", f"KITL_LIBBPF={self.libbpf}", *argv]
         self._stream = self.vm.channel.start(argv)
-        answer: dict[str, Any] = self.call("ping", timeout=AGENT_START_TIMEOUT)
+        answer: dict[str, Any] = self.send(protocol.Ping(), timeout=AGENT_START_TIMEOUT)
         return answer
 
-    def call(self, op: str, args: dict[str, Any] | None = None, *, timeout: float = 60.0) -> Any:
+    def send(self, request: Request, *, timeout: float = 60.0) -> Any:
+        """One typed request (harness.guest.protocol), its answer's result."""
+        return self.call(request.op, request.to_wire(), timeout=timeout)
+
+    def call(
+        self, op: Op | str, args: dict[str, Any] | None = None, *, timeout: float = 60.0
+    ) -> Any:
+        """One request by the operation's name and its arguments as JSON (what the user
+        fixtures expose); the agent checks them against the operation's request."""
         interrupts.raise_if_stopping()  # no call during a stop: the agent may be busy for long
         if self._stream is None:
             raise GuestLostError("the guest agent is not running")
@@ -75,7 +86,7 @@ class AgentClient:
             timeout = min(timeout, round(left + ANSWER_GRACE, 1))  # round: it is in messages
         rid = next(self._ids)
         try:
-            self._stream.send_line(json.dumps({"id": rid, "op": op, "args": args or {}}))
+            self._stream.send_line(protocol.request_line(rid, op, args or {}))
             while True:
                 line = self._stream.read_line(timeout)
                 try:
@@ -93,9 +104,10 @@ class AgentClient:
             self._lost = f"the guest agent is gone: {exc}"
             raise self._failed(GuestLostError(f"{op}: {self._lost}")) from None
         if not response.get("ok"):
-            if response.get("kind") == "timeout":
+            kind = protocol.error_kind(response.get("kind"))
+            if kind is ErrorKind.TIMEOUT:
                 raise self._failed(AgentTimeoutError(f"{op}: {response.get('error')}"))
-            raise AgentCallError(op, str(response.get("error")), str(response.get("kind")))
+            raise AgentCallError(str(op), str(response.get("error")), kind)
         return response.get("result")
 
     def _failed(self, exc: KitlError) -> KitlError:

@@ -38,8 +38,9 @@ def test_protocol_answers_every_line_and_survives_bad_requests() -> None:
     assert answers[2]["kind"] == "protocol"
     assert answers[3]["result"]["status"] == 4
     assert answers[3]["result"]["stdout"] == "hi\n"
-    assert answers[4]["kind"] == "internal"
-    assert "KeyError" in answers[4]["error"]
+    # a request the protocol does not allow is refused by name, before any handler runs
+    assert answers[4]["kind"] == "protocol"
+    assert answers[4]["error"] == "run: missing argument 'argv'"
 
 
 def test_client_over_the_fake_vm(tmp_path: Path) -> None:

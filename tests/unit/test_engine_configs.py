@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from harness.guest.protocol import Request
 from harness.run.engine import Engine
 from harness.scenario.model import RunConfig
 
@@ -16,6 +17,9 @@ class StubAgent:
         self.values = dict(BOOT)
         self.calls: list[dict[str, Any]] = []
         self.refuse = refuse
+
+    def send(self, request: Request, timeout: float = 0) -> Any:
+        return self.call(request.op, request.to_wire(), timeout)
 
     def call(self, op: str, args: dict[str, Any] | None = None, timeout: float = 0) -> Any:
         if op == "facts":

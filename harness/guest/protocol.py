@@ -1,0 +1,350 @@
+"""The guest agent's protocol, shared by the host (harness.vm.agentclient) and the guest
+(harness.guest.agent): the operations, a request dataclass for each, the kinds of error an
+answer can carry, and the JSON lines they travel as.  Standard library only.
+
+    request  {"id": N, "op": "load", "args": {...}}              one line on the agent's stdin
+    answer   {"id": N, "ok": true, "result": {...}}               one line on its stdout
+             {"id": N, "ok": false, "error": "...", "kind": "setup"}
+
+A request's `args` are its dataclass's fields, under the same names except where a field
+names a Python keyword (Traffic.from_ns travels as "from").  The agent reads them back
+strictly: a key the operation does not take, or a missing required one, is a protocol
+error, so host and guest cannot drift apart unnoticed.  Answers are the operations'
+results as JSON objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+from harness.errors import KitlError
+
+
+class Op(enum.StrEnum):
+    PING = "ping"
+    FACTS = "facts"
+    SYSCTL = "sysctl"
+    RUN = "run"
+    TOPOLOGY_UP = "topology_up"
+    TOPOLOGY_DOWN = "topology_down"
+    TRAFFIC = "traffic"
+    SYSCALL = "syscall"
+    LOAD = "load"
+    ATTACH = "attach"
+    TEST_RUN = "test_run"
+    MAP_DUMP = "map_dump"
+    MAP_UPDATE = "map_update"
+    TAIL_CALLS = "tail_calls"
+    EVENTS_START = "events_start"
+    EVENTS_COUNT = "events_count"
+    PROBE = "probe"
+    RELEASE = "release"
+
+
+class ErrorKind(enum.StrEnum):
+    """What failed, as the host turns it into a cell's outcome."""
+
+    PROTOCOL = "protocol"  # a request the agent cannot take (a bug of the host's)
+    SETUP = "setup"  # what the case asked of the guest cannot be done (a map, a cgroup)
+    ATTACH = "attach"  # the kernel refused the attach: the case's result, not a failure
+    TOPOLOGY = "topology"  # netns, veth or netdevsim could not be set up
+    TIMEOUT = "timeout"  # what the agent ran for the request did not finish in time
+    INTERNAL = "internal"  # an exception the agent did not expect (its traceback follows)
+    ERROR = "error"
+
+
+class GuestError(KitlError):
+    """A request that failed in the guest in a way the host sees as a typed result."""
+
+    def __init__(self, message: str, kind: ErrorKind = ErrorKind.ERROR) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+R = TypeVar("R", bound="Request")
+
+
+@dataclass(frozen=True)
+class Request:
+    """The arguments of one operation."""
+
+    op: ClassVar[Op]
+    _wire_names: ClassVar[Mapping[str, str]] = {}  # field -> key, where they differ
+
+    def to_wire(self) -> dict[str, Any]:
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[self._wire_names.get(f.name, f.name)] = (
+                list(value) if isinstance(value, tuple) else value
+            )
+        return out
+
+    @classmethod
+    def from_wire(cls: type[R], args: Mapping[str, Any]) -> R:
+        names = {cls._wire_names.get(f.name, f.name): f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(args) - set(names))
+        if unknown:
+            raise GuestError(f"{cls.op}: unknown argument {unknown[0]!r}", ErrorKind.PROTOCOL)
+        values: dict[str, Any] = {}
+        for key, f in names.items():
+            if key in args:
+                value = args[key]
+                values[f.name] = tuple(value) if isinstance(value, list) else value
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise GuestError(f"{cls.op}: missing argument {key!r}", ErrorKind.PROTOCOL)
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Ping(Request):
+    op = Op.PING
+
+
+@dataclass(frozen=True)
+class Facts(Request):
+    op = Op.FACTS
+
+
+@dataclass(frozen=True)
+class Sysctl(Request):
+    op = Op.SYSCTL
+    values: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Run(Request):
+    """A command in the guest, in a netns and cgroup, killed after `timeout` seconds."""
+
+    op = Op.RUN
+    argv: tuple[str, ...]
+    ns: str | None = None
+    cgroup: str | None = None
+    timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class TopologyUp(Request):
+    """netns names; veth pairs {"a": {"dev", "ns", "addr"}, "b": {...}}; netdevsim
+    devices {"id", "ports", "ns"}."""
+
+    op = Op.TOPOLOGY_UP
+    netns: tuple[str, ...] = ()
+    veth: tuple[Mapping[str, Any], ...] = ()
+    netdevsim: tuple[Mapping[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class TopologyDown(Request):
+    op = Op.TOPOLOGY_DOWN
+
+
+@dataclass(frozen=True)
+class Traffic(Request):
+    """Packets from one netns to an address (`to`, in `to_ns`); `socket_filter`
+    ({"handle", "program"}) puts that program on the receiving socket."""
+
+    op = Op.TRAFFIC
+    _wire_names: ClassVar[Mapping[str, str]] = {"from_ns": "from"}
+    to: str
+    from_ns: str | None = None
+    to_ns: str | None = None
+    proto: str = "udp"
+    port: int = 9000
+    count: int = 1
+    size: int = 64
+    wait: float = 1.0
+    cgroup: str | None = None
+    socket_filter: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Syscall(Request):
+    """One system call done by the agent itself: open, unlink, connect or exec."""
+
+    op = Op.SYSCALL
+    action: str
+    argv: tuple[str, ...] = ()
+    path: str | None = None
+    mode: str = "read"
+    create: bool = False
+    to: str | None = None
+    port: int | None = None
+    proto: str | None = None
+    ns: str | None = None
+    cgroup: str | None = None
+    timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class Load(Request):
+    """One program of an object, loaded as a loader would; see harness.guest.libbpf_load."""
+
+    op = Op.LOAD
+    object: str
+    program: str
+    log_level: int = 1 | 4
+    log_size: int | None = None
+    prog_flags: int = 0
+    btf_custom_path: str | None = None
+    kconfig: str | None = None
+    offload_dev: str | None = None
+    offload_ns: str | None = None
+    privilege: str | None = None
+    keep_caps: tuple[int, ...] = ()  # capabilities the profile keeps (CAP_ numbers)
+    globals: Mapping[str, int] = field(default_factory=dict)
+    maps: tuple[Mapping[str, Any], ...] = ()  # {"name", "max_entries", "value_size"}
+    fixups: bool = True
+    pinning: bool = True
+    pin_root: str | None = None
+    attach_target: str | None = None
+    companions: tuple[str, ...] = ()
+    unprivileged_maps_only: bool = False
+
+
+@dataclass(frozen=True)
+class Attach(Request):
+    op = Op.ATTACH
+    handle: int
+    program: str
+    family: str
+    dev: str | None = None
+    ns: str | None = None
+    mode: str | None = None
+    direction: str | None = None
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class TestRun(Request):
+    """BPF_PROG_TEST_RUN: `data_hex` the packet (or nothing), `ctx_hex` the context."""
+
+    op = Op.TEST_RUN
+    handle: int
+    program: str
+    data_hex: str = ""
+    ctx_hex: str | None = None
+    repeat: int = 1
+    ctx_only: bool = False
+
+
+@dataclass(frozen=True)
+class MapDump(Request):
+    op = Op.MAP_DUMP
+    handle: int
+    maps: tuple[str, ...] = ()  # none: every map that can be walked
+
+
+@dataclass(frozen=True)
+class MapUpdate(Request):
+    """{map: [[key, value], ...]}: an integer is written at the map's size, a string is hex."""
+
+    op = Op.MAP_UPDATE
+    handle: int
+    maps: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TailCalls(Request):
+    """[[prog array, index, program], ...] filled after the load, as user space does."""
+
+    op = Op.TAIL_CALLS
+    handle: int
+    slots: tuple[tuple[Any, ...], ...] = ()
+
+
+@dataclass(frozen=True)
+class EventsStart(Request):
+    op = Op.EVENTS_START
+    handle: int
+    maps: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class EventsCount(Request):
+    op = Op.EVENTS_COUNT
+    handle: int
+
+
+@dataclass(frozen=True)
+class Probe(Request):
+    """What of a case's `requires:` the kernel lacks: helpers (name -> id) for a program
+    type, program and map types (name -> value), kfuncs by name."""
+
+    op = Op.PROBE
+    prog_type: int = 0
+    helpers: Mapping[str, int] = field(default_factory=dict)
+    prog_types: Mapping[str, int] = field(default_factory=dict)
+    map_types: Mapping[str, int] = field(default_factory=dict)
+    kfuncs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Release(Request):
+    """Close one loaded object, or all of them (no handle)."""
+
+    op = Op.RELEASE
+    handle: int | None = None
+
+
+REQUESTS: dict[Op, type[Request]] = {
+    cls.op: cls
+    for cls in (
+        Ping,
+        Facts,
+        Sysctl,
+        Run,
+        TopologyUp,
+        TopologyDown,
+        Traffic,
+        Syscall,
+        Load,
+        Attach,
+        TestRun,
+        MapDump,
+        MapUpdate,
+        TailCalls,
+        EventsStart,
+        EventsCount,
+        Probe,
+        Release,
+    )
+}
+
+
+# -- the wire ------------------------------------------------------------------------------
+
+
+def request_line(rid: int, op: Op | str, args: Mapping[str, Any]) -> str:
+    """A request as the host sends it: its operation's name and its arguments' wire form."""
+    return json.dumps({"id": rid, "op": str(op), "args": dict(args)})
+
+
+def parse_request(message: Mapping[str, Any]) -> Request:
+    """The typed request of a decoded request line."""
+    name = str(message.get("op"))
+    if name not in Op.__members__.values():
+        raise GuestError(f"unknown op {message.get('op')!r}", ErrorKind.PROTOCOL)
+    args = message.get("args") or {}
+    if not isinstance(args, Mapping):
+        raise GuestError(f"{name}: args is not an object", ErrorKind.PROTOCOL)
+    return REQUESTS[Op(name)].from_wire(args)
+
+
+def answer_ok(rid: Any, result: Any) -> dict[str, Any]:
+    return {"id": rid, "ok": True, "result": result}
+
+
+def answer_error(rid: Any, message: str, kind: ErrorKind, **extra: Any) -> dict[str, Any]:
+    return {"id": rid, "ok": False, "error": message, "kind": str(kind), **extra}
+
+
+def error_kind(name: object) -> ErrorKind:
+    """An answer's kind; one this version does not know reads as ERROR."""
+    text = str(name)
+    return ErrorKind(text) if text in ErrorKind.__members__.values() else ErrorKind.ERROR
