@@ -292,6 +292,17 @@ class Libbpf:
         self._printer.chunks.clear()
         return text
 
+    def walk(self, next_function: str, obj: int) -> list[int]:
+        """Every program or map of an object, in its order, through libbpf's iterator
+        (`bpf_object__next_program`, `bpf_object__next_map`)."""
+        step = getattr(self.c, next_function)
+        found: list[int] = []
+        item = step(obj, None)
+        while item:
+            found.append(item)
+            item = step(obj, item)
+        return found
+
     def _name(self, function: str, value: int) -> str:
         raw = getattr(self.c, function)(value) if self.has(function) else None
         return raw.decode() if raw else f"unknown({value})"

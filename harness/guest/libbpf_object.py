@@ -130,12 +130,7 @@ class BpfObject:
 
     @staticmethod
     def _programs(lib: Libbpf, obj: int) -> list[int]:
-        programs: list[int] = []
-        prog = lib.c.bpf_object__next_program(obj, None)
-        while prog:
-            programs.append(prog)
-            prog = lib.c.bpf_object__next_program(obj, prog)
-        return programs
+        return lib.walk("bpf_object__next_program", obj)
 
     @classmethod
     def programs_in(cls, lib: Libbpf, path: str) -> list[tuple[str, str]]:

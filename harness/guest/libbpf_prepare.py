@@ -61,12 +61,7 @@ class MapDef:
 
 
 def maps_of(lib: Libbpf, obj: int) -> list[int]:
-    found: list[int] = []
-    m = lib.c.bpf_object__next_map(obj, None)
-    while m:
-        found.append(m)
-        m = lib.c.bpf_object__next_map(obj, m)
-    return found
+    return lib.walk("bpf_object__next_map", obj)
 
 
 def map_name(lib: Libbpf, m: int) -> str:

@@ -171,37 +171,31 @@ def decide(
     """Resolve --accel.  `probe` boots a kernel under KVM; None means no kernel is at hand,
     in which case `auto` picks TCG without caching a verdict.  A probe that does not
     answer within `probe_timeout` (or fails) counts as a KVM that hangs: TCG, cached."""
-    decision = _decide(
-        requested,
-        cache,
-        probe,
-        kvm_available=kvm_available,
-        fingerprint=fingerprint,
-        probe_timeout=probe_timeout,
-    )
-    log.info("--accel %s: %s (%s)", requested, decision.accel, decision.reason)
-    return decision
-
-
-def _decide(
-    requested: str,
-    cache: Cache,
-    probe: Probe | None,
-    *,
-    kvm_available: Callable[[], bool] = kvm_usable,
-    fingerprint: Callable[[], str] = host_fingerprint,
-    probe_timeout: float,
-) -> AccelDecision:
     if requested not in ACCELS:
         raise UsageError(f"--accel {requested!r}: expected one of {', '.join(ACCELS)}")
     if requested == "tcg":
-        return AccelDecision("tcg", "requested")
-    if requested == "kvm":
+        decision = AccelDecision("tcg", "requested")
+    elif requested == "kvm":
         if not kvm_available():
             raise UsageError(
                 "--accel kvm: /dev/kvm is missing or not accessible", hint="use --accel tcg or auto"
             )
-        return AccelDecision("kvm", "requested")
+        decision = AccelDecision("kvm", "requested")
+    else:
+        decision = _auto(cache, probe, kvm_available, fingerprint, probe_timeout)
+    log.info("--accel %s: %s (%s)", requested, decision.accel, decision.reason)
+    return decision
+
+
+def _auto(
+    cache: Cache,
+    probe: Probe | None,
+    kvm_available: Callable[[], bool],
+    fingerprint: Callable[[], str],
+    probe_timeout: float,
+) -> AccelDecision:
+    """--accel auto: TCG without a usable /dev/kvm, else this host's cached verdict, else
+    a probe's, cached."""
     if not kvm_available():
         return AccelDecision("tcg", "no usable /dev/kvm")
     verdict_file = cache.host_dir / "accel.json"
