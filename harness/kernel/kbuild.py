@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -40,6 +41,8 @@ from harness.kernel.cache import Cache, staging_dir
 from harness.kernel.catalog import BuildSource, CatalogEntry, kernels_dir
 from harness.kernel.netdevsim import Runner
 from harness.kernel.store import Kernel, Progress, parse_config, sha256_file
+
+logger = logging.getLogger(__name__)
 
 RECIPE = 1  # part of the cache key: bump when the steps below change what they produce
 MANIFEST = "kitl-build.json"
@@ -199,7 +202,9 @@ def build(
     final = cache_dir(cache, entry, source_sha256)
     ready = installed(final)
     if ready is not None:
+        logger.info("%s: built before (%s)", entry.name, final)
         return ready
+    logger.info("%s: not built yet with these fragments; building into %s", entry.name, final)
     workspace = tree_dir(cache, source_sha256)
     with cache.lock(f"build-{workspace.name}"):
         ready = installed(final)

@@ -18,6 +18,7 @@ a build, about half of it xz reading the whole tarball.  The trees carry libbpf 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -34,6 +35,8 @@ from harness.kernel.kbuild import run_logged
 from harness.kernel.netdevsim import Runner
 from harness.kernel.resolve import Kernels
 from harness.kernel.store import Progress
+
+logger = logging.getLogger(__name__)
 
 MANIFEST = "kitl-libbpf.json"
 # What `make <out>/libbpf.so` reads, relative to linux-source-X/ (measured on 5.10, 6.1,
@@ -166,7 +169,9 @@ def libbpf_for(
     final = cache_dir(cache, pkg.version)
     ready = _installed(final, pkg)
     if ready is not None:
+        logger.info("libbpf of %s: built before (%s)", name, ready.path)
         return ready
+    logger.info("libbpf of %s: building it from %s's source %s", name, name, pkg.version)
     with cache.lock(f"libbpf-{pkg.version}"):
         ready = _installed(final, pkg)  # another process may have built it meanwhile
         if ready is not None:
