@@ -32,8 +32,9 @@ from harness.results.rundir import safe_name
 from harness.results.runs import load_run
 from harness.run.engine import build_objects
 from harness.run.matrix import newest
-from harness.scenario import objects
+from harness.scenario import objects, verify_options
 from harness.scenario.loader import load_scenario
+from harness.scenario.verify_options import PRIVILEGED, UNPRIVILEGED, VerifyOptions
 from harness.vm import accel
 from harness.vm.agentclient import AgentClient
 from harness.vm.machine import VM
@@ -78,7 +79,7 @@ def command_line(run_dir: Path, cell_id: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    objects.check_log_level(args.log_level)
+    verify_options.check_log_level(args.log_level)
     cell = find_cell(args.run_dir, args.cell_id)
     if cell.get("scenario") == "*":
         raise UsageError(f"{args.cell_id} is a run-level failure, not a program to reload")
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.cell_id}: its scenario file {scenario_file} is gone")
     if scenario_file.suffix == ".o":  # a `kitl verify` cell: the object is the scenario
         scenario = objects.scenario_for_object(
-            scenario_file, objects.VerifyOptions(privileges=("privileged", objects.UNPRIVILEGED))
+            scenario_file, VerifyOptions(privileges=(PRIVILEGED, UNPRIVILEGED))
         )
     else:
         scenario = load_scenario(scenario_file)
