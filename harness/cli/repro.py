@@ -28,6 +28,7 @@ from harness.guest.libbpf_load import BPF_LOG_LEVEL2, BPF_LOG_STATS
 from harness.kernel import libbpf_build
 from harness.kernel.cache import Cache
 from harness.kernel.resolve import Kernels
+from harness.outcome import EXIT_FAILED, EXIT_OK
 from harness.results.rundir import safe_name
 from harness.results.runs import load_run
 from harness.run.engine import build_objects
@@ -113,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"boot {kernel.name} ({kernel.release}, digest {kernel.digest[:12]})")
         print(f"sysctl {' '.join(f'{k}={v}' for k, v in sysctls.items())}")
         print(f"load {obj} program {case.program} log_level {args.log_level}")
-        return 0
+        return EXIT_OK
     cache = ks.store.cache
     decision = accel.decide(args.accel, cache, lambda: accel.qemu_kvm_probe(kernel.vmlinuz))
     loader = libbpf_build.loader_path(str(cell.get("libbpf") or ""), ks)  # the cell's libbpf
@@ -156,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
                 + "; exit the shell to stop the VM"
             )
             subprocess.call(vm.ssh_command())
-    return 0 if load.get("ok") == (cell.get("observed", {}).get("load", {}).get("ok")) else 1
+    same = load.get("ok") == cell.get("observed", {}).get("load", {}).get("ok")
+    return EXIT_OK if same else EXIT_FAILED  # the load did what it did in the run
 
 
 def _verdict(load: dict[str, Any], log: str) -> str:

@@ -349,7 +349,7 @@ class CellItem(pytest.Item):
         try:
             result = guests.run_cell(self.cell, kernel)
         except WriteError as exc:  # the disk is full: no later cell could be recorded either
-            pytest.exit(f"kitl: {exc}", returncode=1)
+            pytest.exit(f"kitl: {exc}", returncode=pytest.ExitCode.TESTS_FAILED)
         self.result = result
         self.user_properties.append(("kitl_line", cell_line(result)))
         line = guests.boot_line(kernel.name)
