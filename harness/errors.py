@@ -1,4 +1,5 @@
-"""Errors that reach the user as one line, each with the exit status it maps to.
+"""Errors that reach the user as one line, each with the exit status it maps to
+(harness.outcome's) and, for a run failure, the outcome of the cell it stands for.
 
 Usage errors (bad input the user can fix: unknown kernel, bad YAML, missing file) exit 2;
 run failures (download failed, boot timeout, SSH never ready) exit 1.  The CLI prints
@@ -10,14 +11,13 @@ from __future__ import annotations
 import errno
 from pathlib import Path
 
-USAGE_EXIT = 2
-RUN_FAILURE_EXIT = 1
+from harness.outcome import EXIT_FAILED, EXIT_USAGE, Outcome
 
 
 class KitlError(Exception):
     """Base of every error the CLI turns into one line."""
 
-    exit_code = RUN_FAILURE_EXIT
+    exit_code = EXIT_FAILED
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -33,7 +33,7 @@ class KitlError(Exception):
 class UsageError(KitlError):
     """The user asked for something that cannot be: fix the input and rerun."""
 
-    exit_code = USAGE_EXIT
+    exit_code = EXIT_USAGE
 
 
 class ConfigError(UsageError):
@@ -124,3 +124,16 @@ class KernelCrashError(GuestLostError):
         self.splat_text = splat_text
         self.fingerprint = fingerprint
         self.signature = signature  # what the fingerprint hashes: title | call trace
+
+
+def outcome_for_error(exc: BaseException) -> Outcome:
+    """The outcome a run failure stands for."""
+    if isinstance(exc, KernelCrashError):
+        return Outcome.KERNEL_CRASH
+    if isinstance(exc, BootError):  # timed out and stalled boots too: never up
+        return Outcome.BOOT_FAILED
+    if isinstance(exc, GuestTimeoutError):
+        return Outcome.TIMED_OUT
+    if isinstance(exc, GuestLostError):
+        return Outcome.VM_LOST
+    return Outcome.ERROR

@@ -1,11 +1,10 @@
-"""The one outcome enum, and the one table mapping outcomes to the process exit status."""
+"""The one outcome enum, the process exit statuses kitl uses, and the one table mapping
+outcomes to them.  (harness.errors gives each error its status and its outcome.)"""
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
-
-from harness import errors
 
 
 class Outcome(enum.StrEnum):
@@ -35,7 +34,7 @@ _INFRASTRUCTURE = frozenset(
 
 # Usage and config errors exit 2 before anything runs (harness.errors.UsageError).  Every
 # run failure exits 1, whether the kernel said no or the infrastructure broke: the results
-# JSON carries the outcome that tells them apart.
+# JSON carries the outcome that tells them apart.  A run stopped by a signal exits 128 + it.
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -62,16 +61,3 @@ def exit_code(outcomes: Iterable[Outcome]) -> int:
     if not codes:
         return EXIT_FAILED
     return max(codes)
-
-
-def outcome_for_error(exc: BaseException) -> Outcome:
-    """The outcome a run failure stands for."""
-    if isinstance(exc, errors.KernelCrashError):
-        return Outcome.KERNEL_CRASH
-    if isinstance(exc, errors.BootError):  # timed out and stalled boots too: never up
-        return Outcome.BOOT_FAILED
-    if isinstance(exc, errors.GuestTimeoutError):
-        return Outcome.TIMED_OUT
-    if isinstance(exc, errors.GuestLostError):
-        return Outcome.VM_LOST
-    return Outcome.ERROR

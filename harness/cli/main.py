@@ -22,14 +22,14 @@ from typing import Any
 from harness import __version__, interrupts
 from harness.cli import repro, runner, verify
 from harness.cli.progress import DownloadProgress, stderr
-from harness.errors import DISK_ERRNOS, RUN_FAILURE_EXIT, KitlError, UsageError
+from harness.errors import DISK_ERRNOS, KitlError, UsageError, outcome_for_error
 from harness.kernel import debian, kbuild
 from harness.kernel.cache import Cache
 from harness.kernel.catalog import CatalogEntry
 from harness.kernel.lockfile import LockedKernel
 from harness.kernel.resolve import Kernels
 from harness.kernel.store import Kernel
-from harness.outcome import EXIT_USAGE, Outcome, exit_code, outcome_for_error
+from harness.outcome import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Outcome, exit_code
 from harness.report import render
 from harness.results import compare
 from harness.results.runs import merge_runs, outcome_of
@@ -176,7 +176,7 @@ def cmd_kernels_list(args: argparse.Namespace) -> int:
     rows = [_kernel_row(ks, e) for e in ks.catalog.entries]
     if args.json:
         print(json.dumps(rows, indent=2))
-        return 0
+        return EXIT_OK
     print(f"{'NAME':<13} {'RELEASE':<24} {'FETCHED':<8} {'BTF':<4} {'NSIM':<5} KEY CONFIG")
     for r in rows:
         flags = ""
@@ -195,7 +195,7 @@ def cmd_kernels_list(args: argparse.Namespace) -> int:
             f"{btf:<4} {nsim:<5} {flags}"
         )
     print("(* = default kernel)")
-    return 0
+    return EXIT_OK
 
 
 def cmd_kernels_fetch(args: argparse.Namespace) -> int:
@@ -212,7 +212,7 @@ def cmd_kernels_fetch(args: argparse.Namespace) -> int:
                 continue
             for role, pkg in ks.locked(entry).packages:
                 print(f"{entry.name} {role} {pkg.url} sha256:{pkg.sha256}")
-        return 0
+        return EXIT_OK
     results = []
     with DownloadProgress() as progress:
         for entry in entries:
@@ -231,7 +231,7 @@ def cmd_kernels_fetch(args: argparse.Namespace) -> int:
     else:
         for r in results:
             print(f"{r['name']}: {r['release']} ready ({r['seconds']}s)")
-    return 0
+    return EXIT_OK
 
 
 def cmd_kernels_info(args: argparse.Namespace) -> int:
@@ -265,7 +265,7 @@ def cmd_kernels_info(args: argparse.Namespace) -> int:
                     print(f"  {k}={v}")
             else:
                 print(f"{key}: {value}")
-    return 0
+    return EXIT_OK
 
 
 def cmd_kernels_lock(args: argparse.Namespace) -> int:
@@ -282,7 +282,7 @@ def cmd_kernels_lock(args: argparse.Namespace) -> int:
             print(f"kitl: {p}", file=sys.stderr)
         if not problems:
             print(f"{ks.lock.path}: {len(entries)} kernels pinned, consistent with the catalog")
-        return EXIT_USAGE if problems else 0
+        return EXIT_USAGE if problems else EXIT_OK
     suites = {s for e in entries if e.debian for s in e.debian.suites}
     archive = debian.Archive(ks.store.cache, suites)
     stderr.print(f"kitl: updating the private package index ({', '.join(sorted(suites))})")
@@ -302,7 +302,7 @@ def cmd_kernels_lock(args: argparse.Namespace) -> int:
         print(f"{name}: {old_v or '(new)'} -> {new_v}")
     if not changes:
         print("kernels.lock is up to date")
-    return 0
+    return EXIT_OK
 
 
 # -- booting ---------------------------------------------------------------------------------
@@ -346,7 +346,7 @@ def _dry_run(kernels: Sequence[Kernel], args: argparse.Namespace, accel_name: st
         vm = _vm(kernel, args, accel_name, Path("/dev/null"))
         spec = vm.spec(free_port(), Path(tempfile.gettempdir()) / "kitl-vm-XXXXXX")
         print(shlex.join(VngLauncher().argv(spec)))
-    return 0
+    return EXIT_OK
 
 
 def cmd_boot(args: argparse.Namespace) -> int:
@@ -426,7 +426,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
                 # the message names the fingerprint and the crash site; then the splat
                 print(f"kitl: {exc}", file=sys.stderr)
                 print(splat, file=sys.stderr)
-                return 1
+                return EXIT_FAILED
             raise
 
 
@@ -458,7 +458,7 @@ def cmd_accel(args: argparse.Namespace) -> int:
         (lambda: accel.qemu_kvm_probe(probe_kernel.vmlinuz)) if probe_kernel else None,
     )
     print(f"{decision.accel}: {decision.reason}")
-    return 0
+    return EXIT_OK
 
 
 def _load_scenarios(paths: Sequence[Path], allow_outside: bool) -> list[model.Scenario]:
@@ -483,12 +483,12 @@ def cmd_check(args: argparse.Namespace) -> int:
             f"{sc.path}: {sc.name}: {len(sc.cases)} cases, configs "
             f"{', '.join(c.name for c in sc.configs)}: ok"
         )
-    return 0
+    return EXIT_OK
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
     print(json.dumps(shape.json_schema(), indent=2))
-    return 0
+    return EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -582,7 +582,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"kitl: {where}{exc.strerror or exc} (check the disk kitl writes to, then rerun)",
             file=sys.stderr,
         )
-        return RUN_FAILURE_EXIT
+        return EXIT_FAILED
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, interrupts.Stopped) else signal.SIGINT
         print(f"kitl: interrupted ({interrupts.signal_name(signum)})", file=sys.stderr)

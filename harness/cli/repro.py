@@ -29,12 +29,14 @@ from harness.guest.libbpf_load import BPF_LOG_LEVEL2, BPF_LOG_STATS
 from harness.kernel import libbpf_build
 from harness.kernel.cache import Cache
 from harness.kernel.resolve import Kernels
+from harness.outcome import EXIT_FAILED, EXIT_OK
 from harness.results.rundir import safe_name
 from harness.results.runs import load_run
 from harness.run.engine import build_objects
 from harness.run.matrix import newest
-from harness.scenario import objects
+from harness.scenario import objects, verify_options
 from harness.scenario.loader import load_scenario
+from harness.scenario.verify_options import PRIVILEGED, UNPRIVILEGED, VerifyOptions
 from harness.vm import accel
 from harness.vm.agentclient import AgentClient
 from harness.vm.machine import VM
@@ -79,7 +81,7 @@ def command_line(run_dir: Path, cell_id: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    objects.check_log_level(args.log_level)
+    verify_options.check_log_level(args.log_level)
     cell = find_cell(args.run_dir, args.cell_id)
     if cell.get("scenario") == "*":
         raise UsageError(f"{args.cell_id} is a run-level failure, not a program to reload")
@@ -88,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.cell_id}: its scenario file {scenario_file} is gone")
     if scenario_file.suffix == ".o":  # a `kitl verify` cell: the object is the scenario
         scenario = objects.scenario_for_object(
-            scenario_file, objects.VerifyOptions(privileges=("privileged", objects.UNPRIVILEGED))
+            scenario_file, VerifyOptions(privileges=(PRIVILEGED, UNPRIVILEGED))
         )
     else:
         scenario = load_scenario(scenario_file)
@@ -113,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"boot {kernel.name} ({kernel.release}, digest {kernel.digest[:12]})")
         print(f"sysctl {' '.join(f'{k}={v}' for k, v in sysctls.items())}")
         print(f"load {obj} program {case.program} log_level {args.log_level}")
-        return 0
+        return EXIT_OK
     cache = ks.store.cache
     decision = accel.decide(args.accel, cache, lambda: accel.qemu_kvm_probe(kernel.vmlinuz))
     loader = libbpf_build.loader_path(str(cell.get("libbpf") or ""), ks)  # the cell's libbpf
@@ -156,7 +158,8 @@ def run(args: argparse.Namespace) -> int:
                 + "; exit the shell to stop the VM"
             )
             subprocess.call(vm.ssh_command())
-    return 0 if load.get("ok") == (cell.get("observed", {}).get("load", {}).get("ok")) else 1
+    same = load.get("ok") == cell.get("observed", {}).get("load", {}).get("ok")
+    return EXIT_OK if same else EXIT_FAILED  # the load did what it did in the run
 
 
 def _verdict(load: dict[str, Any], log: str) -> str:

@@ -7,6 +7,7 @@ import pytest
 
 from harness.interrupts import DEFAULT_CELL_TIMEOUT
 from harness.results import known as known_mod
+from harness.scenario import verify_options
 from harness.vm import accel
 
 
@@ -63,29 +64,4 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini("kitl", type="bool", default=False, help="collect kitl scenario files")
     verify = parser.getgroup("kitl-verify", "kitl verify: every program of BPF objects")
     verify.addoption("--kitl-verify", action="store_true", help="collect *.o files")
-    verify.addoption("--kitl-prog", default="", metavar="GLOB,GLOB", help="only these programs")
-    verify.addoption("--kitl-log-level", type=int, default=5, metavar="N")
-    verify.addoption("--kitl-log-size", type=int, default=None, metavar="BYTES")
-    verify.addoption("--kitl-flags", default="", metavar="BPF_F_...,", help="program load flags")
-    verify.addoption("--kitl-btf", default=None, metavar="FILE", help="btf_custom_path")
-    verify.addoption("--kitl-privilege", default="privileged", metavar="PROFILE[,PROFILE]")
-    verify.addoption("--kitl-test-run", action="store_true", help="test_run each program")
-    verify.addoption("--kitl-verify-expect", default=None, metavar="FILE")
-    verify.addoption("--kitl-global", action="append", default=[], metavar="NAME=VALUE")
-    verify.addoption("--kitl-test-run-input", default=None, metavar="HEX")
-    verify.addoption("--kitl-map", action="append", default=[], metavar="NAME:max_entries=N")
-    verify.addoption("--kitl-attach-target", action="append", default=[], metavar="PROG=FUNC")
-    verify.addoption("--kitl-map-set", action="append", default=[], metavar="NAME:KEY=VALUE")
-    verify.addoption("--kitl-tail-call", action="append", default=[], metavar="MAP:SLOT=PROG")
-    verify.addoption("--kitl-no-fixups", action="store_true", help="no veristat map fixups")
-    verify.addoption("--kitl-no-pinning", action="store_true", help="pin no map")
-    verify.addoption("--kitl-pin-root", default=None, metavar="DIR", help="pin_root_path")
-    verify.addoption("--kitl-whole-object", action="store_true", help="load every program")
-    verify.addoption("--kitl-annotations", action="store_true", help="selftests' decl tags")
-    verify.addoption(
-        "--kitl-verify-config",
-        action="append",
-        default=[],
-        metavar="NAME:SYSCTL=VALUE",
-        help="a config of sysctls (repeatable; default: one config, the boot values)",
-    )
+    verify_options.add_pytest_options(verify)

@@ -39,9 +39,10 @@ from harness.results import known as known_mod
 from harness.results.rundir import CellResult, RunDir
 from harness.results.runs import appended, finalize, finished_ids
 from harness.run.matrix import Cell, Guests, Shard, newest, plan, shard_cells
-from harness.scenario import objects
+from harness.scenario import objects, verify_options
 from harness.scenario.loader import load_scenario
-from harness.scenario.model import RunConfig, Scenario
+from harness.scenario.model import Scenario
+from harness.scenario.verify_options import VerifyOptions
 from harness.vm import accel
 from harness.vm.machine import VM
 from harness.vm.slots import GuestSlots
@@ -89,44 +90,19 @@ class KitlSession:
         self._resolved: dict[str, Kernel] = {}
         self._guests: Guests | None = None
         self._known_names: set[str] | None = None
-        self._verify: objects.VerifyOptions | None = None
-        expect = config.getoption("kitl_verify_expect")
-        self.verify_expect = objects.load_bulk(Path(expect)) if expect else None
+        self._verify: VerifyOptions | None = None
+        expect = verify_options.pytest_values(config.getoption)("expect")
+        self.verify_expect = objects.load_bulk(expect) if expect else None
         self.total = 0
         self.done = 0
         self.seen_kernels: set[str] = set()  # booted in this process
         self.announced: set[str] = set()  # "booting" said on the terminal
         self.known_lines: list[str] = []
 
-    def verify_options(self) -> objects.VerifyOptions:
+    def verify_options(self) -> VerifyOptions:
         if self._verify is None:
-            get = self.config.getoption
-            privilege = get("kitl_privilege")
-            btf = get("kitl_btf")
-            self._verify = objects.VerifyOptions(
-                programs=tuple(_names(get("kitl_prog"))),
-                log_level=get("kitl_log_level"),
-                log_size=get("kitl_log_size"),
-                flags=objects.parse_flags(get("kitl_flags")),
-                btf_custom_path=Path(btf).resolve() if btf else None,
-                privileges=objects.parse_privileges(privilege),
-                test_run=get("kitl_test_run"),
-                configs=tuple(objects.parse_config(c) for c in get("kitl_verify_config"))
-                or (RunConfig("default"),),
-                globals=tuple(objects.parse_global(g) for g in get("kitl_global")),
-                test_run_input=objects.parse_hex(get("kitl_test_run_input")),
-                maps=tuple(objects.parse_map(m) for m in get("kitl_map")),
-                attach_targets=tuple(
-                    objects.parse_attach_target(t) for t in get("kitl_attach_target")
-                ),
-                fixups=not get("kitl_no_fixups"),
-                pinning=not get("kitl_no_pinning"),
-                pin_root=objects.check_pin_root(get("kitl_pin_root")),
-                whole_object=get("kitl_whole_object"),
-                annotations=get("kitl_annotations"),
-                tail_calls=tuple(objects.parse_tail_call(t) for t in get("kitl_tail_call")),
-                map_values=tuple(objects.parse_map_value(v) for v in get("kitl_map_set")),
-            )
+            values = verify_options.pytest_values(self.config.getoption)
+            self._verify = verify_options.build(values)
         return self._verify
 
     @property
@@ -373,7 +349,7 @@ class CellItem(pytest.Item):
         try:
             result = guests.run_cell(self.cell, kernel)
         except WriteError as exc:  # the disk is full: no later cell could be recorded either
-            pytest.exit(f"kitl: {exc}", returncode=1)
+            pytest.exit(f"kitl: {exc}", returncode=pytest.ExitCode.TESTS_FAILED)
         self.result = result
         self.user_properties.append(("kitl_line", cell_line(result)))
         line = guests.boot_line(kernel.name)

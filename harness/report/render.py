@@ -21,7 +21,7 @@ from typing import Any
 
 from harness.bpf.verifier_log import parse_log
 from harness.errors import UsageError, WriteError
-from harness.outcome import Outcome
+from harness.outcome import EXIT_OK, Outcome
 from harness.report import html
 from harness.report.model import (
     RUN_LEVEL,
@@ -315,7 +315,7 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "markdown":
         sys.stdout.write(written[0].read_text(encoding="utf-8"))
         print(written[0], file=sys.stderr)
-        return 0
+        return EXIT_OK
     for path in written:
         print(path)
-    return 0
+    return EXIT_OK

@@ -16,13 +16,13 @@ from typing import Any
 
 from harness.bpf import progtypes
 from harness.bpf.elfobj import read_object
-from harness.errors import KitlError
+from harness.errors import KitlError, outcome_for_error
 from harness.guest import protocol
 from harness.guest.protocol import ErrorKind
 from harness.interrupts import DEFAULT_CELL_TIMEOUT, Watchdog, timed_out_reason
 from harness.kernel.cache import Cache
 from harness.kernel.store import Kernel
-from harness.outcome import Outcome, outcome_for_error
+from harness.outcome import Outcome
 from harness.results.rundir import CellResult, RunDir
 from harness.run.compile import compile_object, kernel_btf, vmlinux_h
 from harness.run.judge import Observed, judge

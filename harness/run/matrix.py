@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import interrupts
-from harness.errors import KitlError, UsageError
+from harness.errors import KitlError, UsageError, outcome_for_error
 from harness.interrupts import DEFAULT_CELL_TIMEOUT
 from harness.kernel.cache import Cache
 from harness.kernel.libbpf_build import DEFAULT as DEFAULT_LIBBPF
 from harness.kernel.store import Kernel
-from harness.outcome import Outcome, outcome_for_error
+from harness.outcome import Outcome
 from harness.results.rundir import CellResult, RunDir, label, safe_name
 from harness.run.engine import Engine, build_objects
 from harness.scenario.expect import kernel_version

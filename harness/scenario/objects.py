@@ -1,8 +1,9 @@
 """BPF objects as scenarios built in memory, for `kitl verify`: one case per program
 (filtered by --prog), expecting a successful load unless bulk expectations
-(harness.scenario.bulk) say otherwise; the values of verify's options parsed and checked
-before anything boots.  The pytest plugin collects `.o` files under `--kitl-verify` and
-builds their scenarios with `scenario_for_object`.
+(harness.scenario.bulk) say otherwise.  The objects and the names verify's options give
+(harness.scenario.verify_options) are checked before anything boots.  The pytest plugin
+collects `.o` files under `--kitl-verify` and builds their scenarios with
+`scenario_for_object`.
 """
 
 from __future__ import annotations
@@ -21,211 +22,28 @@ from harness.bpf.elfobj import ObjectFormatError, read_object
 from harness.bpf.progtypes import ProgType
 from harness.errors import UsageError
 from harness.scenario import bulk, selftest_tags
-from harness.scenario.expect import MAP_NAME, PRIVILEGES, Expect, MapEntry, MapExpect, Override
+from harness.scenario.expect import Expect, MapEntry, MapExpect, Override
 from harness.scenario.loader import files_under
 from harness.scenario.model import (
     BpfObject,
     Case,
     LoadOptions,
     PacketSpec,
-    RunConfig,
     Scenario,
     TestRunDrive,
     profile_case_name,
 )
-from harness.scenario.shape import LOG_LEVEL_MASK
+from harness.scenario.verify_options import PRIVILEGED, VerifyOptions
 
 UNKNOWN_TYPE = progtypes.UNKNOWN_TYPE
-PRIVILEGED = "privileged"  # every capability; other profiles (harness.guest.caps) suffix the case
-UNPRIVILEGED = "unprivileged"
 OBJECT_CASE = "object"  # the one case of an object that is not a BPF object
 SKIPPED_SHOWN = 10  # files under a directory that are not BPF objects, named on stderr
-_CONFIG = re.compile(r"^([a-z0-9][a-z0-9._-]{0,63}):(.+)$")
-
-
-@dataclass(frozen=True)
-class VerifyOptions:
-    programs: tuple[str, ...] = ()  # fnmatch globs on program names; empty: all
-    log_level: int = 5
-    log_size: int | None = None
-    flags: tuple[str, ...] = ()  # names from progtypes.PROG_LOAD_FLAGS
-    btf_custom_path: Path | None = None
-    privileges: tuple[str, ...] = (PRIVILEGED,)  # profiles of scenario_expect.PRIVILEGES
-    test_run: bool = False
-    test_run_input: bytes | None = None  # packet (packet types) or context; None: a default
-    configs: tuple[RunConfig, ...] = (RunConfig("default"),)
-    globals: tuple[tuple[str, int], ...] = ()  # veristat's -G "name = value"
-    # what a real loader sets before the load (harness.guest.libbpf_prepare)
-    maps: tuple[tuple[str, int | None, int | None], ...] = ()  # (map, max_entries, value_size)
-    attach_targets: tuple[tuple[str, str], ...] = ()  # (program, target function)
-    fixups: bool = True
-    pinning: bool = True
-    pin_root: str | None = None
-    whole_object: bool = False  # every program of the object in each load, as a skeleton
-    map_values: tuple[tuple[str, int | bytes, int | bytes], ...] = ()  # written before test_run
-    annotations: bool = False  # the selftests' test_loader annotations are the expectations
-    tail_calls: tuple[tuple[str, int, str], ...] = ()  # (prog array, slot, program) to fill
 
 
 def objects_in(paths: Sequence[Path]) -> list[Path]:
     """The object files named, or found under the directories named (*.o), sorted."""
     found = files_under(paths, ".o", "object", "BPF objects")
     return list(dict.fromkeys(p.resolve() for p in found))
-
-
-def check_log_level(level: int) -> int:
-    """A verifier log level the kernel takes: a sum of 1 (the log), 2 (verbose), 4
-    (statistics) and 8 (BPF_LOG_FIXED, 6.4 and later); checked before anything boots."""
-    if not 0 <= level <= LOG_LEVEL_MASK:
-        raise UsageError(
-            f"--log-level {level}: not a verifier log level",
-            hint="0 to 15, a sum of 1 (log), 2 (verbose), 4 (statistics), 8 (fixed size)",
-        )
-    return level
-
-
-def parse_privileges(text: str) -> tuple[str, ...]:
-    """A comma-separated list of privilege profiles; "both" is privileged,unprivileged."""
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    out: list[str] = []
-    for name in names:
-        expanded = [PRIVILEGED, UNPRIVILEGED] if name == "both" else [name]
-        for profile in expanded:
-            if profile not in PRIVILEGES:
-                raise UsageError(
-                    f"--privilege {name!r}: not a privilege profile",
-                    hint=f"profiles: {', '.join(PRIVILEGES)}, or both",
-                )
-            out.append(profile)
-    if not out:
-        raise UsageError("--privilege: no profile given")
-    return tuple(dict.fromkeys(out))
-
-
-def parse_flags(text: str) -> tuple[str, ...]:
-    names = tuple(f.strip() for f in text.split(",") if f.strip())
-    for name in names:
-        if name not in progtypes.PROG_LOAD_FLAGS:
-            known = ", ".join(progtypes.PROG_LOAD_FLAGS)
-            raise UsageError(f"unknown program load flag {name!r}", hint=f"flags: {known}")
-    return names
-
-
-def parse_config(text: str) -> RunConfig:
-    """NAME:KEY=VALUE[,KEY=VALUE]: a config of sysctls, e.g.
-    interp:net.core.bpf_jit_enable=0."""
-    m = _CONFIG.match(text)
-    pairs = [p.split("=", 1) for p in m.group(2).split(",")] if m else []
-    if not m or any(len(p) != 2 or not p[0].strip() for p in pairs):
-        raise UsageError(
-            f"--config {text!r}: expected NAME:SYSCTL=VALUE[,SYSCTL=VALUE]",
-            hint="e.g. interp:net.core.bpf_jit_enable=0",
-        )
-    return RunConfig(m.group(1), tuple((k.strip(), v.strip()) for k, v in pairs))
-
-
-def parse_hex(text: str | None) -> bytes | None:
-    if text is None:
-        return None
-    try:
-        data = bytes.fromhex(re.sub(r"[\s:]", "", text))
-    except ValueError:
-        raise UsageError(f"--test-run-input: {text[:40]!r} is not hex bytes") from None
-    if not data:
-        raise UsageError("--test-run-input: no bytes")
-    return data
-
-
-def parse_global(text: str) -> tuple[str, int]:
-    """NAME=VALUE (veristat's -G "name = value"): an integer, 0x hex, true or false."""
-    name, _, value = text.partition("=")
-    name, value = name.strip(), value.strip().lower()
-    number = {"true": 1, "false": 0}.get(value)
-    if number is None:
-        try:
-            number = int(value, 0)
-        except ValueError:
-            number = None
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or number is None:
-        raise UsageError(f"--global {text!r}: expected NAME=VALUE, e.g. max_entries=64")
-    return name, number
-
-
-_MAP_SIZE_KEYS = ("max_entries", "value_size")
-
-
-def parse_map(text: str) -> tuple[str, int | None, int | None]:
-    """NAME:max_entries=N[,value_size=N]: a map's size as its loader sets it."""
-    name, _, spec = text.partition(":")
-    sizes: dict[str, int] = {}
-    for item in spec.split(",") if spec else []:
-        key, _, value = item.partition("=")
-        if key.strip() not in _MAP_SIZE_KEYS or not value.strip().isdigit():
-            sizes = {}
-            break
-        sizes[key.strip()] = int(value.strip())
-    if not MAP_NAME.match(name) or not sizes or not all(0 < v < 2**32 for v in sizes.values()):
-        raise UsageError(
-            f"--map {text!r}: expected NAME:max_entries=N[,value_size=N]",
-            hint="e.g. --map counts:max_entries=10240 (sizes from 1 to 2^32-1)",
-        )
-    return name, sizes.get("max_entries"), sizes.get("value_size")
-
-
-def parse_map_value(text: str) -> tuple[str, int | bytes, int | bytes]:
-    """NAME:KEY=VALUE: an entry written into a map after the load (before test_run).  KEY
-    and VALUE are integers (little-endian at the map's sizes) or hex:BYTES."""
-    name, _, entry = text.partition(":")
-    key, _, value = entry.partition("=")
-    try:
-        parsed = (_map_datum(key), _map_datum(value))
-    except ValueError:
-        parsed = None
-    if not MAP_NAME.match(name) or parsed is None:
-        raise UsageError(
-            f"--map-set {text!r}: expected NAME:KEY=VALUE",
-            hint="integers (42, 0x2a, -1) or hex:BYTES, e.g. --map-set config:0=hex:0a000001",
-        )
-    return name, parsed[0], parsed[1]
-
-
-def _map_datum(text: str) -> int | bytes:
-    text = text.strip()
-    if text.startswith("hex:"):
-        data = bytes.fromhex(text[4:])
-        if not data:
-            raise ValueError("no bytes")
-        return data
-    return int(text, 0)
-
-
-def parse_tail_call(text: str) -> tuple[str, int, str]:
-    """MAP:SLOT=PROGRAM: a prog array slot user space fills with a program of the object."""
-    m = re.fullmatch(r"([A-Za-z_.][A-Za-z0-9_.]*):(\d{1,6})=([A-Za-z_][A-Za-z0-9_]*)", text)
-    if m is None:
-        raise UsageError(
-            f"--tail-call {text!r}: expected PROG_ARRAY:SLOT=PROGRAM",
-            hint="e.g. --tail-call jmp_table:0=stage_one",
-        )
-    return m.group(1), int(m.group(2)), m.group(3)
-
-
-def parse_attach_target(text: str) -> tuple[str, str]:
-    """PROG=FUNC: the target user space gives a tracing program before the load."""
-    prog, _, target = text.partition("=")
-    ident = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
-    if not ident.fullmatch(prog.strip()) or not ident.fullmatch(target.strip()):
-        raise UsageError(
-            f"--attach-target {text!r}: expected PROGRAM=FUNCTION",
-            hint="e.g. --attach-target dummy_file_read=vfs_read",
-        )
-    return prog.strip(), target.strip()
-
-
-def check_pin_root(text: str | None) -> str | None:
-    if text is not None and not re.fullmatch(r"/sys/fs/bpf(/[A-Za-z0-9._-]+)*", text):
-        raise UsageError(f"--pin-root {text!r}: not a directory under /sys/fs/bpf")
-    return text
 
 
 def checked_objects(paths: Sequence[Path]) -> list[Path]:

@@ -6,7 +6,7 @@ A module imports from its own subpackage, the ones below it and the shared base 
 (errors, outcome, interrupts, yamlsrc).  The guest's code runs inside the VM with the
 host's interpreter but none of the host's state: it imports only the standard library,
 itself, harness.bpf (stdlib-only knowledge about BPF) and harness.errors (the KitlError
-tree its errors join, stdlib-only too).
+tree its errors join, stdlib-only too, with harness.outcome for exit codes).
 """
 
 from __future__ import annotations
@@ -30,7 +30,12 @@ LAYERS = (
 )
 BASE = frozenset({"errors", "outcome", "interrupts", "yamlsrc"})
 # what else each may import, besides the standard library
-STDLIB_ONLY = {"bpf": {"bpf"}, "guest": {"guest", "bpf", "errors"}, "errors": set()}
+STDLIB_ONLY = {
+    "bpf": {"bpf"},
+    "guest": {"guest", "bpf", "errors"},
+    "errors": {"outcome"},  # the exit codes of its errors
+    "outcome": set(),
+}
 
 
 def modules() -> dict[str, Path]:

@@ -35,6 +35,7 @@ from harness.run.matrix import plan
 from harness.scenario import objects
 from harness.scenario.expect import Expect
 from harness.scenario.loader import check
+from harness.scenario.verify_options import VerifyOptions
 from harness.vm.agentclient import AgentClient
 from tests.fakes import fake_vm
 from tests.unit.test_libbpf_layout import compile_bpf
@@ -124,7 +125,7 @@ def test_the_guest_agent_answers_every_corrupt_load_and_keeps_serving(
         load = answer["result"]
         assert (load["ok"], load["prog_id"]) == (False, None)
         assert str(path) in load["libbpf_messages"]
-        outcome, reason = judge(objects.scenario_for_object(path, objects.VerifyOptions()).cases[0],
+        outcome, reason = judge(objects.scenario_for_object(path, VerifyOptions()).cases[0],
                                 Expect(), Observed(load=load))  # fmt: skip
         assert outcome is Outcome.LOAD_FAILED
         assert reason.startswith("LOAD_FAILED: elf: ")
@@ -142,7 +143,7 @@ def test_kitl_verify_plans_a_cell_per_corrupt_object_beside_the_good_ones(
     found = objects.objects_in([mixed])
     assert len(found) == 7
     objects.duplicate_names(found)
-    scenarios = [objects.scenario_for_object(o, objects.VerifyOptions()) for o in found]
+    scenarios = [objects.scenario_for_object(o, VerifyOptions()) for o in found]
     cells = plan(scenarios, ["k1", "k2"], [], [])
     by_scenario: dict[str, list[str]] = {}
     for c in cells:
@@ -166,7 +167,7 @@ def test_corrupt_object_cells_run_to_load_failed_with_libbpfs_reason(
     guest played by the host: only corrupt objects, so nothing loads into the host kernel."""
     monkeypatch.setattr(Engine, "guest_object", lambda self, path: str(path))
     run = RunDir(tmp_path / "run", {})
-    scenarios = [objects.scenario_for_object(p, objects.VerifyOptions()) for p in corrupt.values()]
+    scenarios = [objects.scenario_for_object(p, VerifyOptions()) for p in corrupt.values()]
     built = {(s.name, o.name): o.path for s in scenarios for o in s.objects if o.path}
     with fake_vm(tmp_path) as vm, AgentClient(vm) as agent:
         engine = Engine(vm, agent, vm.kernel, run, built, cache=Cache(tmp_path / "cache"))
@@ -210,7 +211,7 @@ def test_objects_that_cannot_be_read_are_usage_errors_not_hangs(tmp_path: Path) 
         (tmp_path / "gone.o", "cannot read: No such file or directory"),
     ):
         with pytest.raises(UsageError, match=message):
-            objects.scenario_for_object(path, objects.VerifyOptions())
+            objects.scenario_for_object(path, VerifyOptions())
 
 
 # --- 4. hostile names -------------------------------------------------------------------------
@@ -318,7 +319,7 @@ def test_hostile_object_file_names_verify_apart_and_run_nothing(
         (objdir / f"{n}.o").write_bytes(good.read_bytes())
     found = objects.objects_in([objdir])
     objects.duplicate_names(found)
-    scenarios = [objects.scenario_for_object(o, objects.VerifyOptions()) for o in found]
+    scenarios = [objects.scenario_for_object(o, VerifyOptions()) for o in found]
     assert len({s.name for s in scenarios}) == len(names)
     assert all(set(s.name) <= SAFE_CHARS and not s.name.startswith(".") for s in scenarios)
     cells = plan(scenarios, ["k"], [], [])

@@ -15,6 +15,7 @@ from harness.bpf.btf import BtfError, func_decl_tags
 from harness.bpf.elfobj import read_object
 from harness.scenario import objects, selftest_tags
 from harness.scenario.selftest_tags import Mode, loader_regex, ordered_tags, parse
+from harness.scenario.verify_options import VerifyOptions
 from tests.unit.test_libbpf_layout import compile_bpf
 
 # The 7.x bpf_misc.h form: "comment:<__COUNTER__>:<tag>"
@@ -118,7 +119,7 @@ def test_loader_messages_become_python_regexes() -> None:
 
 def test_cases_run_as_test_loader_runs_them(obj: Path) -> None:
     info = read_object(obj)
-    scenario = objects.scenario_for_object(obj, objects.VerifyOptions(annotations=True))
+    scenario = objects.scenario_for_object(obj, VerifyOptions(annotations=True))
     names = [c.name for c in scenario.cases]
     assert names == ["ok_any", "rejected", "rejected.unprivileged", "flagged", "xlated", "plain"]
     ok_any = scenario.case("ok_any")
@@ -161,5 +162,5 @@ def test_the_kfuncs_an_object_cannot_load_without_are_each_cases_requirement(
     src.write_text(KSYMS)
     obj = compile_bpf(src, tmp_path)
     assert read_object(obj).ksyms == ("bpf_kfunc_needed",)  # not the weak or kconfig ones
-    [case] = objects.scenario_for_object(obj, objects.VerifyOptions(annotations=True)).cases
+    [case] = objects.scenario_for_object(obj, VerifyOptions(annotations=True)).cases
     assert case.requires.kfuncs == ("bpf_kfunc_needed",)

@@ -16,8 +16,9 @@ from harness.bpf.elfobj import read_object
 from harness.cli import verify
 from harness.cli.main import main
 from harness.errors import UsageError
-from harness.scenario import objects
+from harness.scenario import objects, verify_options
 from harness.scenario.bulk import parse_expectations
+from harness.scenario.verify_options import VerifyOptions
 from tests.unit.test_libbpf_layout import compile_bpf
 
 # The programs of tests/data/verify/basic.bpf.c, without vmlinux.h (no kernel needed here).
@@ -39,7 +40,7 @@ def basic(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_one_case_per_program_and_privilege(basic: Path) -> None:
-    options = objects.VerifyOptions(privileges=("privileged", "unprivileged"), test_run=True)
+    options = VerifyOptions(privileges=("privileged", "unprivileged"), test_run=True)
     scenario = objects.scenario_for_object(basic, options)
     assert scenario.name == "basic"
     names = [c.name for c in scenario.cases]
@@ -56,9 +57,7 @@ def test_one_case_per_program_and_privilege(basic: Path) -> None:
 
 
 def test_prog_globs_and_load_options(basic: Path) -> None:
-    options = objects.VerifyOptions(
-        programs=("xdp_*",), log_level=2, flags=("BPF_F_TEST_RND_HI32",)
-    )
+    options = VerifyOptions(programs=("xdp_*",), log_level=2, flags=("BPF_F_TEST_RND_HI32",))
     cases = objects.scenario_for_object(basic, options).cases
     assert [c.name for c in cases] == ["xdp_ok", "xdp_oob"]
     assert cases[0].load.log_level == 2
@@ -67,12 +66,12 @@ def test_prog_globs_and_load_options(basic: Path) -> None:
 
 def test_bad_flags_and_configs_are_usage_errors() -> None:
     with pytest.raises(UsageError, match="unknown program load flag 'BPF_F_NOPE'"):
-        objects.parse_flags("BPF_F_SLEEPABLE,BPF_F_NOPE")
-    assert objects.parse_config("interp:net.core.bpf_jit_enable=0").sysctl == (
+        verify_options.parse_flags("BPF_F_SLEEPABLE,BPF_F_NOPE")
+    assert verify_options.parse_config("interp:net.core.bpf_jit_enable=0").sysctl == (
         ("net.core.bpf_jit_enable", "0"),
     )
     with pytest.raises(UsageError, match="expected NAME:SYSCTL=VALUE"):
-        objects.parse_config("interp")
+        verify_options.parse_config("interp")
 
 
 def test_objects_in_finds_objects_and_refuses_nothing(tmp_path: Path, basic: Path) -> None:
@@ -100,7 +99,7 @@ expect:
 
 def test_bulk_expectations_become_first_match_overrides(basic: Path, tmp_path: Path) -> None:
     bulk = objects.BulkExpectations(parse_expectations(tmp_path / "kitl-verify.yaml", BULK))
-    options = objects.VerifyOptions(privileges=("privileged", "unprivileged"))
+    options = VerifyOptions(privileges=("privileged", "unprivileged"))
     scenario = bulk.apply(objects.scenario_for_object(basic, options))
     oob = scenario.case("xdp_oob")
     old, new = oob.expect_for("5.10.0-46-amd64", "default"), oob.expect_for("6.1.0-56", "default")
@@ -129,14 +128,14 @@ def test_verify_argv_is_exact(tmp_path: Path) -> None:
 
 
 def test_globals_and_test_run_input_parse() -> None:
-    assert objects.parse_global("verdict=1") == ("verdict", 1)
-    assert objects.parse_global(" mask = 0xff ") == ("mask", 255)
-    assert objects.parse_global("on=true") == ("on", 1)
+    assert verify_options.parse_global("verdict=1") == ("verdict", 1)
+    assert verify_options.parse_global(" mask = 0xff ") == ("mask", 255)
+    assert verify_options.parse_global("on=true") == ("on", 1)
     with pytest.raises(UsageError, match="expected NAME=VALUE"):
-        objects.parse_global("1x=2")
-    assert objects.parse_hex("0a:00 00") == b"\n\0\0"
+        verify_options.parse_global("1x=2")
+    assert verify_options.parse_hex("0a:00 00") == b"\n\0\0"
     with pytest.raises(UsageError, match="not hex bytes"):
-        objects.parse_hex("zz")
+        verify_options.parse_hex("zz")
 
 
 GLOBALS = """\
@@ -174,7 +173,7 @@ def test_a_log_level_the_kernel_would_refuse_is_a_usage_error_before_anything_bo
     assert f"kitl: --log-level {level}: not a verifier log level" in err
     assert not (tmp_path / "runs").exists()
     for good in (0, 1, 5, 15):
-        assert objects.check_log_level(good) == good
+        assert verify_options.check_log_level(good) == good
 
 
 def test_repro_checks_the_log_level_first(
@@ -288,7 +287,7 @@ def test_a_bulk_entry_carries_its_programs_load_settings(loader_set: Path, tmp_p
         "  - program: xdp_count\n    attach_target: vfs_read\n"
     )
     bulk = objects.BulkExpectations(parse_expectations(tmp_path / "kitl-verify.yaml", text))
-    options = objects.VerifyOptions(maps=(("counts", 8, None),))
+    options = VerifyOptions(maps=(("counts", 8, None),))
     scenario = objects.scenario_for_object(loader_set, options)
     trace = replace(scenario, cases=(scenario.case("trace_read"),))
     load = bulk.apply(trace).case("trace_read").load
@@ -322,9 +321,9 @@ def test_programs_in_static_prog_array_slots_are_found_and_whole_object_loads_al
     src.write_text(SLOTS)
     obj = compile_bpf(src, tmp_path)
     assert read_object(obj).slot_programs == ("stage_pass",)
-    plain = objects.scenario_for_object(obj, objects.VerifyOptions())
+    plain = objects.scenario_for_object(obj, VerifyOptions())
     assert plain.case("dispatch").load.companions == ()  # the engine adds the slot programs
-    whole = objects.scenario_for_object(obj, objects.VerifyOptions(whole_object=True))
+    whole = objects.scenario_for_object(obj, VerifyOptions(whole_object=True))
     assert {c.load.companions for c in whole.cases} == {("*",)}
 
 
@@ -346,11 +345,11 @@ def test_a_companions_failure_names_the_companion() -> None:
 
 
 def test_privilege_profiles_parse_and_name_their_cases(basic: Path) -> None:
-    assert objects.parse_privileges("both") == ("privileged", "unprivileged")
-    assert objects.parse_privileges("bpf,bpf-net,bpf") == ("bpf", "bpf-net")
+    assert verify_options.parse_privileges("both") == ("privileged", "unprivileged")
+    assert verify_options.parse_privileges("bpf,bpf-net,bpf") == ("bpf", "bpf-net")
     with pytest.raises(UsageError, match="'root': not a privilege profile"):
-        objects.parse_privileges("root")
-    options = objects.VerifyOptions(privileges=("privileged", "bpf"), programs=("xdp_ok",))
+        verify_options.parse_privileges("root")
+    options = VerifyOptions(privileges=("privileged", "bpf"), programs=("xdp_ok",))
     scenario = objects.scenario_for_object(basic, options)
     assert [(c.name, c.load.privilege) for c in scenario.cases] == [
         ("xdp_ok", "privileged"),
@@ -371,19 +370,19 @@ def test_a_map_a_profile_may_not_create_says_which_profile() -> None:
 
 
 def test_map_values_parse_and_reach_the_cases_of_objects_with_the_map(loader_set: Path) -> None:
-    assert objects.parse_map_value("counts:1=0x2a") == ("counts", 1, 42)
-    assert objects.parse_map_value("counts:-1=hex:0a0b") == ("counts", -1, b"\x0a\x0b")
+    assert verify_options.parse_map_value("counts:1=0x2a") == ("counts", 1, 42)
+    assert verify_options.parse_map_value("counts:-1=hex:0a0b") == ("counts", -1, b"\x0a\x0b")
     for bad in ("counts", "counts:1", "counts:x=1", "counts:1=hex:", "bad name:1=1"):
         with pytest.raises(UsageError, match="expected NAME:KEY=VALUE"):
-            objects.parse_map_value(bad)
-    options = objects.VerifyOptions(map_values=(("counts", 1, 42), ("counts", 2, 7)))
+            verify_options.parse_map_value(bad)
+    options = VerifyOptions(map_values=(("counts", 1, 42), ("counts", 2, 7)))
     objects.check_names([loader_set], options)
     case = objects.scenario_for_object(loader_set, options).case("xdp_count")
     assert [(m.name, [(e.key, e.value) for e in m.entries]) for m in case.setup_maps] == [
         ("counts", [(1, 42), (2, 7)])
     ]
     with pytest.raises(UsageError, match="--map-set count: no object has a map 'count'"):
-        objects.check_names([loader_set], objects.VerifyOptions(map_values=(("count", 1, 1),)))
+        objects.check_names([loader_set], VerifyOptions(map_values=(("count", 1, 1),)))
 
 
 def test_a_corpus_table_shows_only_the_programs_that_need_a_look(
@@ -414,7 +413,7 @@ def test_a_bulk_entry_sets_its_programs_flags_and_log_level(basic: Path, tmp_pat
         "    verdict: rejected\n"
     )
     bulk = objects.BulkExpectations(parse_expectations(tmp_path / "kitl-verify.yaml", text))
-    options = objects.VerifyOptions(flags=("BPF_F_STRICT_ALIGNMENT",))
+    options = VerifyOptions(flags=("BPF_F_STRICT_ALIGNMENT",))
     scenario = bulk.apply(objects.scenario_for_object(basic, options))
     oob, ok = scenario.case("xdp_oob").load, scenario.case("xdp_ok").load
     assert oob.flags == ("BPF_F_STRICT_ALIGNMENT", "BPF_F_TEST_STATE_FREQ")
@@ -422,14 +421,12 @@ def test_a_bulk_entry_sets_its_programs_flags_and_log_level(basic: Path, tmp_pat
 
 
 def test_tail_call_slots_parse_and_are_checked_against_the_objects(loader_set: Path) -> None:
-    assert objects.parse_tail_call("jmp_table:3=stage") == ("jmp_table", 3, "stage")
+    assert verify_options.parse_tail_call("jmp_table:3=stage") == ("jmp_table", 3, "stage")
     for bad in ("jmp_table", "jmp_table:x=stage", "jmp_table:0=", ":0=stage"):
         with pytest.raises(UsageError, match="expected PROG_ARRAY:SLOT=PROGRAM"):
-            objects.parse_tail_call(bad)
+            verify_options.parse_tail_call(bad)
     with pytest.raises(UsageError, match="--tail-call counts: no object has a program 'nope'"):
-        objects.check_names(
-            [loader_set], objects.VerifyOptions(tail_calls=(("counts", 0, "nope"),))
-        )
-    options = objects.VerifyOptions(tail_calls=(("counts", 0, "xdp_count"),))
+        objects.check_names([loader_set], VerifyOptions(tail_calls=(("counts", 0, "nope"),)))
+    options = VerifyOptions(tail_calls=(("counts", 0, "xdp_count"),))
     case = objects.scenario_for_object(loader_set, options).case("trace_read")
     assert case.tail_calls == (("counts", 0, "xdp_count"),)

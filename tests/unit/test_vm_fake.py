@@ -13,9 +13,10 @@ from harness.errors import (
     BootTimeoutError,
     GuestLostError,
     KernelCrashError,
+    outcome_for_error,
 )
 from harness.kernel.store import Kernel
-from harness.outcome import Outcome, outcome_for_error
+from harness.outcome import Outcome
 from harness.vm.machine import VM
 from tests.fakes import FakeLauncher
 

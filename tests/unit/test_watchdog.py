@@ -12,10 +12,10 @@ from unittest import mock
 
 import pytest
 
-from harness.errors import GuestLostError, GuestTimeoutError
+from harness.errors import GuestLostError, GuestTimeoutError, outcome_for_error
 from harness.interrupts import Watchdog, timed_out_reason
 from harness.kernel.store import Kernel
-from harness.outcome import Outcome, outcome_for_error
+from harness.outcome import Outcome
 from harness.results.rundir import CellResult, RunDir
 from harness.results.runs import appended
 from harness.run.engine import Engine
