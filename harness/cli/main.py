@@ -36,7 +36,7 @@ from harness.results.runs import merge_runs, outcome_of
 from harness.scenario import loader, model, shape
 from harness.vm import accel
 from harness.vm.bootcheck import BootCheck, check
-from harness.vm.machine import VM, VngLauncher, free_port
+from harness.vm.machine import VM, GuestSettings, VngLauncher, free_port
 from harness.vm.slots import GuestSlots
 
 MERGE_SHOWN = 20  # duplicate cells listed by kitl merge; results.json has them all
@@ -330,15 +330,14 @@ def _announced(cache: Cache) -> bool:
 
 
 def _vm(kernel: Kernel, args: argparse.Namespace, accel_name: str, console: Path) -> VM:
-    return VM(
-        kernel,
-        accel=accel_name,
-        console_path=console,
+    settings = GuestSettings(
+        accel_name,
         boot_timeout=args.boot_timeout,
         cpus=args.cpus,
         memory=args.memory,
         slots=GuestSlots.for_cache(Cache.default()),
     )
+    return settings.vm(kernel, console)
 
 
 def _dry_run(kernels: Sequence[Kernel], args: argparse.Namespace, accel_name: str) -> int:

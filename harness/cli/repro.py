@@ -39,7 +39,7 @@ from harness.scenario.loader import load_scenario
 from harness.scenario.verify_options import PRIVILEGED, UNPRIVILEGED, VerifyOptions
 from harness.vm import accel
 from harness.vm.agentclient import AgentClient
-from harness.vm.machine import VM
+from harness.vm.machine import GuestSettings
 from harness.vm.slots import GuestSlots
 
 
@@ -123,11 +123,8 @@ def run(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     with (
         tempfile.TemporaryDirectory(prefix="kitl-repro-") as tmp,
-        VM(
-            kernel,
-            accel=decision.accel,
-            console_path=Path(tmp) / "console.log",
-            slots=GuestSlots.for_cache(cache),
+        GuestSettings(decision.accel, slots=GuestSlots.for_cache(cache)).vm(
+            kernel, Path(tmp) / "console.log"
         ) as vm,
         AgentClient(vm, libbpf=loader) as agent,
     ):

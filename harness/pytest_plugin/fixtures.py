@@ -37,7 +37,7 @@ from harness.run.compile import compile_object, kernel_btf, vmlinux_h
 from harness.run.engine import CASE_TIMEOUT
 from harness.vm import accel
 from harness.vm.agentclient import AgentClient
-from harness.vm.machine import VM
+from harness.vm.machine import VM, GuestSettings
 from harness.vm.slots import GuestSlots
 
 # After these the guest cannot be trusted: the next test of that kernel boots a fresh one.
@@ -221,15 +221,10 @@ class GuestPool:
                     probe = lambda: accel.qemu_kvm_probe(kernel.vmlinuz)  # noqa: E731
                     self._accel = accel.decide(choice, self.cache, probe).accel
                 timeout = self.config.getoption("kitl_boot_timeout", None)
-                vm = stack.enter_context(
-                    VM(
-                        kernel,
-                        accel=self._accel,
-                        console_path=console,
-                        boot_timeout=timeout,
-                        slots=GuestSlots.for_cache(self.cache),
-                    )
+                settings = GuestSettings(
+                    self._accel, boot_timeout=timeout, slots=GuestSlots.for_cache(self.cache)
                 )
+                vm = stack.enter_context(settings.vm(kernel, console))
                 agent = stack.enter_context(AgentClient(vm, libbpf=self.libbpf_path()))
                 self._guests[name] = (Guest(vm, agent, kernel), stack.pop_all())
         except KitlError as exc:

@@ -44,7 +44,7 @@ from harness.scenario.loader import load_scenario
 from harness.scenario.model import Scenario
 from harness.scenario.verify_options import VerifyOptions
 from harness.vm import accel
-from harness.vm.machine import VM
+from harness.vm.machine import GuestSettings
 from harness.vm.slots import GuestSlots
 
 # the fixtures for Python tests (a booted guest, objects, topologies), with their hook
@@ -151,21 +151,13 @@ class KitlSession:
             cpus = max(1, min(2, (os.cpu_count() or 2) // max(1, workers)))
             slots = GuestSlots.for_cache(cache)
 
-            def make_vm(kernel: Kernel, console: Path) -> VM:
-                return VM(
-                    kernel,
-                    accel=decision.accel,
-                    console_path=console,
-                    boot_timeout=timeout,
-                    cpus=cpus,
-                    slots=slots,
-                    on_wait=self.tell,
-                )
-
+            settings = GuestSettings(
+                decision.accel, boot_timeout=timeout, cpus=cpus, slots=slots, on_wait=self.tell
+            )
             self._guests = Guests(
                 self.run,
                 cache,
-                make_vm,
+                settings.vm,
                 newest(kernels),
                 libbpf_path=self.libbpf_path,
                 cell_timeout=self.config.getoption("kitl_cell_timeout"),

@@ -529,3 +529,30 @@ class VM:
             port,
             "root@127.0.0.1",
         ]
+
+
+@dataclass(frozen=True)
+class GuestSettings:
+    """How guests are booted, the same for whoever asks (the CLI's boot, exec and shell,
+    the pytest plugin's matrix, its fixtures, kitl repro): the one place that makes VMs."""
+
+    accel: str
+    boot_timeout: float | None = None
+    cpus: int = 2
+    memory: str = "2G"
+    slots: GuestSlots | None = None  # None: not counted against the host's guest slots
+    on_wait: Callable[[str], None] | None = None
+    launcher: Launcher | None = None  # None: virtme-ng
+
+    def vm(self, kernel: Kernel, console: Path) -> VM:
+        return VM(
+            kernel,
+            accel=self.accel,
+            console_path=console,
+            launcher=self.launcher,
+            boot_timeout=self.boot_timeout,
+            cpus=self.cpus,
+            memory=self.memory,
+            slots=self.slots,
+            on_wait=self.on_wait,
+        )

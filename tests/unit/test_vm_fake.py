@@ -17,7 +17,7 @@ from harness.errors import (
 )
 from harness.kernel.store import Kernel
 from harness.outcome import Outcome
-from harness.vm.machine import VM
+from harness.vm.machine import VM, GuestSettings
 from tests.fakes import FakeLauncher
 
 PANIC = """\
@@ -204,3 +204,12 @@ def test_a_guest_is_usable_until_it_crashes_or_its_process_ends(tmp_path: Path) 
     with fake_vm(tmp_path, launcher, 5) as vm:
         launcher.processes[0].exit_status = 0
         assert not vm.usable(), "a guest whose process ended is not usable"
+
+
+def test_guest_settings_make_every_vm_the_same_way(tmp_path: Path) -> None:
+    launcher = FakeLauncher()
+    settings = GuestSettings("tcg", boot_timeout=7, cpus=1, memory="1G", launcher=launcher)
+    with settings.vm(kernel(tmp_path), tmp_path / "c.log") as vm:
+        assert (vm.accel, vm.boot_timeout, vm.cpus, vm.memory) == ("tcg", 7, 1, "1G")
+        assert vm.launcher is launcher
+        assert vm.run(["echo", "up"], timeout=5).stdout == "up\n"
