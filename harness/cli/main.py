@@ -36,7 +36,7 @@ from harness.results.runs import merge_runs, outcome_of
 from harness.scenario import loader, model, shape
 from harness.vm import accel
 from harness.vm.bootcheck import BootCheck, check
-from harness.vm.machine import VM, GuestSettings, VngLauncher, free_port
+from harness.vm.machine import VM, GuestSettings, Launcher, free_port
 from harness.vm.slots import GuestSlots
 
 MERGE_SHOWN = 20  # duplicate cells listed by kitl merge; results.json has them all
@@ -336,6 +336,7 @@ def _vm(kernel: Kernel, args: argparse.Namespace, accel_name: str, console: Path
         cpus=args.cpus,
         memory=args.memory,
         slots=GuestSlots.for_cache(Cache.default()),
+        launcher=args.launcher,
     )
     return settings.vm(kernel, console)
 
@@ -344,7 +345,7 @@ def _dry_run(kernels: Sequence[Kernel], args: argparse.Namespace, accel_name: st
     for kernel in kernels:
         vm = _vm(kernel, args, accel_name, Path("/dev/null"))
         spec = vm.spec(free_port(), Path(tempfile.gettempdir()) / "kitl-vm-XXXXXX")
-        print(shlex.join(VngLauncher().argv(spec)))
+        print(shlex.join(vm.launcher.argv(spec)))
     return EXIT_OK
 
 
@@ -554,13 +555,16 @@ def _split_command(argv: list[str]) -> tuple[list[str], list[str]]:
     return argv, []
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, launcher: Launcher | None = None) -> int:
+    """kitl's exit status for `argv`; `launcher` starts the guests of boot, exec and shell
+    (None: virtme-ng; the tests give a fake one behind the same interface)."""
     own, command = _split_command(list(sys.argv[1:] if argv is None else argv))
     args = make_parser().parse_args(own)
     if args.command == "exec":
         args.cmd = [*args.cmd, *command]
     elif command:
         args = make_parser().parse_args([*own, "--", *command])
+    args.launcher = launcher
     handler = COMMANDS[(args.command, getattr(args, "kernels_command", None))]
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="kitl: %(name)s: %(message)s")

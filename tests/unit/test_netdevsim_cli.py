@@ -14,6 +14,7 @@ from harness.cli.main import main
 from harness.kernel.netdevsim import patch_config_text, toolchain_changes
 from harness.kernel.store import Kernel, image_release, parse_config
 from harness.vm.machine import BootSpec, VngLauncher
+from tests.fakes import FakeLauncher
 
 DEBIAN_CONFIG = """\
 CONFIG_CC_VERSION_TEXT="x86_64-linux-gnu-gcc-14 (Debian 14.2.0-19) 14.2.0"
@@ -192,3 +193,26 @@ def test_exec_options_may_follow_the_kernel_and_dry_run_prints_vng(
     out = capsys.readouterr().out
     assert out.startswith(str(Path(sys.executable).parent / "vng") + " --run " + str(bz))
     assert "--disable-kvm" in out
+
+
+def test_exec_boots_through_the_launcher_main_is_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kitl exec end to end, the guest played by the fake launcher (commands run on the
+    host): the command's output is forwarded and its status is kitl's."""
+    image = bytearray(0x400)
+    image[0x202:0x206] = b"HdrS"
+    image[0x20E:0x210] = (0x100).to_bytes(2, "little")
+    image[0x300:0x310] = b"6.9.0-local \0"
+    bz = tmp_path / "bzImage"
+    bz.write_bytes(bytes(image))
+    monkeypatch.setenv("KITL_CACHE", str(tmp_path / "cache"))
+    launcher = FakeLauncher(console=[(0.0, "KITL-READY 6.9.0-local\n")])
+    argv = ["exec", "--accel", "tcg", f"path:{bz}", "--", "sh", "-c", "echo from-guest; exit 3"]
+    assert main(argv, launcher=launcher) == 3
+    assert "from-guest" in capsys.readouterr().out
+    assert [spec.kernel.vmlinuz for spec in launcher.started] == [bz]
+    assert launcher.processes[0].killed, "the guest is torn down after the command"
+    argv = ["exec", "--accel", "tcg", f"path:{bz}", "--dry-run", "--", "true"]
+    assert main(argv, launcher=launcher) == 0
+    assert capsys.readouterr().out.startswith(f"fake-vng --run {bz}")
