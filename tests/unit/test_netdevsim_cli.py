@@ -178,15 +178,22 @@ def test_vanished_package_names_it_and_the_relock_command(
     assert leftovers == []
 
 
-def test_exec_options_may_follow_the_kernel_and_dry_run_prints_vng(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def local_bzimage(tmp_path: Path) -> Path:
+    """A file `path:` kernels accept: a bzImage header whose version string says
+    6.9.0-local (no kernel in it)."""
     image = bytearray(0x400)
     image[0x202:0x206] = b"HdrS"
     image[0x20E:0x210] = (0x100).to_bytes(2, "little")
     image[0x300:0x310] = b"6.9.0-local \0"
     bz = tmp_path / "bzImage"
     bz.write_bytes(bytes(image))
+    return bz
+
+
+def test_exec_options_may_follow_the_kernel_and_dry_run_prints_vng(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bz = local_bzimage(tmp_path)
     monkeypatch.setenv("KITL_CACHE", str(tmp_path / "cache"))
     argv = ["exec", "--accel", "tcg", f"path:{bz}", "--dry-run", "--timeout", "5", "--", "ls", "-l"]
     assert main(argv) == 0
@@ -200,12 +207,7 @@ def test_exec_boots_through_the_launcher_main_is_given(
 ) -> None:
     """kitl exec end to end, the guest played by the fake launcher (commands run on the
     host): the command's output is forwarded and its status is kitl's."""
-    image = bytearray(0x400)
-    image[0x202:0x206] = b"HdrS"
-    image[0x20E:0x210] = (0x100).to_bytes(2, "little")
-    image[0x300:0x310] = b"6.9.0-local \0"
-    bz = tmp_path / "bzImage"
-    bz.write_bytes(bytes(image))
+    bz = local_bzimage(tmp_path)
     monkeypatch.setenv("KITL_CACHE", str(tmp_path / "cache"))
     launcher = FakeLauncher(console=[(0.0, "KITL-READY 6.9.0-local\n")])
     argv = ["exec", "--accel", "tcg", f"path:{bz}", "--", "sh", "-c", "echo from-guest; exit 3"]
