@@ -144,7 +144,8 @@ class KernelStore:
     def fetch(self, locked: LockedKernel, progress: Progress | None = None) -> Kernel:
         ready = self.installed(locked)
         if ready is not None:
-            log.info("%s: in the cache (%s)", locked.name, ready.vmlinuz.parent.parent.parent)
+            where = self.cache.kernel_dir(locked.name, locked.version)
+            log.info("%s: in the cache (%s)", locked.name, where)
             return ready
         log.info("%s: not in the cache, fetching %s", locked.name, locked.version)
         with self.cache.lock(f"kernel-{locked.name}-{locked.version}"):

@@ -40,15 +40,15 @@ class Run:
     cells: list[dict[str, Any]] = field(default_factory=list)
 
 
+_ID_FIELDS = ("scenario", "case", "kernel", "config", "libbpf")
+
+
 def record_key(cell: Mapping[str, Any]) -> tuple[str, str]:
     """The identity a cell's records share: its id (rebuilt from its fields when a record
     lacks it) and its loader, which older ids do not name."""
     text = {k: "" if cell.get(k) is None else str(cell.get(k)) for k in _ID_FIELDS}
     recorded = cell.get("id")
     return (str(recorded) if recorded else cell_id(*text.values()), text["libbpf"])
-
-
-_ID_FIELDS = ("scenario", "case", "kernel", "config", "libbpf")
 
 
 def latest(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:

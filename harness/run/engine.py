@@ -338,13 +338,7 @@ class Engine:
         if not (req.helpers or req.prog_types or req.map_types or req.kfuncs):
             return missing
         enums = self._kernel_enums()
-        args: dict[str, Any] = {
-            "prog_type": case.prog_type.uapi,
-            "kfuncs": list(req.kfuncs),
-            "helpers": {},
-            "prog_types": {},
-            "map_types": {},
-        }
+        known: dict[str, dict[str, int]] = {"helpers": {}, "prog_types": {}, "map_types": {}}
         for names, prefix, key, kind in (
             (req.helpers, "BPF_FUNC_", "helpers", "helper"),
             (req.prog_types, "BPF_PROG_TYPE_", "prog_types", "program type"),
@@ -356,8 +350,9 @@ class Engine:
                 if enum not in enums:
                     missing.append(f"{kind} {name} (not in this kernel's BTF)")
                 else:
-                    args[key][name] = enums[enum]
-        answer = self.agent.send(protocol.Probe.from_wire(args))
+                    known[key][name] = enums[enum]
+        probe = protocol.Probe(case.prog_type.uapi, kfuncs=tuple(req.kfuncs), **known)
+        answer = self.agent.send(probe)
         seen.notes += answer.get("unprobed", [])
         return missing + list(answer["missing"])
 
