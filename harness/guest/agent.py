@@ -222,6 +222,7 @@ class Agent:
         opts = libbpf_load.LoadOptions(
             log_level=int(req.log_level),
             log_size=int(req.log_size or 16 << 20),
+            log_failures_only=bool(req.log_failures_only),
             btf_custom_path=req.btf_custom_path,
             kconfig=req.kconfig,
             prog_flags=int(req.prog_flags),

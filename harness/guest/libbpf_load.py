@@ -39,6 +39,10 @@ class LoadOptions:
     # statically, or every program ("*": the whole object, as a skeleton loads it)
     companions: tuple[str, ...] = ()
     unprivileged_maps_only: bool = False  # create no map an unprivileged user may not
+    # load at BPF_LOG_STATS only, and again at log_level only when that load fails: the
+    # verifier runs at full speed (a level-1 log makes it several times slower) and a
+    # failure still gets its complete log, as libbpf and veristat do
+    log_failures_only: bool = False
 
     def __post_init__(self) -> None:
         # Kernels up to 6.3 reject log buffers under 128 bytes; above the max is EINVAL.
@@ -75,6 +79,9 @@ class ProgramLoad:
     failed_map: libbpf_prepare.MapDef | None = None  # the map libbpf could not create
     companions: tuple[str, ...] = ()  # the other programs loaded with it
     failed_program: str = ""  # a companion whose failure failed the load
+    # the statistics-only log of the first load, when the failure was loaded again for its
+    # full log (log_failures_only): its figures are those of a load at full speed
+    stats_log: str = ""
 
     @property
     def error(self) -> str:

@@ -18,7 +18,13 @@ from dataclasses import replace
 from harness.guest import libbpf_prepare
 from harness.guest.libbpf import AttachError, Libbpf, LibbpfError
 from harness.guest.libbpf_attach import Attacher, Link, XdpState
-from harness.guest.libbpf_load import LoadOptions, ProgInfo, ProgramLoad, prog_info
+from harness.guest.libbpf_load import (
+    BPF_LOG_STATS,
+    LoadOptions,
+    ProgInfo,
+    ProgramLoad,
+    prog_info,
+)
 from harness.guest.libbpf_run import RingBufferCounter, TestRun, prog_test_run
 
 
@@ -105,6 +111,11 @@ def _log_from_messages(messages: str) -> str:
     return messages[start + len(begin) : stop if stop >= 0 else None]
 
 
+# The first load's buffer under log_failures_only: the statistics and, on a failure, the
+# verifier's message fit; an overflow only means the full reload that follows anyway.
+_STATS_LOG_SIZE = 64 << 10
+
+
 class BpfObject:
     """One opened and loaded bpf_object; a context manager that detaches its links and
     closes it (which unloads its programs and maps).  Its attach calls are an `Attacher`
@@ -157,8 +168,28 @@ class BpfObject:
         A user log buffer is never grown by libbpf: on ENOSPC the object is re-opened (an
         object loads once) with twice the buffer, up to log_size_max.  libbpf keeps the
         kernel's log_true_size to itself, so doubling is the only way through
-        bpf_object__load."""
+        bpf_object__load.
+
+        With log_failures_only, the first load keeps the statistics only (the verifier at
+        full speed); a load that fails in the kernel is loaded again at opts.log_level for
+        its complete log."""
         opts = opts or LoadOptions()
+        if not (opts.log_failures_only and opts.log_level & ~BPF_LOG_STATS):
+            return cls._load_growing_log(lib, path, program, opts)
+        size = min(opts.log_size, _STATS_LOG_SIZE)
+        quiet = replace(opts, log_level=BPF_LOG_STATS, log_size=size, log_size_max=size)
+        obj, first = cls._load_growing_log(lib, path, program, quiet)
+        if first.ok or first.failed_stage != "load":
+            # loaded, or failed before the kernel saw it (libbpf's messages say why)
+            return obj, first
+        obj, full = cls._load_growing_log(lib, path, program, opts)
+        return obj, replace(full, attempts=first.attempts + full.attempts, stats_log=first.log)
+
+    @classmethod
+    def _load_growing_log(
+        cls, lib: Libbpf, path: str, program: str, opts: LoadOptions
+    ) -> tuple[BpfObject | None, ProgramLoad]:
+        """load_one at one log level, doubling the log's buffer on ENOSPC."""
         size, attempts = opts.log_size, 1
         while True:
             obj, result, filled = cls._load_attempt(lib, path, program, opts, size)

@@ -190,6 +190,7 @@ class Load(Request):
     program: str
     log_level: int = 1 | 4
     log_size: int | None = None
+    log_failures_only: bool = False  # statistics only, unless the load fails (libbpf_load)
     prog_flags: int = 0
     btf_custom_path: str | None = None
     kconfig: str | None = None

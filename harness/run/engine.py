@@ -433,7 +433,7 @@ class Engine:
     ) -> None:
         """Load the case's program, set up its maps, attach it, start its event counters,
         drive it and read what it left in its maps; a step that fails ends the case."""
-        handle = self._load(scenario, case, seen, cell)
+        handle = self._load(scenario, case, expect, seen, cell)
         if handle is None:
             return
         self._set_up(case, handle)
@@ -450,13 +450,18 @@ class Engine:
                 protocol.MapDump(handle, tuple(names)), timeout=CASE_TIMEOUT
             )
 
-    def _load(self, scenario: Scenario, case: Case, seen: Observed, cell: CellResult) -> int | None:
+    def _load(
+        self, scenario: Scenario, case: Case, expect: Expect, seen: Observed, cell: CellResult
+    ) -> int | None:
         """Load the object's program in the guest; the verifier's figures go into the cell.
         The object's handle, None when the load failed."""
         obj_path = self.objects[(scenario.name, case.object)]
         cell.object_file = str(obj_path)
         cell.object_sha256 = self._sha256(obj_path)
         load_args = self._load_args(case, obj_path)
+        if not (case.load.keep_log or expect.log):
+            # no one reads the log of a success: the statistics only, unless it fails
+            load_args["log_failures_only"] = True
         seen.load = self.agent.send(protocol.Load.from_wire(load_args), timeout=CASE_TIMEOUT)
         seen.load_args = {k: v for k, v in load_args.items() if k in _REPLAYED_LOAD_ARGS}
         user_paths(seen.load, {load_args["object"]: str(obj_path)})

@@ -25,7 +25,8 @@ _VERIFIER_KEYS = (
 def verifier_figures(load: dict[str, Any]) -> dict[str, Any]:
     """What a cell records of the verifier: the load's figures and its log's statistics."""
     figures = {k: load.get(k) for k in _VERIFIER_KEYS}
-    stats = parse_log(str(load.get("log", ""))).stats
+    # a failure loaded again for its log: the figures of the first load, at full speed
+    stats = parse_log(str(load.get("stats_log") or load.get("log", ""))).stats
     figures.update(
         insns=stats.insns,
         total_states=stats.total_states,
@@ -69,7 +70,7 @@ def _plain(value: int | bytes) -> int | str:
 
 
 def observed_json(seen: Observed) -> dict[str, Any]:
-    load = {k: v for k, v in seen.load.items() if k not in ("log", "handle")}
+    load = {k: v for k, v in seen.load.items() if k not in ("log", "stats_log", "handle")}
     return {
         "load": load,
         "load_args": seen.load_args,

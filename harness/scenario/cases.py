@@ -173,6 +173,7 @@ class CaseParser(AttachDriveParser):
             attach_target=m.get("attach_target"),
             companions=tuple(m.get("companions") or ()),
             privilege=m.get("privilege", "privileged"),
+            keep_log="log_level" in m,
         )
 
     def _setup(self, d: LocDict) -> tuple[MapExpect, ...]:

@@ -152,6 +152,10 @@ class LoadOptions:
     testing_flags: tuple[str, ...] = ()
     keep_caps: tuple[int, ...] = ()
     unprivileged_maps_only: bool = False
+    # the user set log_level: a load that passes keeps its whole log.  Otherwise it keeps
+    # the statistics only and a failure is loaded again for its log (a level-1 log makes
+    # the verifier several times slower: docs/benchmarks.md)
+    keep_log: bool = False
 
     @property
     def unprivileged(self) -> bool:

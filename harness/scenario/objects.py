@@ -25,6 +25,7 @@ from harness.scenario import bulk, selftest_tags
 from harness.scenario.expect import Expect, MapEntry, MapExpect, Override
 from harness.scenario.loader import files_under
 from harness.scenario.model import (
+    DEFAULT_LOG_LEVEL,
     BpfObject,
     Case,
     LoadOptions,
@@ -163,7 +164,7 @@ def scenario_for_object(obj: Path, options: VerifyOptions) -> Scenario:
         prog_type = match.prog_type if match else UNKNOWN_TYPE
         for privilege in options.privileges:
             load = LoadOptions(
-                options.log_level,
+                DEFAULT_LOG_LEVEL if options.log_level is None else options.log_level,
                 options.log_size,
                 options.flags,
                 options.btf_custom_path,
@@ -176,6 +177,7 @@ def scenario_for_object(obj: Path, options: VerifyOptions) -> Scenario:
                 pin_root=options.pin_root,
                 attach_target=targets.get(prog.name),
                 companions=companions,
+                keep_log=options.log_level is not None,
             )
             # the program's own return value, where the kernel can run it without a target;
             # after a load with fewer capabilities it runs with them back (test_loader's way)
@@ -212,7 +214,7 @@ def _unreadable_object(obj: Path, problem: str, options: VerifyOptions) -> Scena
     program selected; libbpf fails opening it, before any program is looked up)."""
     name = scenario_name(obj)
     load = LoadOptions(
-        options.log_level,
+        DEFAULT_LOG_LEVEL if options.log_level is None else options.log_level,
         options.log_size,
         options.flags,
         options.btf_custom_path,
@@ -306,6 +308,7 @@ def _load_settings(entry: bulk.Entry, case: Case) -> LoadOptions:
         attach_target=entry.attach_target or case.load.attach_target,
         flags=tuple(dict.fromkeys((*case.load.flags, *entry.flags))),
         log_level=case.load.log_level if entry.log_level is None else entry.log_level,
+        keep_log=case.load.keep_log or entry.log_level is not None,
     )
 
 

@@ -36,7 +36,7 @@ _CONFIG = re.compile(r"^([a-z0-9][a-z0-9._-]{0,63}):(.+)$")
 @dataclass(frozen=True)
 class VerifyOptions:
     programs: tuple[str, ...] = ()  # fnmatch globs on program names; empty: all
-    log_level: int = 5
+    log_level: int | None = None  # None: statistics, and the log of a failure (1|4)
     log_size: int | None = None
     flags: tuple[str, ...] = ()  # names from progtypes.PROG_LOAD_FLAGS
     btf_custom_path: Path | None = None
@@ -60,10 +60,11 @@ class VerifyOptions:
 # --- the values' parsers ------------------------------------------------------------------
 
 
-def check_log_level(level: int) -> int:
+def check_log_level(level: int | None) -> int | None:
     """A verifier log level the kernel takes: a sum of 1 (the log), 2 (verbose), 4
-    (statistics) and 8 (BPF_LOG_FIXED, 6.4 and later); checked before anything boots."""
-    if not 0 <= level <= LOG_LEVEL_MASK:
+    (statistics) and 8 (BPF_LOG_FIXED, 6.4 and later); checked before anything boots.
+    None (not given) is kitl's default: statistics, and the log of a failure."""
+    if level is not None and not 0 <= level <= LOG_LEVEL_MASK:
         raise UsageError(
             f"--log-level {level}: not a verifier log level",
             hint="0 to 15, a sum of 1 (log), 2 (verbose), 4 (statistics), 8 (fixed size)",
@@ -343,8 +344,8 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("--prog", "prog", Kind.JOINED, field="programs", metavar="GLOB", help="only these"),
     Option(
-        "--log-level", "log_level", V, type=int, default=5, parse=check_log_level,
-        help="1 log, 2 verbose, 4 stats (5)",
+        "--log-level", "log_level", V, type=int, parse=check_log_level,
+        help="1 log, 2 verbose, 4 stats; default: stats, and 1|4 for a program that fails",
     ),
     Option("--log-size", "log_size", V, type=int, metavar="BYTES"),
     Option(

@@ -121,7 +121,7 @@ def test_verify_argv_is_exact(tmp_path: Path) -> None:
     tail = argv[argv.index("--kitl-verify") :]
     assert tail == [
         "--kitl-verify", "--kitl-lines", "-q", "--no-header", "--kitl-output", str(tmp_path),
-        "--kitl-accel", "auto", "--kitl-log-level", "5", "--kitl-privilege", "privileged",
+        "--kitl-accel", "auto", "--kitl-privilege", "privileged",
         "--kitl-kernels", "debian-6.1", "--kitl-prog", "x*", "--kitl-flags", "BPF_F_SLEEPABLE",
         "-n", "2", "--dist", "loadgroup", "/o/a.o",
     ]  # fmt: skip

@@ -132,7 +132,7 @@ def test_the_argv_has_the_settings_then_the_matrix_then_what_was_given() -> None
     args = cli_parser().parse_args(["o", "--no-fixups", "--map", "m:max_entries=4"])
     values = verify_options.namespace_values(args)
     assert verify_options.pytest_argv(values, ["--kitl-kernels", "k"]) == [
-        "--kitl-log-level", "5", "--kitl-privilege", "privileged", "--kitl-kernels", "k",
+        "--kitl-privilege", "privileged", "--kitl-kernels", "k",
         "--kitl-map", "m:max_entries=4", "--kitl-no-fixups",
     ]  # fmt: skip
 

@@ -17,6 +17,7 @@ import dataclasses
 import inspect
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -217,6 +218,8 @@ def g_logs(lib: Libbpf, objdir: str) -> dict[str, Any]:
     return {
         "rejected": g_load(lib, net, "xdp_bad"),
         "rejected_level0": g_load(lib, net, "xdp_bad", LoadOptions(log_level=0)),
+        "quiet_passed": g_load(lib, net, "xdp_count", LoadOptions(log_failures_only=True)),
+        "quiet_rejected": g_load(lib, net, "xdp_bad", LoadOptions(log_failures_only=True)),
         "level2_grown": g_load(lib, net, "xdp_count", LoadOptions(log_level=2, log_size=256)),
         "level2_capped": g_load(
             lib, net, "xdp_count", LoadOptions(log_level=2, log_size=256, log_size_max=512)
@@ -368,6 +371,34 @@ def test_verifier_rejection_has_errno_and_message(report: dict[str, Any]) -> Non
     level0 = logs["rejected_level0"]
     assert (level0["ok"], level0["errno"]) == (False, rejected["errno"])
     assert "invalid access to packet" in level0["log"]
+
+
+def test_a_quiet_load_keeps_statistics_and_a_failure_gets_its_full_log(
+    report: dict[str, Any],
+) -> None:
+    """log_failures_only: a load at BPF_LOG_STATS; only a failure is loaded again at 1|4."""
+    logs = part(report, "logs")
+    passed = logs["quiet_passed"]
+    assert passed["ok"], passed["libbpf_messages"]
+    assert (passed["log_level"], passed["attempts"], passed["stats_log"]) == (4, 1, "")
+    assert f"processed {passed['verified_insns']} insns" in passed["log"]
+    assert not TRACED_INSN.search(passed["log"]), "no instruction trace at the statistics level"
+    rejected, full = logs["quiet_rejected"], logs["rejected"]
+    assert not rejected["ok"]
+    assert (rejected["log_level"], rejected["attempts"]) == (5, 2)
+    assert rejected["errno"] == full["errno"]
+    assert untimed(rejected["log"]) == untimed(full["log"]), "the same complete log"
+    assert TRACED_INSN.search(rejected["log"])
+    assert "invalid access to packet" in rejected["stats_log"]
+    assert "processed" in rejected["stats_log"]
+    assert not TRACED_INSN.search(rejected["stats_log"])
+
+
+TRACED_INSN = re.compile(r"^\d+: \(", re.MULTILINE)  # "0: (61) r2 = *(u32 *)(r1 +0)"
+
+
+def untimed(log: str) -> list[str]:
+    return [line for line in log.splitlines() if "verification time" not in line]
 
 
 def test_enospc_grows_the_log_buffer_or_reports_truncation(report: dict[str, Any]) -> None:
