@@ -415,12 +415,14 @@ class Agent:
         Freeing is partly deferred in the kernel (RCU, workqueues), so wait a little."""
         lib = self.libbpf()
         deadline = time.monotonic() + LEAK_SETTLE_S
+        pause = 0.002  # most ids are gone after one RCU grace period: a few ms, even on TCG
         while True:
             now = libbpf_load.live_ids(lib)
             extra = {kind: sorted(now[kind] - before.get(kind, frozenset())) for kind in now}
             if not any(extra.values()) or time.monotonic() > deadline:
                 break
-            time.sleep(0.05)
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
         return [
             f"{kind} id {ident} still alive after the case released everything"
             for kind, idents in extra.items()
