@@ -426,8 +426,8 @@ def pytest_collection_modifyitems(
 
 def cell_line(cell: CellResult) -> str:
     figures = []
-    if cell.verifier.get("verified_insns"):
-        figures.append(f"insns {cell.verifier['verified_insns']}")
+    if cell.verifier.verified_insns:
+        figures.append(f"insns {cell.verifier.verified_insns}")
     if "load_ms" in cell.timings:
         figures.append(f"load {cell.timings['load_ms']:.1f}ms")
     if cell.timings.get("ns_per_op"):

@@ -25,7 +25,7 @@ from filelock import FileLock
 
 from harness.errors import DISK_ERRNOS, UsageError, WriteError
 from harness.outcome import Outcome
-from harness.results.record import BootFailure, CellRecord, cell_id, label
+from harness.results.record import BootFailure, CellRecord, Verifier, cell_id, label
 
 RESULTS_SCHEMA = 1
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
@@ -91,7 +91,7 @@ class CellResult:
     section: str = ""
     expected: dict[str, Any] = field(default_factory=dict)
     observed: dict[str, Any] = field(default_factory=dict)
-    verifier: dict[str, Any] = field(default_factory=dict)
+    verifier: Verifier = field(default_factory=lambda: Verifier.from_json({}))
     timings: dict[str, float] = field(default_factory=dict)
     log_path: str = ""
     scenario_file: str = ""  # absolute path of the scenario, for `kitl repro`
@@ -114,6 +114,7 @@ class CellResult:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["outcome"] = str(self.outcome)
+        data["verifier"] = self.verifier.to_json()  # asdict would write its bookkeeping
         data["id"] = self.cell_id
         return data
 
