@@ -52,9 +52,10 @@ def number_of(value: object) -> int | float | None:
 
 @dataclass(frozen=True)
 class JSONRecord:
-    """Base of the typed records read from JSON objects: the fields a subclass declares
-    (str, int | None, float | None, bool | None, str | None, Outcome, tuple[str, ...],
-    Mapping[str, Any], another JSONRecord, optionally | None) and, besides them:"""
+    """Base of the typed records read from JSON objects.  A subclass declares its JSON keys
+    as fields, each str, int, float, bool, Outcome, tuple[str, ...], Mapping[str, Any] or
+    another JSONRecord, optionally `| None`; the reader of each comes from its annotation.
+    Besides its fields, a record keeps what makes its JSON whole again:"""
 
     # what the fields cannot say exactly: unmodelled keys, and wrongly typed values
     extra: Mapping[str, Any] = field(default_factory=dict, kw_only=True)

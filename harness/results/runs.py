@@ -42,13 +42,8 @@ class Run:
     cells: Cells = field(default_factory=list)
 
 
-def record_key(cell: CellRecord) -> tuple[str, str]:
-    """The identity a cell's records share (CellRecord.key)."""
-    return cell.key
-
-
 def latest(cells: Iterable[CellRecord]) -> Cells:
-    """Each cell's last record, in the place of that record."""
+    """Each cell's last record (by CellRecord.key), in the place of that record."""
     by_key: dict[tuple[str, str], CellRecord] = {}
     for cell in cells:
         by_key.pop(cell.key, None)  # re-inserted at the end: the order of the latest records
