@@ -32,7 +32,7 @@ from harness.kernel.store import Kernel
 from harness.outcome import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Outcome, exit_code
 from harness.report import render
 from harness.results import compare
-from harness.results.runs import merge_runs, outcome_of
+from harness.results.runs import merge_runs
 from harness.scenario import loader, model, shape
 from harness.vm import accel
 from harness.vm.bootcheck import BootCheck, check
@@ -523,7 +523,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         if len(duplicates) > MERGE_SHOWN:
             rest = len(duplicates) - MERGE_SHOWN
             print(f"  ... and {rest} more (all in results.json: run.duplicates)", file=sys.stderr)
-    return exit_code(outcome_of(cell) for cell in merged)
+    return exit_code(cell.outcome for cell in merged)
 
 
 COMMANDS = {

@@ -30,6 +30,7 @@ from harness.kernel import libbpf_build
 from harness.kernel.cache import Cache
 from harness.kernel.resolve import Kernels
 from harness.outcome import EXIT_FAILED, EXIT_OK
+from harness.results.record import CellRecord
 from harness.results.rundir import safe_name
 from harness.results.runs import load_run
 from harness.run.engine import build_objects
@@ -63,14 +64,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="say what would be booted and loaded")
 
 
-def find_cell(run_dir: Path, cell_id: str) -> dict[str, Any]:
+def find_cell(run_dir: Path, cell_id: str) -> CellRecord:
     cells = load_run(run_dir).cells if run_dir.is_dir() else []
     if not cells:
         raise UsageError(f"{run_dir}: not a kitl run directory (no results)")
     for cell in cells:
-        if cell.get("id") == cell_id:
-            return dict(cell)
-    ids = [str(c.get("id")) for c in cells]
+        if cell.cell_id == cell_id:
+            return cell
+    ids = [c.cell_id for c in cells]
     close = difflib.get_close_matches(cell_id, ids, n=3)
     hint = "did you mean " + " or ".join(repr(c) for c in close) if close else None
     raise UsageError(f"{run_dir}: no cell {cell_id!r}", hint=hint)
@@ -83,9 +84,9 @@ def command_line(run_dir: Path, cell_id: str) -> str:
 def run(args: argparse.Namespace) -> int:
     verify_options.check_log_level(args.log_level)
     cell = find_cell(args.run_dir, args.cell_id)
-    if cell.get("scenario") == "*":
+    if cell.scenario == "*":
         raise UsageError(f"{args.cell_id} is a run-level failure, not a program to reload")
-    scenario_file = Path(cell.get("scenario_file") or "")
+    scenario_file = Path(cell.scenario_file)
     if not scenario_file.is_file():
         raise UsageError(f"{args.cell_id}: its scenario file {scenario_file} is gone")
     if scenario_file.suffix == ".o":  # a `kitl verify` cell: the object is the scenario
@@ -94,23 +95,23 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         scenario = load_scenario(scenario_file)
-    case = next((c for c in scenario.cases if c.name == cell["case"]), None)
+    case = next((c for c in scenario.cases if c.name == cell.case), None)
     if case is None:
-        raise UsageError(f"{scenario_file}: has no case {cell['case']!r} any more")
+        raise UsageError(f"{scenario_file}: has no case {cell.case!r} any more")
     ks = Kernels.open(Cache.default())
     with DownloadProgress() as progress:
-        kernel = ks.get(str(cell["kernel"]), progress)
-    if cell.get("kernel_digest") and cell["kernel_digest"] != kernel.digest:
+        kernel = ks.get(cell.kernel, progress)
+    if cell.kernel_digest and cell.kernel_digest != kernel.digest:
         message = f"{kernel.name}: the cached kernel is not the one the run used"
         if not args.allow_other_kernel:
             raise UsageError(
                 message,
-                hint=f"run {cell['kernel_digest'][:12]}, cache {kernel.digest[:12]}; "
+                hint=f"run {cell.kernel_digest[:12]}, cache {kernel.digest[:12]}; "
                 "--allow-other-kernel boots it anyway",
             )
         stderr.print(f"kitl: warning: {message}")
     obj = _object(cell, scenario, case.object, kernel, ks.store.cache)
-    sysctls = {k: v for k, v in (cell.get("sysctls") or {}).items() if v is not None}
+    sysctls = {k: v for k, v in cell.sysctls.items() if v is not None}
     if args.dry_run:
         print(f"boot {kernel.name} ({kernel.release}, digest {kernel.digest[:12]})")
         print(f"sysctl {' '.join(f'{k}={v}' for k, v in sysctls.items())}")
@@ -118,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK
     cache = ks.store.cache
     decision = accel.decide(args.accel, cache, lambda: accel.qemu_kvm_probe(kernel.vmlinuz))
-    loader = libbpf_build.loader_path(str(cell.get("libbpf") or ""), ks)  # the cell's libbpf
+    loader = libbpf_build.loader_path(cell.libbpf, ks)  # the cell's libbpf
     out = args.run_dir / "repro" / f"{safe_name(args.cell_id)}.verifier.log"
     out.parent.mkdir(parents=True, exist_ok=True)
     with (
@@ -136,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
             "prog_flags": case.load.flags_value,
             "privilege": case.load.privilege,
             # what the run set on the object (map sizes, globals, targets, pinning)
-            **(cell.get("observed", {}).get("load_args") or {}),
+            **cell.observed.load_args,
             "object": remote,
             "program": case.program,
             "log_level": args.log_level,
@@ -155,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
                 + "; exit the shell to stop the VM"
             )
             subprocess.call(vm.ssh_command())
-    same = load.get("ok") == cell.get("observed", {}).get("load", {}).get("ok")
+    same = load.get("ok") == cell.observed.load_ok
     return EXIT_OK if same else EXIT_FAILED  # the load did what it did in the run
 
 
@@ -169,11 +170,11 @@ def _verdict(load: dict[str, Any], log: str) -> str:
     return f"failed, {cause.error_class}: {cause.message}{figures}"
 
 
-def _object(cell: dict[str, Any], scenario: Any, name: str, kernel: Any, cache: Cache) -> Path:
+def _object(cell: CellRecord, scenario: Any, name: str, kernel: Any, cache: Cache) -> Path:
     """The object the run loaded: the recorded file if it still has the recorded hash, else
     compiled again (the same source and header give the same bytes, and say so if not)."""
-    recorded = Path(cell.get("object_file") or "")
-    digest = cell.get("object_sha256") or ""
+    recorded = Path(cell.object_file)
+    digest = cell.object_sha256
     if recorded.is_file() and hashlib.sha256(recorded.read_bytes()).hexdigest() == digest:
         return recorded
     built = build_objects([scenario], newest([kernel]), cache)[(scenario.name, name)]

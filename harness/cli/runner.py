@@ -33,7 +33,7 @@ from harness.kernel.resolve import Kernels
 from harness.outcome import EXIT_FAILED, EXIT_OK, EXIT_USAGE, exit_code
 from harness.results.known import DEFAULT_NAME as KNOWN_DEFAULT
 from harness.results.known import load_known
-from harness.results.runs import appended, finished_ids, outcome_of
+from harness.results.runs import appended, finished_ids
 from harness.run.matrix import Cell, Shard, plan, shard_cells
 from harness.scenario.model import Scenario
 from harness.vm import accel
@@ -225,7 +225,7 @@ def resumed_status(args: argparse.Namespace, run_dir: Path, status: int) -> int:
     """The exit status: a resumed run's is that of all its cells, old and new."""
     if args.resume is None or args.dry_run or status > 128:  # > 128: stopped by a signal
         return status
-    return exit_code(outcome_of(c) for c in appended(run_dir))
+    return exit_code(c.outcome for c in appended(run_dir))
 
 
 def _still_to_run(run_dir: Path, cells: list[Cell]) -> list[Cell]:

@@ -14,13 +14,12 @@ import argparse
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from harness.cli import runner
 from harness.errors import UsageError
 from harness.kernel.resolve import Kernels
-from harness.outcome import EXIT_OK
-from harness.results.rundir import label
+from harness.outcome import EXIT_OK, Outcome
+from harness.results.record import CellRecord
 from harness.results.runs import load_run
 from harness.run.matrix import Shard, plan, shard_cells
 from harness.scenario import verify_options
@@ -120,24 +119,10 @@ def print_table(run_dir: Path) -> None:
     is not what was expected; with a single cell, its whole verifier log (the one-command
     repro of a verifier failure)."""
     cells = load_run(run_dir).cells
-
-    def column(c: dict[str, Any]) -> str:
-        return label(c["kernel"], c["config"], str(c.get("libbpf") or ""))
-
-    columns = list(dict.fromkeys(column(c) for c in cells))
+    columns = list(dict.fromkeys(c.label for c in cells))
     rows: dict[str, dict[str, str]] = {}
     for c in cells:
-        insns = (c.get("verifier") or {}).get("verified_insns") or ""
-        observed = c.get("observed") or {}
-        if c["outcome"] == "SKIPPED":
-            verdict = "skipped"
-        elif (observed.get("load") or {}).get("ok"):
-            verdict = f"loaded {insns}".strip()
-        else:
-            verdict = str(observed.get("error_class") or c["outcome"]).lower()
-        if c["outcome"] not in ("PASSED", "SKIPPED"):
-            verdict = "!" + verdict  # not what was expected
-        rows.setdefault(f"{c['scenario']}/{c['case']}", {})[column(c)] = verdict
+        rows.setdefault(f"{c.scenario}/{c.case}", {})[c.label] = _verdict(c)
     shown = rows
     if len(rows) > TABLE_ROWS:  # a corpus: the rows that need a look, not thousands
         shown = {n: r for n, r in rows.items() if any(v.startswith("!") for v in r.values())}
@@ -150,5 +135,19 @@ def print_table(run_dir: Path) -> None:
             f"({len(rows) - len(shown)} more programs as expected on every column: "
             f"{run_dir / 'report' / 'summary.md'} has them all)"
         )
-    if len(cells) == 1 and cells[0].get("log_path"):
-        print((run_dir / cells[0]["log_path"]).read_text(encoding="utf-8"), end="")
+    if len(cells) == 1 and cells[0].log_path:
+        print((run_dir / cells[0].log_path).read_text(encoding="utf-8"), end="")
+
+
+def _verdict(cell: CellRecord) -> str:
+    """`loaded INSNS`, `skipped` or the failure's class, `!` first where it is not what was
+    expected."""
+    if cell.outcome is Outcome.SKIPPED:
+        verdict = "skipped"
+    elif cell.observed.load_ok:
+        verdict = f"loaded {cell.verifier.verified_insns or ''}".strip()
+    else:
+        verdict = (cell.observed.error_class or cell.outcome_text).lower()
+    if cell.outcome not in (Outcome.PASSED, Outcome.SKIPPED):
+        verdict = "!" + verdict  # not what was expected
+    return verdict

@@ -19,7 +19,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from harness.pytest_plugin import options
 from harness.report import model as report_model
 from harness.report import render
 from harness.results import known as known_mod
+from harness.results.record import CellRecord
 from harness.results.rundir import CellResult, RunDir
 from harness.results.runs import appended, finalize, finished_ids
 from harness.run.matrix import Cell, Guests, Shard, newest, plan, shard_cells
@@ -376,7 +377,7 @@ class CellItem(pytest.Item):
 def _known_entry(session: KitlSession, result: CellResult) -> known_mod.KnownEntry | None:
     if session.known is None:
         return None
-    cell = result.to_json()
+    cell = result.record()
     for entry in session.known.entries:
         if entry.expired(session.today):
             continue  # an expired entry fails the run at the end; a live one may still match
@@ -425,8 +426,8 @@ def pytest_collection_modifyitems(
 
 def cell_line(cell: CellResult) -> str:
     figures = []
-    if cell.verifier.get("verified_insns"):
-        figures.append(f"insns {cell.verifier['verified_insns']}")
+    if cell.verifier.verified_insns:
+        figures.append(f"insns {cell.verifier.verified_insns}")
     if "load_ms" in cell.timings:
         figures.append(f"load {cell.timings['load_ms']:.1f}ms")
     if cell.timings.get("ns_per_op"):
@@ -486,14 +487,13 @@ class _Progress:
             self._write(f"kitl: booting {kernel} (its first cell starts)")
 
 
-def _loaders(cells: Sequence[Mapping[str, Any]], default: str) -> str:
+def _loaders(cells: Sequence[CellRecord], default: str) -> str:
     """The loaders of a run with their versions: "default (debian-7.3) 1.8, system 1.1"."""
     versions: dict[str, str] = {}
     for cell in cells:
-        version = (cell.get("verifier") or {}).get("libbpf_version")
-        name = str(cell.get("libbpf") or "")
-        if version and name not in versions:
-            versions[name] = str(version)
+        version = cell.verifier.libbpf_version
+        if version and cell.libbpf not in versions:
+            versions[cell.libbpf] = version
     return ", ".join(
         f"{name or f'default ({default})'} {version}" for name, version in versions.items()
     )
@@ -511,7 +511,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     cells = appended(kitl.run_path)
     meta = {
         # the kernels asked for, or (the scenarios' or the catalog's) those that ran
-        "kernels": kitl.kernel_names or list(dict.fromkeys(str(c["kernel"]) for c in cells)),
+        "kernels": kitl.kernel_names or list(dict.fromkeys(c.kernel for c in cells)),
         "configs": kitl.configs,
         "shard": str(kitl.shard) if kitl.shard else None,
         "libbpf": _loaders(cells, libbpf_build.default_loader(kitl.kernels.catalog)),

@@ -41,7 +41,8 @@ def _href(target: Path, out_dir: Path) -> str:
 
 def _links(report: Report, cell: Cell, out_dir: Path) -> str:
     targets = [("log", report.log_file(cell))]
-    targets += [(kind, report.guest_file(cell.kernel, kind)) for kind in ("dmesg", "console")]
+    kernel = cell.record.kernel
+    targets += [(kind, report.guest_file(kernel, kind)) for kind in ("dmesg", "console")]
     return "".join(
         f'<a href="{_e(_href(path, out_dir))}">{kind}</a>' for kind, path in targets if path
     )
@@ -61,7 +62,7 @@ def _matrix(report: Report, out_dir: Path) -> list[str]:
             out.append(
                 f'<td class="{cell.category}" data-column="{_e(column.label)}"'
                 f' data-outcome="{_e(cell.outcome)}" title="{_e(cell.reason or cell.outcome)}">'
-                f"{_e(cell.label)}{_links(report, cell, out_dir)}</td>"
+                f"{_e(cell.display)}{_links(report, cell, out_dir)}</td>"
             )
         first = report.first_failing_kernel(row)
         out.append(f'<td class="first">{_e(first or "—")}</td></tr>')

@@ -13,8 +13,9 @@ from typing import Any
 
 from harness.errors import UsageError
 from harness.outcome import Outcome
-from harness.results.rundir import cell_id, label, safe_name
-from harness.results.runs import load_run
+from harness.results.record import CellRecord, label, number_of, text_of
+from harness.results.rundir import safe_name
+from harness.results.runs import Cells, load_run
 from harness.scenario.expect import kernel_version
 
 RUN_LEVEL = "*"  # scenario (and case, config) of a failure that hit a whole kernel
@@ -36,78 +37,39 @@ _DISPLAY: dict[str, tuple[str, str]] = {
 }
 
 
-def mapping_of(value: object) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
-def text_of(value: object) -> str:
-    return "" if value is None else value if isinstance(value, str) else str(value)
-
-
-def _number(value: object) -> int | float | None:
-    # bool is an int to Python, but never a figure here
-    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
 @dataclass(frozen=True)
 class Cell:
-    """One cell of results.json, every key optional (older or future runs, killed runs)."""
+    """One cell as the reports show it: its record (every key optional: older or future
+    runs, killed runs) and what a report makes of it."""
 
-    scenario: str
-    case: str
-    kernel: str
-    config: str
-    libbpf: str
-    outcome: str
-    reason: str
-    kernel_release: str
-    program: str
-    prog_type: str
-    verifier: Mapping[str, Any]
-    timings: Mapping[str, Any]
-    load_ok: bool | None  # observed.load.ok: None when the case never got to loading
-    log_path: str
-    cell_id: str
+    record: CellRecord
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Cell:
-        load = mapping_of(mapping_of(data.get("observed")).get("load")).get("ok")
-        kernel, config = text_of(data.get("kernel")), text_of(data.get("config"))
-        scenario, case = text_of(data.get("scenario")), text_of(data.get("case"))
-        libbpf = text_of(data.get("libbpf"))
-        outcome = text_of(data.get("outcome")) or Outcome.ERROR
-        reason = text_of(data.get("reason"))
-        if not data.get("outcome") and not reason:
-            reason = "the cell recorded no outcome"
-        return cls(
-            scenario=scenario,
-            case=case,
-            kernel=kernel,
-            config=config,
-            libbpf=libbpf,
-            outcome=outcome,
-            reason=reason,
-            kernel_release=text_of(data.get("kernel_release")),
-            program=text_of(data.get("program")),
-            prog_type=text_of(data.get("prog_type")),
-            verifier=mapping_of(data.get("verifier")),
-            timings=mapping_of(data.get("timings")),
-            load_ok=load if isinstance(load, bool) else None,
-            log_path=text_of(data.get("log_path")),
-            cell_id=text_of(data.get("id")) or cell_id(scenario, case, kernel, config, libbpf),
-        )
+    @property
+    def outcome(self) -> str:
+        """The outcome as recorded, ERROR when there is none; an unknown name as written."""
+        return self.record.outcome_text or Outcome.ERROR
+
+    @property
+    def reason(self) -> str:
+        if not self.record.outcome_text and not self.record.reason:
+            return "the cell recorded no outcome"
+        return self.record.reason
+
+    @property
+    def cell_id(self) -> str:
+        return self.record.cell_id
 
     @property
     def column(self) -> str:
-        return label(self.kernel, self.config, self.libbpf)
+        return self.record.label
 
     @property
     def row(self) -> str:
-        return f"{self.scenario}::{self.case}"
+        return f"{self.record.scenario}::{self.record.case}"
 
     @property
     def run_level(self) -> bool:
-        return self.scenario == RUN_LEVEL
+        return self.record.scenario == RUN_LEVEL
 
     @property
     def category(self) -> str:
@@ -126,15 +88,15 @@ class Cell:
         return _DISPLAY.get(self.outcome, ("❓", ""))[0]
 
     @property
-    def label(self) -> str:
+    def display(self) -> str:
         """Symbol and short word, as a matrix cell shows it."""
         symbol, word = _DISPLAY.get(self.outcome, ("❓", self.outcome.lower()))
         return f"{symbol} {word}"
 
     def figure(self, key: str) -> int | float | None:
         """A number the cell recorded under `key`, in its verifier stats or its timings."""
-        found = _number(self.verifier.get(key))
-        return found if found is not None else _number(self.timings.get(key))
+        found = number_of(self.record.verifier.value(key))
+        return found if found is not None else number_of(self.record.timings.value(key))
 
 
 @dataclass(frozen=True)
@@ -197,7 +159,7 @@ class Report:
         return path if path.is_relative_to(root) and path.is_file() else None
 
     def log_file(self, cell: Cell) -> Path | None:
-        return self.inside(cell.log_path)
+        return self.inside(cell.record.log_path)
 
     def guest_file(self, kernel: str, kind: str) -> Path | None:
         return self.inside(f"guest/{safe_name(kernel)}.{kind}.log")
@@ -209,7 +171,7 @@ class Report:
         before any log (a crash, a boot failure), the tail of the guest console."""
         if path := self.log_file(cell):
             return "verifier log", tail(path, lines=lines, max_bytes=max_bytes)
-        if cell.category == "infra" and (path := self.guest_file(cell.kernel, "console")):
+        if cell.category == "infra" and (path := self.guest_file(cell.record.kernel, "console")):
             return "guest console", tail(path, lines=lines, max_bytes=max_bytes)
         return "", ""
 
@@ -231,7 +193,7 @@ def tail(path: Path, *, lines: int = LOG_EXCERPT_LINES, max_bytes: int = 64 * 10
     return "\n".join(kept[-lines:])
 
 
-def load_cells(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def load_cells(run_dir: Path) -> tuple[dict[str, Any], Cells]:
     """(run meta, cells) of a run directory, read by harness.results.runs: results.json
     when it is whole, else the cells results.jsonl collected (a killed run), meta then
     empty."""
@@ -246,8 +208,8 @@ def _kernel_order(meta: Mapping[str, Any], cells: Iterable[Cell]) -> tuple[str, 
     named = [k for k in listed if isinstance(k, str)] if isinstance(listed, list) else []
     releases: dict[str, str] = {}
     for cell in cells:
-        if not releases.get(cell.kernel):
-            releases[cell.kernel] = cell.kernel_release
+        if not releases.get(cell.record.kernel):
+            releases[cell.record.kernel] = cell.record.kernel_release
     if isinstance(one := meta.get("kernel"), str) and one in releases and not releases[one]:
         releases[one] = text_of(meta.get("release"))  # a one-kernel run's meta names its release
 
@@ -263,14 +225,14 @@ def _kernel_order(meta: Mapping[str, Any], cells: Iterable[Cell]) -> tuple[str, 
 
 def build_report(run_dir: Path) -> Report:
     meta, records = load_cells(run_dir)
-    cells = tuple(Cell.from_json(r) for r in records)
+    cells = tuple(Cell(r) for r in records)
     kernels = _kernel_order(meta, cells)
     configs: dict[tuple[str, str], None] = {}  # first-seen order, an ordered set
     rows: dict[str, None] = {c.row: None for c in cells if c.run_level}  # run-level first
     for cell in cells:
-        configs.setdefault((cell.config, cell.libbpf))
+        configs.setdefault((cell.record.config, cell.record.libbpf))
         rows.setdefault(cell.row)
-    present = {(c.kernel, c.config, c.libbpf) for c in cells}
+    present = {(c.record.kernel, c.record.config, c.record.libbpf) for c in cells}
     columns = tuple(
         Column(kernel, config, libbpf, label(kernel, config, libbpf))
         for kernel in kernels

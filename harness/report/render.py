@@ -15,9 +15,8 @@ import io
 import re
 import sys
 import xml.etree.ElementTree as ET
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from pathlib import Path
-from typing import Any
 
 from harness.bpf.verifier_log import parse_log
 from harness.errors import UsageError, WriteError
@@ -29,10 +28,9 @@ from harness.report.model import (
     Column,
     Report,
     build_report,
-    mapping_of,
     tail,
-    text_of,
 )
+from harness.results.record import BootFailure, text_of
 from harness.results.rundir import safe_name, write_atomic
 
 FORMATS = ("junit", "markdown", "html", "csv")
@@ -69,7 +67,7 @@ def render_junit(report: Report) -> bytes:
         cells = [c for r in report.rows if (c := report.cell(r, column))]
         suite = ET.SubElement(root, "testsuite", name=_xml(column.label))
         props = ET.SubElement(suite, "properties")
-        release = next((c.kernel_release for c in cells if c.kernel_release), "")
+        release = next((c.record.kernel_release for c in cells if c.record.kernel_release), "")
         suite_props = {
             "kernel": column.kernel,
             "config": column.config,
@@ -104,16 +102,16 @@ def _testcase(report: Report, suite: ET.Element, cell: Cell, counts: dict[str, i
     case = ET.SubElement(
         suite,
         "testcase",
-        classname=_xml(cell.scenario),
-        name=_xml(f"{cell.case}[{cell.column}]"),
+        classname=_xml(cell.record.scenario),
+        name=_xml(f"{cell.record.case}[{cell.column}]"),
         time=f"{seconds:.3f}",
     )
     props = ET.SubElement(case, "properties")
     fields = {
         "outcome": cell.outcome,
-        "prog_type": cell.prog_type,
-        "program": cell.program,
-        "kernel_release": cell.kernel_release,
+        "prog_type": cell.record.prog_type,
+        "program": cell.record.program,
+        "kernel_release": cell.record.kernel_release,
     }
     fields.update((name, text_of(cell.figure(name))) for name in _PROPERTIES)
     for name, value in fields.items():
@@ -162,14 +160,14 @@ def render_markdown(report: Report) -> str:
         shown = [md_escape(row)]
         for column in report.columns:
             cell = report.cell(row, column)
-            shown.append(md_escape(cell.label) if cell else "")
+            shown.append(md_escape(cell.display) if cell else "")
         shown.append(md_escape(report.first_failing_kernel(row) or "—"))
         out.append("| " + " | ".join(shown) + " |")
     out += _boot_failures_markdown(report)
-    unbooted = {text_of(f.get("kernel")) for f in _boot_failures(report)}
+    unbooted = {f.kernel for f in _boot_failures(report)}
     failures, not_run = [], 0
     for cell in report.failures:  # an unbooted kernel's cells: counted, told once above
-        if cell.outcome == "BOOT_FAILED" and cell.kernel in unbooted:
+        if cell.outcome == "BOOT_FAILED" and cell.record.kernel in unbooted:
             not_run += 1
         else:
             failures.append(cell)
@@ -192,9 +190,11 @@ def render_markdown(report: Report) -> str:
     return "\n".join(out).rstrip("\n") + "\n"
 
 
-def _boot_failures(report: Report) -> list[Mapping[str, Any]]:
+def _boot_failures(report: Report) -> list[BootFailure]:
     found = report.meta.get("boot_failures")
-    return [mapping_of(f) for f in found] if isinstance(found, list) else []
+    if not isinstance(found, list):
+        return []
+    return [BootFailure.from_json(f if isinstance(f, dict) else {}) for f in found]
 
 
 def _boot_failures_markdown(report: Report) -> list[str]:
@@ -204,12 +204,9 @@ def _boot_failures_markdown(report: Report) -> list[str]:
         return []
     out = ["", f"## Kernels that did not boot ({len(failures)})", ""]
     for failure in failures:
-        kernel = text_of(failure.get("kernel"))
-        out += [f"### {md_escape(kernel)}: {md_escape(text_of(failure.get('outcome')))}", ""]
-        out += [
-            f"> {md_escape(line) or ' '}" for line in text_of(failure.get("reason")).splitlines()
-        ]
-        if console := report.inside(text_of(failure.get("console_path"))):
+        out += [f"### {md_escape(failure.kernel)}: {md_escape(failure.outcome)}", ""]
+        out += [f"> {md_escape(line) or ' '}" for line in failure.reason.splitlines()]
+        if console := report.inside(failure.console_path):
             text = tail(console)
             fence = _fence(text)
             out += ["", "Guest console (tail):", "", f"{fence}text", text, fence]
@@ -238,12 +235,14 @@ def render_csv(report: Report, column: Column) -> str:
         cell = report.cell(row, column)
         if cell is None or cell.category not in ("pass", "fail"):
             continue
-        if cell.load_ok is None and not cell.verifier:
+        if cell.record.observed.load_ok is None and cell.record.verifier.empty:
             continue  # never loaded (a failure before loading)
-        obj, _, prog = cell.program.partition("/")
+        obj, _, prog = cell.record.program.partition("/")
         if (obj, prog) in rows:
             continue
-        ok = cell.load_ok if cell.load_ok is not None else cell.outcome not in _NOT_LOADED
+        ok = cell.record.observed.load_ok
+        if ok is None:
+            ok = cell.outcome not in _NOT_LOADED
         insns = cell.figure("insns")
         if insns is None:
             insns = cell.figure("verified_insns")

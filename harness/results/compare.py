@@ -41,15 +41,16 @@ import math
 import re
 import sys
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from harness.errors import KitlError, UsageError
 from harness.outcome import EXIT_FAILED, EXIT_OK, Outcome
-from harness.results.rundir import cell_id, write_atomic
-from harness.results.runs import load_run
+from harness.results.record import CellRecord, cell_id
+from harness.results.rundir import write_atomic
+from harness.results.runs import Cells, load_run
 
 COMPARE_SCHEMA = 1
 FORMATS = ("table", "markdown", "json")
@@ -104,17 +105,12 @@ class ProgramKey:
         return cell_id(self.scenario, self.program, self.kernel, self.config, self.libbpf)
 
 
-def _text(cell: Mapping[str, Any], name: str) -> str:
-    value = cell.get(name)
-    return "" if value is None else str(value)
-
-
-def cell_key(cell: Mapping[str, Any]) -> CellKey:
+def cell_key(cell: CellRecord) -> CellKey:
     """A cell's identity; missing fields read as "" so junk still gets a (shared) key."""
-    return CellKey(*(_text(cell, k) for k in ("scenario", "case", "kernel", "config", "libbpf")))
+    return CellKey(cell.scenario, cell.case, cell.kernel, cell.config, cell.libbpf)
 
 
-def load_results(path: Path) -> list[dict[str, Any]]:
+def load_results(path: Path) -> Cells:
     """The cells of a run directory, a results.json or a results.jsonl (harness.results.runs
     reads them, by one set of rules)."""
     return load_run(path).cells
@@ -210,13 +206,13 @@ def _one_line(text: str, limit: int = 160) -> str:
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
-def _verdict(key: CellKey, base: Mapping[str, Any], new: Mapping[str, Any]) -> Entry | None:
-    was, now = _text(base, "outcome") or "UNKNOWN", _text(new, "outcome") or "UNKNOWN"
+def _verdict(key: CellKey, base: CellRecord, new: CellRecord) -> Entry | None:
+    was, now = base.outcome_text or "UNKNOWN", new.outcome_text or "UNKNOWN"
     if was == now:
         return None
     b, n = _status(was), _status(now)
     change = f"{was} → {now}"
-    reason = _one_line(_text(new, "reason"))
+    reason = _one_line(new.reason)
     cells = (str(key),)
     if "skip" in (b, n):
         return Entry("skipped", key, was, now, change, False, "skipped (not gated)", reason, cells)
@@ -231,23 +227,18 @@ def _verdict(key: CellKey, base: Mapping[str, Any], new: Mapping[str, Any]) -> E
     return Entry("outcome-change", key, was, now, change, False, verdict, reason, cells)
 
 
-def _number(value: Any) -> Figure:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return value if math.isfinite(value) and value >= 0 else None
+def _number(value: Figure) -> Figure:
+    return value if value is not None and math.isfinite(value) and value >= 0 else None
 
 
-def figure(cell: Mapping[str, Any], metric: Metric) -> Figure:
+def figure(cell: CellRecord, metric: Metric) -> Figure:
     """One comparable figure of a cell, or None when it is absent or junk."""
-    verifier = cell.get("verifier")
-    verifier = verifier if isinstance(verifier, dict) else {}
     if metric == "insns":
-        found = _number(verifier.get("verified_insns"))
-        return found if found is not None else _number(verifier.get("insns"))
+        found = _number(cell.verifier.verified_insns)
+        return found if found is not None else _number(cell.verifier.insns)
     if metric == "states":
-        return _number(verifier.get("total_states"))
-    timings = cell.get("timings")
-    return _number(timings.get("load_ms")) if isinstance(timings, dict) else None
+        return _number(cell.verifier.total_states)
+    return _number(cell.timings.load_ms)
 
 
 def _num(value: float, sign: str = "") -> str:
@@ -281,19 +272,19 @@ def _metric(
     return Entry(kind, identity, was, now, change, False, verdict)
 
 
-def _index(cells: Iterable[Mapping[str, Any]]) -> dict[CellKey, Mapping[str, Any]]:
+def _index(cells: Iterable[CellRecord]) -> dict[CellKey, CellRecord]:
     return {cell_key(c): c for c in cells}  # a repeated key: the last one wins, as in jsonl
 
 
-def _program_key(key: CellKey, cell: Mapping[str, Any]) -> CellKey | ProgramKey:
-    program = _text(cell, "program")
+def _program_key(key: CellKey, cell: CellRecord) -> CellKey | ProgramKey:
+    program = cell.program
     if not program:
         return key
     return ProgramKey(key.scenario, program, key.kernel, key.config, key.libbpf)
 
 
 def compare(
-    base: Iterable[Mapping[str, Any]], new: Iterable[Mapping[str, Any]], thresholds: Thresholds
+    base: Iterable[CellRecord], new: Iterable[CellRecord], thresholds: Thresholds
 ) -> Comparison:
     """Classify every cell identity of BASE and NEW (pure)."""
     old, cur = _index(base), _index(new)
@@ -305,13 +296,13 @@ def compare(
         cells = (str(key),)
         if key not in cur:
             verdict = "REGRESSION (removed)" if gate_removed else "removed"
-            was = _text(old[key], "outcome")
+            was = old[key].outcome_text
             entries.append(
                 Entry("removed", key, was, None, "removed", gate_removed, verdict, "", cells)
             )
             continue
         if key not in old:
-            now = _text(cur[key], "outcome")
+            now = cur[key].outcome_text
             entries.append(Entry("added", key, None, now, "added", False, "added", "", cells))
             continue
         b, n = old[key], cur[key]

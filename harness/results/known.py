@@ -30,10 +30,9 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fnmatch
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -41,6 +40,7 @@ from harness import yamlsrc
 from harness.errors import ConfigError
 from harness.outcome import EXIT_FAILED, EXIT_OK, Outcome
 from harness.results.compare import cell_key
+from harness.results.record import CellRecord
 from harness.results.rundir import CellResult
 from harness.scenario.expect import VersionRange, kernel_version, parse_version_range
 from harness.scenario.spec import describe, suggest
@@ -51,7 +51,7 @@ TOP_KEYS = ("known_failures",)
 ENTRY_KEYS = ("case", "kernel", "config", "outcome", "reason", "expires")
 REQUIRED = ("case", "reason", "expires")
 FAILING = tuple(o.value for o in Outcome if o not in (Outcome.PASSED, Outcome.SKIPPED))
-Cell = Mapping[str, Any] | CellResult
+Cell = CellRecord | CellResult  # a finished run's record, or a result as its cell ends
 
 
 @dataclass(frozen=True)
@@ -73,21 +73,18 @@ class KnownEntry:
     def expired(self, today: datetime.date) -> bool:
         return today > self.expires  # "expires: 2027-03-01" still holds on March 1st
 
-    def matches(self, cell: Mapping[str, Any]) -> bool:
+    def matches(self, cell: CellRecord) -> bool:
         """Whether the cell is one this entry is about, whatever its outcome."""
-        name = f"{cell.get('scenario', '')}::{cell.get('case', '')}"
-        if not fnmatch.fnmatchcase(name, self.case):
+        if not fnmatch.fnmatchcase(f"{cell.scenario}::{cell.case}", self.case):
             return False
-        if self.config is not None and not fnmatch.fnmatchcase(
-            str(cell.get("config", "")), self.config
-        ):
+        if self.config is not None and not fnmatch.fnmatchcase(cell.config, self.config):
             return False
         if self.kernel_range is not None:
             try:
-                return self.kernel_range.contains(kernel_version(str(cell.get("kernel_release"))))
+                return self.kernel_range.contains(kernel_version(cell.kernel_release))
             except ValueError:
                 return False  # no readable release: cannot be shown to be in range
-        return self.kernel is None or fnmatch.fnmatchcase(str(cell.get("kernel", "")), self.kernel)
+        return self.kernel is None or fnmatch.fnmatchcase(cell.kernel, self.kernel)
 
     def accepts(self, outcome: str) -> bool:
         if self.outcome is not None:
@@ -310,18 +307,18 @@ class KnownReport:
         return out
 
 
-def _as_dict(cell: Cell) -> Mapping[str, Any]:
-    return cell.to_json() if isinstance(cell, CellResult) else cell
+def _record(cell: Cell) -> CellRecord:
+    return cell.record() if isinstance(cell, CellResult) else cell
 
 
-def _failing(cell: Mapping[str, Any]) -> bool:
+def _failing(cell: CellRecord) -> bool:
     # Anything but PASSED or SKIPPED fails, including an outcome this harness does not know.
-    return str(cell.get("outcome", "")) not in (Outcome.PASSED.value, Outcome.SKIPPED.value)
+    return cell.outcome_text not in (Outcome.PASSED.value, Outcome.SKIPPED.value)
 
 
 def apply_known(cells: Iterable[Cell], known: KnownFailures, today: datetime.date) -> KnownReport:
     """Which failures are known, which entries expired, were fixed or went unused (pure)."""
-    rows = [_as_dict(c) for c in cells]
+    rows = [_record(c) for c in cells]
     live = [e for e in known.entries if not e.expired(today)]
     covered: list[KnownCell] = []
     unknown: list[str] = []
@@ -329,7 +326,7 @@ def apply_known(cells: Iterable[Cell], known: KnownFailures, today: datetime.dat
     for cell in rows:
         if not _failing(cell):
             continue
-        outcome = str(cell.get("outcome", ""))
+        outcome = cell.outcome_text
         entry = next((e for e in live if e.matches(cell) and e.accepts(outcome)), None)
         if entry is None:
             unknown.append(str(cell_key(cell)))
@@ -342,7 +339,7 @@ def apply_known(cells: Iterable[Cell], known: KnownFailures, today: datetime.dat
         if entry in used:
             continue
         matched = [c for c in rows if entry.matches(c)]
-        passing = [str(cell_key(c)) for c in matched if c.get("outcome") == Outcome.PASSED.value]
+        passing = [str(cell_key(c)) for c in matched if c.outcome_text == Outcome.PASSED.value]
         # "Fixed" only when every matching cell that ran now passes; a cell failing with
         # another outcome than the entry names is still a failure, so the entry is unused.
         if passing and not any(_failing(c) for c in matched):
@@ -356,7 +353,7 @@ def apply_known(cells: Iterable[Cell], known: KnownFailures, today: datetime.dat
 def exit_status(cells: Iterable[Cell], report: KnownReport) -> int:
     """0 when every failing cell is known and no entry expired, else 1.  An empty run is a
     failure, as in harness.outcome.exit_code: a run that ran nothing must not look green."""
-    rows = [_as_dict(c) for c in cells]
+    rows = [_record(c) for c in cells]
     known = {k.cell for k in report.known}
     if not rows or report.expired:
         return EXIT_FAILED

@@ -25,6 +25,7 @@ from filelock import FileLock
 
 from harness.errors import DISK_ERRNOS, UsageError, WriteError
 from harness.outcome import Outcome
+from harness.results.record import BootFailure, CellRecord, Verifier, cell_id, label
 
 RESULTS_SCHEMA = 1
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
@@ -72,6 +73,9 @@ def write_atomic(path: Path, data: str | bytes) -> Path:
 
 @dataclass
 class CellResult:
+    """A cell's result while the cell runs (the engine fills it in as it goes); what it
+    records is its `record()`, the one typed form every reader reads back."""
+
     scenario: str
     case: str
     kernel: str
@@ -87,7 +91,7 @@ class CellResult:
     section: str = ""
     expected: dict[str, Any] = field(default_factory=dict)
     observed: dict[str, Any] = field(default_factory=dict)
-    verifier: dict[str, Any] = field(default_factory=dict)
+    verifier: Verifier = field(default_factory=lambda: Verifier.from_json({}))
     timings: dict[str, float] = field(default_factory=dict)
     log_path: str = ""
     scenario_file: str = ""  # absolute path of the scenario, for `kitl repro`
@@ -110,8 +114,12 @@ class CellResult:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["outcome"] = str(self.outcome)
+        data["verifier"] = self.verifier.to_json()  # asdict would write its bookkeeping
         data["id"] = self.cell_id
         return data
+
+    def record(self) -> CellRecord:
+        return CellRecord.from_json(self.to_json())
 
 
 class RunDir:
@@ -160,20 +168,15 @@ class RunDir:
     def record_boot_failure(self, kernel: str, outcome: str, reason: str, console: Path) -> None:
         """A kernel that did not come up, said once for all its cells: written beside its
         console log and gathered into results.json's run.boot_failures by `finalize`."""
-        record = {
-            "kernel": kernel,
-            "outcome": outcome,
-            "reason": reason,
-            "console_path": str(console.relative_to(self.path)),
-        }
-        write_atomic(self.guest_file(kernel, "boot-failure"), json.dumps(record) + "\n")
+        record = BootFailure(kernel, outcome, reason, str(console.relative_to(self.path)))
+        write_atomic(self.guest_file(kernel, "boot-failure"), json.dumps(record.to_json()) + "\n")
 
     def append(self, cell: CellResult) -> None:
         """Append one cell and flush it to disk: a run killed later keeps it.  Locked, as
         several pytest-xdist workers append to the same file.  A write that fails part-way
         (disk full) is cut back off, so the file holds whole lines only and the next
         append does not run into a torn one; the failure is a WriteError."""
-        line = (json.dumps(cell.to_json()) + "\n").encode("utf-8")
+        line = (json.dumps(cell.record().to_json()) + "\n").encode("utf-8")
         jsonl = self.path / "results.jsonl"
         try:
             with FileLock(self.path / ".results.lock"):
@@ -186,7 +189,7 @@ class RunDir:
         body = {
             "schema": RESULTS_SCHEMA,
             "run": {**self.meta, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
-            "cells": [c.to_json() for c in self.cells],
+            "cells": [c.record().to_json() for c in self.cells],
         }
         out = self.path / "results.json"
         write_atomic(out, json.dumps(body, indent=2) + "\n")
@@ -214,16 +217,3 @@ def _append_whole(path: Path, data: bytes) -> None:
             raise
     finally:
         os.close(fd)
-
-
-def label(kernel: str, config: str, libbpf: str) -> str:
-    """The bracket of a cell id, and a report's column: KERNEL-CONFIG, and -LIBBPF when
-    the loader is not the default (recorded as ""); a part a damaged record lacks is left
-    out."""
-    return "-".join(p for p in (kernel, config, libbpf) if p) or "?"
-
-
-def cell_id(scenario: str, case: str, kernel: str, config: str, libbpf: str) -> str:
-    """The one name of a cell, as the terminal, the reports, `kitl compare`, `kitl known`,
-    `kitl repro`, `kitl merge` and --resume write and read it: SCENARIO::CASE[LABEL]."""
-    return f"{scenario}::{case}[{label(kernel, config, libbpf)}]"

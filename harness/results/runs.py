@@ -18,17 +18,19 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from harness.errors import UsageError
 from harness.outcome import Outcome
-from harness.results.rundir import RESULTS_SCHEMA, cell_id, write_atomic, write_failed
+from harness.results.record import BootFailure, CellRecord
+from harness.results.rundir import RESULTS_SCHEMA, write_atomic, write_failed
 
 JSON = "results.json"
 JSONL = "results.jsonl"
+Cells = list[CellRecord]  # a run's cells, each its latest record, in the order recorded
 
 
 @dataclass(frozen=True)
@@ -37,27 +39,15 @@ class Run:
     from results.jsonl) and its cells, each as recorded."""
 
     meta: dict[str, Any] = field(default_factory=dict)
-    cells: list[dict[str, Any]] = field(default_factory=list)
+    cells: Cells = field(default_factory=list)
 
 
-_ID_FIELDS = ("scenario", "case", "kernel", "config", "libbpf")
-
-
-def record_key(cell: Mapping[str, Any]) -> tuple[str, str]:
-    """The identity a cell's records share: its id (rebuilt from its fields when a record
-    lacks it) and its loader, which older ids do not name."""
-    text = {k: "" if cell.get(k) is None else str(cell.get(k)) for k in _ID_FIELDS}
-    recorded = cell.get("id")
-    return (str(recorded) if recorded else cell_id(*text.values()), text["libbpf"])
-
-
-def latest(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each cell's last record, in the place of that record."""
-    by_key: dict[tuple[str, str], dict[str, Any]] = {}
+def latest(cells: Iterable[CellRecord]) -> Cells:
+    """Each cell's last record (by CellRecord.key), in the place of that record."""
+    by_key: dict[tuple[str, str], CellRecord] = {}
     for cell in cells:
-        key = record_key(cell)
-        by_key.pop(key, None)  # re-inserted at the end: the order of the latest records
-        by_key[key] = cell
+        by_key.pop(cell.key, None)  # re-inserted at the end: the order of the latest records
+        by_key[cell.key] = cell
     return list(by_key.values())
 
 
@@ -65,9 +55,9 @@ def _decode_error(exc: Exception) -> str:
     return exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
 
 
-def parse_jsonl(path: Path, text: str) -> list[dict[str, Any]]:
+def parse_jsonl(path: Path, text: str) -> Cells:
     """The cells of results.jsonl text, each its latest record (see the module's rules)."""
-    cells: list[dict[str, Any]] = []
+    cells: list[CellRecord] = []
     lines = text.split("\n")
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -83,7 +73,7 @@ def parse_jsonl(path: Path, text: str) -> list[dict[str, Any]]:
             ) from None
         if not isinstance(cell, dict):
             raise UsageError(f"{path}:{number}: corrupt results line: not a JSON object")
-        cells.append(cell)
+        cells.append(CellRecord.from_json(cell))
     return latest(cells)
 
 
@@ -105,7 +95,7 @@ def parse_json(path: Path, text: str) -> Run:
         payload = payload.get("cells")
     if not isinstance(payload, list) or not all(isinstance(c, dict) for c in payload):
         raise UsageError(f"{path}: not a kitl results file (expected a list of cells)")
-    return Run(meta, latest(payload))
+    return Run(meta, latest(CellRecord.from_json(c) for c in payload))
 
 
 def _read(path: Path) -> str:
@@ -136,8 +126,8 @@ def load_run(path: Path) -> Run:
     return parse_json(path, text)
 
 
-def appended(run_dir: Path) -> list[dict[str, Any]]:
-    """The cells appended to a run directory's results.jsonl so far ([] before the
+def appended(run_dir: Path) -> Cells:
+    """The cells appended to a run directory's results.jsonl so far (none before the
     first): what the end of a run, --resume and the exit status read."""
     jsonl = run_dir / JSONL
     if not jsonl.is_file():
@@ -145,42 +135,35 @@ def appended(run_dir: Path) -> list[dict[str, Any]]:
     return parse_jsonl(jsonl, _read(jsonl))
 
 
-def outcome_of(cell: Mapping[str, Any]) -> Outcome:
-    """A recorded cell's outcome; one kitl does not know (a damaged or foreign record) is
-    an ERROR."""
-    outcome = str(cell.get("outcome"))
-    return Outcome(outcome) if outcome in Outcome.__members__ else Outcome.ERROR
-
-
 def finished_ids(path: Path) -> set[str]:
     """Ids of the cells a run directory already has a result for, other than those an
     interrupted or broken run left (infrastructure outcomes): what a resumed run skips."""
-    return {str(c["id"]) for c in appended(path) if not outcome_of(c).is_infrastructure}
+    return {c.cell_id for c in appended(path) if not c.outcome.is_infrastructure}
 
 
-def boot_failures(path: Path) -> list[dict[str, Any]]:
+def boot_failures(path: Path) -> list[BootFailure]:
     """The kernels of a run that did not come up (RunDir.record_boot_failure), by name."""
-    found = []
+    found: list[BootFailure] = []
     for record in sorted((path / "guest").glob("*.boot-failure.log")):
         try:
             data = json.loads(record.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
         if isinstance(data, dict):
-            found.append(data)
+            found.append(BootFailure.from_json(data))
     return found
 
 
-def finalize(path: Path, meta: dict[str, Any]) -> list[dict[str, Any]]:
+def finalize(path: Path, meta: dict[str, Any]) -> Cells:
     """Write results.json from results.jsonl (several writers may have appended to it)."""
     cells = appended(path)
-    unbooted = {str(c.get("kernel")) for c in cells if c.get("outcome") == "BOOT_FAILED"}
-    if failures := [f for f in boot_failures(path) if f.get("kernel") in unbooted]:
+    unbooted = {c.kernel for c in cells if c.outcome is Outcome.BOOT_FAILED}
+    if failures := [f.to_json() for f in boot_failures(path) if f.kernel in unbooted]:
         meta = {**meta, "boot_failures": failures}
     body = {
         "schema": RESULTS_SCHEMA,
         "run": {**meta, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
-        "cells": cells,
+        "cells": [c.to_json() for c in cells],
     }
     write_atomic(path / "results.json", json.dumps(body, indent=2) + "\n")
     return cells
@@ -203,14 +186,28 @@ class Duplicate:
         )
 
 
-def preferred(old: dict[str, Any], new: dict[str, Any]) -> bool:
+def preferred(old: CellRecord, new: CellRecord) -> bool:
     """Whether `new` replaces `old` for the same cell: a real verdict (the kernel's, or a
     skip) beats an infrastructure outcome (TIMED_OUT, VM_LOST, ERROR, BOOT_FAILED,
-    KERNEL_CRASH), which says nothing about the case; otherwise the later run wins."""
-    return outcome_of(old).is_infrastructure or not outcome_of(new).is_infrastructure
+    KERNEL_CRASH), which says nothing about the case; otherwise the later run wins.  An
+    outcome kitl does not know reads as ERROR."""
+    return old.outcome.is_infrastructure or not new.outcome.is_infrastructure
 
 
-def merge_runs(sources: list[Path], out: Path) -> tuple[list[dict[str, Any]], list[Duplicate]]:
+Source = tuple[CellRecord, Path]  # a cell's record and the run directory it came from
+
+
+def _choose(chosen: dict[tuple[str, str], Source], new: Source) -> Duplicate | None:
+    """Put `new` among the chosen records; the choice made when its cell is there already."""
+    old = chosen.setdefault(new[0].key, new)
+    if old is new:
+        return None
+    keep, drop = (new, old) if preferred(old[0], new[0]) else (old, new)
+    chosen[new[0].key] = keep
+    return Duplicate(new[0].cell_id, keep[0].outcome_text, keep[1], drop[0].outcome_text, drop[1])
+
+
+def merge_runs(sources: list[Path], out: Path) -> tuple[Cells, list[Duplicate]]:
     """Combine run directories (shards of one matrix, a failed shard and its rerun) into
     `out`: their cells and their logs.  A cell found in several sources keeps the result
     `preferred` picks, and every such choice is returned, so none is made silently."""
@@ -220,32 +217,16 @@ def merge_runs(sources: list[Path], out: Path) -> tuple[list[dict[str, Any]], li
         if not (source / JSONL).is_file() and not (source / JSON).is_file():
             raise UsageError(f"{source}: not a kitl run directory (no results.json)")
     metas: list[dict[str, Any]] = []
-    chosen: dict[tuple[str, str], tuple[dict[str, Any], Path]] = {}
+    chosen: dict[tuple[str, str], Source] = {}
     duplicates: list[Duplicate] = []
     for source in sources:
         run = load_run(source)
         if run.meta:
             metas.append(run.meta)
         for cell in run.cells:
-            key = record_key(cell)
-            if key not in chosen:
-                chosen[key] = (cell, source)
-                continue
-            old, old_source = chosen[key]
-            keep, drop = ((cell, source), (old, old_source))
-            if not preferred(old, cell):
-                keep, drop = drop, keep
-            chosen[key] = keep
-            duplicates.append(
-                Duplicate(
-                    key[0],
-                    str(keep[0].get("outcome")),
-                    keep[1],
-                    str(drop[0].get("outcome")),
-                    drop[1],
-                )
-            )
-    lines = [json.dumps(cell) + "\n" for cell, _ in chosen.values()]
+            if duplicate := _choose(chosen, (cell, source)):
+                duplicates.append(duplicate)
+    lines = [json.dumps(cell.to_json()) + "\n" for cell, _ in chosen.values()]
     try:
         out.mkdir(parents=True, exist_ok=True)
         for source in sources:

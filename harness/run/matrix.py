@@ -23,7 +23,8 @@ from harness.kernel.cache import Cache
 from harness.kernel.libbpf_build import DEFAULT as DEFAULT_LIBBPF
 from harness.kernel.store import Kernel
 from harness.outcome import Outcome
-from harness.results.rundir import CellResult, RunDir, label, safe_name
+from harness.results.record import label
+from harness.results.rundir import CellResult, RunDir, safe_name
 from harness.run.engine import Engine, build_objects
 from harness.scenario.expect import kernel_version
 from harness.scenario.model import Case, RunConfig, Scenario

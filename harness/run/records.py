@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from harness.bpf.verifier_log import parse_log
+from harness.results.record import Verifier
 from harness.run.judge import Observed
 from harness.scenario.expect import Expect, MapExpect
 
@@ -22,8 +23,9 @@ _VERIFIER_KEYS = (
 )
 
 
-def verifier_figures(load: dict[str, Any]) -> dict[str, Any]:
-    """What a cell records of the verifier: the load's figures and its log's statistics."""
+def verifier_figures(load: dict[str, Any]) -> Verifier:
+    """What a cell records of the verifier: the load's figures and its log's statistics
+    (read as a record reads them, so a guest's odd value is kept as it came)."""
     figures = {k: load.get(k) for k in _VERIFIER_KEYS}
     # a failure loaded again for its log: the figures of the first load, at full speed
     stats = parse_log(str(load.get("stats_log") or load.get("log", ""))).stats
@@ -35,7 +37,7 @@ def verifier_figures(load: dict[str, Any]) -> dict[str, Any]:
         duration_us=stats.duration_us,
         stack_depth=stats.stack_depth_total,
     )
-    return figures
+    return Verifier.from_json(figures)
 
 
 def expect_json(expect: Expect) -> dict[str, Any]:

@@ -14,12 +14,17 @@ import pytest
 from harness.errors import UsageError
 from harness.results import compare as cmp
 from harness.results.compare import Comparison, Thresholds, compare, load_results, parse_percent
+from harness.results.record import CellRecord
 
 DATA = Path(__file__).parent.parent / "data" / "compare"
 DEFAULT = Thresholds()
 
 
-def cell(
+def cell(case: str = "c", outcome: str = "PASSED", **fields: Any) -> CellRecord:
+    return CellRecord.from_json(row(case, outcome, **fields))
+
+
+def row(
     case: str = "c",
     outcome: str = "PASSED",
     *,
@@ -107,10 +112,12 @@ def test_one_failure_becoming_another_is_not_gating(was: str, now: str) -> None:
 
 
 def test_unknown_or_missing_outcome_never_reads_as_a_pass() -> None:
-    junk = cell()
+    junk = row()
     del junk["outcome"]
     result = compare(
-        [cell("a"), cell("b")], [cell("a", "EXPLODED"), {**junk, "case": "b"}], DEFAULT
+        [cell("a"), cell("b")],
+        [cell("a", "EXPLODED"), CellRecord.from_json({**junk, "case": "b"})],
+        DEFAULT,
     )
     assert kinds(result) == [("verdict-flip", True), ("verdict-flip", True)]
     assert result.entries[1].new == "UNKNOWN"
@@ -149,12 +156,13 @@ def test_insns_growth_against_the_limit(
 
 
 def test_insns_prefers_verified_insns_and_falls_back_to_insns() -> None:
-    base, new = cell(insns=None), cell(insns=None)
+    base, new = row(insns=None), row(insns=None)
     base["verifier"]["insns"], new["verifier"]["insns"] = 4, 8
     new["verifier"]["verified_insns"] = 4  # preferred: no change
-    assert compare([base], [new], DEFAULT).entries == ()
+    records = CellRecord.from_json
+    assert compare([records(base)], [records(new)], DEFAULT).entries == ()
     new["verifier"]["verified_insns"] = None
-    (entry,) = compare([base], [new], DEFAULT).entries
+    (entry,) = compare([records(base)], [records(new)], DEFAULT).entries
     assert (entry.kind, entry.base, entry.new, entry.gating) == ("insns-growth", 4, 8, True)
     assert entry.change == "insns +4 (+100.0%)"
 
@@ -263,8 +271,9 @@ def test_thresholds_refuse_negative_values() -> None:
 # --- loading ---------------------------------------------------------------------------------
 
 
-def write_jsonl(path: Path, cells: list[dict[str, Any]], tail: str = "") -> Path:
-    path.write_text("".join(json.dumps(c) + "\n" for c in cells) + tail, encoding="utf-8")
+def write_jsonl(path: Path, cells: list[CellRecord], tail: str = "") -> Path:
+    lines = "".join(json.dumps(c.to_json()) + "\n" for c in cells)
+    path.write_text(lines + tail, encoding="utf-8")
     return path
 
 
@@ -272,7 +281,7 @@ def test_load_a_real_run_directory_and_its_results_json() -> None:
     cells = load_results(DATA / "run-61")
     assert len(cells) == 5
     assert cells == load_results(DATA / "run-61" / "results.json")
-    assert {c["outcome"] for c in cells} == {"PASSED", "SKIPPED"}
+    assert {c.outcome for c in cells} == {"PASSED", "SKIPPED"}
     assert compare(cells, cells, DEFAULT).entries == ()
 
 
@@ -284,7 +293,7 @@ def test_load_a_killed_run_from_results_jsonl(tmp_path: Path) -> None:
         tail='{"scenario": "s", "ca',
     )
     cells = load_results(tmp_path)
-    assert [(c["case"], c["outcome"]) for c in cells] == [("b", "PASSED"), ("a", "PASSED")]
+    assert [(c.case, c.outcome) for c in cells] == [("b", "PASSED"), ("a", "PASSED")]
     assert cells == load_results(tmp_path / "results.jsonl")
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -20,6 +19,7 @@ from harness.results.known import (
     load_known,
     parse_known,
 )
+from harness.results.record import CellRecord
 from harness.results.rundir import CellResult
 
 FILE = Path("kitl-expect.yaml")
@@ -46,16 +46,18 @@ def cell(
     kernel: str = "debian-5.10",
     release: str = "5.10.0-33-amd64",
     config: str = "interp",
-) -> dict[str, Any]:
+) -> CellRecord:
     scenario, case = name.split("::")
-    return {
-        "scenario": scenario,
-        "case": case,
-        "kernel": kernel,
-        "config": config,
-        "outcome": outcome,
-        "kernel_release": release,
-    }
+    return CellRecord.from_json(
+        {
+            "scenario": scenario,
+            "case": case,
+            "kernel": kernel,
+            "config": config,
+            "outcome": outcome,
+            "kernel_release": release,
+        }
+    )
 
 
 def known(text: str) -> KnownFailures:
@@ -193,7 +195,7 @@ def test_every_error_names_file_line_column(text: str, message: str) -> None:
 # --- matching --------------------------------------------------------------------------------
 
 
-def report(text: str, cells: list[dict[str, Any]], today: datetime.date = DAY) -> KnownReport:
+def report(text: str, cells: list[CellRecord], today: datetime.date = DAY) -> KnownReport:
     return apply_known(cells, known(text), today)
 
 
@@ -206,7 +208,7 @@ def test_a_matching_failure_is_known_and_keeps_its_outcome() -> None:
         "VERIFIER_REJECTED",
     )
     assert hit.entry.reason == "bpf_loop needs 5.17"
-    assert cells[0]["outcome"] == "VERIFIER_REJECTED"
+    assert cells[0].outcome == "VERIFIER_REJECTED"
     assert result.unknown == ()
     assert exit_status(cells, result) == 0
     assert result.lines()[0] == (
@@ -230,7 +232,7 @@ def test_a_matching_failure_is_known_and_keeps_its_outcome() -> None:
         (cell("tc::count", "FAILED", kernel="debian-6.1"), False),
     ],
 )
-def test_matching(failing: dict[str, Any], is_known: bool) -> None:
+def test_matching(failing: CellRecord, is_known: bool) -> None:
     result = report(GOOD, [failing])
     assert bool(result.known) is is_known
     assert exit_status([failing], result) == (0 if is_known else 1)

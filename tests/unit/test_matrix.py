@@ -215,7 +215,7 @@ def test_read_cells_last_record_wins_at_the_end(tmp_path: Path) -> None:
         record("c", libbpf="1.1.2"),  # another libbpf: another cell
     )
     cells = appended(run)
-    assert [(c["case"], c["outcome"], c.get("libbpf")) for c in cells] == [
+    assert [(c.case, c.outcome, c.libbpf) for c in cells] == [
         ("b", "PASSED", ""),
         ("a", "PASSED", ""),
         ("c", "PASSED", ""),
@@ -227,7 +227,7 @@ def test_appended_cells_drop_a_torn_last_line_and_name_a_corrupt_one(tmp_path: P
     # a writer killed in the middle of a record leaves it cut, without its newline
     run = jsonl(tmp_path, record("a"), "", record("b"))
     (run / "results.jsonl").write_text((run / "results.jsonl").read_text() + record("c")[:25])
-    assert [c["case"] for c in appended(run)] == ["a", "b"]
+    assert [c.case for c in appended(run)] == ["a", "b"]
     assert appended(tmp_path / "missing") == []
     # anything else that is not a record is an error naming its line, never skipped
     junk = jsonl(tmp_path / "junk", record("a"), "[1, 2]", record("b"))
@@ -246,8 +246,8 @@ def test_finalize_writes_schema_1(tmp_path: Path) -> None:
     assert body["run"]["kernels"] == ["debian-6.1"]
     assert body["run"]["shard"] == "1/2"
     assert isinstance(body["run"]["finished"], str)
-    assert body["cells"] == cells
-    assert [(c["id"], c["outcome"]) for c in cells] == [
+    assert body["cells"] == [c.to_json() for c in cells]
+    assert [(c.id, c.outcome) for c in cells] == [
         ("s::b[debian-6.1-jit]", "FAILED"),
         ("s::a[debian-6.1-jit]", "VERIFIER_REJECTED"),
     ]
@@ -278,14 +278,14 @@ def test_merge_runs_combines_shards_later_source_wins(tmp_path: Path) -> None:
     assert [d.describe() for d in duplicates] == [
         f"s::b[debian-6.1-jit]: kept PASSED from {two}, dropped FAILED from {one}"
     ]
-    assert [(c["case"], c["outcome"]) for c in cells] == [
+    assert [(c.case, c.outcome) for c in cells] == [
         ("a", "PASSED"),
         ("b", "PASSED"),
         ("c", "PASSED"),
     ]
     body = json.loads((out / "results.json").read_text())
     assert body["schema"] == 1
-    assert body["cells"] == cells
+    assert body["cells"] == [c.to_json() for c in cells]
     assert body["run"]["merged_from"] == [str(one), str(two)]
     assert [m["shard"] for m in body["run"]["shards"]] == ["one", "two"]
     logs = out / "logs" / "debian-6.1" / "jit"
@@ -316,7 +316,7 @@ def test_merge_runs_takes_a_killed_shard_with_no_complete_cell(tmp_path: Path) -
     killed = tmp_path / "killed"
     killed.mkdir()
     (killed / "results.jsonl").write_text(record("b")[:30])  # cut, without its newline
-    assert [c["case"] for c in merge_runs([one, killed], tmp_path / "out")[0]] == ["a"]
+    assert [c.case for c in merge_runs([one, killed], tmp_path / "out")[0]] == ["a"]
 
 
 @pytest.mark.parametrize("rerun_first", [False, True])
@@ -340,7 +340,7 @@ def test_merge_keeps_a_real_verdict_over_an_infrastructure_outcome(
     )
     order = [rerun, failed] if rerun_first else [failed, rerun]
     cells, duplicates = merge_runs(order, tmp_path / "merged")
-    outcomes = {c["case"]: c["outcome"] for c in cells}
+    outcomes = {c.case: c.outcome for c in cells}
     later_c = "FAILED" if rerun_first else "PASSED"
     assert outcomes == {"a": "PASSED", "b": "VERIFIER_REJECTED", "c": later_c}
     said = {d.cell_id: (d.kept, d.kept_from, d.dropped) for d in duplicates}
@@ -488,7 +488,7 @@ def test_an_object_that_does_not_compile_is_the_cells_outcome(
         "cannot build the scenario's objects: "
         "clang: progs.bpf.c:3:1: error: unknown type name 'u33'"
     )
-    assert [c["id"] for c in appended(tmp_path / "run")] == [cell.cell_id]
+    assert [c.id for c in appended(tmp_path / "run")] == [cell.cell_id]
 
 
 def test_kitl_merge_lists_the_first_duplicates_and_counts_the_rest(

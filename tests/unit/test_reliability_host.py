@@ -410,7 +410,7 @@ def test_appends_on_a_full_disk_fail_in_one_line_and_keep_every_whole_line(
     assert [c.case for c in run.cells] == [f"c{i}" for i in range(written)]
     filler.unlink()  # space again: the next append is a line of its own
     run.append(cell("after"))
-    assert [c["case"] for c in appended(run.path)] == [
+    assert [c.case for c in appended(run.path)] == [
         *(f"c{i}" for i in range(written)),
         "after",
     ]

@@ -26,6 +26,7 @@ from harness.guest.libbpf_object import BpfObject
 from harness.kernel.cache import Cache
 from harness.outcome import Outcome
 from harness.report.render import render_all
+from harness.results.record import Verifier
 from harness.results.rundir import SAFE_NAME_MAX, CellResult, RunDir, safe_name
 from harness.results.runs import finalize
 from harness.run.compile import compile_object
@@ -297,7 +298,7 @@ def test_report_files_of_hostile_kernels_stay_inside_and_apart(tmp_path: Path) -
     for k in kernels:
         cell = CellResult("s", "c", k, "default", Outcome.PASSED, program="o/p")
         cell.observed = {"load": {"ok": True}}
-        cell.verifier = {"verified_insns": 3}
+        cell.verifier = Verifier.from_json({"verified_insns": 3})
         run.append(cell)
     finalize(run.path, {})
     written = render_all(run.path)

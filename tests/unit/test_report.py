@@ -123,7 +123,7 @@ def test_load_cells_reads_results_json() -> None:
     meta, cells = load_cells(RUN)
     assert meta["accel"] == "tcg"
     assert len(cells) == 15
-    assert cells[0]["id"] == "cgroup::connect4-denied-port[debian-6.1-default]"
+    assert cells[0].id == "cgroup::connect4-denied-port[debian-6.1-default]"
 
 
 def test_jsonl_fallback_last_record_wins(tmp_path: Path) -> None:
@@ -135,7 +135,7 @@ def test_jsonl_fallback_last_record_wins(tmp_path: Path) -> None:
     meta, cells = load_cells(tmp_path)
     assert meta == {}
     # the last record of a cell, in the place of that record (harness.results.runs)
-    assert [(c["case"], c["outcome"]) for c in cells] == [("b", "PASSED"), ("a", "PASSED")]
+    assert [(c.case, c.outcome) for c in cells] == [("b", "PASSED"), ("a", "PASSED")]
 
 
 def test_results_json_preferred_and_corrupt_one_falls_back(tmp_path: Path) -> None:
@@ -143,9 +143,9 @@ def test_results_json_preferred_and_corrupt_one_falls_back(tmp_path: Path) -> No
     line = json.dumps(cell("s", "from-jsonl", "k", "c", "PASSED"))
     (tmp_path / "results.jsonl").write_text(line + "\n", encoding="utf-8")
     meta, cells = load_cells(tmp_path)
-    assert (meta, cells[0]["case"]) == ({"accel": "kvm"}, "from-json")
+    assert (meta, cells[0].case) == ({"accel": "kvm"}, "from-json")
     (tmp_path / "results.json").write_text('{"schema": 1, "cells": [', encoding="utf-8")
-    assert load_cells(tmp_path)[1][0]["case"] == "from-jsonl"
+    assert load_cells(tmp_path)[1][0].case == "from-jsonl"
 
 
 def test_bad_run_dir_is_a_usage_error(tmp_path: Path) -> None:

@@ -38,12 +38,12 @@ def test_a_run_directory_is_its_results_json_else_its_jsonl(tmp_path: Path) -> N
     finalize(tmp_path, {"accel": "tcg"})
     finished = load_run(tmp_path)
     assert finished.meta["accel"] == "tcg"
-    assert [(c["case"], c["outcome"]) for c in finished.cells] == [
+    assert [(c.case, c.outcome) for c in finished.cells] == [
         ("a", "PASSED"),
         ("b", "PASSED"),
     ]
     (tmp_path / "results.json").write_text('{"schema": 1, "cells": [')  # cut afterwards
-    assert [c["case"] for c in load_run(tmp_path).cells] == ["a", "b"]
+    assert [c.case for c in load_run(tmp_path).cells] == ["a", "b"]
     with pytest.raises(UsageError, match="corrupt results file"):
         load_run(tmp_path / "results.json")  # a file named on its own is what it is
 
@@ -56,17 +56,17 @@ def test_a_run_starting_in_a_directory_drops_the_results_json_of_the_last(
     finalize(tmp_path, {"run": 1})
     RunDir(tmp_path, {}).append(cell("b"))  # a --resume, stopped before its end
     assert not (tmp_path / "results.json").exists()
-    assert [c["case"] for c in load_run(tmp_path).cells] == ["a", "b"]
+    assert [c.case for c in load_run(tmp_path).cells] == ["a", "b"]
     # a results.json with no results.jsonl beside it is all there is: kept
     alone = tmp_path / "alone"
     alone.mkdir()
     (alone / "results.json").write_text(json.dumps({"schema": 1, "cells": [cell("c").to_json()]}))
     RunDir(alone, {})
-    assert [c["case"] for c in load_run(alone).cells] == ["c"]
+    assert [c.case for c in load_run(alone).cells] == ["c"]
 
 
 def test_a_record_without_an_id_is_known_by_its_fields(tmp_path: Path) -> None:
     first = {"scenario": "s", "case": "a", "kernel": "k", "config": "c", "outcome": "FAILED"}
     again = {**first, "outcome": "PASSED", "id": "s::a[k-c]"}
     (tmp_path / "results.jsonl").write_text(f"{json.dumps(first)}\n{json.dumps(again)}\n")
-    assert [c["outcome"] for c in load_run(tmp_path).cells] == ["PASSED"]
+    assert [c.outcome for c in load_run(tmp_path).cells] == ["PASSED"]

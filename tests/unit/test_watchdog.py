@@ -263,5 +263,5 @@ def test_a_guest_lost_while_switching_configs_is_a_result_not_an_exception(
     cell = e.run_cell(scenario, scenario.cases[0], config)
     assert cell.outcome is Outcome.VM_LOST
     assert "went away" in cell.reason
-    assert [c["outcome"] for c in appended(tmp_path / "run")] == ["VM_LOST"]
+    assert [c.outcome for c in appended(tmp_path / "run")] == ["VM_LOST"]
     assert e.agent.deadline is None, "no deadline outlives its cell"
