@@ -18,7 +18,7 @@ from harness.bpf import progtypes
 from harness.bpf.elfobj import read_object
 from harness.errors import KitlError, outcome_for_error
 from harness.guest import protocol
-from harness.guest.protocol import ErrorKind
+from harness.guest.replies import ErrorKind
 from harness.interrupts import DEFAULT_CELL_TIMEOUT, Watchdog, timed_out_reason
 from harness.kernel.cache import Cache
 from harness.kernel.store import Kernel

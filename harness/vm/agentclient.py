@@ -12,7 +12,8 @@ from typing import Any
 from harness import interrupts
 from harness.errors import GuestLostError, GuestTimeoutError, KitlError
 from harness.guest import protocol
-from harness.guest.protocol import ErrorKind, Op, Request
+from harness.guest.protocol import Op, Request
+from harness.guest.replies import ErrorKind
 from harness.interrupts import ANSWER_GRACE
 from harness.vm.channel import LineStream
 from harness.vm.machine import VM
@@ -65,7 +66,7 @@ class AgentClient:
         answer: dict[str, Any] = self.send(protocol.Ping(), timeout=AGENT_START_TIMEOUT)
         return answer
 
-    def send(self, request: Request, *, timeout: float = 60.0) -> Any:
+    def send(self, request: Request[Any], *, timeout: float = 60.0) -> Any:
         """One typed request (harness.guest.protocol), its answer's result."""
         return self.call(request.op, request.to_wire(), timeout=timeout)
 

@@ -18,7 +18,7 @@ class StubAgent:
         self.calls: list[dict[str, Any]] = []
         self.refuse = refuse
 
-    def send(self, request: Request, timeout: float = 0) -> Any:
+    def send(self, request: Request[Any], timeout: float = 0) -> Any:
         return self.call(request.op, request.to_wire(), timeout)
 
     def call(self, op: str, args: dict[str, Any] | None = None, timeout: float = 0) -> Any:
