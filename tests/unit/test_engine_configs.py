@@ -19,11 +19,12 @@ class StubAgent:
         self.refuse = refuse
 
     def send(self, request: Request[Any], timeout: float = 0) -> Any:
-        return self.call(request.op, request.to_wire(), timeout)
+        return request.read_reply(self.call(request.op, request.to_wire(), timeout))
 
     def call(self, op: str, args: dict[str, Any] | None = None, timeout: float = 0) -> Any:
         if op == "facts":
-            return {"sysctl": dict(self.values)}
+            facts = {"release": "6.1.0", "btf": True, "lsm": None, "cgroup2": True}
+            return {**facts, "sysctl": dict(self.values), "libbpf_version": "1.4"}
         assert op == "sysctl"
         assert args is not None
         self.calls.append(dict(args["values"]))
