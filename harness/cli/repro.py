@@ -26,6 +26,7 @@ from harness.cli.progress import DownloadProgress, stderr
 from harness.errors import UsageError
 from harness.guest import protocol
 from harness.guest.libbpf_load import BPF_LOG_LEVEL2, BPF_LOG_STATS
+from harness.guest.replies import LoadReply
 from harness.kernel import libbpf_build
 from harness.kernel.cache import Cache
 from harness.kernel.resolve import Kernels
@@ -143,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
             "log_level": args.log_level,
         }
         load = agent.send(protocol.Load.from_wire(load_args))
-        log = str(load.get("log") or load.get("libbpf_messages") or "")
+        log = load.log or load.libbpf_messages
         out.write_text(log, encoding="utf-8")
         stderr.print(
             f"kitl: {args.cell_id} on {kernel.release}: {_verdict(load, log)}; log in {out}"
@@ -152,21 +153,21 @@ def run(args: argparse.Namespace) -> int:
         if args.shell:
             stderr.print(
                 f"kitl: object at {remote} in the guest"
-                + (", program loaded (bpftool prog show)" if load.get("ok") else "")
+                + (", program loaded (bpftool prog show)" if load.ok else "")
                 + "; exit the shell to stop the VM"
             )
             subprocess.call(vm.ssh_command())
-    same = load.get("ok") == cell.observed.load_ok
+    same = load.ok == cell.observed.load_ok
     return EXIT_OK if same else EXIT_FAILED  # the load did what it did in the run
 
 
-def _verdict(load: dict[str, Any], log: str) -> str:
+def _verdict(load: LoadReply, log: str) -> str:
     """'loaded; 12 insns, 1 states' or the failure's class and cause, in one line."""
     stats = parse_log(log).stats
     figures = f"; {stats.insns} insns, {stats.total_states} states" if stats.insns else ""
-    if load.get("ok"):
+    if load.ok:
         return f"loaded{figures}"
-    cause = explain(load)
+    cause = explain(load.to_wire())
     return f"failed, {cause.error_class}: {cause.message}{figures}"
 
 

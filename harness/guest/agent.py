@@ -27,7 +27,10 @@ from typing import Any
 from harness.bpf import elfobj
 from harness.guest import caps, drive, libbpf, libbpf_load, libbpf_object, libbpf_prepare
 from harness.guest import protocol as p
-from harness.guest.protocol import ErrorKind, GuestError, Op
+from harness.guest import replies as r
+from harness.guest.libbpf_run import RingBufferCounter
+from harness.guest.protocol import Op
+from harness.guest.replies import ErrorKind, GuestError
 from harness.guest.topology import NETNS_DIR, Topology, ifindex_of, in_netns
 
 DEFAULT_PIN_ROOT = "/sys/fs/bpf"  # libbpf's, when the object names no pin_root_path
@@ -38,7 +41,7 @@ class Agent:
     def __init__(self) -> None:
         self.topology = Topology()
         # each operation's handler, taking the request protocol.REQUESTS names for it
-        self.ops: dict[Op, Callable[[Any], Any]] = {
+        self.ops: dict[Op, Callable[[Any], r.Reply]] = {
             Op.PING: self.ping,
             Op.FACTS: self.facts,
             Op.SYSCTL: self.sysctl,
@@ -58,7 +61,7 @@ class Agent:
             Op.EVENTS_COUNT: self.events_count,
             Op.SYSCALL: self.syscall,
         }
-        self.counters: dict[int, dict[str, Any]] = {}  # handle -> map name -> RingBufferCounter
+        self.counters: dict[int, dict[str, RingBufferCounter]] = {}  # handle -> map -> counter
         self.objects: dict[int, Any] = {}  # handle -> harness.guest.libbpf_object.BpfObject
         self.link_netns: dict[int, str | None] = {}  # handle -> netns its links live in
         # BPF ids alive before the first object of a case was loaded: what release() compares
@@ -70,10 +73,10 @@ class Agent:
         self._bpffs_note = ""  # why the guest has no bpffs, when mounting one failed
 
     # -- basics --------------------------------------------------------------------------
-    def ping(self, req: p.Ping) -> dict[str, Any]:
-        return {"pid": os.getpid(), "release": os.uname().release}
+    def ping(self, req: p.Ping) -> r.PingReply:
+        return r.PingReply(pid=os.getpid(), release=os.uname().release)
 
-    def facts(self, req: p.Facts) -> dict[str, Any]:
+    def facts(self, req: p.Facts) -> r.FactsReply:
         names = (
             "net.core.bpf_jit_enable",
             "net.core.bpf_jit_harden",
@@ -81,14 +84,14 @@ class Agent:
             "kernel.unprivileged_bpf_disabled",
             "kernel.bpf_stats_enabled",
         )
-        return {
-            "release": os.uname().release,
-            "btf": Path("/sys/kernel/btf/vmlinux").exists(),
-            "sysctl": {n: _read_sysctl(n) for n in names},
-            "lsm": _read_text("/sys/kernel/security/lsm"),
-            "cgroup2": Path("/sys/fs/cgroup/cgroup.controllers").exists(),
-            "libbpf_version": self._libbpf_version(),
-        }
+        return r.FactsReply(
+            release=os.uname().release,
+            btf=Path("/sys/kernel/btf/vmlinux").exists(),
+            sysctl={n: _read_sysctl(n) for n in names},
+            lsm=_read_text("/sys/kernel/security/lsm"),
+            cgroup2=Path("/sys/fs/cgroup/cgroup.controllers").exists(),
+            libbpf_version=self._libbpf_version(),
+        )
 
     def _libbpf_version(self) -> str:
         """ "1.8" of the loader; "" when it does not load (the first load reports why)."""
@@ -97,35 +100,32 @@ class Agent:
         except (OSError, libbpf.LibbpfError):
             return ""
 
-    def sysctl(self, req: p.Sysctl) -> dict[str, Any]:
+    def sysctl(self, req: p.Sysctl) -> r.SysctlReply:
         """Set sysctls; report per key the value in effect or why the kernel refused."""
-        out: dict[str, Any] = {}
+        out: dict[str, r.SysctlValue] = {}
         for name, value in req.values.items():
             path = Path("/proc/sys") / name.replace(".", "/")
             try:
                 path.write_text(f"{value}\n")
-                out[name] = {"ok": True, "value": _read_sysctl(name)}
+                out[name] = r.SysctlValue(ok=True, value=_read_sysctl(name))
             except OSError as exc:
-                out[name] = {
-                    "ok": False,
-                    "error": exc.strerror or str(exc),
-                    "value": _read_sysctl(name),
-                }
-        return out
+                error = exc.strerror or str(exc)
+                out[name] = r.SysctlValue(ok=False, value=_read_sysctl(name), error=error)
+        return r.SysctlReply(out)
 
-    def run(self, req: p.Run) -> dict[str, Any]:
+    def run(self, req: p.Run) -> r.RunReply:
         return drive.command(
             [str(a) for a in req.argv], ns=req.ns, cgroup=req.cgroup, timeout=float(req.timeout)
         )
 
     # -- topology and drives (harness.guest.topology, harness.guest.drive) --------------
-    def topology_up(self, req: p.TopologyUp) -> dict[str, Any]:
+    def topology_up(self, req: p.TopologyUp) -> r.TopologyUpReply:
         return self.topology.up(req)
 
-    def topology_down(self, req: p.TopologyDown) -> dict[str, Any]:
+    def topology_down(self, req: p.TopologyDown) -> r.TopologyDownReply:
         return self.topology.down()
 
-    def traffic(self, req: p.Traffic) -> dict[str, Any]:
+    def traffic(self, req: p.Traffic) -> r.TrafficReply:
         spec = req.socket_filter
         socket_filter = None
         if spec:
@@ -133,7 +133,7 @@ class Agent:
             socket_filter = (self._object(spec["handle"]).prog_fd(program), program)
         return drive.traffic(req, socket_filter)
 
-    def syscall(self, req: p.Syscall) -> dict[str, Any]:
+    def syscall(self, req: p.Syscall) -> r.SyscallReply:
         return drive.syscall(req)
 
     # -- BPF -----------------------------------------------------------------------------
@@ -142,7 +142,7 @@ class Agent:
             self._lib = libbpf.Libbpf(os.environ.get("KITL_LIBBPF", "libbpf.so.1"))
         return self._lib
 
-    def load(self, req: p.Load) -> dict[str, Any]:
+    def load(self, req: p.Load) -> r.LoadReply:
         """Load one program of an object on its own; keep it for attach/test_run."""
         lib = self.libbpf()
         if not self.objects:
@@ -164,30 +164,31 @@ class Agent:
             out = self._report(lib, result)
         pins = sorted(libbpf_prepare.pins_under(root) - pins_before)
         if self._bpffs_note:
-            out.setdefault("notes", []).append(self._bpffs_note)
+            out = dataclasses.replace(out, notes=(*out.notes, self._bpffs_note))
         if obj is None:
             _unpin(pins)  # a failed load leaves nothing behind for the next cell
-            out["libbpf_lacks"] = lib.missing_features()  # the loader's failure, maybe
-            return out
+            # the loader's failure, maybe
+            return dataclasses.replace(out, libbpf_lacks=tuple(lib.missing_features()))
         handle = next(self._handles)
         self.objects[handle] = obj
         self.pins[handle] = pins
-        out["handle"] = handle
-        if pins:
-            out["pinned"] = pins
-        return out
+        return dataclasses.replace(out, handle=handle, pinned=tuple(pins))
 
-    def _report(self, lib: Any, result: Any) -> dict[str, Any]:
-        """A load's result as JSON, with the kernel's answer to whether the type of a map
-        that failed is supported at all (probed with every capability)."""
-        out = dataclasses.asdict(result)
-        out["libbpf_version"] = ".".join(map(str, lib.version))
-        failed = out.get("failed_map")
-        if failed is not None:
-            failed["type_supported"] = lib.probe("map_type", int(failed["type"]))
-        return out
+    def _report(self, lib: Any, result: libbpf_load.ProgramLoad) -> r.LoadReply:
+        """A load's result as its reply, with the kernel's answer to whether the type of a
+        map that failed is supported at all (probed with every capability)."""
+        failed = None
+        if result.failed_map is not None:
+            supported = lib.probe("map_type", int(result.failed_map.type))
+            failed = r.FailedMap(
+                **{**dataclasses.asdict(result.failed_map), "type_supported": supported}
+            )
+        return r.LoadReply(
+            **{**dataclasses.asdict(result), "failed_map": failed},
+            libbpf_version=".".join(map(str, lib.version)),
+        )
 
-    def _load_lowered(self, lib: Any, req: p.Load, privilege: str) -> tuple[Any, dict[str, Any]]:
+    def _load_lowered(self, lib: Any, req: p.Load, privilege: str) -> tuple[Any, r.LoadReply]:
         """The load as a loader with the profile's capabilities gets it (harness.guest.caps
         PROFILES): the others leave this thread's effective set for the load and come back
         after it, as the kernel's test_loader does, so the program can still be test_run.
@@ -205,12 +206,13 @@ class Agent:
         keep = set(req.keep_caps)
         with caps.lowered(tuple(c for c in caps.PROFILES[privilege] if c not in keep)):
             obj, result = self._load(lib, req, 0)
-        out = self._report(lib, result)
-        out["privilege"] = privilege
-        out["unprivileged"] = privilege == "unprivileged"
-        out[setting] = _read_sysctl(setting)
-        if refused:
-            out["notes"] = [refused]
+        out = dataclasses.replace(
+            self._report(lib, result),
+            privilege=privilege,
+            unprivileged=privilege == "unprivileged",
+            unprivileged_bpf_disabled=_read_sysctl(setting),
+            notes=(refused,) if refused else (),
+        )
         return obj, out
 
     @staticmethod
@@ -247,7 +249,7 @@ class Agent:
             raise GuestError(f"no loaded object with handle {handle}", ErrorKind.PROTOCOL)
         return obj
 
-    def attach(self, req: p.Attach) -> dict[str, Any]:
+    def attach(self, req: p.Attach) -> r.AttachReply:
         obj = self._object(req.handle)
         program, family = req.program, req.family
         self.link_netns[int(req.handle)] = req.ns
@@ -257,7 +259,7 @@ class Agent:
                 if family == "xdp":
                     link = obj.attach_xdp(program, ifindex, req.mode or "auto")
                     mode = obj.xdp_attach_mode(ifindex)
-                    return {"via": link.via, "attach_mode": mode}
+                    return r.AttachReply(link.via, attach_mode=mode)
                 if family == "tc":
                     link = obj.attach_tc(program, ifindex, req.direction)
                 elif family == "tcx":
@@ -271,16 +273,16 @@ class Agent:
                     # exist yet; attaching it to a scratch socket now reports a refusal here.
                     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as scratch:
                         drive.attach_socket_filter(scratch, obj.prog_fd(program), program)
-                    return {"via": "setsockopt(SO_ATTACH_BPF)"}
+                    return r.AttachReply("setsockopt(SO_ATTACH_BPF)")
                 elif family == "auto":
                     link = obj.attach_auto(program)
                 else:
                     raise GuestError(f"unknown attach family {family!r}", ErrorKind.PROTOCOL)
             except libbpf.AttachError as exc:
                 raise GuestError(str(exc), ErrorKind.ATTACH) from None
-        return {"via": link.via}
+        return r.AttachReply(link.via)
 
-    def test_run(self, req: p.TestRun) -> dict[str, Any]:
+    def test_run(self, req: p.TestRun) -> r.TestRunReply:
         obj = self._object(req.handle)
         run = obj.test_run(
             req.program,
@@ -289,29 +291,29 @@ class Agent:
             repeat=int(req.repeat),
             ctx_only=bool(req.ctx_only),
         )
-        return {
-            "retval": run.retval,
-            "duration_ns": run.duration_ns,
-            "errno": run.errno,
-            "data_out_hex": run.data_out.hex(),
-            "ctx_out_hex": run.ctx_out.hex(),
-        }
+        return r.TestRunReply(
+            retval=run.retval,
+            duration_ns=run.duration_ns,
+            errno=run.errno,
+            data_out_hex=run.data_out.hex(),
+            ctx_out_hex=run.ctx_out.hex(),
+        )
 
-    def map_dump(self, req: p.MapDump) -> dict[str, Any]:
+    def map_dump(self, req: p.MapDump) -> r.MapDumpReply:
         """Keys and values of the named maps (default: every map that can be walked; ring
         buffers and perf arrays cannot)."""
         obj = self._object(req.handle)
         wanted = req.maps
-        out: dict[str, Any] = {}
+        out: dict[str, tuple[tuple[str, str], ...]] = {}
         for name in wanted or obj.map_names():
             try:
-                out[name] = [[k.hex(), v.hex()] for k, v in obj.map_items(name)]
+                out[name] = tuple((k.hex(), v.hex()) for k, v in obj.map_items(name))
             except libbpf.LibbpfError:
                 if wanted:
                     raise
-        return out
+        return r.MapDumpReply(out)
 
-    def map_update(self, req: p.MapUpdate) -> dict[str, Any]:
+    def map_update(self, req: p.MapUpdate) -> r.MapUpdateReply:
         """Write map contents: {map: [[key, value], ...]}; an integer is written
         little-endian at the map's key or value size, a string is hex bytes."""
         obj = self._object(req.handle)
@@ -325,9 +327,9 @@ class Agent:
                     msg = f"setting map {name}[{key}]: {exc}"
                     raise GuestError(msg, ErrorKind.SETUP) from None
                 written += 1
-        return {"written": written}
+        return r.MapUpdateReply(written)
 
-    def tail_calls(self, req: p.TailCalls) -> dict[str, Any]:
+    def tail_calls(self, req: p.TailCalls) -> r.TailCallsReply:
         """Fill prog array slots with programs of the same object, by name, as user space
         does after the load: {"slots": [[map, index, program], ...]}."""
         obj = self._object(req.handle)
@@ -339,24 +341,24 @@ class Agent:
             except (KeyError, libbpf.LibbpfError, ValueError) as exc:
                 msg = f"tail call slot {map_name}[{index}] = {program}: {exc}"
                 raise GuestError(msg, ErrorKind.SETUP) from None
-        return {"filled": len(req.slots)}
+        return r.TailCallsReply(len(req.slots))
 
-    def events_start(self, req: p.EventsStart) -> dict[str, Any]:
+    def events_start(self, req: p.EventsStart) -> r.EventsStartReply:
         """Start counting records of ringbuf maps (before the drive)."""
         obj = self._object(req.handle)
         counters = self.counters.setdefault(int(req.handle), {})
         for name in req.maps:
             counters[name] = obj.ringbuf_counter(name)
-        return {"counting": sorted(counters)}
+        return r.EventsStartReply(tuple(sorted(counters)))
 
-    def events_count(self, req: p.EventsCount) -> dict[str, int]:
+    def events_count(self, req: p.EventsCount) -> r.EventsCountReply:
         """Records seen per map since events_start (drains what is pending)."""
         counters = self.counters.get(int(req.handle), {})
         for counter in counters.values():
             counter.consume()
-        return {name: int(counter.count) for name, counter in counters.items()}
+        return r.EventsCountReply({name: int(counter.count) for name, counter in counters.items()})
 
-    def probe(self, req: p.Probe) -> dict[str, Any]:
+    def probe(self, req: p.Probe) -> r.ProbeReply:
         """What of a case's `requires:` this kernel lacks, each with the probe that said so."""
         lib = self.libbpf()
         missing: list[str] = []
@@ -385,9 +387,9 @@ class Agent:
                 for k in kfuncs
                 if b"\0" + k.encode() + b"\0" not in btf
             ]
-        return {"missing": missing, "unprobed": unprobed}
+        return r.ProbeReply(tuple(missing), tuple(unprobed))
 
-    def release(self, req: p.Release) -> dict[str, Any]:
+    def release(self, req: p.Release) -> r.ReleaseReply:
         """Close objects (all, or one handle): links detach, programs and maps go away."""
         handles = [int(req.handle)] if req.handle else list(self.objects)
         problems = []
@@ -408,7 +410,7 @@ class Agent:
         if not self.objects and self.baseline is not None:
             problems += self._leaks(self.baseline)
             self.baseline = None
-        return {"released": handles, "problems": problems}
+        return r.ReleaseReply(tuple(handles), tuple(problems))
 
     def _leaks(self, before: dict[str, frozenset[int]]) -> list[str]:
         """Programs, maps and links alive now that were not before the case's first load.
@@ -436,7 +438,7 @@ class Agent:
         rid = message.get("id")
         try:
             request = p.parse_request(message)
-            return p.answer_ok(rid, self.ops[request.op](request))
+            return p.answer_ok(rid, self.ops[request.op](request).to_wire())
         except GuestError as exc:
             return p.answer_error(rid, str(exc), exc.kind)
         except Exception as exc:

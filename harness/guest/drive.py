@@ -16,9 +16,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
-from harness.guest.protocol import ErrorKind, GuestError, Syscall, Traffic
+from harness.guest.protocol import Syscall, Traffic
+from harness.guest.replies import ErrorKind, GuestError, RunReply, SyscallReply, TrafficReply
 from harness.guest.topology import in_netns, run_command
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -66,9 +66,7 @@ def in_cgroup(cgroup: str | None) -> Iterator[None]:
         join_cgroup(cgroup_procs(own))
 
 
-def command(
-    argv: list[str], *, ns: str | None, cgroup: str | None, timeout: float
-) -> dict[str, Any]:
+def command(argv: list[str], *, ns: str | None, cgroup: str | None, timeout: float) -> RunReply:
     """Run argv in `ns`; the child joins `cgroup` before it executes."""
     procs = cgroup_procs(cgroup) if cgroup else None
     started = time.monotonic()
@@ -76,12 +74,12 @@ def command(
         proc = run_command(
             argv, timeout=timeout, before_exec=(lambda: join_cgroup(procs)) if procs else None
         )
-    return {
-        "status": proc.returncode,
-        "stdout": proc.stdout[-65536:],
-        "stderr": proc.stderr[-65536:],
-        "seconds": time.monotonic() - started,
-    }
+    return RunReply(
+        status=proc.returncode,
+        stdout=proc.stdout[-65536:],
+        stderr=proc.stderr[-65536:],
+        seconds=time.monotonic() - started,
+    )
 
 
 def attach_socket_filter(sock: socket.socket, prog_fd: int, program: str) -> None:
@@ -92,7 +90,7 @@ def attach_socket_filter(sock: socket.socket, prog_fd: int, program: str) -> Non
         raise GuestError(f"SO_ATTACH_BPF of {program}: {exc.strerror}", ErrorKind.ATTACH) from None
 
 
-def traffic(req: Traffic, socket_filter: tuple[int, str] | None = None) -> dict[str, Any]:
+def traffic(req: Traffic, socket_filter: tuple[int, str] | None = None) -> TrafficReply:
     """Send `count` packets from netns `from` to `to`, count what arrives in `to_ns`.
     `socket_filter` (prog fd, name) is attached to the receiving socket."""
     proto = req.proto
@@ -129,7 +127,7 @@ def _udp_exchange(
     count: int,
     size: int,
     wait: float,
-) -> dict[str, Any]:
+) -> TrafficReply:
     delivered = sent = received_bytes = 0
     send_errors: dict[str, int] = {}
     receiver.settimeout(0.05)
@@ -148,20 +146,18 @@ def _udp_exchange(
             delivered += 1
         except TimeoutError:
             continue
-    out: dict[str, Any] = {
-        "sent": sent,
-        "delivered": delivered,
-        "dropped": sent - delivered,
-        "received_bytes": received_bytes,  # a socket filter's return value trims packets
-    }
-    if send_errors:
-        out["send_errors"] = send_errors
-    return out
+    return TrafficReply(
+        sent=sent,
+        delivered=delivered,
+        dropped=sent - delivered,
+        received_bytes=received_bytes,
+        send_errors=send_errors,
+    )
 
 
 def _tcp_connect(
     sender: socket.socket, receiver: socket.socket, to: tuple[str, int], *, count: int, wait: float
-) -> dict[str, Any]:
+) -> TrafficReply:
     receiver.listen(count)
     sender.settimeout(wait)
     outcome = "connected"
@@ -171,23 +167,23 @@ def _tcp_connect(
         delivered = 1
     except OSError as exc:
         outcome = exc.strerror or str(exc)
-    return {"sent": 1, "delivered": delivered, "dropped": 1 - delivered, "connect": outcome}
+    return TrafficReply(sent=1, delivered=delivered, dropped=1 - delivered, connect=outcome)
 
 
 def _ping(
     ns: str | None, dst: str, count: int, size: int, wait: float, *, cgroup: str | None
-) -> dict[str, Any]:
+) -> TrafficReply:
     argv = ["ping", "-q", "-c", str(count), "-i", "0.01", "-s", str(size)]
     argv += ["-W", str(max(1, int(wait))), dst]
     proc = command(argv, ns=ns, cgroup=cgroup, timeout=count * 0.5 + wait + 5)
     received = 0
-    for line in str(proc["stdout"]).splitlines():
+    for line in proc.stdout.splitlines():
         if "received" in line:
             received = int(line.split(",")[1].split()[0])
-    return {"sent": count, "delivered": received, "dropped": count - received}
+    return TrafficReply(sent=count, delivered=received, dropped=count - received)
 
 
-def syscall(req: Syscall) -> dict[str, Any]:
+def syscall(req: Syscall) -> SyscallReply:
     """One built-in action done by the agent itself (in the case's netns and cgroup), so the
     program sees the syscall and its errno comes back as it is, not as an exit status."""
     action = req.action
@@ -226,10 +222,10 @@ def syscall(req: Syscall) -> dict[str, Any]:
             raise GuestError(message, ErrorKind.TIMEOUT) from None
         except OSError as exc:
             error = exc.errno or errno.EIO
-    return {
-        "action": action,
-        "errno": error,
-        "errno_name": errno.errorcode.get(error, str(error)) if error else "",
-        "status": status,
-        "seconds": round(time.monotonic() - started, 6),
-    }
+    return SyscallReply(
+        action=action,
+        errno=error,
+        errno_name=errno.errorcode.get(error, str(error)) if error else "",
+        status=status,
+        seconds=round(time.monotonic() - started, 6),
+    )

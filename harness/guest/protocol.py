@@ -1,6 +1,7 @@
 """The guest agent's protocol, shared by the host (harness.vm.agentclient) and the guest
-(harness.guest.agent): the operations, a request dataclass for each, the kinds of error an
-answer can carry, and the JSON lines they travel as.  Standard library only.
+(harness.guest.agent): the operations, a request dataclass for each (typed by the reply it
+gets, harness.guest.replies, which also has the kinds of error an answer can carry), and
+the JSON lines they travel as.  Standard library only.
 
     request  {"id": N, "op": "load", "args": {...}}              one line on the agent's stdin
     answer   {"id": N, "ok": true, "result": {...}}               one line on its stdout
@@ -9,8 +10,8 @@ answer can carry, and the JSON lines they travel as.  Standard library only.
 A request's `args` are its dataclass's fields, under the same names except where a field
 names a Python keyword (Traffic.from_ns travels as "from").  The agent reads them back
 strictly: a key the operation does not take, or a missing required one, is a protocol
-error, so host and guest cannot drift apart unnoticed.  Answers are the operations'
-results as JSON objects.
+error, so host and guest cannot drift apart unnoticed.  An answer's result is the wire form
+of the operation's reply, read back as strictly (harness.guest.replies).
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
-from harness.errors import KitlError
+from harness.guest import replies as r
+from harness.guest.replies import ErrorKind, GuestError
 
 
 class Op(enum.StrEnum):
@@ -46,35 +49,27 @@ class Op(enum.StrEnum):
     RELEASE = "release"
 
 
-class ErrorKind(enum.StrEnum):
-    """What failed, as the host turns it into a cell's outcome."""
-
-    PROTOCOL = "protocol"  # a request the agent cannot take (a bug of the host's)
-    SETUP = "setup"  # what the case asked of the guest cannot be done (a map, a cgroup)
-    ATTACH = "attach"  # the kernel refused the attach: the case's result, not a failure
-    TOPOLOGY = "topology"  # netns, veth or netdevsim could not be set up
-    TIMEOUT = "timeout"  # what the agent ran for the request did not finish in time
-    INTERNAL = "internal"  # an exception the agent did not expect (its traceback follows)
-    ERROR = "error"
-
-
-class GuestError(KitlError):
-    """A request that failed in the guest in a way the host sees as a typed result."""
-
-    def __init__(self, message: str, kind: ErrorKind = ErrorKind.ERROR) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
-R = TypeVar("R", bound="Request")
+A = TypeVar("A", bound=r.Reply)  # the reply a request gets
+R = TypeVar("R", bound="Request[Any]")
 
 
 @dataclass(frozen=True)
-class Request:
-    """The arguments of one operation."""
+class Request(Generic[A]):
+    """The arguments of one operation; `Request[XReply]` names the reply it gets."""
 
     op: ClassVar[Op]
+    reply: ClassVar[type[r.Reply]]  # A, kept at run time from the subclass's base
     _wire_names: ClassVar[Mapping[str, str]] = {}  # field -> key, where they differ
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for base in cls.__dict__.get("__orig_bases__", ()):
+            if typing.get_origin(base) is Request:
+                cls.reply = typing.get_args(base)[0]
+
+    def read_reply(self, result: object) -> A:
+        """The reply of an answer's result; a protocol error when it does not fit."""
+        return cast(A, self.reply.from_wire(result))
 
     def to_wire(self) -> dict[str, Any]:
         out = {}
@@ -102,23 +97,23 @@ class Request:
 
 
 @dataclass(frozen=True)
-class Ping(Request):
+class Ping(Request[r.PingReply]):
     op = Op.PING
 
 
 @dataclass(frozen=True)
-class Facts(Request):
+class Facts(Request[r.FactsReply]):
     op = Op.FACTS
 
 
 @dataclass(frozen=True)
-class Sysctl(Request):
+class Sysctl(Request[r.SysctlReply]):
     op = Op.SYSCTL
     values: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
-class Run(Request):
+class Run(Request[r.RunReply]):
     """A command in the guest, in a netns and cgroup, killed after `timeout` seconds."""
 
     op = Op.RUN
@@ -129,7 +124,7 @@ class Run(Request):
 
 
 @dataclass(frozen=True)
-class TopologyUp(Request):
+class TopologyUp(Request[r.TopologyUpReply]):
     """netns names; veth pairs {"a": {"dev", "ns", "addr"}, "b": {...}}; netdevsim
     devices {"id", "ports", "ns"}."""
 
@@ -140,12 +135,12 @@ class TopologyUp(Request):
 
 
 @dataclass(frozen=True)
-class TopologyDown(Request):
+class TopologyDown(Request[r.TopologyDownReply]):
     op = Op.TOPOLOGY_DOWN
 
 
 @dataclass(frozen=True)
-class Traffic(Request):
+class Traffic(Request[r.TrafficReply]):
     """Packets from one netns to an address (`to`, in `to_ns`); `socket_filter`
     ({"handle", "program"}) puts that program on the receiving socket."""
 
@@ -164,7 +159,7 @@ class Traffic(Request):
 
 
 @dataclass(frozen=True)
-class Syscall(Request):
+class Syscall(Request[r.SyscallReply]):
     """One system call done by the agent itself: open, unlink, connect or exec."""
 
     op = Op.SYSCALL
@@ -182,7 +177,7 @@ class Syscall(Request):
 
 
 @dataclass(frozen=True)
-class Load(Request):
+class Load(Request[r.LoadReply]):
     """One program of an object, loaded as a loader would; see harness.guest.libbpf_load."""
 
     op = Op.LOAD
@@ -209,7 +204,7 @@ class Load(Request):
 
 
 @dataclass(frozen=True)
-class Attach(Request):
+class Attach(Request[r.AttachReply]):
     op = Op.ATTACH
     handle: int
     program: str
@@ -222,7 +217,7 @@ class Attach(Request):
 
 
 @dataclass(frozen=True)
-class TestRun(Request):
+class TestRun(Request[r.TestRunReply]):
     """BPF_PROG_TEST_RUN: `data_hex` the packet (or nothing), `ctx_hex` the context."""
 
     op = Op.TEST_RUN
@@ -235,14 +230,14 @@ class TestRun(Request):
 
 
 @dataclass(frozen=True)
-class MapDump(Request):
+class MapDump(Request[r.MapDumpReply]):
     op = Op.MAP_DUMP
     handle: int
     maps: tuple[str, ...] = ()  # none: every map that can be walked
 
 
 @dataclass(frozen=True)
-class MapUpdate(Request):
+class MapUpdate(Request[r.MapUpdateReply]):
     """{map: [[key, value], ...]}: an integer is written at the map's size, a string is hex."""
 
     op = Op.MAP_UPDATE
@@ -251,7 +246,7 @@ class MapUpdate(Request):
 
 
 @dataclass(frozen=True)
-class TailCalls(Request):
+class TailCalls(Request[r.TailCallsReply]):
     """[[prog array, index, program], ...] filled after the load, as user space does."""
 
     op = Op.TAIL_CALLS
@@ -260,20 +255,20 @@ class TailCalls(Request):
 
 
 @dataclass(frozen=True)
-class EventsStart(Request):
+class EventsStart(Request[r.EventsStartReply]):
     op = Op.EVENTS_START
     handle: int
     maps: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
-class EventsCount(Request):
+class EventsCount(Request[r.EventsCountReply]):
     op = Op.EVENTS_COUNT
     handle: int
 
 
 @dataclass(frozen=True)
-class Probe(Request):
+class Probe(Request[r.ProbeReply]):
     """What of a case's `requires:` the kernel lacks: helpers (name -> id) for a program
     type, program and map types (name -> value), kfuncs by name."""
 
@@ -286,14 +281,14 @@ class Probe(Request):
 
 
 @dataclass(frozen=True)
-class Release(Request):
+class Release(Request[r.ReleaseReply]):
     """Close one loaded object, or all of them (no handle)."""
 
     op = Op.RELEASE
     handle: int | None = None
 
 
-REQUESTS: dict[Op, type[Request]] = {
+REQUESTS: dict[Op, type[Request[Any]]] = {
     cls.op: cls
     for cls in (
         Ping,
@@ -326,7 +321,7 @@ def request_line(rid: int, op: Op | str, args: Mapping[str, Any]) -> str:
     return json.dumps({"id": rid, "op": str(op), "args": dict(args)})
 
 
-def parse_request(message: Mapping[str, Any]) -> Request:
+def parse_request(message: Mapping[str, Any]) -> Request[Any]:
     """The typed request of a decoded request line."""
     name = str(message.get("op"))
     if name not in Op.__members__.values():

@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
-from harness.guest.protocol import ErrorKind, GuestError, TopologyUp
+from harness.guest.protocol import TopologyUp
+from harness.guest.replies import ErrorKind, GuestError, TopologyDownReply, TopologyUpReply
 
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = Path("/run/netns")
@@ -101,7 +101,7 @@ class Topology:
         self.netns: list[str] = []
         self.netdevsim: list[int] = []
 
-    def up(self, req: TopologyUp) -> dict[str, Any]:
+    def up(self, req: TopologyUp) -> TopologyUpReply:
         """netns, veth pairs with addresses, netdevsim devices; one `ip -batch` per netns."""
         root: list[str] = []
         per_ns: dict[str, list[str]] = {}
@@ -128,12 +128,12 @@ class Topology:
         for ns, lines in per_ns.items():
             prefix = ["ip", "-n", ns] if ns else ["ip"]
             checked([*prefix, "-batch", "-"], "\n".join(lines) + "\n")
-        devices = {}
+        devices: dict[str, tuple[str, ...]] = {}
         for sim in req.netdevsim:
-            devices[str(sim["id"])] = self._netdevsim(
-                int(sim["id"]), int(sim.get("ports", 1)), sim.get("ns")
+            devices[str(sim["id"])] = tuple(
+                self._netdevsim(int(sim["id"]), int(sim.get("ports", 1)), sim.get("ns"))
             )
-        return {"netns": list(self.netns), "netdevsim": devices}
+        return TopologyUpReply(tuple(self.netns), devices)
 
     def _netdevsim(self, dev_id: int, ports: int, ns: str | None) -> list[str]:
         """A netdevsim device whose ports are renamed nsim<ID>p<PORT> (the kernel names them
@@ -177,7 +177,7 @@ class Topology:
         checked([*prefix, "-batch", "-"], "".join(f"link set {n} up\n" for n in wanted))
         return sorted(wanted)
 
-    def down(self) -> dict[str, Any]:
+    def down(self) -> TopologyDownReply:
         problems = []
         for dev_id in self.netdevsim:
             try:
@@ -190,7 +190,7 @@ class Topology:
                 problems.append(proc.stderr.strip())
         self.netdevsim, self.netns = [], []
         leftovers = sorted(p.name for p in NETNS_DIR.iterdir()) if NETNS_DIR.is_dir() else []
-        return {"problems": problems, "netns_left": leftovers}
+        return TopologyDownReply(tuple(problems), tuple(leftovers))
 
 
 def _read(path: Path) -> str:

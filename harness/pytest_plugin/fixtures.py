@@ -23,11 +23,13 @@ import itertools
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import pytest
 
 from harness.errors import GuestLostError, GuestTimeoutError, KernelCrashError, KitlError
+from harness.guest import protocol
+from harness.guest.replies import LoadReply, Reply
 from harness.kernel import libbpf_build
 from harness.kernel.cache import Cache
 from harness.kernel.resolve import Kernels
@@ -42,64 +44,76 @@ from harness.vm.slots import GuestSlots
 
 # After these the guest cannot be trusted: the next test of that kernel boots a fresh one.
 GUEST_GONE = (GuestLostError, GuestTimeoutError, KernelCrashError)
+A = TypeVar("A", bound=Reply)
 
 
 @dataclass(frozen=True)
 class LoadedProgram:
-    """One program loaded on its own; `info` is the agent's answer to "load" (verifier
-    figures, errno, the log...)."""
+    """One program loaded on its own; `reply` is the agent's answer to "load" (verifier
+    figures, errno, the log...).  The methods answer in the JSON shapes tests were written
+    against (docs/pytest.md): dicts as the agent sends them."""
 
     guest: Guest
     program: str
-    info: dict[str, Any]
+    reply: LoadReply
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The load's reply as the agent sent it."""
+        return self.reply.to_wire()
 
     @property
     def ok(self) -> bool:
-        return bool(self.info.get("ok"))
+        return self.reply.ok
 
     @property
     def handle(self) -> int | None:
-        handle = self.info.get("handle")
-        return None if handle is None else int(handle)
+        return self.reply.handle
 
     @property
     def log(self) -> str:
-        return str(self.info.get("log", ""))
+        return self.reply.log
 
-    def _call(self, op: str, args: dict[str, Any]) -> Any:
-        handle = self.handle
-        if handle is None:
+    def _loaded(self, op: str) -> int:
+        """The object's handle; a program that did not load fails the test here."""
+        if self.reply.handle is None:
             pytest.fail(
-                f"{self.program} did not load (errno {self.info.get('errno')}), so it cannot "
+                f"{self.program} did not load (errno {self.reply.errno}), so it cannot "
                 f"{op}; verifier log tail:\n{self.log[-2000:]}",
                 pytrace=False,
             )
-        return self.guest.call(op, {"handle": handle, "program": self.program, **args})
+        return self.reply.handle
 
     def test_run(
         self, data: bytes = b"", ctx: bytes | None = None, repeat: int = 1, ctx_only: bool = False
     ) -> dict[str, Any]:
         """BPF_PROG_TEST_RUN: retval, duration_ns, errno, data_out(_hex), ctx_out(_hex)."""
-        args: dict[str, Any] = {"data_hex": data.hex(), "repeat": repeat, "ctx_only": ctx_only}
-        if ctx is not None:
-            args["ctx_hex"] = ctx.hex()
-        result: dict[str, Any] = self._call("test_run", args)
-        result["data_out"] = bytes.fromhex(result.get("data_out_hex", ""))
-        result["ctx_out"] = bytes.fromhex(result.get("ctx_out_hex", ""))
-        return result
+        request = protocol.TestRun(
+            self._loaded("test_run"),
+            self.program,
+            data_hex=data.hex(),
+            ctx_hex=ctx.hex() if ctx is not None else None,
+            repeat=repeat,
+            ctx_only=ctx_only,
+        )
+        run = self.guest.send(request)
+        out = run.to_wire()
+        out.update(data_out=bytes.fromhex(run.data_out_hex), ctx_out=bytes.fromhex(run.ctx_out_hex))
+        return out
 
     def attach(self, family: str, **spec: Any) -> dict[str, Any]:
         """family xdp (dev, ns, mode), tc/tcx (dev, ns, direction), cgroup (path), socket,
         auto; a refusal raises AgentCallError with kind "attach"."""
-        answer: dict[str, Any] = self._call("attach", {"family": family, **spec})
-        return answer
+        where = {"handle": self._loaded("attach"), "program": self.program, "family": family}
+        # from_wire: a key attach does not take is refused by name, as the agent would
+        return self.guest.send(protocol.Attach.from_wire({**where, **spec})).to_wire()
 
     def map_dump(self, names: Sequence[str] = ()) -> dict[str, list[tuple[bytes, bytes]]]:
         """Keys and values of the named maps (default: every map that can be walked)."""
-        raw: dict[str, list[list[str]]] = self._call("map_dump", {"maps": list(names)})
+        dump = self.guest.send(protocol.MapDump(self._loaded("map_dump"), tuple(names)))
         return {
             name: [(bytes.fromhex(k), bytes.fromhex(v)) for k, v in rows]
-            for name, rows in raw.items()
+            for name, rows in dump.maps.items()
         }
 
 
@@ -115,33 +129,34 @@ class Guest:
     _saved: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
-        """Any agent op; generous timeout: TCG, and a first load of a big object."""
+        """Any agent op by name, its answer as JSON; generous timeout: TCG, and a first
+        load of a big object."""
         return self.agent.call(op, args, timeout=CASE_TIMEOUT)
+
+    def send(self, request: protocol.Request[A]) -> A:
+        """A typed request (harness.guest.protocol), its typed reply."""
+        return self.agent.send(request, timeout=CASE_TIMEOUT)
 
     def run(self, argv: Sequence[str], ns: str | None = None) -> dict[str, Any]:
         """Run argv in the guest (in netns `ns`): status, stdout, stderr, seconds."""
-        result: dict[str, Any] = self.call("run", {"argv": list(argv), "ns": ns})
-        return result
+        return self.send(protocol.Run(tuple(argv), ns)).to_wire()
 
     def sysctl(self, values: Mapping[str, int | str]) -> dict[str, Any]:
         """Set sysctls; per name {"ok", "value"} (and "error" when the kernel refused).
         The values before the first change are put back after the test."""
         for name in values:
             if name not in self._saved:
-                before = self.run(["cat", "/proc/sys/" + name.replace(".", "/")])
-                if before["status"] == 0:
-                    self._saved[name] = str(before["stdout"]).strip()
-        result: dict[str, Any] = self.call("sysctl", {"values": dict(values)})
-        return result
+                before = self.send(protocol.Run(("cat", "/proc/sys/" + name.replace(".", "/"))))
+                if before.status == 0:
+                    self._saved[name] = before.stdout.strip()
+        return self.send(protocol.Sysctl(dict(values))).to_wire()
 
     def restore_sysctls(self) -> list[str]:
         if not self._saved:
             return []
-        answer = self.call("sysctl", {"values": dict(self._saved)})
+        answer = self.send(protocol.Sysctl(dict(self._saved)))
         self._saved.clear()
-        return [
-            f"sysctl {n} not restored: {a.get('error')}" for n, a in answer.items() if not a["ok"]
-        ]
+        return [f"sysctl {n} not restored: {a.error}" for n, a in answer.values.items() if not a.ok]
 
     def guest_path(self, obj_path: Path) -> str:
         """Copy a host file into the guest's tmpfs once per content (host paths created
@@ -160,12 +175,13 @@ class Guest:
         """Load `program` of the object on its own (log_level 5: the verifier's log with
         its statistics).  `options`: log_size, prog_flags, btf_custom_path, offload_dev..."""
         args = {"object": self.guest_path(obj_path), "program": program, "log_level": log_level}
-        return LoadedProgram(self, program, self.call("load", {**args, **options}))
+        # from_wire: an option load does not take is refused by name, as the agent would
+        request = protocol.Load.from_wire({**args, **options})
+        return LoadedProgram(self, program, self.send(request))
 
     def release(self) -> dict[str, Any]:
         """Close every loaded object; "problems" names what failed or is still alive."""
-        answer: dict[str, Any] = self.call("release")
-        return answer
+        return self.send(protocol.Release()).to_wire()
 
 
 class GuestPool:
@@ -300,7 +316,7 @@ def kitl_guest(kitl_guests: GuestPool, kitl_kernel_name: str) -> Iterator[Guest]
     guest = kitl_guests.get(kitl_kernel_name)
     yield guest
     try:
-        problems = list(guest.release()["problems"]) + guest.restore_sysctls()
+        problems = list(guest.send(protocol.Release()).problems) + guest.restore_sysctls()
     except GUEST_GONE as exc:
         kitl_guests.discard(kitl_kernel_name)
         pytest.fail(f"kitl: the {kitl_kernel_name} guest was lost: {exc}", pytrace=False)
@@ -316,7 +332,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     yield
     guest = getattr(item, "funcargs", {}).get("kitl_guest")
     if isinstance(guest, Guest):
-        problems = guest.release()["problems"]
+        problems = guest.send(protocol.Release()).problems
         if problems:
             pytest.fail("kitl: left behind: " + "; ".join(problems), pytrace=False)
 
@@ -352,17 +368,16 @@ def kitl_topology(kitl_guest: Guest) -> Iterator[Topology]:
     ) -> dict[str, Any]:
         nonlocal used
         used = True  # a topology half set up is torn down too
-        spec = {"netns": list(netns), "veth": list(veth), "netdevsim": list(netdevsim)}
-        answer: dict[str, Any] = kitl_guest.call("topology_up", spec)
-        return answer
+        spec = protocol.TopologyUp(tuple(netns), tuple(veth), tuple(netdevsim))
+        return kitl_guest.send(spec).to_wire()
 
     yield up
     if not used:
         return
     # objects first: an XDP or tc detach needs the device, and so its namespace
-    problems = list(kitl_guest.release()["problems"])
-    down = kitl_guest.call("topology_down")
-    problems += down["problems"] + [f"netns {n} left behind" for n in down["netns_left"]]
+    problems = list(kitl_guest.send(protocol.Release()).problems)
+    down = kitl_guest.send(protocol.TopologyDown())
+    problems += [*down.problems, *(f"netns {n} left behind" for n in down.netns_left)]
     if problems:
         pytest.fail("kitl: topology teardown: " + "; ".join(problems), pytrace=False)
 

@@ -184,6 +184,8 @@ class Verifier(JSONRecord):
     max_states_per_insn: int | None = None
     duration_us: int | None = None
     stack_depth: int | None = None
+    max_stack_depth: int | None = None
+    mark_read: int | None = None
 
 
 @dataclass(frozen=True)

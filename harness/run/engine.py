@@ -18,7 +18,7 @@ from harness.bpf import progtypes
 from harness.bpf.elfobj import read_object
 from harness.errors import KitlError, outcome_for_error
 from harness.guest import protocol
-from harness.guest.protocol import ErrorKind
+from harness.guest.replies import ErrorKind, FactsReply
 from harness.interrupts import DEFAULT_CELL_TIMEOUT, Watchdog, timed_out_reason
 from harness.kernel.cache import Cache
 from harness.kernel.store import Kernel
@@ -95,7 +95,7 @@ class Engine:
         self._in_guest: dict[Path, str] = {}
         self._hashes: dict[Path, str] = {}
         self._slots: dict[Path, tuple[str, ...]] = {}
-        self._guest_facts: dict[str, Any] | None = None
+        self._guest_facts: FactsReply | None = None
         # the guest's console and dmesg logs, relative to the run directory (when known)
         self.guest_logs: tuple[str, str] = ("", "")
         self.libbpf = ""  # the loader as cells record it ("": the default loader)
@@ -103,9 +103,9 @@ class Engine:
         self.release = kernel.release
         # the sysctls of the config in effect in the guest, and what the kernel refused
         self._config: tuple[tuple[str, int | str], ...] | None = None
-        self._sysctls: dict[str, Any] | None = None
+        self._sysctls: dict[str, int | str | None] | None = None
         self._refused = ""
-        self._boot_sysctls: dict[str, Any] | None = None
+        self._boot_sysctls: dict[str, str | None] | None = None
         self._touched: set[str] = set()
         # the wall-time budget of one cell (kitl run --cell-timeout), and the running one's
         self.cell_timeout = DEFAULT_CELL_TIMEOUT
@@ -247,33 +247,29 @@ class Engine:
         """Seconds left to the running cell (what a command it runs may take)."""
         return self._dog.remaining() if self._dog is not None else CASE_TIMEOUT
 
-    def _apply(self, config: RunConfig) -> tuple[dict[str, Any], str]:
+    def _apply(self, config: RunConfig) -> tuple[dict[str, int | str | None], str]:
         """Switch the guest to `config`: its sysctls, and every sysctl an earlier config
         changed back to its value at boot, so configs never leak into each other."""
         if self._boot_sysctls is None:
-            self._boot_sysctls = dict(self._facts()["sysctl"])
-        wanted: dict[str, Any] = {
-            k: self._boot_sysctls[k] for k in self._touched if self._boot_sysctls.get(k) is not None
+            self._boot_sysctls = dict(self._facts().sysctl)
+        boot = self._boot_sysctls
+        wanted: dict[str, int | str] = {
+            k: value for k in self._touched if (value := boot.get(k)) is not None
         }
         wanted.update(config.sysctl)
         self._touched.update(k for k, _ in config.sysctl)
-        answer = self.agent.send(protocol.Sysctl(wanted)) if wanted else {}
-        refused = [
-            f"{k}={v}: {answer[k]['error']}" for k, v in config.sysctl if not answer[k]["ok"]
-        ]
-        values = dict(self._boot_sysctls)
-        values.update({k: a["value"] for k, a in answer.items()})
+        answer = self.agent.send(protocol.Sysctl(wanted)).values if wanted else {}
+        refused = [f"{k}={v}: {answer[k].error}" for k, v in config.sysctl if not answer[k].ok]
+        values: dict[str, int | str | None] = dict(boot)
+        values.update({k: a.value for k, a in answer.items()})
         reason = ("the kernel refused " + "; ".join(refused)) if refused else ""
         return values, reason
 
     def _run_case(
         self, scenario: Scenario, case: Case, config: RunConfig, cell: CellResult
     ) -> None:
-        loader = str(self._facts().get("libbpf_version") or "")
-        btf = self._facts().get("btf")
-        expect = case.expect_for(
-            self.kernel.release, config.name, loader, btf if isinstance(btf, bool) else None
-        )
+        loader = self._facts().libbpf_version
+        expect = case.expect_for(self.kernel.release, config.name, loader, self._facts().btf)
         cell.expected = expect_json(expect)
         seen = Observed()
         started = time.monotonic()
@@ -309,18 +305,18 @@ class Engine:
         finally:
             cell.timings["case_s"] = round(time.monotonic() - started, 3)
             cell.observed = observed_json(seen)
-            self.run.write_verifier_log(cell, str(seen.load.get("log", "")))
+            self.run.write_verifier_log(cell, seen.load.log if seen.load is not None else "")
 
     def _missing_requirements(self, case: Case, seen: Observed) -> list[str]:
         """Probe the guest for the case's `requires:`.  Names are resolved to ids through
         the kernel's own BTF (its enums): a helper the kernel's BTF does not know is absent."""
         req = case.requires
         missing: list[str] = []
-        if req.btf and not self._facts()["btf"]:
+        if req.btf and not self._facts().btf:
             missing.append("kernel BTF (/sys/kernel/btf/vmlinux)")
         if case.prog_type.name == "lsm" and self.kernel.config.get("CONFIG_BPF_LSM") == "n":
             missing.append("BPF LSM (the kernel is built without CONFIG_BPF_LSM)")
-        elif case.prog_type.name == "lsm" and "bpf" not in str(self._facts()["lsm"]).split(","):
+        elif case.prog_type.name == "lsm" and "bpf" not in str(self._facts().lsm).split(","):
             # LSM programs attach either way, but run only when BPF LSM is active
             missing.append(
                 "an active BPF LSM (bpf is not in lsm=; add it to the boot command line)"
@@ -353,12 +349,12 @@ class Engine:
                     known[key][name] = enums[enum]
         probe = protocol.Probe(case.prog_type.uapi, kfuncs=tuple(req.kfuncs), **known)
         answer = self.agent.send(probe)
-        seen.notes += answer.get("unprobed", [])
-        return missing + list(answer["missing"])
+        seen.notes += answer.unprobed
+        return missing + list(answer.missing)
 
-    def _facts(self) -> dict[str, Any]:
+    def _facts(self) -> FactsReply:
         if self._guest_facts is None:
-            self._guest_facts = dict(self.agent.send(protocol.Facts()))
+            self._guest_facts = self.agent.send(protocol.Facts())
         return self._guest_facts
 
     def _kernel_enums(self) -> dict[str, int]:
@@ -379,12 +375,12 @@ class Engine:
         """Release every object and tear the topology down, whatever failed before."""
         problems: list[str] = []
         try:
-            problems += self.agent.send(protocol.Release(), timeout=CASE_TIMEOUT)["problems"]
+            problems += self.agent.send(protocol.Release(), timeout=CASE_TIMEOUT).problems
         finally:
             if has_topology:
                 down = self.agent.send(protocol.TopologyDown(), timeout=CASE_TIMEOUT)
-                problems += down["problems"]
-                problems += [f"netns {n} left behind" for n in down["netns_left"]]
+                problems += down.problems
+                problems += [f"netns {n} left behind" for n in down.netns_left]
         return problems
 
     def _load_args(self, case: Case, obj_path: Path) -> dict[str, Any]:
@@ -401,7 +397,7 @@ class Engine:
         if case.load.btf_custom_path is not None:
             load_args["btf_custom_path"] = self.guest_object(case.load.btf_custom_path)
         external = self.kernel.external_btf
-        if case.load.external_btf and external is not None and not self._facts()["btf"]:
+        if case.load.external_btf and external is not None and not self._facts().btf:
             load_args["btf_custom_path"] = self.guest_object(external)
         if case.load.privilege != "privileged":
             load_args["privilege"] = case.load.privilege
@@ -462,15 +458,14 @@ class Engine:
         if not (case.load.keep_log or expect.log):
             # no one reads the log of a success: the statistics only, unless it fails
             load_args["log_failures_only"] = True
-        seen.load = self.agent.send(protocol.Load.from_wire(load_args), timeout=CASE_TIMEOUT)
+        load = self.agent.send(protocol.Load.from_wire(load_args), timeout=CASE_TIMEOUT)
         seen.load_args = {k: v for k, v in load_args.items() if k in _REPLAYED_LOAD_ARGS}
-        user_paths(seen.load, {load_args["object"]: str(obj_path)})
+        seen.load = load = user_paths(load, {load_args["object"]: str(obj_path)})
         # what kitl changed in the object (veristat's fixups) and what the guest lacked
-        seen.notes += [*seen.load.get("fixups", ()), *seen.load.get("notes", ())]
-        cell.timings["load_ms"] = round(seen.load.get("load_ns", 0) / 1e6, 3)
-        cell.verifier = verifier_figures(seen.load)
-        handle = seen.load.get("handle")
-        return None if handle is None else int(handle)
+        seen.notes += [*load.fixups, *load.notes]
+        cell.timings["load_ms"] = round(load.load_ns / 1e6, 3)
+        cell.verifier = verifier_figures(load)
+        return load.handle
 
     def _attach(self, case: Case, handle: int, seen: Observed) -> bool:
         """Attach as the case says; an attach the kernel refuses is the case's result
@@ -497,7 +492,7 @@ class Engine:
         if isinstance(drive, TestRunDrive):
             request = test_run_request(case, drive, handle)
             seen.test_run = self.agent.send(request, timeout=CASE_TIMEOUT)
-            cell.timings["ns_per_op"] = seen.test_run.get("duration_ns", 0)
+            cell.timings["ns_per_op"] = seen.test_run.duration_ns
         elif isinstance(drive, TrafficDrive):
             socket_filter = isinstance(case.attach, SocketAttach)
             traffic = traffic_request(

@@ -3,9 +3,11 @@ the observations in the results' JSON form, and messages that name the user's fi
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from harness.bpf.verifier_log import parse_log
+from harness.guest.replies import LoadReply, Reply
 from harness.results.record import Verifier
 from harness.run.judge import Observed
 from harness.scenario.expect import Expect, MapExpect
@@ -23,12 +25,12 @@ _VERIFIER_KEYS = (
 )
 
 
-def verifier_figures(load: dict[str, Any]) -> Verifier:
+def verifier_figures(load: LoadReply) -> Verifier:
     """What a cell records of the verifier: the load's figures and its log's statistics
     (read as a record reads them, so a guest's odd value is kept as it came)."""
-    figures = {k: load.get(k) for k in _VERIFIER_KEYS}
+    figures = {k: getattr(load, k) for k in _VERIFIER_KEYS}
     # a failure loaded again for its log: the figures of the first load, at full speed
-    stats = parse_log(str(load.get("stats_log") or load.get("log", ""))).stats
+    stats = parse_log(load.stats_log or load.log).stats
     figures.update(
         insns=stats.insns,
         total_states=stats.total_states,
@@ -36,6 +38,8 @@ def verifier_figures(load: dict[str, Any]) -> Verifier:
         max_states_per_insn=stats.max_states_per_insn,
         duration_us=stats.duration_us,
         stack_depth=stats.stack_depth_total,
+        max_stack_depth=stats.stack_depth_max,
+        mark_read=stats.mark_read,
     )
     return Verifier.from_json(figures)
 
@@ -72,27 +76,31 @@ def _plain(value: int | bytes) -> int | str:
 
 
 def observed_json(seen: Observed) -> dict[str, Any]:
-    load = {k: v for k, v in seen.load.items() if k not in ("log", "stats_log", "handle")}
+    """The replies as the guest sent them (the log is a file of its own)."""
+    wire = seen.load.to_wire() if seen.load is not None else {}
+    load = {k: v for k, v in wire.items() if k not in ("log", "stats_log", "handle")}
     return {
         "load": load,
         "load_args": seen.load_args,
         "error_class": seen.error_class,
-        "attach": seen.attach,
+        "attach": _wire(seen.attach),
         "attach_error": seen.attach_error,
-        "test_run": seen.test_run,
-        "traffic": seen.traffic,
-        "syscall": seen.syscall,
-        "maps": seen.maps,
-        "events": seen.events,
+        "test_run": _wire(seen.test_run),
+        "traffic": _wire(seen.traffic),
+        "syscall": _wire(seen.syscall),
+        "maps": seen.maps.to_wire(),
+        "events": seen.events.to_wire(),
         "notes": seen.notes,
     }
 
 
-def user_paths(load: dict[str, Any], copies: dict[str, str]) -> None:
+def _wire(reply: Reply | None) -> dict[str, Any] | None:
+    return reply.to_wire() if reply is not None else None
+
+
+def user_paths(load: LoadReply, copies: dict[str, str]) -> LoadReply:
     """libbpf names the object by the path it opened, the guest's copy: say the user's."""
-    for key in ("libbpf_messages", "log"):
-        text = load.get(key)
-        if isinstance(text, str):
-            for remote, local in copies.items():
-                text = text.replace(remote, local)
-            load[key] = text
+    messages, log = load.libbpf_messages, load.log
+    for remote, local in copies.items():
+        messages, log = messages.replace(remote, local), log.replace(remote, local)
+    return dataclasses.replace(load, libbpf_messages=messages, log=log)

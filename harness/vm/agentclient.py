@@ -1,5 +1,5 @@
 """The host side of the guest agent protocol (harness.guest.protocol; the guest side is
-harness.guest.agent)."""
+harness.guest.agent): `send` a typed request, get its typed reply (harness.guest.replies)."""
 
 from __future__ import annotations
 
@@ -7,17 +7,19 @@ import itertools
 import json
 import sys
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 from harness import interrupts
 from harness.errors import GuestLostError, GuestTimeoutError, KitlError
 from harness.guest import protocol
-from harness.guest.protocol import ErrorKind, Op, Request
+from harness.guest.protocol import Op, Request
+from harness.guest.replies import ErrorKind, GuestError, PingReply, Reply
 from harness.interrupts import ANSWER_GRACE
 from harness.vm.channel import LineStream
 from harness.vm.machine import VM
 
 AGENT_START_TIMEOUT = 180.0  # a first Python start in a TCG guest, with imports, under load
+A = TypeVar("A", bound=Reply)
 
 
 class AgentCallError(KitlError):
@@ -34,7 +36,7 @@ class AgentTimeoutError(GuestTimeoutError):
 
 
 class AgentClient:
-    """One agent per VM; `call()` sends a request and waits for its answer."""
+    """One agent per VM; `send()` sends a request and waits for its reply."""
 
     def __init__(self, vm: VM, *, python: str | None = None, libbpf: str | None = None) -> None:
         self.vm = vm
@@ -56,18 +58,22 @@ class AgentClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def start(self) -> dict[str, Any]:
+    def start(self) -> PingReply:
         # -u: unbuffered; -I: ignore user site and PYTHON* env, the guest sees the host's.
         argv = [self.python, "-u", "-m", "harness.guest.agent"]
         if self.libbpf:
             argv = ["env", f"KITL_LIBBPF={self.libbpf}", *argv]
         self._stream = self.vm.channel.start(argv)
-        answer: dict[str, Any] = self.send(protocol.Ping(), timeout=AGENT_START_TIMEOUT)
-        return answer
+        return self.send(protocol.Ping(), timeout=AGENT_START_TIMEOUT)
 
-    def send(self, request: Request, *, timeout: float = 60.0) -> Any:
-        """One typed request (harness.guest.protocol), its answer's result."""
-        return self.call(request.op, request.to_wire(), timeout=timeout)
+    def send(self, request: Request[A], *, timeout: float = 60.0) -> A:
+        """One typed request (harness.guest.protocol), its reply; an answer that is not
+        the reply of the request is the agent's error, of kind protocol."""
+        result = self.call(request.op, request.to_wire(), timeout=timeout)
+        try:
+            return request.read_reply(result)
+        except GuestError as exc:
+            raise AgentCallError(str(request.op), str(exc), exc.kind) from None
 
     def call(
         self, op: Op | str, args: dict[str, Any] | None = None, *, timeout: float = 60.0

@@ -15,6 +15,7 @@ import pytest
 from harness.bpf.causes import explain
 from harness.bpf.helper_names import HELPERS, helper_name
 from harness.cli import repro
+from tests.replies import load_reply
 
 DATA = Path(__file__).parent.parent / "data" / "verifier"
 
@@ -145,13 +146,13 @@ def test_without_a_log_the_message_is_libbpfs_own_reason_not_its_wrapper() -> No
 def test_repro_says_what_failed_not_none_insns() -> None:
     """`kitl repro` of a map-creation failure said "rejected (errno 22\\n) ... None insns,
     None states"."""
-    load = _map_failure()
+    load = load_reply(**_map_failure())
     line = repro._verdict(load, "")
     assert line.startswith("failed, MAP_CREATE_FAILED: map 'counts' (hash) is not sized")
     assert "None" not in line
     log = "R7 !read_ok\nprocessed 12 insns (limit 1000000) max_states_per_insn 0 total_states 3\n"
     rejected = {"ok": False, "errno": errno.EACCES, "log": log, "libbpf_messages": ""}
-    assert repro._verdict(rejected, log) == (
+    assert repro._verdict(load_reply(**rejected), log) == (
         "failed, VERIFIER_REJECTED: R7 !read_ok; 12 insns, 3 states"
     )
-    assert repro._verdict({"ok": True}, log) == "loaded; 12 insns, 3 states"
+    assert repro._verdict(load_reply(ok=True), log) == "loaded; 12 insns, 3 states"

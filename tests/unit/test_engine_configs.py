@@ -18,12 +18,13 @@ class StubAgent:
         self.calls: list[dict[str, Any]] = []
         self.refuse = refuse
 
-    def send(self, request: Request, timeout: float = 0) -> Any:
-        return self.call(request.op, request.to_wire(), timeout)
+    def send(self, request: Request[Any], timeout: float = 0) -> Any:
+        return request.read_reply(self.call(request.op, request.to_wire(), timeout))
 
     def call(self, op: str, args: dict[str, Any] | None = None, timeout: float = 0) -> Any:
         if op == "facts":
-            return {"sysctl": dict(self.values)}
+            facts = {"release": "6.1.0", "btf": True, "lsm": None, "cgroup2": True}
+            return {**facts, "sysctl": dict(self.values), "libbpf_version": "1.4"}
         assert op == "sysctl"
         assert args is not None
         self.calls.append(dict(args["values"]))

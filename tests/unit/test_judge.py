@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 
 from harness.bpf import progtypes, retcodes, sections
+from harness.guest.replies import EventsCountReply
 from harness.outcome import Outcome
 from harness.run.judge import Observed, judge
 from harness.scenario.expect import Expect, MapEntry, MapExpect
 from harness.scenario.loader import load_scenario
 from harness.scenario.model import Case
+from tests.replies import load_reply, map_dump, run_reply
 
 SCENARIO = Path(__file__).parents[2] / "scenarios" / "xdp-basics" / "scenario.yaml"
 REJECTION_LOG = (
@@ -31,19 +33,19 @@ def case() -> Case:
 
 
 def loaded(**extra: object) -> Observed:
-    return Observed(load={"ok": True, "errno": 0, "log": "processed 26 insns", **extra})
+    return Observed(load=load_reply(ok=True, errno=0, log="processed 26 insns", **extra))
 
 
 def test_expected_retval_and_map_pass(case: Case) -> None:
     seen = loaded()
-    seen.test_run = {"retval": 1, "errno": 0}
-    seen.maps = {"counts": [["00000000", "00" * 8], ["01000000", "0100000000000000"]]}
+    seen.test_run = run_reply(1, 0)
+    seen.maps = map_dump({"counts": [["00000000", "00" * 8], ["01000000", "0100000000000000"]]})
     assert judge(case, case.expect, seen) == (Outcome.PASSED, "")
 
 
 def test_wrong_retval_is_named_by_code(case: Case) -> None:
     seen = loaded()
-    seen.test_run = {"retval": 2, "errno": 0}
+    seen.test_run = run_reply(2, 0)
     outcome, reason = judge(case, case.expect, seen)
     assert outcome is Outcome.FAILED
     assert reason == "returned XDP_PASS, expected XDP_DROP"
@@ -51,13 +53,13 @@ def test_wrong_retval_is_named_by_code(case: Case) -> None:
 
 def test_map_mismatch_names_key_and_values(case: Case) -> None:
     seen = loaded()
-    seen.test_run = {"retval": 1, "errno": 0}
-    seen.maps = {"counts": [["01000000", "0700000000000000"]]}
+    seen.test_run = run_reply(1, 0)
+    seen.maps = map_dump({"counts": [["01000000", "0700000000000000"]]})
     assert judge(case, case.expect, seen) == (Outcome.FAILED, "map counts[1] = 7, expected 1")
 
 
 def test_unexpected_rejection_is_verifier_rejected_with_the_message(case: Case) -> None:
-    seen = Observed(load={"ok": False, "errno": 13, "log": REJECTION_LOG, "libbpf_messages": ""})
+    seen = Observed(load=load_reply(ok=False, errno=13, log=REJECTION_LOG))
     outcome, reason = judge(case, case.expect, seen)
     assert outcome is Outcome.VERIFIER_REJECTED
     assert seen.error_class == "VERIFIER_REJECTED"
@@ -70,7 +72,7 @@ def test_expected_rejection_checks_class_and_ordered_log(case: Case) -> None:
         error_class="VERIFIER_REJECTED",
         log=("invalid access to packet", "processed \\d+ insns"),
     )
-    seen = Observed(load={"ok": False, "errno": 13, "log": REJECTION_LOG, "libbpf_messages": ""})
+    seen = Observed(load=load_reply(ok=False, errno=13, log=REJECTION_LOG))
     assert judge(case, want, seen) == (Outcome.PASSED, "")
     reversed_order = dataclasses.replace(want, log=("processed", "invalid access"))
     outcome, reason = judge(case, reversed_order, seen)
@@ -84,14 +86,14 @@ def test_attach_failure_and_events(case: Case) -> None:
     seen.attach_error = "attach: EINVAL"
     assert judge(case, Expect(), seen) == (Outcome.ATTACH_FAILED, "attach: EINVAL")
     counted = loaded()
-    counted.events = {"events": 4}
+    counted.events = EventsCountReply({"events": 4})
     outcome, reason = judge(case, Expect(events=(("events", 5),)), counted)
     assert (outcome, reason) == (Outcome.FAILED, "4 events in events, expected 5")
 
 
 def test_bytes_keys_compare_verbatim(case: Case) -> None:
     seen = loaded()
-    seen.maps = {"m": [["0a0b", "ff"]]}
+    seen.maps = map_dump({"m": [["0a0b", "ff"]]})
     want = Expect(map=(MapExpect("m", (MapEntry(b"\x0a\x0b", b"\xff"),)),))
     assert judge(case, want, seen) == (Outcome.PASSED, "")
 
@@ -106,7 +108,7 @@ OLD_LOADER = (
 
 def test_a_section_the_loader_does_not_know_is_named_with_the_way_out(case: Case) -> None:
     load = {"ok": False, "errno": 22, "log": "", "libbpf_messages": OLD_LOADER}
-    seen = Observed(load={**load, "libbpf_version": "1.1", "libbpf_lacks": ["x (1.6)"]})
+    seen = Observed(load=load_reply(**load, libbpf_version="1.1", libbpf_lacks=["x (1.6)"]))
     outcome, reason = judge(case, case.expect, seen)
     assert outcome is Outcome.LOAD_FAILED
     assert seen.error_class == "UNSUPPORTED_PROG_TYPE"
@@ -133,7 +135,7 @@ def test_at_log_level_0_the_order_of_messages_is_enforced(case: Case) -> None:
         "libbpf: prog 'p': failed to load: -13\n"
     )
     log = REJECTION_LOG  # what the agent reports as the log at level 0: libbpf's copy
-    seen = Observed(load={"ok": False, "errno": 13, "log": log, "libbpf_messages": messages})
+    seen = Observed(load=load_reply(ok=False, errno=13, log=log, libbpf_messages=messages))
     wrong_order = Expect(load="rejected", log=("processed", "invalid access"))
     outcome, reason = judge(case, wrong_order, seen)
     assert outcome is Outcome.FAILED
@@ -145,12 +147,12 @@ def test_at_log_level_0_the_order_of_messages_is_enforced(case: Case) -> None:
 def test_a_map_value_is_shown_in_the_form_the_expectation_was_written_in(case: Case) -> None:
     """A .bss mismatch printed a 116-digit decimal against a hex expectation."""
     seen = loaded()
-    seen.maps = {"m": [["00000000", "ab" * 48]]}
+    seen.maps = map_dump({"m": [["00000000", "ab" * 48]]})
     want = Expect(map=(MapExpect("m", (MapEntry(0, b"\xcd" * 48),)),))
     outcome, reason = judge(case, want, seen)
     assert (outcome, reason) == (Outcome.FAILED, f"map m[0] = {'ab' * 48}, expected {'cd' * 48}")
     signed = Expect(map=(MapExpect("m", (MapEntry(0, -1),)),))
-    seen.maps = {"m": [["00000000", "feffffff"]]}
+    seen.maps = map_dump({"m": [["00000000", "feffffff"]]})
     assert judge(case, signed, seen) == (Outcome.FAILED, "map m[0] = -2, expected -1")
 
 
@@ -160,7 +162,7 @@ def test_retval_any_needs_a_run_and_nothing_else(case: Case) -> None:
     assert sections.resolve_retval(xdp, "xdp", "any") == retcodes.RETVAL_ANY
     assert sections.retval_name(xdp, "xdp", retcodes.RETVAL_ANY) == "any"
     seen = loaded()
-    seen.test_run = {"retval": 0xFFFF8880, "errno": 0}
+    seen.test_run = run_reply(0xFFFF8880, 0)
     assert judge(case, Expect(retval=retcodes.RETVAL_ANY), seen) == (Outcome.PASSED, "")
     outcome, reason = judge(case, Expect(retval=retcodes.RETVAL_ANY), loaded())
     assert (outcome, reason.startswith("expects return value any, but")) == (Outcome.FAILED, True)

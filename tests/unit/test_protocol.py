@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Any
 
 import pytest
 
 from harness.guest import protocol
 from harness.guest.agent import Agent
-from harness.guest.protocol import REQUESTS, ErrorKind, GuestError, Op
+from harness.guest.protocol import REQUESTS, Op
+from harness.guest.replies import ErrorKind, GuestError
 
 
 def test_every_operation_has_a_request_and_a_handler() -> None:
@@ -47,7 +49,7 @@ SAMPLES = [
 
 
 @pytest.mark.parametrize("request_", SAMPLES, ids=lambda r: type(r).__name__)
-def test_a_request_comes_back_as_it_was_sent(request_: protocol.Request) -> None:
+def test_a_request_comes_back_as_it_was_sent(request_: protocol.Request[Any]) -> None:
     line = protocol.request_line(7, request_.op, request_.to_wire())
     message = json.loads(line)
     assert message["id"] == 7

@@ -23,6 +23,7 @@ from harness.cli import verify
 from harness.errors import UsageError
 from harness.guest.libbpf import Libbpf
 from harness.guest.libbpf_object import BpfObject
+from harness.guest.replies import LoadReply
 from harness.kernel.cache import Cache
 from harness.outcome import Outcome
 from harness.report.render import render_all
@@ -127,7 +128,7 @@ def test_the_guest_agent_answers_every_corrupt_load_and_keeps_serving(
         assert (load["ok"], load["prog_id"]) == (False, None)
         assert str(path) in load["libbpf_messages"]
         outcome, reason = judge(objects.scenario_for_object(path, VerifyOptions()).cases[0],
-                                Expect(), Observed(load=load))  # fmt: skip
+                                Expect(), Observed(load=LoadReply.from_wire(load)))  # fmt: skip
         assert outcome is Outcome.LOAD_FAILED
         assert reason.startswith("LOAD_FAILED: elf: ")
     assert answers[-1]["result"]["pid"] > 0
