@@ -10,17 +10,17 @@ the command.
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import re
 import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Collection
+from dataclasses import replace
 from pathlib import Path
 
 from harness.bpf.verifier_log import parse_log
 from harness.errors import UsageError, WriteError
-from harness.outcome import EXIT_OK, Outcome
+from harness.outcome import EXIT_OK
 from harness.report import html
 from harness.report.model import (
     RUN_LEVEL,
@@ -30,19 +30,13 @@ from harness.report.model import (
     build_report,
     tail,
 )
+from harness.results import veristat
 from harness.results.record import BootFailure, text_of
 from harness.results.rundir import safe_name, write_atomic
 
 FORMATS = ("junit", "markdown", "html", "csv")
 SYSTEM_OUT_BYTES = 4096
 
-_NOT_LOADED = frozenset({Outcome.VERIFIER_REJECTED, Outcome.LOAD_FAILED})
-# veristat's default `-o csv` columns: the first name of each stat in its stat_defs table,
-# read in tools/testing/selftests/bpf/veristat.c (newer veristat appends more columns; its
-# CSV reader takes any subset of known names, so these nine stay comparable with -C).
-_STATES = ("total_states", "peak_states", "max_states_per_insn")
-_NAMES = ("file_name", "prog_name", "verdict", "duration", "total_insns")
-VERISTAT_HEADER = (*_NAMES, *_STATES, "max_mark_read_len")
 # the figures a JUnit <testcase> carries as properties, in this order, when the cell has them
 _PROPERTIES: tuple[str, ...] = ("insns", "total_states", "peak_states", "load_ms", "ns_per_op")
 _PROPERTIES += ("jited_len", "xlated_len")
@@ -217,44 +211,32 @@ def _boot_failures_markdown(report: Report) -> list[str]:
 # -- veristat CSV -----------------------------------------------------------------------------
 
 
-def _mark_read(report: Report, cell: Cell) -> int:
-    # the engine records no mark_read: read it from the stats line ending the verifier log
-    if (value := cell.figure("mark_read")) is not None:
-        return int(value)
-    if path := report.log_file(cell):
-        return parse_log(tail(path, lines=50, max_bytes=8192) + "\n").stats.mark_read or 0
-    return 0
+def _from_log(report: Report, cell: Cell, row: veristat.Row) -> veristat.Row:
+    """A record written before cells kept mark_read and the max stack depth: read them
+    from the statistics that end the cell's verifier log."""
+    verifier = cell.record.verifier
+    path = report.log_file(cell)
+    if (verifier.mark_read is not None and verifier.max_stack_depth is not None) or not path:
+        return row
+    stats = parse_log(tail(path, lines=50, max_bytes=8192) + "\n").stats
+    figures = dict(row.figures)
+    figures["max_mark_read_len"] = figures["max_mark_read_len"] or stats.mark_read or 0
+    figures["max_stack_depth"] = figures["max_stack_depth"] or stats.stack_depth_max or 0
+    return replace(row, figures=figures)
 
 
 def render_csv(report: Report, column: Column) -> str:
-    """veristat `-o csv` rows for the programs this column loaded (skipped and infrastructure
-    cells never got a verdict).  veristat keys rows by file and program, so a program that
-    several cases load appears once, as its first case saw it; rows sorted as veristat does."""
-    rows: dict[tuple[str, str], list[str | int]] = {}
-    for row in report.rows:
-        cell = report.cell(row, column)
+    """veristat `-o csv` for the programs this column loaded or saw fail (skipped and
+    infrastructure cells never got a verdict): harness.results.veristat's rows."""
+    rows = []
+    for name in report.rows:
+        cell = report.cell(name, column)
         if cell is None or cell.category not in ("pass", "fail"):
             continue
-        if cell.record.observed.load_ok is None and cell.record.verifier.empty:
-            continue  # never loaded (a failure before loading)
-        obj, _, prog = cell.record.program.partition("/")
-        if (obj, prog) in rows:
-            continue
-        ok = cell.record.observed.load_ok
-        if ok is None:
-            ok = cell.outcome not in _NOT_LOADED
-        insns = cell.figure("insns")
-        if insns is None:
-            insns = cell.figure("verified_insns")
-        figures = [cell.figure("duration_us"), insns]
-        figures += [cell.figure(k) for k in _STATES]
-        rows[obj, prog] = [obj, prog, "success" if ok else "failure"]
-        rows[obj, prog] += [int(f or 0) for f in figures] + [_mark_read(report, cell)]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(VERISTAT_HEADER)
-    writer.writerows(rows[k] for k in sorted(rows))
-    return buffer.getvalue()
+        row = veristat.row_of(cell.record)
+        if row is not None:
+            rows.append(_from_log(report, cell, row))
+    return veristat.render(rows)
 
 
 # -- writing ----------------------------------------------------------------------------------

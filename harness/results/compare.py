@@ -11,6 +11,10 @@ kernel_release, so a Debian ABI bump of the same kernel line still compares.  Wh
   removed           a BASE cell missing from NEW, only with --fail-on-removed
   empty-run         NEW holds no cells at all (a run that ran nothing must not look green)
 
+Either side may be a veristat CSV (`veristat -o csv`, any version): its rows are cells of
+the object's scenario and the program's case that stand for every kernel, config and loader
+of the other side (harness.results.veristat).
+
 Reported, never gating: improvement (failure -> PASSED), skipped (SKIPPED on either side,
 outcomes differ), outcome-change (one failure became another), added, growth within the
 threshold or from 0/missing, and *-shrink.  Growth exactly at the threshold passes.
@@ -48,6 +52,7 @@ from typing import Any, Literal
 
 from harness.errors import KitlError, UsageError
 from harness.outcome import EXIT_FAILED, EXIT_OK, Outcome
+from harness.results import veristat
 from harness.results.record import CellRecord, cell_id
 from harness.results.rundir import write_atomic
 from harness.results.runs import Cells, load_run
@@ -112,8 +117,29 @@ def cell_key(cell: CellRecord) -> CellKey:
 
 def load_results(path: Path) -> Cells:
     """The cells of a run directory, a results.json or a results.jsonl (harness.results.runs
-    reads them, by one set of rules)."""
-    return load_run(path).cells
+    reads them, by one set of rules), or of a veristat CSV (harness.results.veristat)."""
+    return veristat.read(path) if veristat.is_veristat_csv(path) else load_run(path).cells
+
+
+def load_sides(base: Path, new: Path) -> tuple[Cells, Cells]:
+    """Both sides' cells.  A veristat CSV names no kernel: against a kitl run, its rows
+    stand for the program on every kernel, config and loader the run has."""
+    base_cells, new_cells = load_results(base), load_results(new)
+    base_csv, new_csv = veristat.is_veristat_csv(base), veristat.is_veristat_csv(new)
+    if base_csv and not new_csv:
+        base_cells = _on_every_column(base_cells, new_cells)
+    elif new_csv and not base_csv:
+        new_cells = _on_every_column(new_cells, base_cells)
+    return base_cells, new_cells
+
+
+def _on_every_column(rows: Cells, run: Cells) -> Cells:
+    columns = sorted({(c.kernel, c.config, c.libbpf) for c in run})
+    return [
+        replace(row, kernel=kernel, config=config, libbpf=libbpf)
+        for row in rows
+        for kernel, config, libbpf in columns
+    ]
 
 
 # --- thresholds ------------------------------------------------------------------------------
@@ -256,6 +282,8 @@ def _metric(
     limit = t.limit(metric)
     if now is None or was == now:  # a figure gone from NEW is not news: the harness changed
         return None
+    if metric == "load-time" and not was:
+        return None  # a BASE that timed nothing (a veristat CSV, an older run) is no baseline
     name, unit = ("load time", "ms") if metric == "load-time" else (metric, "")
     kind = f"{metric}-growth" if was is None or now > was else f"{metric}-shrink"
     if not was:  # from 0 or from nothing: no ratio to gate on
@@ -465,8 +493,9 @@ def render(c: Comparison, fmt: str) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `kitl compare BASE NEW`; thresholds are parsed in run() so a bad value is
     a one-line usage error like every other."""
-    parser.add_argument("base", type=Path, metavar="BASE", help="run dir, results.json(l)")
-    parser.add_argument("new", type=Path, metavar="NEW", help="run dir, results.json(l)")
+    sides = "run dir, results.json(l) or veristat CSV"
+    parser.add_argument("base", type=Path, metavar="BASE", help=sides)
+    parser.add_argument("new", type=Path, metavar="NEW", help=sides)
     for name, default, what in (
         ("insns", "10%", "verifier insns growth per program and kernel"),
         ("states", "25%", "verifier total_states growth"),
@@ -506,7 +535,7 @@ def run(args: argparse.Namespace) -> int:
     """`kitl compare`: 0 when the gate passes, 1 when it fails, 2 on a usage error."""
     try:
         thresholds = thresholds_from_args(args)
-        result = compare(load_results(args.base), load_results(args.new), thresholds)
+        result = compare(*load_sides(args.base, args.new), thresholds)
         text = render(result, args.format)
         if args.output is not None:
             write_atomic(args.output, text)

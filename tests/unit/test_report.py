@@ -29,12 +29,8 @@ import pytest
 from harness.errors import UsageError
 from harness.report import render as report
 from harness.report.model import build_report, load_cells
-from harness.report.render import (
-    VERISTAT_HEADER,
-    render_all,
-    render_junit,
-    render_markdown,
-)
+from harness.report.render import render_all, render_junit, render_markdown
+from harness.results.veristat import COLUMNS as VERISTAT_HEADER
 
 DATA = Path(__file__).parents[1] / "data"
 RUN = DATA / "report-runs" / "two-kernels"
