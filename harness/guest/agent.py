@@ -25,7 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from harness.bpf import elfobj
-from harness.guest import caps, drive, libbpf, libbpf_load, libbpf_object, libbpf_prepare
+from harness.guest import (
+    caps,
+    drive,
+    libbpf,
+    libbpf_clone,
+    libbpf_load,
+    libbpf_object,
+    libbpf_prepare,
+)
 from harness.guest import protocol as p
 from harness.guest import replies as r
 from harness.guest.libbpf_run import RingBufferCounter
@@ -66,6 +74,7 @@ class Agent:
         self.link_netns: dict[int, str | None] = {}  # handle -> netns its links live in
         # BPF ids alive before the first object of a case was loaded: what release() compares
         self.baseline: dict[str, frozenset[int]] | None = None
+        self.prepared = libbpf_clone.PreparedCache()  # verify-only loads' object
         self._handles = iter(range(1, 1 << 30))
         self._lib: Any = None
         self.pins: dict[int, list[str]] = {}  # handle -> paths its load pinned
@@ -145,12 +154,17 @@ class Agent:
     def load(self, req: p.Load) -> r.LoadReply:
         """Load one program of an object on its own; keep it for attach/test_run."""
         lib = self.libbpf()
+        if not req.verify_only:
+            self.prepared.close()  # a load of its object would reuse its pinned maps
         if not self.objects:
             self.baseline = libbpf_load.live_ids(lib)
         if not self._bpffs_tried:
             self._bpffs_tried = True
             self._bpffs_note = libbpf_prepare.mount_bpffs()
         root = req.pin_root or DEFAULT_PIN_ROOT
+        verified = self._verify_only(lib, req, root) if _clonable(req) else None
+        if verified is not None:
+            return verified
         pins_before = libbpf_prepare.pins_under(root)
         if req.privilege and req.privilege != "privileged":
             obj, out = self._load_lowered(lib, req, req.privilege)
@@ -166,13 +180,33 @@ class Agent:
         if self._bpffs_note:
             out = dataclasses.replace(out, notes=(*out.notes, self._bpffs_note))
         if obj is None:
-            _unpin(pins)  # a failed load leaves nothing behind for the next cell
+            libbpf_prepare.unpin(pins)  # a failed load leaves nothing behind for the next cell
             # the loader's failure, maybe
             return dataclasses.replace(out, libbpf_lacks=tuple(lib.missing_features()))
         handle = next(self._handles)
         self.objects[handle] = obj
         self.pins[handle] = pins
         return dataclasses.replace(out, handle=handle, pinned=tuple(pins))
+
+    def _verify_only(self, lib: Any, req: p.Load, root: str) -> r.LoadReply | None:
+        """The program loaded from the object kept prepared (harness.guest.libbpf_clone)
+        and unloaded at once: no handle.  None when the object cannot be prepared whole."""
+        opts = self._options(req, 0)
+        prepared, fresh = self.prepared.get(lib, req.object, opts, root)
+        if prepared is None:
+            return None
+        if fresh and not self.objects:
+            self.baseline = libbpf_load.live_ids(lib)  # its maps live on past the case
+        try:
+            result = prepared.load(req.program, opts)
+        except KeyError as exc:
+            raise GuestError(str(exc).strip('"'), ErrorKind.SETUP) from None
+        out = self._report(lib, result)
+        if self._bpffs_note:
+            out = dataclasses.replace(out, notes=(*out.notes, self._bpffs_note))
+        if not result.ok:
+            return dataclasses.replace(out, libbpf_lacks=tuple(lib.missing_features()))
+        return out
 
     def _report(self, lib: Any, result: libbpf_load.ProgramLoad) -> r.LoadReply:
         """A load's result as its reply, with the kernel's answer to whether the type of a
@@ -215,13 +249,21 @@ class Agent:
         )
         return obj, out
 
+    @classmethod
+    def _load(cls, lib: Any, req: p.Load, ifindex: int) -> tuple[Any, Any]:
+        opts = cls._options(req, ifindex)
+        try:
+            return libbpf_object.BpfObject.load_one(lib, req.object, req.program, opts)
+        except (KeyError, ValueError) as exc:  # a map or target the object cannot take
+            raise GuestError(str(exc).strip('"'), ErrorKind.SETUP) from None
+
     @staticmethod
-    def _load(lib: Any, req: p.Load, ifindex: int) -> tuple[Any, Any]:
+    def _options(req: p.Load, ifindex: int) -> libbpf_load.LoadOptions:
         sizes = tuple(
             libbpf_prepare.MapSize(m["name"], m.get("max_entries"), m.get("value_size"))
             for m in req.maps
         )
-        opts = libbpf_load.LoadOptions(
+        return libbpf_load.LoadOptions(
             log_level=int(req.log_level),
             log_size=int(req.log_size or 16 << 20),
             log_failures_only=bool(req.log_failures_only),
@@ -238,10 +280,6 @@ class Agent:
             companions=tuple(req.companions),
             unprivileged_maps_only=bool(req.unprivileged_maps_only),
         )
-        try:
-            return libbpf_object.BpfObject.load_one(lib, req.object, req.program, opts)
-        except (KeyError, ValueError) as exc:  # a map or target the object cannot take
-            raise GuestError(str(exc).strip('"'), ErrorKind.SETUP) from None
 
     def _object(self, handle: int) -> Any:
         obj = self.objects.get(int(handle))
@@ -396,7 +434,7 @@ class Agent:
         for handle in handles:
             obj = self.objects.pop(handle, None)
             ns = self.link_netns.pop(handle, None)
-            _unpin(self.pins.pop(handle, []))
+            libbpf_prepare.unpin(self.pins.pop(handle, []))
             for counter in self.counters.pop(handle, {}).values():
                 counter.close()
             if obj is None:
@@ -497,21 +535,6 @@ def _raw(value: int | str, size: int) -> bytes:
     return int(value).to_bytes(size, "little", signed=int(value) < 0)
 
 
-def _unpin(paths: list[str]) -> None:
-    """Remove what a cell pinned: a pinned map would outlive the cell and be reused by the
-    next one (libbpf reuses a compatible map pinned by name)."""
-    for path in paths:
-        try:
-            if os.path.isdir(path) and not os.path.islink(path):
-                for name in os.listdir(path):
-                    os.unlink(os.path.join(path, name))
-                os.rmdir(path)
-            else:
-                os.unlink(path)
-        except OSError as exc:
-            print(f"kitl agent: could not unpin {path}: {exc}", file=sys.stderr)
-
-
 def _read_text(path: str) -> str | None:
     try:
         return Path(path).read_text().strip()
@@ -521,6 +544,14 @@ def _read_text(path: str) -> str | None:
 
 def _read_sysctl(name: str) -> str | None:
     return _read_text("/proc/sys/" + name.replace(".", "/"))
+
+
+def _clonable(req: p.Load) -> bool:
+    """A verify-only load the prepared object can serve: with every capability, no device
+    to bind to, and nothing set on the program before preparing (a target, companions)."""
+    lowered = bool(req.privilege) and req.privilege != "privileged"
+    special = req.offload_dev or req.companions or req.attach_target
+    return req.verify_only and not (lowered or special or req.unprivileged_maps_only)
 
 
 def serve(stdin: Any = None, stdout: Any = None) -> None:

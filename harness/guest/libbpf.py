@@ -161,6 +161,7 @@ _FUNCTIONS: dict[str, tuple[Any, tuple[Any, ...], tuple[int, int]]] = {
     "bpf_program__attach_tcx": (_P, (_P, _I, _P), (1, 3)),
     "bpf_program__attach_netkit": (_P, (_P, _I, _P), (1, 3)),
     "bpf_object__prepare": (_I, (_P,), (1, 6)),
+    "bpf_program__clone": (_I, (_P, _P), (1, 8)),
     "bpf_program__attach_cgroup_opts": (_P, (_P, _I, _P), (1, 6)),
 }
 # Struct fields newer than the floor.  The binding never sets them, so a struct stays valid

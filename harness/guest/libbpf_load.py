@@ -82,6 +82,7 @@ class ProgramLoad:
     # the statistics-only log of the first load, when the failure was loaded again for its
     # full log (log_failures_only): its figures are those of a load at full speed
     stats_log: str = ""
+    clone: bool = False  # loaded from the object prepared once (harness.guest.libbpf_clone)
 
     @property
     def error(self) -> str:

@@ -47,7 +47,7 @@ class BpfObjectOpenOpts(ctypes.Structure):
 _PERCPU_MAP_TYPES = frozenset({5, 6, 10, 21})  # PERCPU_HASH/_ARRAY, LRU_PERCPU_HASH, ..._STORAGE
 
 
-def _attach_type(lib: Libbpf, prog: int) -> str:
+def attach_type_of(lib: Libbpf, prog: int) -> str:
     """libbpf's name of the program's expected attach type; "" for the programs that have
     none (their 0 would read as BPF_CGROUP_INET_INGRESS, which only cgroup_skb means)."""
     value = int(lib.c.bpf_program__expected_attach_type(prog))
@@ -56,7 +56,7 @@ def _attach_type(lib: Libbpf, prog: int) -> str:
     return lib.attach_type_name(value)
 
 
-def _preset(lib: Libbpf, obj: int, presets: tuple[tuple[str, int, bytes], ...]) -> None:
+def preset(lib: Libbpf, obj: int, presets: tuple[tuple[str, int, bytes], ...]) -> None:
     """Write global variables' initial values into the opened object's data maps (libbpf
     names them "<object>.<section>", e.g. "prog_bpf.rodata"), before the load freezes them."""
     maps = libbpf_prepare.maps_of(lib, obj)
@@ -86,7 +86,7 @@ def _failed_companion(messages: str, companions: list[str]) -> str:
     return ""
 
 
-class _LogBuffer:
+class LogBuffer:
     """A zero-filled buffer for the kernel log.  Anonymous mmap, so a large buffer costs
     memory only for the pages the kernel writes."""
 
@@ -128,7 +128,7 @@ class BpfObject:
 
     # -- opening and loading --------------------------------------------------------------
     @staticmethod
-    def _open(lib: Libbpf, path: str, opts: LoadOptions) -> int | None:
+    def open_file(lib: Libbpf, path: str, opts: LoadOptions) -> int | None:
         open_opts = BpfObjectOpenOpts(sz=ctypes.sizeof(BpfObjectOpenOpts))
         if opts.kconfig is not None:
             open_opts.kconfig = opts.kconfig.encode()
@@ -147,7 +147,7 @@ class BpfObject:
     def programs_in(cls, lib: Libbpf, path: str) -> list[tuple[str, str]]:
         """(name, section) of every program in the object, without loading it."""
         lib.drain_messages()
-        obj = cls._open(lib, path, LoadOptions())
+        obj = cls.open_file(lib, path, LoadOptions())
         if not obj:
             raise LibbpfError(ctypes.get_errno(), f"opening {path}", lib.drain_messages())
         try:
@@ -220,7 +220,7 @@ class BpfObject:
         """One open and load; also says whether the log filled its buffer."""
         c = lib.c
         lib.drain_messages()
-        obj = cls._open(lib, path, opts)
+        obj = cls.open_file(lib, path, opts)
         if not obj:
             failed = ProgramLoad(
                 program=program,
@@ -243,7 +243,7 @@ class BpfObject:
             )
             return None, failed, False
         try:
-            _preset(lib, obj, opts.presets)
+            preset(lib, obj, opts.presets)
             fixups = libbpf_prepare.prepare_maps(
                 lib, obj, opts.map_sizes, fixups=opts.fixups, pinning=opts.pinning
             )
@@ -263,7 +263,7 @@ class BpfObject:
                 c.bpf_program__set_flags(prog, c.bpf_program__flags(prog) | opts.prog_flags)
             if opts.ifindex:
                 c.bpf_program__set_ifindex(prog, opts.ifindex)
-            log = _LogBuffer(log_size) if opts.log_level else None
+            log = LogBuffer(log_size) if opts.log_level else None
             if log is not None:  # referenced until bpf_object__load returns
                 c.bpf_program__set_log_buf(prog, log.address, log_size)
                 c.bpf_program__set_log_level(prog, opts.log_level)
@@ -285,7 +285,7 @@ class BpfObject:
                 program=program,
                 section=c.bpf_program__section_name(prog).decode(),
                 prog_type=lib.prog_type_name(c.bpf_program__type(prog)),
-                attach_type=_attach_type(lib, prog),
+                attach_type=attach_type_of(lib, prog),
                 ok=rc == 0,
                 errno=-rc if rc < 0 else 0,
                 log=text,

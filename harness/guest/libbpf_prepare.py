@@ -22,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+import sys
 from dataclasses import dataclass
 
 from harness.bpf.maps import (
@@ -206,3 +207,18 @@ def _is_bpffs(path: str) -> bool:
             )
     except OSError:
         return False
+
+
+def unpin(paths: list[str]) -> None:
+    """Remove what a cell pinned: a pinned map would outlive the cell and be reused by the
+    next one (libbpf reuses a compatible map pinned by name)."""
+    for path in paths:
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                for name in os.listdir(path):
+                    os.unlink(os.path.join(path, name))
+                os.rmdir(path)
+            else:
+                os.unlink(path)
+        except OSError as exc:
+            print(f"kitl agent: could not unpin {path}: {exc}", file=sys.stderr)

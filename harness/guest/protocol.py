@@ -186,6 +186,9 @@ class Load(Request[r.LoadReply]):
     log_level: int = 1 | 4
     log_size: int | None = None
     log_failures_only: bool = False  # statistics only, unless the load fails (libbpf_load)
+    # nothing follows the load (no attach, drive or map): it may come from the object kept
+    # prepared (harness.guest.libbpf_clone), and keeps nothing (no handle)
+    verify_only: bool = False
     prog_flags: int = 0
     btf_custom_path: str | None = None
     kconfig: str | None = None

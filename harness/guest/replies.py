@@ -310,6 +310,7 @@ class LoadReply(Reply):
     companions: tuple[str, ...] = ()
     failed_program: str = ""
     stats_log: str = ""  # the first load's statistics, when a failure was loaded again
+    clone: bool = False  # loaded from the object prepared once (libbpf_clone)
     libbpf_version: str = ""
     privilege: str | None = None  # a lowered load's profile
     unprivileged: bool = False

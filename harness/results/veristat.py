@@ -47,6 +47,7 @@ _FIGURES = {
     "stack_depth": "stack_depth",
     "max_stack_depth": "max_stack_depth",
 }
+_NO_ATTACH_TYPE = "cgroup_inet_ingress"  # libbpf_bpf_attach_type_str(0)
 NOT_LOADED = frozenset({Outcome.VERIFIER_REJECTED, Outcome.LOAD_FAILED})
 
 
@@ -94,14 +95,12 @@ def row_of(cell: CellRecord) -> Row | None:
     # the file veristat would have been given; a record without it: the object's name
     file_name = Path(cell.object_file).name if cell.object_file else obj or cell.scenario
     load = cell.observed.load
-    return Row(
-        file_name,
-        program or cell.case,
-        ok,
-        figures,
-        str(load.get("prog_type") or "N/A"),
-        str(load.get("attach_type") or "N/A"),
-    )
+    prog_type = str(load.get("prog_type") or "N/A")
+    # kitl records "" where the program has no attach type; veristat prints libbpf's name
+    # of the enum's 0 for every such program
+    attach_type = load.get("attach_type")
+    attach = _NO_ATTACH_TYPE if attach_type == "" else str(attach_type or "N/A")
+    return Row(file_name, program or cell.case, ok, figures, prog_type, attach)
 
 
 def render(rows: Iterable[Row]) -> str:

@@ -228,6 +228,7 @@ def test_host_libbpf_is_bookworms_1_1_with_its_known_gaps() -> None:
         "bpf_object__prepare (1.6)",
         "bpf_program__attach_cgroup_opts (1.6)",
         "bpf_tc_hook.qdisc (1.6)",
+        "bpf_program__clone (1.8)",
     ]
     assert lib.has("bpf_prog_test_run_opts")
     assert lib.has("bpf_xdp_query")
