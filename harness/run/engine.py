@@ -23,6 +23,7 @@ from harness.interrupts import DEFAULT_CELL_TIMEOUT, Watchdog, timed_out_reason
 from harness.kernel.cache import Cache
 from harness.kernel.store import Kernel
 from harness.outcome import Outcome
+from harness.results.record import Crash, amended
 from harness.results.rundir import CellResult, RunDir
 from harness.run.compile import compile_object, kernel_btf, vmlinux_h
 from harness.run.judge import Observed, judge
@@ -216,19 +217,19 @@ class Engine:
         about the cell: a crash's splat and fingerprint, an overrun budget, OOM kills."""
         oom = consolelog.oom_kills(console)
         if oom:
-            cell.observed["oom_kills"] = oom
+            cell.observed = amended(cell.observed, oom_kills=oom)
         if cell.outcome is Outcome.KERNEL_CRASH:
             splat = consolelog.first_crash(console) or consolelog.first_crash(
                 self.vm.console_text()
             )
             if splat is not None:
-                cell.crash = {
-                    "title": splat.title,
-                    "fingerprint": splat.fingerprint,
-                    "signature": splat.signature,
-                    "functions": list(splat.functions),
-                    "text": splat.text,
-                }
+                cell.crash = Crash(
+                    title=splat.title,
+                    fingerprint=splat.fingerprint,
+                    signature=splat.signature,
+                    functions=tuple(splat.functions),
+                    text=splat.text,
+                )
         elif dog.fired or (
             dog.expired and cell.outcome in (Outcome.TIMED_OUT, Outcome.VM_LOST, Outcome.ERROR)
         ):
@@ -303,7 +304,7 @@ class Engine:
         except KitlError as exc:
             cell.outcome, cell.reason = outcome_for_error(exc), str(exc)
         finally:
-            cell.timings["case_s"] = round(time.monotonic() - started, 3)
+            cell.timings = amended(cell.timings, case_s=round(time.monotonic() - started, 3))
             cell.observed = observed_json(seen)
             self.run.write_verifier_log(cell, seen.load.log if seen.load is not None else "")
 
@@ -463,7 +464,7 @@ class Engine:
         seen.load = load = user_paths(load, {load_args["object"]: str(obj_path)})
         # what kitl changed in the object (veristat's fixups) and what the guest lacked
         seen.notes += [*load.fixups, *load.notes]
-        cell.timings["load_ms"] = round(load.load_ns / 1e6, 3)
+        cell.timings = amended(cell.timings, load_ms=round(load.load_ns / 1e6, 3))
         cell.verifier = verifier_figures(load)
         return load.handle
 
@@ -492,7 +493,7 @@ class Engine:
         if isinstance(drive, TestRunDrive):
             request = test_run_request(case, drive, handle)
             seen.test_run = self.agent.send(request, timeout=CASE_TIMEOUT)
-            cell.timings["ns_per_op"] = seen.test_run.duration_ns
+            cell.timings = amended(cell.timings, ns_per_op=seen.test_run.duration_ns)
         elif isinstance(drive, TrafficDrive):
             socket_filter = isinstance(case.attach, SocketAttach)
             traffic = traffic_request(

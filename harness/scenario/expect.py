@@ -12,7 +12,7 @@ import dataclasses
 import re
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from harness.bpf import retcodes, sections
 from harness.bpf.sections import SectionMatch
@@ -183,6 +183,22 @@ class Expect:
     @property
     def rejected(self) -> bool:
         return self.load == "rejected"
+
+
+class ExpectJSON(TypedDict, total=False):
+    """An expectation as a cell records it (harness.run.records.expect_json): the keys
+    said, tuples as lists, map contents as harness.run.records.map_rows writes them."""
+
+    load: LoadVerdict
+    log: list[str]
+    error_class: str
+    retval: int
+    delivered: int
+    dropped: int
+    errno: int
+    exit_status: int
+    attach_mode: AttachMode
+    map: dict[str, list[list[int | str]]]
 
 
 # Keys that describe the program running; meaningless when the load is rejected.
