@@ -134,16 +134,15 @@ def run(args: argparse.Namespace) -> int:
             agent.send(protocol.Sysctl(sysctls))
         remote = f"/run/kitl-repro-{hashlib.sha256(obj.read_bytes()).hexdigest()[:16]}.o"
         vm.channel.put(obj.read_bytes(), remote)
-        load_args: dict[str, Any] = {
+        load_args: protocol.LoadArgs = {
             "prog_flags": case.load.flags_value,
             "privilege": case.load.privilege,
-            # what the run set on the object (map sizes, globals, targets, pinning)
-            **cell.observed.load_args,
-            "object": remote,
-            "program": case.program,
-            "log_level": args.log_level,
         }
-        load = agent.send(protocol.Load.from_wire(load_args))
+        # what the run set on the object (map sizes, globals, targets, pinning), as
+        # recorded: the load's check refuses a key it does not take
+        wire = {**load_args, **cell.observed.load_args}
+        wire.update(object=remote, program=case.program, log_level=args.log_level)
+        load = agent.send(protocol.Load.from_wire(wire))
         log = load.log or load.libbpf_messages
         out.write_text(log, encoding="utf-8")
         stderr.print(

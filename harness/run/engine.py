@@ -12,12 +12,13 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 from harness.bpf import progtypes
 from harness.bpf.elfobj import read_object
 from harness.errors import KitlError, outcome_for_error
 from harness.guest import protocol
+from harness.guest.protocol import LoadArgs
 from harness.guest.replies import ErrorKind, FactsReply
 from harness.interrupts import DEFAULT_CELL_TIMEOUT, Watchdog, timed_out_reason
 from harness.kernel.cache import Cache
@@ -384,8 +385,8 @@ class Engine:
                 problems += [f"netns {n} left behind" for n in down.netns_left]
         return problems
 
-    def _load_args(self, case: Case, obj_path: Path) -> dict[str, Any]:
-        load_args: dict[str, Any] = {
+    def _load_args(self, case: Case, obj_path: Path) -> LoadArgs:
+        load_args: LoadArgs = {
             "object": self.guest_object(obj_path),
             "program": case.program,
             "log_level": case.load.log_level,
@@ -414,7 +415,7 @@ class Engine:
                 load_args["companions"] = list(dict.fromkeys(slots))
         if isinstance(case.attach, XdpAttach) and case.attach.mode == "hw":
             # offload: the program is bound to the device when it is loaded
-            load_args.update(offload_dev=case.attach.dev, offload_ns=case.attach.ns)
+            load_args["offload_dev"], load_args["offload_ns"] = case.attach.dev, case.attach.ns
         return load_args
 
     def _set_up(self, case: Case, handle: int) -> None:
@@ -460,7 +461,9 @@ class Engine:
             # no one reads the log of a success: the statistics only, unless it fails
             load_args["log_failures_only"] = True
         load = self.agent.send(protocol.Load.from_wire(load_args), timeout=CASE_TIMEOUT)
-        seen.load_args = {k: v for k, v in load_args.items() if k in _REPLAYED_LOAD_ARGS}
+        # the keys of a LoadArgs, so a LoadArgs (a comprehension is a dict to mypy)
+        replayed = {k: v for k, v in load_args.items() if k in _REPLAYED_LOAD_ARGS}
+        seen.load_args = cast(LoadArgs, replayed)
         seen.load = load = user_paths(load, {load_args["object"]: str(obj_path)})
         # what kitl changed in the object (veristat's fixups) and what the guest lacked
         seen.notes += [*load.fixups, *load.notes]
