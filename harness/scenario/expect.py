@@ -22,7 +22,6 @@ from harness.scenario.spec import (
     Int,
     Map,
     Obj,
-    Pos,
     Reader,
     Seq,
     Str,
@@ -30,7 +29,7 @@ from harness.scenario.spec import (
     obj,
     suggest,
 )
-from harness.yamlsrc import LocDict, where
+from harness.yamlsrc import LocDict, Pos, where
 
 LoadVerdict = Literal["ok", "rejected"]
 AttachMode = Literal["skb", "drv", "hw"]
