@@ -20,7 +20,7 @@ from harness import __version__, interrupts
 from harness.cli import guests, kernels, repro, requests, runner, verify
 from harness.cli.requests import CheckRequest, MergeRequest, RunRequest
 from harness.errors import DISK_ERRNOS, KitlError
-from harness.outcome import EXIT_FAILED, EXIT_OK, EXIT_USAGE, exit_code
+from harness.outcome import EXIT_FAILED, EXIT_OK, EXIT_USAGE, exit_code, exit_for_signal
 from harness.report import render
 from harness.results import compare
 from harness.results.runs import merge_runs
@@ -248,7 +248,7 @@ def main(argv: Sequence[str] | None = None, *, launcher: Launcher | None = None)
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, interrupts.Stopped) else signal.SIGINT
         print(f"kitl: interrupted ({interrupts.signal_name(signum)})", file=sys.stderr)
-        return 128 + signum
+        return exit_for_signal(signum)
     finally:
         restore()
 

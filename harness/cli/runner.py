@@ -30,7 +30,14 @@ from harness.guest.libbpf import FLOOR
 from harness.kernel import libbpf_build
 from harness.kernel.libbpf_build import DEFAULT as DEFAULT_LIBBPF
 from harness.kernel.resolve import Kernels
-from harness.outcome import EXIT_FAILED, EXIT_OK, EXIT_USAGE, exit_code
+from harness.outcome import (
+    EXIT_OK,
+    PYTEST_NO_TESTS,
+    exit_code,
+    exit_for_pytest,
+    exit_for_signal,
+    signalled,
+)
 from harness.results.known import DEFAULT_NAME as KNOWN_DEFAULT
 from harness.results.known import load_known
 from harness.results.runs import appended, finished_ids
@@ -137,7 +144,7 @@ def resumed(matrix: Matrix, cells: list[Cell]) -> list[Cell]:
 
 def resumed_status(matrix: Matrix, dry_run: bool, run_dir: Path, status: int) -> int:
     """The exit status: a resumed run's is that of all its cells, old and new."""
-    if matrix.resume is None or dry_run or status > 128:  # > 128: stopped by a signal
+    if matrix.resume is None or dry_run or signalled(status):
         return status
     return exit_code(c.outcome for c in appended(run_dir))
 
@@ -214,11 +221,7 @@ def _pytest(argv: list[str], run_dir: Path, *, command: str = "run") -> int:
             + f"; kitl {command} --resume {run_dir} [same arguments] runs the rest",
             file=sys.stderr,
         )
-        return 128 + stopped[0]
-    if status == 0:
-        return EXIT_OK
-    if status == 4:  # pytest: usage error
-        return EXIT_USAGE
-    if status == 5:
+        return exit_for_signal(stopped[0])
+    if status == PYTEST_NO_TESTS:
         print("kitl: no cells ran", file=sys.stderr)
-    return EXIT_FAILED
+    return exit_for_pytest(status)
