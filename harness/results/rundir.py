@@ -18,6 +18,7 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -141,9 +142,9 @@ class CellResult:
 
 
 class RunDir:
-    def __init__(self, path: Path, meta: dict[str, Any]) -> None:
+    def __init__(self, path: Path, meta: Mapping[str, str]) -> None:
         self.path = path
-        self.meta = meta
+        self.meta = dict(meta)  # the run's facts (a time stamp), in results.json's "run"
         self.cells: list[CellResult] = []
         path.mkdir(parents=True, exist_ok=True)
         # results.json is written when a run ends, and readers prefer it to results.jsonl:
@@ -157,7 +158,7 @@ class RunDir:
         (path / "guest").mkdir(exist_ok=True)
 
     @classmethod
-    def create(cls, base: Path | None, meta: dict[str, Any]) -> RunDir:
+    def create(cls, base: Path | None, meta: Mapping[str, str]) -> RunDir:
         path = base or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
         return cls(path, {**meta, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
