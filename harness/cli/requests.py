@@ -130,10 +130,11 @@ def verify(args: argparse.Namespace) -> VerifyRequest:
 
 
 def repro(args: argparse.Namespace) -> ReproRequest:
+    verify_options.check_log_level(args.log_level)  # before anything boots
     return ReproRequest(
         args.run_dir,
         args.cell_id,
-        verify_options.check_log_level(args.log_level) or 0,
+        args.log_level,
         open_shell=args.shell,
         no_pager=args.no_pager,
         allow_other_kernel=args.allow_other_kernel,

@@ -314,7 +314,9 @@ class Option:
         )
 
     def add_cli(self, parser: argparse.ArgumentParser) -> None:
-        if self.plural is not None:  # first, as --help shows them: --kernels, --kernel
+        """The option on a command line; a comma-list twin first, as --help has always
+        listed them (--kernels A,B, then --kernel KERNEL, "one kernel (repeatable)")."""
+        if self.plural is not None:
             parser.add_argument(
                 self.plural, default="", metavar=self.plural_metavar, help=self.help
             )
