@@ -17,7 +17,7 @@ from harness.pytest_plugin.fixtures import Compile, Guest, NetdevsimFactory, Top
 
 SOURCE = Path(__file__).with_name("xdp_pass.bpf.c")
 XDP_DROP, XDP_PASS = 1, 2
-IPV4 = {"src": "10.0.0.1", "dst": "10.0.0.2"}
+IPV4: packet.IPv4 = {"src": "10.0.0.1", "dst": "10.0.0.2"}
 UDP = packet.build({"ipv4": IPV4, "udp": {"dport": 9000}, "payload_size": 16})
 TCP = packet.build({"ipv4": IPV4, "tcp": {"dport": 80}})
 

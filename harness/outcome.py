@@ -38,6 +38,11 @@ _INFRASTRUCTURE = frozenset(
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_SIGNALLED = 128  # + the signal's number, as a shell reports a process it killed
+# the statuses of the pytest the fronts run (pytest.ExitCode), as kitl's: a usage error is
+# one (the plugin's checks), anything else but success a failed run
+PYTEST_NO_TESTS = 5
+_EXIT_BY_PYTEST = {0: EXIT_OK, 4: EXIT_USAGE}
 
 _EXIT_BY_OUTCOME = {
     Outcome.PASSED: EXIT_OK,
@@ -61,3 +66,16 @@ def exit_code(outcomes: Iterable[Outcome]) -> int:
     if not codes:
         return EXIT_FAILED
     return max(codes)
+
+
+def exit_for_signal(signum: int) -> int:
+    return EXIT_SIGNALLED + signum
+
+
+def signalled(status: int) -> bool:
+    """Whether an exit status says the run was stopped by a signal."""
+    return status > EXIT_SIGNALLED
+
+
+def exit_for_pytest(status: int) -> int:
+    return _EXIT_BY_PYTEST.get(status, EXIT_FAILED)

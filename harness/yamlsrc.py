@@ -9,7 +9,7 @@ overwrites, and alias expansion is bounded (billion-laughs documents are refused
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -161,9 +161,18 @@ def load(path: Path, text: str | None = None) -> Any:
         builder.scalars.dispose()
 
 
+class Pos(TypedDict, total=False):
+    """Keyword arguments of ConfigError naming a position in a file (none: no position,
+    as a value checked apart from its file has)."""
+
+    path: Path
+    line: int
+    column: int
+
+
 def where(
     container: LocDict | LocList, key: str | int | None = None, *, value: bool = False
-) -> dict[str, Any]:
+) -> Pos:
     """Keyword arguments for ConfigError naming `container[key]` (or the container itself);
     with value=True the position of the key's value rather than of the key."""
     line, column = container.line, container.column

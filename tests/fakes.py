@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.cli import runner
+from harness.cli import requests, runner
+from harness.cli.requests import RunRequest
 from harness.errors import GuestLostError
 from harness.kernel.store import Kernel
 from harness.vm.channel import CommandResult
@@ -162,14 +163,14 @@ class FakeLauncher:
         return chan
 
 
-def run_args(**kw: object) -> argparse.Namespace:
-    """`kitl run`'s parsed arguments: the defaults, then `kw`."""
+def run_args(**kw: object) -> RunRequest:
+    """`kitl run`'s request: the parsed defaults, then `kw` (argparse's dests)."""
     parser = argparse.ArgumentParser()
     runner.add_arguments(parser)
     args = parser.parse_args([])
     for key, value in kw.items():
         setattr(args, key, value)
-    return args
+    return requests.run(args)
 
 
 def fake_vm(tmp_path: Path, boot_timeout: float = 30) -> VM:

@@ -12,12 +12,60 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from typing import Any
+from typing import TypedDict
 
 ETH_P_IP = 0x0800
 ETH_P_IPV6 = 0x86DD
 PROTO = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58}
 TCP_FLAGS = {"fin": 0x01, "syn": 0x02, "rst": 0x04, "psh": 0x08, "ack": 0x10, "urg": 0x20}
+
+
+# The spec's layers; a key left out takes the builder's default.
+class Eth(TypedDict, total=False):
+    src: str
+    dst: str
+    type: int  # only without an IP layer
+
+
+class IPv4(TypedDict, total=False):
+    src: str
+    dst: str
+    ttl: int
+
+
+class IPv6(TypedDict, total=False):
+    src: str
+    dst: str
+    hop_limit: int
+
+
+class Udp(TypedDict, total=False):
+    sport: int
+    dport: int
+
+
+class Tcp(TypedDict, total=False):
+    sport: int
+    dport: int
+    flags: list[str]  # names of TCP_FLAGS; default ["syn"]
+    seq: int
+    ack: int
+    window: int
+
+
+class Icmp(TypedDict, total=False):
+    type: int
+    code: int
+
+
+class Frame(TypedDict, total=False):
+    payload_size: int
+    eth: Eth
+    ipv4: IPv4
+    ipv6: IPv6
+    udp: Udp
+    tcp: Tcp
+    icmp: Icmp
 
 
 def _mac(text: str) -> bytes:
@@ -36,7 +84,7 @@ def checksum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
-def build(spec: dict[str, Any]) -> bytes:
+def build(spec: Frame) -> bytes:
     """The frame bytes for `spec` (see the module docstring)."""
     payload = bytes(int(spec.get("payload_size", 0)))
     v4, v6 = spec.get("ipv4"), spec.get("ipv6")
@@ -82,7 +130,7 @@ def build(spec: dict[str, Any]) -> bytes:
 
 
 def _l4(
-    spec: dict[str, Any],
+    spec: Frame,
     name: str | None,
     payload: bytes,
     src_ip: bytes,

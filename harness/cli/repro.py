@@ -23,6 +23,7 @@ from typing import Any
 from harness.bpf.causes import explain
 from harness.bpf.verifier_log import parse_log
 from harness.cli.progress import DownloadProgress, stderr
+from harness.cli.requests import ReproRequest
 from harness.errors import UsageError
 from harness.guest import protocol
 from harness.guest.libbpf_load import BPF_LOG_LEVEL2, BPF_LOG_STATS
@@ -36,7 +37,7 @@ from harness.results.rundir import safe_name
 from harness.results.runs import load_run
 from harness.run.engine import build_objects
 from harness.run.matrix import newest
-from harness.scenario import objects, verify_options
+from harness.scenario import objects
 from harness.scenario.loader import load_scenario
 from harness.scenario.verify_options import PRIVILEGED, UNPRIVILEGED, VerifyOptions
 from harness.vm import accel
@@ -82,14 +83,13 @@ def command_line(run_dir: Path, cell_id: str) -> str:
     return shlex.join(["kitl", "repro", str(run_dir), cell_id])
 
 
-def run(args: argparse.Namespace) -> int:
-    verify_options.check_log_level(args.log_level)
-    cell = find_cell(args.run_dir, args.cell_id)
+def run(request: ReproRequest) -> int:
+    cell = find_cell(request.run_dir, request.cell_id)
     if cell.scenario == "*":
-        raise UsageError(f"{args.cell_id} is a run-level failure, not a program to reload")
+        raise UsageError(f"{request.cell_id} is a run-level failure, not a program to reload")
     scenario_file = Path(cell.scenario_file)
     if not scenario_file.is_file():
-        raise UsageError(f"{args.cell_id}: its scenario file {scenario_file} is gone")
+        raise UsageError(f"{request.cell_id}: its scenario file {scenario_file} is gone")
     if scenario_file.suffix == ".o":  # a `kitl verify` cell: the object is the scenario
         scenario = objects.scenario_for_object(
             scenario_file, VerifyOptions(privileges=(PRIVILEGED, UNPRIVILEGED))
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         kernel = ks.get(cell.kernel, progress)
     if cell.kernel_digest and cell.kernel_digest != kernel.digest:
         message = f"{kernel.name}: the cached kernel is not the one the run used"
-        if not args.allow_other_kernel:
+        if not request.allow_other_kernel:
             raise UsageError(
                 message,
                 hint=f"run {cell.kernel_digest[:12]}, cache {kernel.digest[:12]}; "
@@ -113,15 +113,15 @@ def run(args: argparse.Namespace) -> int:
         stderr.print(f"kitl: warning: {message}")
     obj = _object(cell, scenario, case.object, kernel, ks.store.cache)
     sysctls = {k: v for k, v in cell.sysctls.items() if v is not None}
-    if args.dry_run:
+    if request.dry_run:
         print(f"boot {kernel.name} ({kernel.release}, digest {kernel.digest[:12]})")
         print(f"sysctl {' '.join(f'{k}={v}' for k, v in sysctls.items())}")
-        print(f"load {obj} program {case.program} log_level {args.log_level}")
+        print(f"load {obj} program {case.program} log_level {request.log_level}")
         return EXIT_OK
     cache = ks.store.cache
-    decision = accel.decide(args.accel, cache, lambda: accel.qemu_kvm_probe(kernel.vmlinuz))
+    decision = accel.decide(request.accel, cache, lambda: accel.qemu_kvm_probe(kernel.vmlinuz))
     loader = libbpf_build.loader_path(cell.libbpf, ks)  # the cell's libbpf
-    out = args.run_dir / "repro" / f"{safe_name(args.cell_id)}.verifier.log"
+    out = request.run_dir / "repro" / f"{safe_name(request.cell_id)}.verifier.log"
     out.parent.mkdir(parents=True, exist_ok=True)
     with (
         tempfile.TemporaryDirectory(prefix="kitl-repro-") as tmp,
@@ -134,23 +134,22 @@ def run(args: argparse.Namespace) -> int:
             agent.send(protocol.Sysctl(sysctls))
         remote = f"/run/kitl-repro-{hashlib.sha256(obj.read_bytes()).hexdigest()[:16]}.o"
         vm.channel.put(obj.read_bytes(), remote)
-        load_args: dict[str, Any] = {
+        load_args: protocol.LoadArgs = {
             "prog_flags": case.load.flags_value,
             "privilege": case.load.privilege,
-            # what the run set on the object (map sizes, globals, targets, pinning)
-            **cell.observed.load_args,
-            "object": remote,
-            "program": case.program,
-            "log_level": args.log_level,
         }
-        load = agent.send(protocol.Load.from_wire(load_args))
+        # what the run set on the object (map sizes, globals, targets, pinning), as
+        # recorded: the load's check refuses a key it does not take
+        wire = {**load_args, **cell.observed.load_args}
+        wire.update(object=remote, program=case.program, log_level=request.log_level)
+        load = agent.send(protocol.Load.from_wire(wire))
         log = load.log or load.libbpf_messages
         out.write_text(log, encoding="utf-8")
         stderr.print(
-            f"kitl: {args.cell_id} on {kernel.release}: {_verdict(load, log)}; log in {out}"
+            f"kitl: {request.cell_id} on {kernel.release}: {_verdict(load, log)}; log in {out}"
         )
-        _page(out, args.no_pager)
-        if args.shell:
+        _page(out, request.no_pager)
+        if request.open_shell:
             stderr.print(
                 f"kitl: object at {remote} in the guest"
                 + (", program loaded (bpftool prog show)" if load.ok else "")

@@ -11,16 +11,18 @@ otherwise.  The cases run through the same pytest plugin, guests, run directory,
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from harness.cli import runner
+from harness.cli.requests import VerifyRequest
 from harness.errors import UsageError
 from harness.kernel.resolve import Kernels
 from harness.outcome import EXIT_OK, Outcome
 from harness.results.record import CellRecord
 from harness.results.runs import load_run
+from harness.run import options
 from harness.run.matrix import Shard, plan, shard_cells
 from harness.scenario import verify_options
 from harness.scenario.objects import (
@@ -30,8 +32,6 @@ from harness.scenario.objects import (
     load_bulk,
     scenario_for_object,
 )
-from harness.scenario.verify_options import VerifyOptions
-from harness.vm import accel
 
 TABLE_ROWS = 60  # programs in the terminal's table before only the unexpected ones are shown
 
@@ -41,77 +41,48 @@ TABLE_ROWS = 60  # programs in the terminal's table before only the unexpected o
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", type=Path, metavar="OBJ_OR_DIR")
-    p.add_argument("--kernels", default="", metavar="A,B", help="default: the default kernels")
-    p.add_argument("--kernel", action="append", default=[], help="one kernel (repeatable)")
-    verify_options.add_cli_arguments(p)
-    p.add_argument("-n", dest="workers", default=None, metavar="N|auto", help="parallel VMs")
-    runner.add_libbpf_argument(p)
-    p.add_argument("--output", type=Path, default=None, help="run directory (default runs/<time>)")
-    p.add_argument("--shard", default=None, metavar="I/N")
-    p.add_argument(
-        "--resume",
-        type=Path,
-        default=None,
-        metavar="RUN_DIR",
-        help="finish an interrupted verify: only its missing cells, into the same directory",
-    )
-    p.add_argument("--accel", default="auto", choices=accel.ACCELS)
-    p.add_argument("--boot-timeout", type=float, default=None, metavar="SECONDS")
+    options.add_cli_arguments(p, "verify", between=verify_options.OPTIONS)
     p.add_argument("--dry-run", action="store_true", help="print the pytest command and exit")
 
 
-def options_from(args: argparse.Namespace) -> VerifyOptions:
-    return verify_options.build(verify_options.namespace_values(args))
-
-
-def verify_argv(args: argparse.Namespace, objects: Sequence[Path], run_dir: Path) -> list[str]:
+def verify_argv(request: VerifyRequest, objects: Sequence[Path], run_dir: Path) -> list[str]:
     """The exact pytest command `kitl verify` executes."""
-    argv = runner.pytest_base(run_dir, args.accel, "--kitl-verify")
-    matrix: list[str] = []
-    if loaders := runner.libbpf_option(args.libbpf):
-        matrix += ["--kitl-libbpf", loaders]
-    if kernels := runner.names(args.kernels, args.kernel):
-        matrix += ["--kitl-kernels", ",".join(kernels)]
-    argv += verify_options.pytest_argv(verify_options.namespace_values(args), matrix)
-    if args.shard:
-        argv += ["--kitl-shard", args.shard]
-    if args.boot_timeout:
-        argv += ["--kitl-boot-timeout", str(args.boot_timeout)]
-    if getattr(args, "resume", None):
-        argv.append("--kitl-resume")
-    if args.workers and args.workers != "1":
-        argv += ["-n", str(args.workers), "--dist", "loadgroup"]
+    matrix = replace(request.matrix, output=run_dir)
+    argv = runner.pytest_base(matrix, "--kitl-verify", "verify")
+    argv += verify_options.pytest_argv(request.given, matrix.argv(options.AXES, "verify"))
+    argv += matrix.argv(options.SETTINGS, "verify")
     return [*argv, *(str(o) for o in objects)]
 
 
-def run(args: argparse.Namespace) -> int:
-    options = options_from(args)
-    objects = checked_objects(args.paths)
+def run(request: VerifyRequest) -> int:
+    options_ = request.options
+    objects = checked_objects(request.paths)
     duplicate_names(objects)
-    check_names(objects, options)
-    bulk = load_bulk(args.expect) if args.expect else None
-    scenarios = [scenario_for_object(o, options) for o in objects]
+    check_names(objects, options_)
+    bulk = load_bulk(request.expect) if request.expect else None
+    scenarios = [scenario_for_object(o, options_) for o in objects]
     if bulk is not None:
         scenarios = [bulk.apply(s) for s in scenarios]
     ks = Kernels.open()
-    kernels = runner.names(args.kernels, args.kernel)
+    matrix = request.matrix
     defaults = [e.name for e in ks.catalog.defaults()]
-    for name in kernels:
+    for name in matrix.kernels:
         ks.catalog.get(name)
-    shard = Shard.parse(args.shard) if args.shard else None
-    libbpfs = runner.libbpf_names(args.libbpf)
-    cells = shard_cells(plan(scenarios, kernels, [], defaults, libbpfs), shard)
+    shard = Shard.parse(matrix.shard) if matrix.shard else None
+    libbpfs = options.libbpf_names(matrix.libbpf)
+    cells = shard_cells(plan(scenarios, list(matrix.kernels), [], defaults, libbpfs), shard)
     if not cells:
         raise UsageError("no program to verify", hint="check --prog and the objects' sections")
-    if args.resume is not None:
-        cells = runner.resumed(args, cells)
-    run_dir = (args.output or Path("runs") / time.strftime("verify-%Y%m%d-%H%M%S")).resolve()
+    if matrix.resume is not None:
+        cells = runner.resumed(matrix, cells)
+    run_dir = runner.run_dir_of(matrix, "verify-%Y%m%d-%H%M%S")
     status = EXIT_OK
     if cells:
-        status = runner.launch(ks, args, verify_argv(args, objects, run_dir), cells, run_dir)
-    if not args.dry_run and (run_dir / "results.json").is_file():
+        argv = verify_argv(request, objects, run_dir)
+        status = runner.launch(ks, matrix.accel, argv, cells, run_dir, dry_run=request.dry_run)
+    if not request.dry_run and (run_dir / "results.json").is_file():
         print_table(run_dir)
-    return runner.resumed_status(args, run_dir, status)
+    return runner.resumed_status(matrix, request.dry_run, run_dir, status)
 
 
 def print_table(run_dir: Path) -> None:

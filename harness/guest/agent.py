@@ -470,7 +470,7 @@ class Agent:
         ]
 
     # -- loop ----------------------------------------------------------------------------
-    def handle(self, message: dict[str, Any]) -> dict[str, Any]:
+    def handle(self, message: dict[str, Any]) -> p.Answer:
         """One decoded request line to its answer: a request the protocol does not allow,
         a GuestError and any other exception are answers too, never a crash."""
         rid = message.get("id")

@@ -22,7 +22,7 @@ import json
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar, cast
+from typing import Any, ClassVar, Generic, NotRequired, TypedDict, TypeVar, cast
 
 from harness.guest import replies as r
 from harness.guest.replies import ErrorKind, GuestError
@@ -206,6 +206,40 @@ class Load(Request[r.LoadReply]):
     unprivileged_maps_only: bool = False
 
 
+class MapSize(TypedDict):
+    """A map's size as its loader sets it (Load.maps); None leaves the object's."""
+
+    name: str
+    max_entries: int | None
+    value_size: int | None
+
+
+class LoadArgs(TypedDict):
+    """Load's arguments as the host builds them (run.engine, run.requests) and a cell
+    records the replayed ones for `kitl repro`: the wire's shape, an argument left off
+    taking Load's default."""
+
+    object: NotRequired[str]
+    program: NotRequired[str]
+    log_level: NotRequired[int]
+    log_size: NotRequired[int]
+    log_failures_only: NotRequired[bool]
+    prog_flags: NotRequired[int]
+    btf_custom_path: NotRequired[str]
+    offload_dev: NotRequired[str | None]
+    offload_ns: NotRequired[str | None]
+    privilege: NotRequired[str]
+    keep_caps: NotRequired[list[int]]
+    globals: NotRequired[dict[str, int]]
+    maps: NotRequired[list[MapSize]]
+    fixups: NotRequired[bool]
+    pinning: NotRequired[bool]
+    pin_root: NotRequired[str]
+    attach_target: NotRequired[str]
+    companions: NotRequired[list[str]]
+    unprivileged_maps_only: NotRequired[bool]
+
+
 @dataclass(frozen=True)
 class Attach(Request[r.AttachReply]):
     op = Op.ATTACH
@@ -335,12 +369,29 @@ def parse_request(message: Mapping[str, Any]) -> Request[Any]:
     return REQUESTS[Op(name)].from_wire(args)
 
 
-def answer_ok(rid: Any, result: Any) -> dict[str, Any]:
+class Answer(TypedDict):
+    """One answer line: a result, or an error with its kind (and, for a bug of the
+    agent's, its traceback)."""
+
+    id: object  # the request's, echoed as it came
+    ok: bool
+    result: NotRequired[object]  # a reply's to_wire()
+    error: NotRequired[str]
+    kind: NotRequired[str]
+    traceback: NotRequired[str]
+
+
+def answer_ok(rid: object, result: object) -> Answer:
     return {"id": rid, "ok": True, "result": result}
 
 
-def answer_error(rid: Any, message: str, kind: ErrorKind, **extra: Any) -> dict[str, Any]:
-    return {"id": rid, "ok": False, "error": message, "kind": str(kind), **extra}
+def answer_error(
+    rid: object, message: str, kind: ErrorKind, traceback: str | None = None
+) -> Answer:
+    answer: Answer = {"id": rid, "ok": False, "error": message, "kind": str(kind)}
+    if traceback is not None:
+        answer["traceback"] = traceback
+    return answer
 
 
 def error_kind(name: object) -> ErrorKind:

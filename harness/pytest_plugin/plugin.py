@@ -428,10 +428,10 @@ def cell_line(cell: CellResult) -> str:
     figures = []
     if cell.verifier.verified_insns:
         figures.append(f"insns {cell.verifier.verified_insns}")
-    if "load_ms" in cell.timings:
-        figures.append(f"load {cell.timings['load_ms']:.1f}ms")
-    if cell.timings.get("ns_per_op"):
-        figures.append(f"{cell.timings['ns_per_op']}ns/op")
+    if cell.timings.load_ms is not None:
+        figures.append(f"load {cell.timings.load_ms:.1f}ms")
+    if cell.timings.ns_per_op:
+        figures.append(f"{cell.timings.ns_per_op}ns/op")
     line = f"{cell.outcome!s:<17} {cell.cell_id}  {cell.prog_type}  {' '.join(figures)}"
     if cell.reason:
         line += f"\n    {cell.reason}"

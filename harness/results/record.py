@@ -161,6 +161,12 @@ def _strings(value: object) -> Reading:
 R = TypeVar("R", bound=JSONRecord)
 
 
+def amended(record: R, **values: object) -> R:
+    """`record` with JSON values set, as a dict update would: a key it had keeps its place,
+    a new one comes last (what a cell filled in as it ran writes the same bytes)."""
+    return type(record).from_json({**record.to_json(), **values})
+
+
 # --- the parts of a cell's record --------------------------------------------------------------
 
 

@@ -11,13 +11,15 @@ A run killed half-way keeps every finished cell in results.jsonl.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import os
 import re
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,18 @@ from filelock import FileLock
 
 from harness.errors import DISK_ERRNOS, UsageError, WriteError
 from harness.outcome import Outcome
-from harness.results.record import BootFailure, CellRecord, Verifier, cell_id, label
+from harness.results.record import (
+    BootFailure,
+    CellRecord,
+    Crash,
+    JSONRecord,
+    Observed,
+    Timings,
+    Verifier,
+    cell_id,
+    label,
+)
+from harness.scenario.expect import ExpectJSON
 
 RESULTS_SCHEMA = 1
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
@@ -74,7 +87,9 @@ def write_atomic(path: Path, data: str | bytes) -> Path:
 @dataclass
 class CellResult:
     """A cell's result while the cell runs (the engine fills it in as it goes); what it
-    records is its `record()`, the one typed form every reader reads back."""
+    records is its `record()`, the one typed form every reader reads back.  Its parts are
+    the record's (harness.results.record.amended adds to one); each starts as an empty
+    JSON object, as a cell that never got to it records it."""
 
     scenario: str
     case: str
@@ -85,14 +100,14 @@ class CellResult:
     kernel_release: str = ""
     kernel_digest: str = ""
     accel: str = ""
-    sysctls: dict[str, Any] = field(default_factory=dict)
+    sysctls: dict[str, int | str | None] = field(default_factory=dict)  # None: not readable
     program: str = ""
     prog_type: str = ""
     section: str = ""
-    expected: dict[str, Any] = field(default_factory=dict)
-    observed: dict[str, Any] = field(default_factory=dict)
+    expected: ExpectJSON = field(default_factory=ExpectJSON)
+    observed: Observed = field(default_factory=lambda: Observed.from_json({}))
     verifier: Verifier = field(default_factory=lambda: Verifier.from_json({}))
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: Timings = field(default_factory=lambda: Timings.from_json({}))
     log_path: str = ""
     scenario_file: str = ""  # absolute path of the scenario, for `kitl repro`
     object_file: str = ""  # the compiled object that was loaded, and its hash
@@ -101,7 +116,7 @@ class CellResult:
     dmesg_path: str = ""
     libbpf: str = ""  # the loader when it is not the default: "system", "debian-6.1", a path
     # KERNEL_CRASH: the console splat (title, fingerprint, signature, functions, text)
-    crash: dict[str, Any] = field(default_factory=dict)
+    crash: Crash = field(default_factory=lambda: Crash.from_json({}))
 
     @property
     def label(self) -> str:
@@ -112,9 +127,13 @@ class CellResult:
         return cell_id(self.scenario, self.case, self.kernel, self.config, self.libbpf)
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+        data: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            data[f.name] = (
+                value.to_json() if isinstance(value, JSONRecord) else copy.deepcopy(value)
+            )
         data["outcome"] = str(self.outcome)
-        data["verifier"] = self.verifier.to_json()  # asdict would write its bookkeeping
         data["id"] = self.cell_id
         return data
 
@@ -123,9 +142,9 @@ class CellResult:
 
 
 class RunDir:
-    def __init__(self, path: Path, meta: dict[str, Any]) -> None:
+    def __init__(self, path: Path, meta: Mapping[str, str]) -> None:
         self.path = path
-        self.meta = meta
+        self.meta = dict(meta)  # the run's facts (a time stamp), in results.json's "run"
         self.cells: list[CellResult] = []
         path.mkdir(parents=True, exist_ok=True)
         # results.json is written when a run ends, and readers prefer it to results.jsonl:
@@ -139,7 +158,7 @@ class RunDir:
         (path / "guest").mkdir(exist_ok=True)
 
     @classmethod
-    def create(cls, base: Path | None, meta: dict[str, Any]) -> RunDir:
+    def create(cls, base: Path | None, meta: Mapping[str, str]) -> RunDir:
         path = base or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
         return cls(path, {**meta, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 

@@ -12,17 +12,19 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 from harness.bpf import progtypes
 from harness.bpf.elfobj import read_object
 from harness.errors import KitlError, outcome_for_error
 from harness.guest import protocol
+from harness.guest.protocol import LoadArgs
 from harness.guest.replies import ErrorKind, FactsReply
 from harness.interrupts import DEFAULT_CELL_TIMEOUT, Watchdog, timed_out_reason
 from harness.kernel.cache import Cache
 from harness.kernel.store import Kernel
 from harness.outcome import Outcome
+from harness.results.record import Crash, amended
 from harness.results.rundir import CellResult, RunDir
 from harness.run.compile import compile_object, kernel_btf, vmlinux_h
 from harness.run.judge import Observed, judge
@@ -224,19 +226,19 @@ class Engine:
         about the cell: a crash's splat and fingerprint, an overrun budget, OOM kills."""
         oom = consolelog.oom_kills(console)
         if oom:
-            cell.observed["oom_kills"] = oom
+            cell.observed = amended(cell.observed, oom_kills=oom)
         if cell.outcome is Outcome.KERNEL_CRASH:
             splat = consolelog.first_crash(console) or consolelog.first_crash(
                 self.vm.console_text()
             )
             if splat is not None:
-                cell.crash = {
-                    "title": splat.title,
-                    "fingerprint": splat.fingerprint,
-                    "signature": splat.signature,
-                    "functions": list(splat.functions),
-                    "text": splat.text,
-                }
+                cell.crash = Crash(
+                    title=splat.title,
+                    fingerprint=splat.fingerprint,
+                    signature=splat.signature,
+                    functions=tuple(splat.functions),
+                    text=splat.text,
+                )
         elif dog.fired or (
             dog.expired and cell.outcome in (Outcome.TIMED_OUT, Outcome.VM_LOST, Outcome.ERROR)
         ):
@@ -311,7 +313,7 @@ class Engine:
         except KitlError as exc:
             cell.outcome, cell.reason = outcome_for_error(exc), str(exc)
         finally:
-            cell.timings["case_s"] = round(time.monotonic() - started, 3)
+            cell.timings = amended(cell.timings, case_s=round(time.monotonic() - started, 3))
             cell.observed = observed_json(seen)
             self.run.write_verifier_log(cell, seen.load.log if seen.load is not None else "")
 
@@ -391,8 +393,8 @@ class Engine:
                 problems += [f"netns {n} left behind" for n in down.netns_left]
         return problems
 
-    def _load_args(self, case: Case, obj_path: Path) -> dict[str, Any]:
-        load_args: dict[str, Any] = {
+    def _load_args(self, case: Case, obj_path: Path) -> LoadArgs:
+        load_args: LoadArgs = {
             "object": self.guest_object(obj_path),
             "program": case.program,
             "log_level": case.load.log_level,
@@ -421,7 +423,7 @@ class Engine:
                 load_args["companions"] = list(dict.fromkeys(slots))
         if isinstance(case.attach, XdpAttach) and case.attach.mode == "hw":
             # offload: the program is bound to the device when it is loaded
-            load_args.update(offload_dev=case.attach.dev, offload_ns=case.attach.ns)
+            load_args["offload_dev"], load_args["offload_ns"] = case.attach.dev, case.attach.ns
         return load_args
 
     def _set_up(self, case: Case, handle: int) -> None:
@@ -469,11 +471,13 @@ class Engine:
         if _verify_only(case, expect):
             load_args["verify_only"] = True
         load = self.agent.send(protocol.Load.from_wire(load_args), timeout=CASE_TIMEOUT)
-        seen.load_args = {k: v for k, v in load_args.items() if k in _REPLAYED_LOAD_ARGS}
+        # the keys of a LoadArgs, so a LoadArgs (a comprehension is a dict to mypy)
+        replayed = {k: v for k, v in load_args.items() if k in _REPLAYED_LOAD_ARGS}
+        seen.load_args = cast(LoadArgs, replayed)
         seen.load = load = user_paths(load, {load_args["object"]: str(obj_path)})
         # what kitl changed in the object (veristat's fixups) and what the guest lacked
         seen.notes += [*load.fixups, *load.notes]
-        cell.timings["load_ms"] = round(load.load_ns / 1e6, 3)
+        cell.timings = amended(cell.timings, load_ms=round(load.load_ns / 1e6, 3))
         cell.verifier = verifier_figures(load)
         return load.handle
 
@@ -502,7 +506,7 @@ class Engine:
         if isinstance(drive, TestRunDrive):
             request = test_run_request(case, drive, handle)
             seen.test_run = self.agent.send(request, timeout=CASE_TIMEOUT)
-            cell.timings["ns_per_op"] = seen.test_run.duration_ns
+            cell.timings = amended(cell.timings, ns_per_op=seen.test_run.duration_ns)
         elif isinstance(drive, TrafficDrive):
             socket_filter = isinstance(case.attach, SocketAttach)
             traffic = traffic_request(

@@ -6,11 +6,11 @@ import errno
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from harness.bpf import retcodes
 from harness.bpf.causes import explain
 from harness.bpf.verifier_log import log_excerpt, log_from_libbpf_messages
+from harness.guest.protocol import LoadArgs
 from harness.guest.replies import (
     AttachReply,
     EventsCountReply,
@@ -33,7 +33,7 @@ class Observed:
     load: LoadReply | None = None
     # what the guest was asked to set on the object (sizes, globals, targets), for repro:
     # the load request's arguments, as `kitl repro` reads them back
-    load_args: dict[str, Any] = field(default_factory=dict)
+    load_args: LoadArgs = field(default_factory=LoadArgs)
     error_class: str | None = None
     attach: AttachReply | None = None
     attach_error: str | None = None

@@ -45,7 +45,7 @@ def worth_a_retry(result: CellResult) -> bool:
     Under KVM such an oops is a real bug, and any other crash is the cell's result."""
     if result.outcome is Outcome.VM_LOST:
         return True
-    title = str((result.crash or {}).get("title", ""))
+    title = result.crash.title
     return (
         result.outcome is Outcome.KERNEL_CRASH
         and result.accel == "tcg"

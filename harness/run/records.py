@@ -4,13 +4,13 @@ the observations in the results' JSON form, and messages that name the user's fi
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 from harness.bpf.verifier_log import parse_log
-from harness.guest.replies import LoadReply, Reply
+from harness.guest.replies import LoadReply
+from harness.results.record import Observed as ObservedRecord
 from harness.results.record import Verifier
 from harness.run.judge import Observed
-from harness.scenario.expect import Expect, MapExpect
+from harness.scenario.expect import Expect, ExpectJSON, MapExpect
 
 _VERIFIER_KEYS = (
     "verified_insns",
@@ -44,22 +44,25 @@ def verifier_figures(load: LoadReply) -> Verifier:
     return Verifier.from_json(figures)
 
 
-def expect_json(expect: Expect) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key in (
-        "load",
-        "log",
-        "error_class",
-        "retval",
-        "delivered",
-        "dropped",
-        "errno",
-        "exit_status",
-        "attach_mode",
-    ):
-        value = getattr(expect, key)
-        if value not in (None, ()):
-            out[key] = list(value) if isinstance(value, tuple) else value
+def expect_json(expect: Expect) -> ExpectJSON:
+    """The keys the expectation says (a None or empty one is left out)."""
+    out: ExpectJSON = {"load": expect.load}
+    if expect.log:
+        out["log"] = list(expect.log)
+    if expect.error_class is not None:
+        out["error_class"] = expect.error_class
+    if expect.retval is not None:
+        out["retval"] = expect.retval
+    if expect.delivered is not None:
+        out["delivered"] = expect.delivered
+    if expect.dropped is not None:
+        out["dropped"] = expect.dropped
+    if expect.errno is not None:
+        out["errno"] = expect.errno
+    if expect.exit_status is not None:
+        out["exit_status"] = expect.exit_status
+    if expect.attach_mode is not None:
+        out["attach_mode"] = expect.attach_mode
     if expect.map:
         out["map"] = map_rows(expect.map)
     return out
@@ -75,27 +78,25 @@ def _plain(value: int | bytes) -> int | str:
     return value.hex() if isinstance(value, bytes) else value
 
 
-def observed_json(seen: Observed) -> dict[str, Any]:
+def observed_json(seen: Observed) -> ObservedRecord:
     """The replies as the guest sent them (the log is a file of its own)."""
     wire = seen.load.to_wire() if seen.load is not None else {}
     load = {k: v for k, v in wire.items() if k not in ("log", "stats_log", "handle")}
-    return {
-        "load": load,
-        "load_args": seen.load_args,
-        "error_class": seen.error_class,
-        "attach": _wire(seen.attach),
-        "attach_error": seen.attach_error,
-        "test_run": _wire(seen.test_run),
-        "traffic": _wire(seen.traffic),
-        "syscall": _wire(seen.syscall),
-        "maps": seen.maps.to_wire(),
-        "events": seen.events.to_wire(),
-        "notes": seen.notes,
-    }
-
-
-def _wire(reply: Reply | None) -> dict[str, Any] | None:
-    return reply.to_wire() if reply is not None else None
+    return ObservedRecord.from_json(
+        {
+            "load": load,
+            "load_args": seen.load_args,
+            "error_class": seen.error_class,
+            "attach": seen.attach.to_wire() if seen.attach is not None else None,
+            "attach_error": seen.attach_error,
+            "test_run": seen.test_run.to_wire() if seen.test_run is not None else None,
+            "traffic": seen.traffic.to_wire() if seen.traffic is not None else None,
+            "syscall": seen.syscall.to_wire() if seen.syscall is not None else None,
+            "maps": seen.maps.to_wire(),
+            "events": seen.events.to_wire(),
+            "notes": seen.notes,
+        }
+    )
 
 
 def user_paths(load: LoadReply, copies: dict[str, str]) -> LoadReply:

@@ -3,10 +3,9 @@ scenario values (pure): the topology, what a loader sets before the load, each d
 
 from __future__ import annotations
 
-from typing import Any
-
 from harness.bpf import packet
 from harness.guest import protocol
+from harness.guest.protocol import LoadArgs
 from harness.scenario.model import (
     Case,
     LoadOptions,
@@ -84,10 +83,10 @@ def topology_request(scenario: Scenario) -> protocol.TopologyUp:
     )
 
 
-def prepare_args(load: LoadOptions) -> dict[str, Any]:
+def prepare_args(load: LoadOptions) -> LoadArgs:
     """What the guest sets on the object before its load, as a real loader would
     (harness.guest.libbpf_prepare); only what differs from the guest's defaults."""
-    args: dict[str, Any] = {}
+    args: LoadArgs = {}
     if load.maps:
         args["maps"] = [
             {"name": name, "max_entries": entries, "value_size": value}

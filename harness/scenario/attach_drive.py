@@ -30,8 +30,8 @@ from harness.scenario.model import (
     XdpAttach,
 )
 from harness.scenario.parsing import Parser, mapping_at, ns_text
-from harness.scenario.spec import Pos, Reader, hex_digits
-from harness.yamlsrc import LocDict, where
+from harness.scenario.spec import Reader, hex_digits
+from harness.yamlsrc import LocDict, Pos, where
 
 # Fields of struct xdp_md / struct __sk_buff that test_run's ctx: may set by name.
 CTX_FIELDS = {

@@ -52,8 +52,8 @@ from harness.scenario.expect import (
 )
 from harness.scenario.loader import ScenarioError
 from harness.scenario.shape import LOG_LEVEL_MASK
-from harness.scenario.spec import Either, Int, Pos, Reader, Seq, Str, describe, obj, suggest
-from harness.yamlsrc import LocDict, LocList, where
+from harness.scenario.spec import Either, Int, Reader, Seq, Str, describe, obj, suggest
+from harness.yamlsrc import LocDict, LocList, Pos, where
 
 DEFAULT_NAME = "kitl-verify.yaml"
 TOP_KEYS = ("expect",)

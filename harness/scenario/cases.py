@@ -38,8 +38,8 @@ from harness.scenario.model import (
 )
 from harness.scenario.parsing import Parser, fits, key_fits, only_key
 from harness.scenario.shape import CASE, OVERRIDE
-from harness.scenario.spec import Pos, suggest
-from harness.yamlsrc import LocDict, LocList, where
+from harness.scenario.spec import suggest
+from harness.yamlsrc import LocDict, LocList, Pos, where
 
 
 class CaseParser(AttachDriveParser):

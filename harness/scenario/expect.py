@@ -12,7 +12,7 @@ import dataclasses
 import re
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from harness.bpf import retcodes, sections
 from harness.bpf.sections import SectionMatch
@@ -22,7 +22,6 @@ from harness.scenario.spec import (
     Int,
     Map,
     Obj,
-    Pos,
     Reader,
     Seq,
     Str,
@@ -30,7 +29,7 @@ from harness.scenario.spec import (
     obj,
     suggest,
 )
-from harness.yamlsrc import LocDict, where
+from harness.yamlsrc import LocDict, Pos, where
 
 LoadVerdict = Literal["ok", "rejected"]
 AttachMode = Literal["skb", "drv", "hw"]
@@ -183,6 +182,22 @@ class Expect:
     @property
     def rejected(self) -> bool:
         return self.load == "rejected"
+
+
+class ExpectJSON(TypedDict, total=False):
+    """An expectation as a cell records it (harness.run.records.expect_json): the keys
+    said, tuples as lists, map contents as harness.run.records.map_rows writes them."""
+
+    load: LoadVerdict
+    log: list[str]
+    error_class: str
+    retval: int
+    delivered: int
+    dropped: int
+    errno: int
+    exit_status: int
+    attach_mode: AttachMode
+    map: dict[str, list[list[int | str]]]
 
 
 # Keys that describe the program running; meaningless when the load is rejected.

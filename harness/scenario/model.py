@@ -11,9 +11,9 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import ClassVar, Literal, TypeVar
 
-from harness.bpf import progtypes, sections
+from harness.bpf import packet, progtypes, sections
 from harness.bpf.elfobj import ObjectInfo
 from harness.bpf.progtypes import ProgType
 from harness.scenario.expect import (
@@ -220,6 +220,9 @@ class SocketAttach:
 Attach = XdpAttach | TcAttach | TcxAttach | CgroupAttach | AutoAttach | SocketAttach
 
 
+IP = TypeVar("IP", packet.IPv4, packet.IPv6)
+
+
 @dataclass(frozen=True)
 class PacketSpec:
     """A packet for test_run, built by harness.bpf.packet: Ethernet, optionally IPv4/IPv6 and
@@ -244,32 +247,72 @@ class PacketSpec:
     icmp_code: int | None = None
     payload_size: int = 0
 
-    def as_dict(self) -> dict[str, Any]:
-        """The spec harness.bpf.packet.build() takes (the YAML's own shape)."""
-
-        def pick(**values: Any) -> dict[str, Any]:
-            return {
-                k: list(v) if isinstance(v, tuple) else v
-                for k, v in values.items()
-                if v is not None
-            }
-
-        out: dict[str, Any] = {"payload_size": self.payload_size}
-        out["eth"] = pick(src=self.eth_src, dst=self.eth_dst, type=self.eth_type)
-        if self.l3 is not None:
-            hop = "ttl" if self.l3 == "ipv4" else "hop_limit"
-            out[self.l3] = pick(src=self.src, dst=self.dst, **{hop: self.ttl})
+    def as_dict(self) -> packet.Frame:
+        """The spec harness.bpf.packet.build() takes (the YAML's own shape); a value not
+        given is left out, for the builder's default."""
+        out: packet.Frame = {"payload_size": self.payload_size, "eth": self._eth()}
+        if self.l3 == "ipv4":
+            out["ipv4"] = v4 = self._ends(packet.IPv4())
+            if self.ttl is not None:
+                v4["ttl"] = self.ttl
+        elif self.l3 == "ipv6":
+            out["ipv6"] = v6 = self._ends(packet.IPv6())
+            if self.ttl is not None:
+                v6["hop_limit"] = self.ttl
         if self.l4 == "icmp":
-            out["icmp"] = pick(type=self.icmp_type, code=self.icmp_code)
+            out["icmp"] = self._icmp()
         elif self.l4 is not None:
-            out[self.l4] = pick(sport=self.sport, dport=self.dport)
-        if self.l4 == "tcp":
-            out["tcp"].update(
-                pick(
-                    flags=self.tcp_flags, seq=self.tcp_seq, ack=self.tcp_ack, window=self.tcp_window
-                )
-            )
+            out[self.l4] = self._tcp() if self.l4 == "tcp" else self._udp()
         return out
+
+    def _ends(self, ip: IP) -> IP:
+        if self.src is not None:
+            ip["src"] = self.src
+        if self.dst is not None:
+            ip["dst"] = self.dst
+        return ip
+
+    def _eth(self) -> packet.Eth:
+        eth = packet.Eth()
+        if self.eth_src is not None:
+            eth["src"] = self.eth_src
+        if self.eth_dst is not None:
+            eth["dst"] = self.eth_dst
+        if self.eth_type is not None:
+            eth["type"] = self.eth_type
+        return eth
+
+    def _icmp(self) -> packet.Icmp:
+        icmp = packet.Icmp()
+        if self.icmp_type is not None:
+            icmp["type"] = self.icmp_type
+        if self.icmp_code is not None:
+            icmp["code"] = self.icmp_code
+        return icmp
+
+    def _udp(self) -> packet.Udp:
+        udp = packet.Udp()
+        if self.sport is not None:
+            udp["sport"] = self.sport
+        if self.dport is not None:
+            udp["dport"] = self.dport
+        return udp
+
+    def _tcp(self) -> packet.Tcp:
+        tcp = packet.Tcp()
+        if self.sport is not None:
+            tcp["sport"] = self.sport
+        if self.dport is not None:
+            tcp["dport"] = self.dport
+        if self.tcp_flags is not None:
+            tcp["flags"] = list(self.tcp_flags)
+        if self.tcp_seq is not None:
+            tcp["seq"] = self.tcp_seq
+        if self.tcp_ack is not None:
+            tcp["ack"] = self.tcp_ack
+        if self.tcp_window is not None:
+            tcp["window"] = self.tcp_window
+        return tcp
 
 
 @dataclass(frozen=True)

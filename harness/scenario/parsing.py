@@ -23,7 +23,7 @@ from harness.scenario.model import (
 )
 from harness.scenario.shape import DEV_SPEC, IFNAME_RULE, NAME_SPEC, NETDEVSIM, OBJECT, VETH
 from harness.scenario.spec import Obj, Reader, Spec, suggest
-from harness.yamlsrc import LocDict, LocList, where
+from harness.yamlsrc import LocDict, LocList, Pos, where
 
 # --- the checks a shape cannot express ---------------------------------------------------
 
@@ -88,7 +88,7 @@ class Parser:
     def file(self, d: LocDict, key: str, what: str) -> Path | None:
         return self.file_at(d[key], where(d, key, value=True), f"{what}.{key}")
 
-    def file_at(self, raw: str, at: dict[str, Any], what: str) -> Path | None:
+    def file_at(self, raw: str, at: Pos, what: str) -> Path | None:
         """An existing file named relative to the scenario, inside its directory unless
         allow_outside; else None and the error at `at`."""
         try:

@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError
-from harness.yamlsrc import LocDict, LocList, where
+from harness.yamlsrc import LocDict, LocList, Pos, where
 
-Pos = dict[str, Any]  # keyword arguments of ConfigError naming a position
 MAX_TEXT = 4096
 
 # --- shapes ----------------------------------------------------------------------------------

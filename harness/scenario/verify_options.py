@@ -9,7 +9,8 @@ other (`pytest_argv`) and the `VerifyOptions` both ends build from them (`build`
 two cannot drift.  Every value is parsed and checked here, before anything boots.
 
 The options `kitl verify` shares with `kitl run` (kernels, loaders, shard, output, accel,
-boot timeout, resume, -n) are declared by harness.cli.runner and harness.pytest_plugin.
+boot timeout, resume, -n) are rows of the same `Option` in harness.run.options (`MATRIX`),
+which the functions here take as their `table`.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from __future__ import annotations
 import argparse
 import enum
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, TypedDict, cast
 
 from harness.bpf import progtypes
 from harness.errors import UsageError
@@ -237,9 +238,22 @@ class Kind(enum.Enum):
     NEGATIVE = "negative"  # --no-x: dest False when given; pytest's --kitl-no-x is a store_true
 
 
+class ArgKwargs(TypedDict, total=False):
+    """The keywords of argparse's add_argument (and pytest's addoption) an option uses."""
+
+    dest: str
+    action: str
+    type: Callable[[str], Any]
+    default: Any  # the option's value, of the type its parser takes
+    choices: tuple[str, ...]
+    metavar: str
+    help: str
+
+
 @dataclass(frozen=True)
 class Option:
-    """One option of `kitl verify`, on the command line and as the pytest plugin takes it."""
+    """One option of `kitl verify` (or of both fronts: harness.run.options), on the command
+    line and as the pytest plugin takes it."""
 
     flag: str  # "--map"
     dest: str  # argparse's dest: the name every getter below takes
@@ -251,6 +265,14 @@ class Option:
     parse: Callable[[Any], Any] = _same  # the field's value (of each item of a list)
     field: str | None = ""  # the VerifyOptions field: "" the dest's name, None no field
     pytest_name: str = ""  # "" for "--kitl-" + the flag's name
+    choices: tuple[str, ...] | None = None
+    # a JOINED option's comma-list twin on the command line (--kernels A,B beside --kernel)
+    plural: str | None = None
+    plural_metavar: str = "A,B"
+    # the pytest side, where it is not the command line's: its keywords (None: pytest has
+    # no such option of the plugin's, -n is xdist's), and the arguments that carry a value
+    pytest_options: ArgKwargs | Literal["same"] | None = "same"
+    to_argv: Callable[[Any], list[str]] | None = None
 
     @property
     def pytest_flag(self) -> str:
@@ -273,7 +295,7 @@ class Option:
         """A value with a default: on every pytest command kitl verify runs."""
         return self.kind is Kind.VALUE and self.default not in (None, "")
 
-    def cli_kwargs(self) -> dict[str, Any]:
+    def cli_kwargs(self) -> ArgKwargs:
         """argparse's keywords for the command line's option."""
         actions = {Kind.SWITCH: "store_true", Kind.NEGATIVE: "store_false"}
         if self.kind in actions:
@@ -286,12 +308,28 @@ class Option:
             dest=self.dest,
             type=self.type,
             default=self.default,
+            choices=self.choices,
             metavar=self.metavar,
             help=self.help,
         )
 
-    def pytest_kwargs(self) -> dict[str, Any]:
+    def add_cli(self, parser: argparse.ArgumentParser) -> None:
+        """The option on a command line; a comma-list twin first, as --help has always
+        listed them (--kernels A,B, then --kernel KERNEL, "one kernel (repeatable)")."""
+        if self.plural is not None:
+            parser.add_argument(
+                self.plural, default="", metavar=self.plural_metavar, help=self.help
+            )
+        kwargs = self.cli_kwargs()
+        if self.plural is not None:
+            kwargs["help"] = f"one {self.dest} (repeatable)"
+            kwargs.pop("metavar", None)
+        parser.add_argument(self.flag, **kwargs)
+
+    def pytest_kwargs(self) -> ArgKwargs:
         """The same keywords for the pytest option (its dest is its flag's)."""
+        if self.pytest_options != "same":
+            return self.pytest_options or ArgKwargs()
         kwargs = self.cli_kwargs()
         del kwargs["dest"]
         if self.kind in (Kind.VALUE, Kind.LIST):  # argparse's own: LOG_LEVEL, not KITL_...
@@ -300,8 +338,17 @@ class Option:
             kwargs["action"] = "store_true"  # --kitl-no-x: kitl_no_x is True when given
         elif self.kind is Kind.JOINED:
             kwargs.pop("action")
-            kwargs.update(default="", metavar=f"{self.metavar},{self.metavar}")
+            metavar = self.plural_metavar if self.plural else f"{self.metavar},{self.metavar}"
+            kwargs["default"], kwargs["metavar"] = "", metavar
         return kwargs
+
+    def from_cli(self, args: argparse.Namespace) -> Any:
+        """The value the parsed command line holds (a JOINED one's twin merged in)."""
+        value = getattr(args, self.dest)
+        if self.plural is not None:
+            twin = getattr(args, self.plural.removeprefix("--").replace("-", "_"))
+            return names(twin, value)
+        return value
 
     def from_pytest(self, value: Any) -> Any:
         """The value pytest holds, as the command line holds it."""
@@ -314,6 +361,8 @@ class Option:
     def argv(self, value: Any) -> list[str]:
         """The pytest arguments that carry `value` (none for an unset one)."""
         flag = self.pytest_flag
+        if self.to_argv is not None:
+            return self.to_argv(value)
         if self.kind is Kind.LIST:
             return [a for item in value for a in (flag, str(item))]
         if self.kind is Kind.JOINED:
@@ -327,9 +376,18 @@ class Option:
         return [flag, str(value.resolve() if isinstance(value, Path) else value)]
 
 
-def _given(**kwargs: Any) -> dict[str, Any]:
+def names(*sources: Sequence[str] | str) -> list[str]:
+    """Names from comma lists and lists of them, in order, once each."""
+    out: list[str] = []
+    for source in sources:
+        items = source.split(",") if isinstance(source, str) else list(source)
+        out += [n.strip() for n in items if n.strip()]
+    return list(dict.fromkeys(out))
+
+
+def _given(**kwargs: Any) -> ArgKwargs:
     """The keywords said (a value's default always: argparse and pytest hold the same)."""
-    return {k: v for k, v in kwargs.items() if v is not None or k == "default"}
+    return cast(ArgKwargs, {k: v for k, v in kwargs.items() if v is not None or k == "default"})
 
 
 V, L, S = Kind.VALUE, Kind.LIST, Kind.SWITCH  # short, for the table
@@ -414,29 +472,48 @@ BY_DEST = {o.dest: o for o in OPTIONS}
 Values = Callable[[str], Any]  # an option's value by its dest, as the command line holds it
 
 
+@dataclass(frozen=True)
+class Given:
+    """The values of a table's options as the command line holds them, by dest: what a
+    request carries to build its options and hand them to pytest."""
+
+    values: Mapping[str, Any]
+
+    def __call__(self, dest: str) -> Any:
+        return self.values[dest]
+
+    @classmethod
+    def of(cls, values: Values, table: Sequence[Option] = OPTIONS) -> Given:
+        return cls({o.dest: values(o.dest) for o in table})
+
+
 class _OptionGroup(Protocol):  # pytest.OptionGroup: addoption takes argparse's keywords
     def addoption(self, *opts: str, **attrs: Any) -> None: ...
 
 
-def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    for option in OPTIONS:
-        parser.add_argument(option.flag, **option.cli_kwargs())
+def add_cli_arguments(parser: argparse.ArgumentParser, table: Sequence[Option] = OPTIONS) -> None:
+    for option in table:
+        option.add_cli(parser)
 
 
-def add_pytest_options(group: _OptionGroup) -> None:
-    for option in OPTIONS:
-        group.addoption(option.pytest_flag, **option.pytest_kwargs())
+def add_pytest_options(group: _OptionGroup, table: Sequence[Option] = OPTIONS) -> None:
+    for option in table:
+        if option.pytest_options is not None:
+            group.addoption(option.pytest_flag, **option.pytest_kwargs())
 
 
-def namespace_values(args: argparse.Namespace) -> Values:
-    """The values of `kitl verify`'s parsed command line."""
-    return lambda dest: getattr(args, dest)
+def namespace_values(args: argparse.Namespace, table: Sequence[Option] = OPTIONS) -> Values:
+    """The values of a parsed command line: the one reader of argparse's output, for the
+    requests harness.cli.main builds."""
+    by_dest = {o.dest: o for o in table}
+    return lambda dest: by_dest[dest].from_cli(args)
 
 
-def pytest_values(getoption: Callable[[str], Any]) -> Values:
+def pytest_values(getoption: Callable[[str], Any], table: Sequence[Option] = OPTIONS) -> Values:
     """The values of the pytest options (`pytest.Config.getoption`), as the command line
     holds them."""
-    return lambda dest: BY_DEST[dest].from_pytest(getoption(BY_DEST[dest].pytest_dest))
+    by_dest = {o.dest: o for o in table}
+    return lambda dest: by_dest[dest].from_pytest(getoption(by_dest[dest].pytest_dest))
 
 
 def build(values: Values) -> VerifyOptions:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import runner
 from harness.errors import UsageError
 from harness.kernel import libbpf_build
 from harness.kernel.catalog import load_catalog
+from harness.run import options
 from harness.run.matrix import plan
 from harness.scenario.loader import ScenarioError, load_scenario
 
@@ -55,11 +55,11 @@ def test_series_compare_numerically_not_as_text() -> None:
 def test_names_round_trip_between_command_line_and_cells() -> None:
     assert libbpf_build.canonical("default") == "" == libbpf_build.DEFAULT
     assert libbpf_build.spelled("") == "default"
-    assert runner.libbpf_names("") == []
-    assert runner.libbpf_names("default,system,debian-6.1") == ["", "system", "debian-6.1"]
-    assert runner.libbpf_option("default,system") == "default,system"
+    assert options.libbpf_names("") == []
+    assert options.libbpf_names("default,system,debian-6.1") == ["", "system", "debian-6.1"]
+    assert options.libbpf_option("default,system") == "default,system"
     with pytest.raises(UsageError, match="not default, system, debian-X"):
-        runner.libbpf_names("/no/such/libbpf.so")
+        options.libbpf_names("/no/such/libbpf.so")
 
 
 def test_a_scenario_names_its_loaders(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from harness.errors import BuildError, UsageError
 from harness.kernel.cache import Cache
 from harness.kernel.store import Kernel
 from harness.outcome import Outcome
+from harness.results.record import Crash
 from harness.results.rundir import CellResult, RunDir
 from harness.results.runs import appended, finalize, merge_runs
 from harness.run import matrix
@@ -510,8 +511,8 @@ def test_kitl_merge_lists_the_first_duplicates_and_counts_the_rest(
 
 
 def test_a_lost_vm_or_an_int3_oops_under_tcg_gets_one_more_attempt() -> None:
-    int3 = {"title": "Oops: int3: 0000 [#1] SMP NOPTI", "functions": ["schedule"]}
-    null = {"title": "BUG: kernel NULL pointer dereference, address: 0000000000000008"}
+    int3 = Crash(title="Oops: int3: 0000 [#1] SMP NOPTI", functions=("schedule",))
+    null = Crash(title="BUG: kernel NULL pointer dereference, address: 0000000000000008")
     crashed = Outcome.KERNEL_CRASH
     assert matrix.worth_a_retry(result("a", Outcome.VM_LOST, accel="tcg"))
     assert matrix.worth_a_retry(result("a", crashed, accel="tcg", crash=int3))

@@ -47,6 +47,7 @@ import pytest
 from harness.kernel.store import Kernel
 from harness.outcome import Outcome
 from harness.pytest_plugin.plugin import KitlSession
+from harness.results.record import Observed
 from harness.results.rundir import CellResult
 
 RELEASES = {
@@ -79,10 +80,10 @@ class StubGuests:
             reason=reason,
             kernel_release=kernel.release,
             prog_type=cell.case.prog_type.name,
-            observed={
+            observed=Observed.from_json({
                 "worker": os.environ.get("PYTEST_XDIST_WORKER", "controller"),
                 "header": self.header,
-            },
+            }),
         )
         if outcome is Outcome.VERIFIER_REJECTED:
             self.run.write_verifier_log(result, VERIFIER_LOG)

@@ -10,7 +10,16 @@ from typing import Any
 import pytest
 
 from harness.outcome import Outcome
-from harness.results.record import BootFailure, CellRecord, Verifier, cell_id
+from harness.results.record import (
+    BootFailure,
+    CellRecord,
+    Crash,
+    Observed,
+    Timings,
+    Verifier,
+    amended,
+    cell_id,
+)
 from harness.results.rundir import CellResult, RunDir
 from harness.results.runs import finalize, load_run, merge_runs
 
@@ -60,12 +69,14 @@ def full_result(outcome: Outcome = Outcome.KERNEL_CRASH) -> CellResult:
         sysctls={"net.core.bpf_jit_enable": "1", "kernel.unprivileged_bpf_disabled": None},
         program="xdp/drop",
         expected={"load": "ok", "map": {"counts": [[0, 1]]}},
-        observed={"load": {"ok": True, "errno": 0}, "notes": ["n"], "oom_kills": ["cc1"]},
-        timings={"load_ms": 1.5, "case_s": 2.0, "ns_per_op": 12},
+        observed=Observed.from_json(
+            {"load": {"ok": True, "errno": 0}, "notes": ["n"], "oom_kills": ["cc1"]}
+        ),
+        timings=Timings.from_json({"load_ms": 1.5, "case_s": 2.0, "ns_per_op": 12}),
         libbpf="system",
-        crash={"title": "BUG", "fingerprint": "f", "signature": "s", "functions": ["a"]},
+        crash=Crash.from_json({"title": "BUG", "fingerprint": "f", "signature": "s"}),
     )
-    cell.crash["text"] = "splat"
+    cell.crash = amended(cell.crash, functions=["a"], text="splat")
     cell.verifier = Verifier.from_json({"verified_insns": 7, "errno": None, "insns": 7})
     return cell
 

@@ -27,6 +27,7 @@ from harness.guest.replies import LoadReply
 from harness.kernel.cache import Cache
 from harness.outcome import Outcome
 from harness.report.render import render_all
+from harness.results.record import Observed as ObservedRecord
 from harness.results.record import Verifier
 from harness.results.rundir import SAFE_NAME_MAX, CellResult, RunDir, safe_name
 from harness.results.runs import finalize
@@ -298,7 +299,7 @@ def test_report_files_of_hostile_kernels_stay_inside_and_apart(tmp_path: Path) -
     kernels = ["path:/srv/a/b/bzImage", "path:/srv/a_b/bzImage", "../../x"]
     for k in kernels:
         cell = CellResult("s", "c", k, "default", Outcome.PASSED, program="o/p")
-        cell.observed = {"load": {"ok": True}}
+        cell.observed = ObservedRecord.from_json({"load": {"ok": True}})
         cell.verifier = Verifier.from_json({"verified_insns": 3})
         run.append(cell)
     finalize(run.path, {})

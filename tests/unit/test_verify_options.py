@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from harness.cli import verify
+from harness.cli import requests, verify
 from harness.errors import UsageError
 from harness.pytest_plugin import options as plugin_options
 from harness.scenario import verify_options
@@ -104,8 +104,8 @@ def test_the_values_cross_to_pytest_into_equal_options(
 ) -> None:
     files = ["--btf", str(tmp_path / "vmlinux.btf"), "--expect", str(tmp_path / "kv.yaml")]
     args = cli_parser().parse_args(["o.bpf.o", *given, *(files if given else [])])
-    options = verify.options_from(args)
-    argv = verify.verify_argv(args, [Path("/objs/o.bpf.o")], tmp_path / "run")
+    options = requests.verify(args).options
+    argv = verify.verify_argv(requests.verify(args), [Path("/objs/o.bpf.o")], tmp_path / "run")
     assert argv[-1] == "/objs/o.bpf.o"
     config = pytester.parseconfig(*INNER, *argv[3:-1])  # after `python -m pytest`
     values = verify_options.pytest_values(config.getoption)

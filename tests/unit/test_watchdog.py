@@ -198,10 +198,10 @@ def test_a_crash_cell_carries_its_splat_and_fingerprint(tmp_path: Path) -> None:
     cell = explained(tmp_path, Outcome.KERNEL_CRASH, "KITL-READY 6.1.0\n" + PANIC)
     splat = console.first_crash(PANIC)
     assert splat is not None
-    assert cell.crash["fingerprint"] == splat.fingerprint
-    assert cell.crash["signature"] == splat.signature
-    assert "write_sysrq_trigger" in cell.crash["functions"]
-    assert "Kernel panic - not syncing" in cell.crash["text"]
+    assert cell.crash.fingerprint == splat.fingerprint
+    assert cell.crash.signature == splat.signature
+    assert "write_sysrq_trigger" in cell.crash.functions
+    assert "Kernel panic - not syncing" in cell.crash.text
     assert cell.to_json()["crash"]["title"] == splat.title
 
 
@@ -236,10 +236,10 @@ def test_oom_kills_during_a_cell_are_recorded_and_named_when_it_failed(tmp_path:
         "as judged (the guest ran out of memory: Memory cgroup out of memory: Killed process "
         "268 (tail); Out of memory: Killed process 272 (python3))"
     )
-    assert failed.observed["oom_kills"] == console.oom_kills(OOM)
+    assert failed.observed.oom_kills == tuple(console.oom_kills(OOM))
     passed = explained(tmp_path, Outcome.PASSED, OOM)
     assert passed.reason == "as judged"
-    assert passed.observed["oom_kills"]
+    assert passed.observed.oom_kills
     # the OOM killer took the agent itself: a lost VM, and why
     agent_killed = OOM.replace("(python3)", "(python3 -m harness.guest.agent)")
     lost = explained(tmp_path, Outcome.VM_LOST, agent_killed, first_failure="run: gone")

@@ -1,0 +1,151 @@
+"""What each command is asked, typed: argparse's output becomes one frozen request here,
+once, in harness.cli.main, and the stages take requests (never an argparse.Namespace, and
+never change what they were asked).  `kitl report` and `kitl compare` still take their
+Namespace (harness.report.render, harness.results.compare)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.run.options import Matrix
+from harness.run.options import table as matrix_table
+from harness.scenario import verify_options
+from harness.scenario.verify_options import Given, VerifyOptions
+from harness.vm.machine import Launcher
+
+
+@dataclass(frozen=True)
+class KernelsRequest:
+    """kitl kernels list|fetch|info|lock."""
+
+    names: tuple[str, ...] = ()
+    json: bool = False
+    dry_run: bool = False  # fetch: print what would be downloaded
+    update: bool = False  # lock: re-resolve against Debian's archive
+
+
+@dataclass(frozen=True)
+class GuestRequest:
+    """kitl boot, exec and shell: which kernels, how their guests are made, and exec's
+    command."""
+
+    names: tuple[str, ...] = ()
+    accel: str = "auto"
+    boot_timeout: float | None = None
+    cpus: int = 2
+    memory: str = "2G"
+    dry_run: bool = False
+    json: bool = False
+    output: Path | None = None  # boot: the console logs' directory
+    cmd: tuple[str, ...] = ()  # exec: the command, after --
+    timeout: float = 600.0  # exec: the command's
+    launcher: Launcher | None = None  # None: virtme-ng (the tests give a fake one)
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    paths: tuple[Path, ...]  # scenarios or their directories; none: the bundled ones
+    matrix: Matrix
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class VerifyRequest:
+    paths: tuple[Path, ...]  # objects or their directories
+    matrix: Matrix
+    given: Given  # kitl verify's own options as typed (harness.scenario.verify_options)
+    options: VerifyOptions  # ... and parsed
+    expect: Path | None = None  # bulk expectations
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class ReproRequest:
+    run_dir: Path
+    cell_id: str
+    log_level: int
+    open_shell: bool = False  # --shell: stay in the guest, the program loaded
+    no_pager: bool = False
+    allow_other_kernel: bool = False
+    accel: str = "auto"
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class MergeRequest:
+    runs: tuple[Path, ...]
+    output: Path
+
+
+@dataclass(frozen=True)
+class CheckRequest:
+    paths: tuple[Path, ...]
+    allow_outside: bool = False
+
+
+def kernels(args: argparse.Namespace) -> KernelsRequest:
+    one = (args.name,) if getattr(args, "name", None) else ()
+    return KernelsRequest(
+        names=tuple(getattr(args, "names", ()) or one),
+        json=args.json,
+        dry_run=getattr(args, "dry_run", False),
+        update=getattr(args, "update", False),
+    )
+
+
+def guest(
+    args: argparse.Namespace, launcher: Launcher | None, tail: Sequence[str] = ()
+) -> GuestRequest:
+    """`tail`: exec's command after --, which option parsing never saw."""
+    one = (args.name,) if getattr(args, "name", None) else ()
+    return GuestRequest(
+        names=tuple(getattr(args, "names", ()) or one),
+        accel=args.accel,
+        boot_timeout=args.boot_timeout,
+        cpus=args.cpus,
+        memory=args.memory,
+        dry_run=args.dry_run,
+        json=getattr(args, "json", False),
+        output=getattr(args, "output", None),
+        cmd=(*getattr(args, "cmd", ()), *tail),
+        timeout=getattr(args, "timeout", 600.0),
+        launcher=launcher,
+    )
+
+
+def run(args: argparse.Namespace) -> RunRequest:
+    values = verify_options.namespace_values(args, matrix_table("run"))
+    return RunRequest(tuple(args.paths), Matrix.of(values, "run"), args.dry_run)
+
+
+def verify(args: argparse.Namespace) -> VerifyRequest:
+    """kitl verify's request; its options parsed and checked (a UsageError names one)."""
+    matrix = Matrix.of(verify_options.namespace_values(args, matrix_table("verify")), "verify")
+    given = Given.of(verify_options.namespace_values(args))
+    options = verify_options.build(given)
+    return VerifyRequest(tuple(args.paths), matrix, given, options, args.expect, args.dry_run)
+
+
+def repro(args: argparse.Namespace) -> ReproRequest:
+    verify_options.check_log_level(args.log_level)  # before anything boots
+    return ReproRequest(
+        args.run_dir,
+        args.cell_id,
+        args.log_level,
+        open_shell=args.shell,
+        no_pager=args.no_pager,
+        allow_other_kernel=args.allow_other_kernel,
+        accel=args.accel,
+        dry_run=args.dry_run,
+    )
+
+
+def merge(args: argparse.Namespace) -> MergeRequest:
+    return MergeRequest(tuple(args.runs), args.output)
+
+
+def check(args: argparse.Namespace) -> CheckRequest:
+    return CheckRequest(tuple(args.paths), args.allow_outside)
