@@ -224,6 +224,7 @@ class LoadArgs(TypedDict):
     log_level: NotRequired[int]
     log_size: NotRequired[int]
     log_failures_only: NotRequired[bool]
+    verify_only: NotRequired[bool]
     prog_flags: NotRequired[int]
     btf_custom_path: NotRequired[str]
     offload_dev: NotRequired[str | None]
