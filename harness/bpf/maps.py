@@ -25,3 +25,10 @@ def lacks_entries(kind: int, max_entries: int) -> bool:
 def lacks_value_size(kind: int, value_size: int) -> bool:
     """A stack-trace map whose frame count user space sets (value_size still 0)."""
     return kind == STACK_TRACE and value_size == 0
+
+
+# Maps whose max_entries the verifier never reads (hashes, LRU, sockhash, devmap_hash,
+# queue, stack, bloom filter, stack trace): veristat creates them with one entry, since
+# a preallocated hash of thousands of entries costs more to create than most programs
+# take to verify.  Arrays keep their size (the verifier bounds constant indexes by it).
+SIZE_UNREAD_MAP_TYPES = frozenset({1, 5, 9, 10, 18, 25, 22, 23, 30, STACK_TRACE})

@@ -98,7 +98,7 @@ class PreparedObject:
         try:
             preset(lib, ptr, opts.presets)
             self.fixups = libbpf_prepare.prepare_maps(
-                lib, ptr, opts.map_sizes, fixups=opts.fixups, pinning=opts.pinning
+                lib, ptr, opts.map_sizes, fixups=opts.fixups, pinning=opts.pinning, shrink=True
             )
             for prog in lib.walk("bpf_object__next_program", ptr):
                 lib.c.bpf_program__set_autoload(prog, True)
@@ -130,8 +130,8 @@ class PreparedObject:
         if opts.log_failures_only and level & ~BPF_LOG_STATS:
             quiet = replace(opts, log_level=BPF_LOG_STATS, log_failures_only=False)
             first = self._load_at(program, quiet, min(opts.log_size, 64 << 10))
-            if first.ok:
-                return first
+            if first.ok or not first.log.strip():
+                return first  # loaded; or refused before the verifier ran (no log to get)
             return _again(self._load_at(program, opts, opts.log_size), first)
         return self._load_at(program, opts, opts.log_size)
 

@@ -179,8 +179,8 @@ class BpfObject:
         size = min(opts.log_size, _STATS_LOG_SIZE)
         quiet = replace(opts, log_level=BPF_LOG_STATS, log_size=size, log_size_max=size)
         obj, first = cls._load_growing_log(lib, path, program, quiet)
-        if first.ok or first.failed_stage != "load":
-            # loaded, or failed before the kernel saw it (libbpf's messages say why)
+        if first.ok or first.failed_stage != "load" or not first.log.strip():
+            # loaded, or failed before the verifier ran (libbpf's messages say why)
             return obj, first
         obj, full = cls._load_growing_log(lib, path, program, opts)
         return obj, replace(full, attempts=first.attempts + full.attempts, stats_log=first.log)

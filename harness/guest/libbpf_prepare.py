@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from harness.bpf.maps import (
     PERF_MAX_STACK,
     RINGBUF,
+    SIZE_UNREAD_MAP_TYPES,
     USER_RINGBUF,
     lacks_entries,
     lacks_value_size,
@@ -70,10 +71,13 @@ def map_name(lib: Libbpf, m: int) -> str:
 
 
 def prepare_maps(
-    lib: Libbpf, obj: int, sizes: tuple[MapSize, ...], *, fixups: bool, pinning: bool
-) -> tuple[str, ...]:
+    lib: Libbpf, obj: int, sizes: tuple[MapSize, ...], *, fixups: bool, pinning: bool,
+    shrink: bool = False,
+) -> tuple[str, ...]:  # fmt: skip
     """Size and unpin the object's maps before the load; the fixups applied, as notes.
-    A size for a map the object lacks raises KeyError (the host checks names first)."""
+    `shrink` (verification only, with fixups): the maps whose size the verifier never reads
+    get one entry, as veristat creates them, unless the user sized them.  A size for a
+    map the object lacks raises KeyError (the host checks names first)."""
     c = lib.c
     by_name = {map_name(lib, m): m for m in maps_of(lib, obj)}
     notes: list[str] = []
@@ -90,6 +94,11 @@ def prepare_maps(
             _set(lib, m, name, "value_size", size.value_size)
         elif fixups:
             notes += _fixup(lib, m, name)
+            kind = int(c.bpf_map__type(m))
+            if shrink and kind in SIZE_UNREAD_MAP_TYPES:
+                c.bpf_map__set_max_entries(m, 1)
+            elif shrink and kind in (RINGBUF, USER_RINGBUF):  # one page, the least
+                c.bpf_map__set_max_entries(m, os.sysconf("SC_PAGE_SIZE"))
     return tuple(notes)
 
 
