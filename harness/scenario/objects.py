@@ -21,7 +21,7 @@ from harness.bpf import progtypes, sections
 from harness.bpf.elfobj import ObjectFormatError, read_object
 from harness.bpf.progtypes import ProgType
 from harness.errors import UsageError
-from harness.scenario import bulk, selftest_tags
+from harness.scenario import bulk, filters, selftest_tags
 from harness.scenario.expect import Expect, MapEntry, MapExpect, Override
 from harness.scenario.loader import files_under
 from harness.scenario.model import (
@@ -143,7 +143,7 @@ def scenario_for_object(obj: Path, options: VerifyOptions) -> Scenario:
         raise UsageError(str(exc)) from None
     name = scenario_name(obj)
     if options.annotations:
-        selected = [p.name for p in info.programs if _selected(p.name, options)]
+        selected = [p.name for p in info.programs if _selected(obj, p.name, options)]
         found = selftest_tags.cases_of(info, obj, name, selected)
         obj_def = BpfObject(name, path=obj, info=info)
         return Scenario(name, obj, (obj_def,), tuple(found), configs=options.configs)
@@ -158,7 +158,7 @@ def scenario_for_object(obj: Path, options: VerifyOptions) -> Scenario:
         if m in info.maps or "." in m
     )
     for prog in info.programs:
-        if not _selected(prog.name, options):
+        if not _selected(obj, prog.name, options):
             continue
         match = sections.match_section(prog.section)
         prog_type = match.prog_type if match else UNKNOWN_TYPE
@@ -204,9 +204,13 @@ def scenario_for_object(obj: Path, options: VerifyOptions) -> Scenario:
     return Scenario(name, obj, (obj_def,), tuple(cases), configs=options.configs)
 
 
-def _selected(program: str, options: VerifyOptions) -> bool:
-    """Whether --prog's globs (none: every program) take this program."""
-    return not options.programs or any(fnmatch.fnmatchcase(program, g) for g in options.programs)
+def _selected(obj: Path, program: str, options: VerifyOptions) -> bool:
+    """Whether --prog's globs (none: every program) and --filter's (veristat's -f, on the
+    object's file name and the program's) take this program."""
+    if options.programs and not any(fnmatch.fnmatchcase(program, g) for g in options.programs):
+        return False
+    given = (f for value in options.filters for f in value)
+    return filters.selected(given, obj.name, program)
 
 
 def _unreadable_object(obj: Path, problem: str, options: VerifyOptions) -> Scenario:

@@ -25,6 +25,7 @@ from typing import Any, Literal, Protocol, TypedDict, cast
 
 from harness.bpf import progtypes
 from harness.errors import UsageError
+from harness.scenario import filters
 from harness.scenario.expect import MAP_NAME, PRIVILEGES
 from harness.scenario.model import RunConfig
 from harness.scenario.shape import LOG_LEVEL_MASK
@@ -37,6 +38,7 @@ _CONFIG = re.compile(r"^([a-z0-9][a-z0-9._-]{0,63}):(.+)$")
 @dataclass(frozen=True)
 class VerifyOptions:
     programs: tuple[str, ...] = ()  # fnmatch globs on program names; empty: all
+    filters: tuple[tuple[filters.NameFilter, ...], ...] = ()  # --filter's, each value's
     log_level: int | None = None  # None: statistics, and the log of a failure (1|4)
     log_size: int | None = None
     flags: tuple[str, ...] = ()  # names from progtypes.PROG_LOAD_FLAGS
@@ -302,8 +304,9 @@ class Option:
             return _given(dest=self.dest, action=actions[self.kind], help=self.help)
         if self.repeated:
             return _given(
-                dest=self.dest, action="append", default=[], metavar=self.metavar, help=self.help
-            )
+                dest=self.dest, action="append", default=[], type=self.type,
+                metavar=self.metavar, help=self.help,
+            )  # fmt: skip
         return _given(
             dest=self.dest,
             type=self.type,
@@ -401,6 +404,11 @@ OPTIONS: tuple[Option, ...] = (
         pytest_name="--kitl-verify-config",
     ),
     Option("--prog", "prog", Kind.JOINED, field="programs", metavar="GLOB", help="only these"),
+    Option(
+        "--filter", "filter", L, field="filters", type=filters.at_file_resolved,
+        parse=filters.parse_filter, metavar="[!]GLOB|FILE/PROG|@FILE",
+        help="veristat's -f: object file or program globs, ! to leave out (repeatable)",
+    ),
     Option(
         "--log-level", "log_level", V, type=int, parse=check_log_level,
         help="1 log, 2 verbose, 4 stats; default: stats, and 1|4 for a program that fails",
