@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.results import veristat
 from harness.run.options import Matrix
 from harness.run.options import table as matrix_table
 from harness.scenario import verify_options
@@ -60,6 +61,7 @@ class VerifyRequest:
     options: VerifyOptions  # ... and parsed
     expect: Path | None = None  # bulk expectations
     dry_run: bool = False
+    emit: tuple[str, ...] = ()  # veristat's -e: the stats the table shows
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,8 @@ def verify(args: argparse.Namespace) -> VerifyRequest:
     matrix = Matrix.of(verify_options.namespace_values(args, matrix_table("verify")), "verify")
     given = Given.of(verify_options.namespace_values(args))
     options = verify_options.build(given)
-    return VerifyRequest(tuple(args.paths), matrix, given, options, args.expect, args.dry_run)
+    emit = veristat.stat_names(args.emit)
+    return VerifyRequest(tuple(args.paths), matrix, given, options, args.expect, args.dry_run, emit)
 
 
 def repro(args: argparse.Namespace) -> ReproRequest:

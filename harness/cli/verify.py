@@ -20,6 +20,7 @@ from harness.cli.requests import VerifyRequest
 from harness.errors import UsageError
 from harness.kernel.resolve import Kernels
 from harness.outcome import EXIT_OK, Outcome
+from harness.results import veristat
 from harness.results.record import CellRecord
 from harness.results.runs import load_run
 from harness.run import options
@@ -42,6 +43,10 @@ TABLE_ROWS = 60  # programs in the terminal's table before only the unexpected o
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", type=Path, metavar="OBJ_OR_DIR")
     options.add_cli_arguments(p, "verify", between=verify_options.OPTIONS)
+    p.add_argument(
+        "-e", "--emit", default="", metavar="STAT[,STAT]",
+        help="veristat's -e: what the table shows per kernel, e.g. verdict,insns,states,duration",
+    )  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="print the pytest command and exit")
 
 
@@ -81,23 +86,25 @@ def run(request: VerifyRequest) -> int:
         argv = verify_argv(request, objects, run_dir)
         status = runner.launch(ks, matrix.accel, argv, cells, run_dir, dry_run=request.dry_run)
     if not request.dry_run and (run_dir / "results.json").is_file():
-        print_table(run_dir)
+        print_table(run_dir, request.emit)
     return runner.resumed_status(matrix, request.dry_run, run_dir, status)
 
 
-def print_table(run_dir: Path) -> None:
-    """Programs x kernel-config: `loaded INSNS` or the failure class, marked `!` where it
-    is not what was expected; with a single cell, its whole verifier log (the one-command
-    repro of a verifier failure)."""
+def print_table(run_dir: Path, emit: tuple[str, ...] = ()) -> None:
+    """Programs x kernel-config: `loaded INSNS` or the failure class (or the stats --emit
+    names), marked `!` where it is not what was expected; with a single cell, its whole
+    verifier log (the one-command repro of a verifier failure)."""
     cells = load_run(run_dir).cells
     columns = list(dict.fromkeys(c.label for c in cells))
     rows: dict[str, dict[str, str]] = {}
     for c in cells:
-        rows.setdefault(f"{c.scenario}/{c.case}", {})[c.label] = _verdict(c)
+        rows.setdefault(f"{c.scenario}/{c.case}", {})[c.label] = _shown(c, emit)
     shown = rows
     if len(rows) > TABLE_ROWS:  # a corpus: the rows that need a look, not thousands
         shown = {n: r for n, r in rows.items() if any(v.startswith("!") for v in r.values())}
     width = max([len(r) for r in shown] + [7])
+    if emit:
+        print(f"each kernel's column: {' '.join(emit)}")
     print(f"{'program':<{width}}  " + "  ".join(f"{col:<22}" for col in columns))
     for name, row in shown.items():
         print(f"{name:<{width}}  " + "  ".join(f"{row.get(col, '-'):<22}" for col in columns))
@@ -108,6 +115,16 @@ def print_table(run_dir: Path) -> None:
         )
     if len(cells) == 1 and cells[0].log_path:
         print((run_dir / cells[0].log_path).read_text(encoding="utf-8"), end="")
+
+
+def _shown(cell: CellRecord, emit: tuple[str, ...]) -> str:
+    """What the table shows of a cell: its verdict, or the stats asked for (as veristat
+    prints them) where the cell got a verdict."""
+    row = veristat.row_of(cell) if emit else None
+    if row is None:
+        return _verdict(cell)
+    text = " ".join(str(row.value(stat)) for stat in emit)
+    return text if cell.outcome is Outcome.PASSED else "!" + text
 
 
 def _verdict(cell: CellRecord) -> str:

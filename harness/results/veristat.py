@@ -62,6 +62,10 @@ class Row:
     prog_type: str = "N/A"  # libbpf's names ("xdp", "tracing")
     attach_type: str = "N/A"
 
+    def value(self, column: str) -> str | int:
+        """One column's value as veristat prints it."""
+        return dict(zip(COLUMNS, self.values(), strict=True))[column]
+
     def values(self) -> list[str | int]:
         head: list[str | int] = [self.file_name, self.prog_name]
         head.append("success" if self.success else "failure")
@@ -101,6 +105,18 @@ def row_of(cell: CellRecord) -> Row | None:
     attach_type = load.get("attach_type")
     attach = _NO_ATTACH_TYPE if attach_type == "" else str(attach_type or "N/A")
     return Row(file_name, program or cell.case, ok, figures, prog_type, attach)
+
+
+def stat_names(spec: str) -> tuple[str, ...]:
+    """veristat's -e: a comma list of its stat names (any of its aliases) as columns."""
+    names = tuple(_ALIASES.get(n.strip(), n.strip()) for n in spec.split(",") if n.strip())
+    unknown = [n for n in names if n not in COLUMNS]
+    if unknown:
+        raise UsageError(
+            f"--emit {spec!r}: no stat {unknown[0]!r}",
+            hint="veristat's names: " + ",".join(COLUMNS[2:]),
+        )
+    return names
 
 
 def render(rows: Iterable[Row]) -> str:

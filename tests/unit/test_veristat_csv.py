@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.cli.verify import print_table
 from harness.errors import UsageError
 from harness.outcome import Outcome
 from harness.report.render import render_all
@@ -115,3 +116,24 @@ def test_a_program_that_stopped_loading_fails_the_gate_against_veristat(tmp_path
     assert result.exit_status == 1
     (flip,) = [e for e in result.entries if e.gating]
     assert (flip.kind, flip.key) == ("verdict-flip", "xdpfilt_alw_ip::xdpfilt_alw_ip[?]")
+
+
+def test_emit_takes_veristats_stat_names_and_the_table_shows_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert veristat.stat_names("verdict, insns,states,dur") == (
+        "verdict",
+        "total_insns",
+        "total_states",
+        "duration",
+    )
+    with pytest.raises(UsageError, match="--emit 'verdict,bogus': no stat 'bogus'"):
+        veristat.stat_names("verdict,bogus")
+    run = tmp_path / "run"
+    shutil.copytree(KITL_RUN, run)
+    print_table(run, veristat.stat_names("verdict,insns,states"))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "each kernel's column: verdict total_insns total_states"
+    table = {line.split()[0]: line.split()[1:] for line in lines[2:]}
+    assert table["xdpfilt_alw_all/xdpfilt_alw_all"] == ["success", "81945", "5601"]
+    assert table["xdpdump_bpf/trace_on_entry"] == ["!failure", "0", "0"]  # not as expected
