@@ -156,8 +156,6 @@ class Agent:
         lib = self.libbpf()
         if not req.verify_only:
             self.prepared.close()  # a load of its object would reuse its pinned maps
-        if not self.objects:
-            self.baseline = libbpf_load.live_ids(lib)
         if not self._bpffs_tried:
             self._bpffs_tried = True
             self._bpffs_note = libbpf_prepare.mount_bpffs()
@@ -165,6 +163,8 @@ class Agent:
         verified = self._verify_only(lib, req, root) if _clonable(req) else None
         if verified is not None:
             return verified
+        if not self.objects:
+            self.baseline = libbpf_load.live_ids(lib)
         pins_before = libbpf_prepare.pins_under(root)
         if req.privilege and req.privilege != "privileged":
             obj, out = self._load_lowered(lib, req, req.privilege)
@@ -192,11 +192,12 @@ class Agent:
         """The program loaded from the object kept prepared (harness.guest.libbpf_clone)
         and unloaded at once: no handle.  None when the object cannot be prepared whole."""
         opts = self._options(req, 0)
-        prepared, fresh = self.prepared.get(lib, req.object, opts, root)
+        prepared = self.prepared.get(lib, req.object, opts, root)
         if prepared is None:
             return None
-        if fresh and not self.objects:
-            self.baseline = libbpf_load.live_ids(lib)  # its maps live on past the case
+        # No leak check follows: the program's fd is closed before the reply, so nothing
+        # of the cell's outlives it (waiting for RCU to free each program's id cost more
+        # than the load), and the prepared object's maps are the cache's.
         try:
             result = prepared.load(req.program, opts)
         except KeyError as exc:

@@ -233,19 +233,18 @@ class PreparedCache:
         self._prepared: PreparedObject | None = None  # None with a key: cannot be prepared
         self.pins: list[str] = []  # what preparing it pinned, unpinned when it closes
 
-    def get(self, lib: Libbpf, path: str, opts: LoadOptions, pin_root: str) -> tuple[
-        PreparedObject | None, bool
-    ]:  # fmt: skip
-        """The prepared object for these settings (None: load the usual way), and whether
-        it was prepared just now (the caller's leak baseline moves past its maps)."""
+    def get(
+        self, lib: Libbpf, path: str, opts: LoadOptions, pin_root: str
+    ) -> PreparedObject | None:
+        """The prepared object for these settings; None: load the usual way."""
         key = prepare_key(path, opts)
         if key == self._key:
-            return self._prepared, False
+            return self._prepared
         self.close()
         before = libbpf_prepare.pins_under(pin_root)
         self._key, self._prepared = key, PreparedObject.open(lib, path, opts)
         self.pins = sorted(libbpf_prepare.pins_under(pin_root) - before)
-        return self._prepared, self._prepared is not None
+        return self._prepared
 
     def close(self) -> None:
         if self._prepared is not None:
