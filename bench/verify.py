@@ -159,10 +159,13 @@ def _against_veristat(which: str, n: int, kernel: str, rounds: int) -> int:
         wall, cell_sum, cells = _whole_run(kernel, objects, tmp)
     rows = list(csv.DictReader(io.StringIO(found["csv"])))
     v_best, k_best = min(found["times"]["veristat"]), min(found["times"]["kitl"])
-    ratios, agree = [], 0
+    ratios, agree, differ = [], 0, []
     for row in rows:
-        ok, ours = found["kitl"].get(f"{row['file_name']}/{row['prog_name']}", [None, None])
+        name = f"{row['file_name']}/{row['prog_name']}"
+        ok, ours = found["kitl"].get(name, [None, None])
         agree += ok == (row["verdict"] == "success")
+        if ok != (row["verdict"] == "success"):
+            differ.append(f"{name} (veristat {row['verdict']}, kitl {ok})")
         if ours and int(row["duration"]):
             ratios.append(ours / int(row["duration"]))
     count = found["programs"]
@@ -177,7 +180,9 @@ def _against_veristat(which: str, n: int, kernel: str, rounds: int) -> int:
     print(f"in-guest time per program, kitl / veristat = {k_best / v_best:.2f} (goal <= 1.1)")
     median = statistics.median(ratios)
     print(f"verification time, kitl / veristat: median {median:.2f} over {len(ratios)} programs")
-    print(f"verdicts: {agree} of {len(rows)} agree")
+    print(f"verdicts: {agree} of {len(rows)} agree" + (": not " if differ else ""))
+    for line in differ:
+        print(f"  {line}")
     print(
         f"kitl verify on its own boot: {cells} cells, {cell_sum:.2f} s of cells "
         f"({cell_sum / cells * 1000:.0f} ms each with the host round trips), {wall:.1f} s wall"

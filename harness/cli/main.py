@@ -186,8 +186,7 @@ class Invocation:
     launcher: Launcher | None = None
 
 
-# Each command: its request, built here once from the invocation, handed to its stage
-# (report and compare still take argparse's output).
+# Each command: its request, built here once from the invocation, handed to its stage.
 COMMANDS: dict[tuple[str, str | None], Callable[[Invocation], int]] = {
     ("kernels", "list"): lambda i: kernels.list_kernels(requests.kernels(i.args)),
     ("kernels", "fetch"): lambda i: kernels.fetch(requests.kernels(i.args)),
@@ -198,8 +197,8 @@ COMMANDS: dict[tuple[str, str | None], Callable[[Invocation], int]] = {
     ("shell", None): lambda i: guests.shell(requests.guest(i.args, i.launcher)),
     ("accel", None): lambda i: guests.show_accel(i.args.reprobe),
     ("run", None): lambda i: run(requests.run(i.args)),
-    ("report", None): lambda i: render.run(i.args),
-    ("compare", None): lambda i: compare.run(i.args),
+    ("report", None): lambda i: render.run(i.args.run_dir, i.args.output, i.args.format),
+    ("compare", None): lambda i: compare.run(requests.compare(i.args)),
     ("merge", None): lambda i: merge(requests.merge(i.args)),
     ("repro", None): lambda i: repro.run(requests.repro(i.args)),
     ("verify", None): lambda i: verify.run(requests.verify(i.args)),

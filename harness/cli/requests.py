@@ -10,7 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.results import compare as compare_
 from harness.results import veristat
+from harness.results.compare import CompareRequest
 from harness.run.options import Matrix
 from harness.run.options import table as matrix_table
 from harness.scenario import verify_options
@@ -130,6 +132,12 @@ def verify(args: argparse.Namespace) -> VerifyRequest:
     options = verify_options.build(given)
     emit = veristat.stat_names(args.emit)
     return VerifyRequest(tuple(args.paths), matrix, given, options, args.expect, args.dry_run, emit)
+
+
+def compare(args: argparse.Namespace) -> CompareRequest:
+    """kitl compare's request; its thresholds checked (a UsageError names the option)."""
+    thresholds = compare_.thresholds_of(vars(args))
+    return CompareRequest(args.base, args.new, thresholds, args.format, args.output)
 
 
 def repro(args: argparse.Namespace) -> ReproRequest:

@@ -288,12 +288,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def run(run_dir: Path, output: Path | None = None, format_: str = "all") -> int:
     """`kitl report`: print the paths written.  With --format markdown, stdout carries the
     summary itself (for `>> $GITHUB_STEP_SUMMARY`) and the path goes to stderr."""
-    formats = FORMATS if args.format == "all" else (args.format,)
-    written = render_all(args.run_dir, args.output, formats=formats)
-    if args.format == "markdown":
+    formats = FORMATS if format_ == "all" else (format_,)
+    written = render_all(run_dir, output, formats=formats)
+    if format_ == "markdown":
         sys.stdout.write(written[0].read_text(encoding="utf-8"))
         print(written[0], file=sys.stderr)
         return EXIT_OK

@@ -45,7 +45,7 @@ import math
 import re
 import sys
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -521,24 +521,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def thresholds_from_args(args: argparse.Namespace) -> Thresholds:
-    """Thresholds from add_arguments()'s options; an option left unset keeps its default."""
-    changes: dict[str, Any] = {"fail_on_removed": bool(getattr(args, "fail_on_removed", False))}
+@dataclass(frozen=True)
+class CompareRequest:
+    """`kitl compare BASE NEW`, as its options said."""
+
+    base: Path
+    new: Path
+    thresholds: Thresholds
+    format: str = "table"
+    output: Path | None = None
+
+
+def thresholds_of(values: Mapping[str, object]) -> Thresholds:
+    """Thresholds from add_arguments()'s options (by dest); one left unset keeps its default.
+    A bad percentage is a UsageError naming the option."""
+    changes: dict[str, Any] = {"fail_on_removed": bool(values.get("fail_on_removed"))}
     for name in ("insns", "states", "load-time"):
         field = f"max_{name.replace('-', '_')}_growth"
-        if (value := getattr(args, field, None)) is not None:
+        if (value := values.get(field)) is not None:
             changes[field] = parse_percent(str(value), f"--max-{name}-growth")
     return Thresholds(**changes)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(request: CompareRequest) -> int:
     """`kitl compare`: 0 when the gate passes, 1 when it fails, 2 on a usage error."""
     try:
-        thresholds = thresholds_from_args(args)
-        result = compare(*load_sides(args.base, args.new), thresholds)
-        text = render(result, args.format)
-        if args.output is not None:
-            write_atomic(args.output, text)
+        result = compare(*load_sides(request.base, request.new), request.thresholds)
+        text = render(result, request.format)
+        if request.output is not None:
+            write_atomic(request.output, text)
     except KitlError as exc:
         print(f"kitl: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from harness.cli.main import main
 from harness.errors import UsageError
 from harness.results import compare as cmp
 from harness.results.compare import Comparison, Thresholds, compare, load_results, parse_percent
@@ -439,12 +440,6 @@ def test_json_is_stable_and_round_trips() -> None:
 # --- command line ----------------------------------------------------------------------------
 
 
-def parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="kitl compare")
-    cmp.add_arguments(parser)
-    return parser.parse_args(list(argv))
-
-
 @pytest.fixture
 def runs(tmp_path: Path) -> tuple[Path, Path]:
     base = write_jsonl(tmp_path / "base.jsonl", [cell("a"), cell("b")])
@@ -456,7 +451,7 @@ def test_run_exits_0_when_the_gate_passes(
     runs: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     base, new = runs
-    assert cmp.run(parse(str(base), str(new), "--max-insns-growth", "100%")) == 0
+    assert kitl_compare(str(base), str(new), "--max-insns-growth", "100%") == 0
     assert capsys.readouterr().out.splitlines()[-1].startswith("gate: PASS")
 
 
@@ -464,7 +459,7 @@ def test_run_exits_1_when_the_gate_fails(
     runs: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     base, new = runs
-    assert cmp.run(parse(str(base), str(new))) == 1
+    assert kitl_compare(str(base), str(new)) == 1
     assert "gate: FAIL — 1 regression (1 insns growth)" in capsys.readouterr().out
 
 
@@ -479,7 +474,7 @@ def test_run_exits_2_on_bad_thresholds(
     runs: tuple[Path, Path], capsys: pytest.CaptureFixture[str], extra: list[str], message: str
 ) -> None:
     base, new = runs
-    assert cmp.run(parse(str(base), str(new), *extra)) == 2
+    assert kitl_compare(str(base), str(new), *extra) == 2
     captured = capsys.readouterr()
     assert captured.err.startswith(message)
     assert captured.out == ""
@@ -488,7 +483,7 @@ def test_run_exits_2_on_bad_thresholds(
 def test_run_exits_2_on_a_missing_run(
     runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert cmp.run(parse(str(runs[0]), str(tmp_path / "missing"))) == 2
+    assert kitl_compare(str(runs[0]), str(tmp_path / "missing")) == 2
     assert capsys.readouterr().err == f"kitl: {tmp_path / 'missing'}: no such file or directory\n"
 
 
@@ -497,7 +492,7 @@ def test_run_writes_the_output_file_as_printed(
     runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], fmt: str
 ) -> None:
     out = tmp_path / f"report.{fmt}"
-    assert cmp.run(parse(*map(str, runs), "--format", fmt, "--output", str(out))) == 1
+    assert kitl_compare(*map(str, runs), "--format", fmt, "--output", str(out)) == 1
     printed = capsys.readouterr().out
     assert out.read_text(encoding="utf-8") == printed
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
@@ -511,7 +506,7 @@ def test_run_exits_2_when_the_output_cannot_be_written(
     runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "no" / "such" / "dir" / "report.md"
-    assert cmp.run(parse(*map(str, runs), "--output", str(out))) == 2
+    assert kitl_compare(*map(str, runs), "--output", str(out)) == 2
     assert capsys.readouterr().err.startswith(f"kitl: {out}: cannot write")
 
 
@@ -536,3 +531,8 @@ def test_figures_print_as_integers_and_load_times_in_ms() -> None:
     (entry,) = slow.entries
     assert entry.change == "load time +70.1ms (+70.1%)"
     assert "100.0ms  170.1ms" in cmp.format_table(slow)
+
+
+def kitl_compare(*argv: str) -> int:
+    """`kitl compare ARGV` as the command line runs it."""
+    return main(["compare", *argv])

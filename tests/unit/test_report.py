@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from harness.cli.main import main
 from harness.errors import UsageError
 from harness.report import render as report
 from harness.report.model import build_report, load_cells
@@ -419,14 +420,14 @@ def parse(*argv: str) -> argparse.Namespace:
 
 
 def test_cli_prints_paths(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert report.run(parse(str(run_dir), "--format", "junit", "--output", "out")) == 0
+    assert kitl_report(str(run_dir), "--format", "junit", "--output", "out") == 0
     assert capsys.readouterr().out == "out/junit.xml\n"
-    assert report.run(parse(str(run_dir))) == 0
+    assert kitl_report(str(run_dir)) == 0
     assert len(capsys.readouterr().out.splitlines()) == 9
 
 
 def test_cli_markdown_goes_to_stdout(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert report.run(parse(str(run_dir), "--format", "markdown")) == 0
+    assert kitl_report(str(run_dir), "--format", "markdown") == 0
     captured = capsys.readouterr()
     assert captured.out == (run_dir / "report" / "summary.md").read_text(encoding="utf-8")
     assert captured.err == "run/report/summary.md\n"
@@ -435,3 +436,8 @@ def test_cli_markdown_goes_to_stdout(run_dir: Path, capsys: pytest.CaptureFixtur
 def test_cli_rejects_unknown_format() -> None:
     with pytest.raises(SystemExit):
         parse("run", "--format", "pdf")
+
+
+def kitl_report(*argv: str) -> int:
+    """`kitl report ARGV` as the command line runs it."""
+    return main(["report", *argv])
