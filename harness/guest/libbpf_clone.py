@@ -26,6 +26,8 @@ from harness.guest.libbpf_load import (
     LoadOptions,
     ProgramLoad,
     prog_info,
+    wants_full_log,
+    with_full_log,
 )
 from harness.guest.libbpf_object import BpfObject, LogBuffer, attach_type_of, preset
 
@@ -130,9 +132,10 @@ class PreparedObject:
         if opts.log_failures_only and level & ~BPF_LOG_STATS:
             quiet = replace(opts, log_level=BPF_LOG_STATS, log_failures_only=False)
             first = self._load_at(program, quiet, min(opts.log_size, 64 << 10))
-            if first.ok or not first.log.strip():
-                return first  # loaded; or refused before the verifier ran (no log to get)
-            return _again(self._load_at(program, opts, opts.log_size), first)
+            if not wants_full_log(first):
+                return first  # loaded, or failed where a whole log says no more
+            full_opts = replace(opts, log_size_max=opts.log_size)  # one reload, no doubling
+            return with_full_log(first, self._load_at(program, full_opts, opts.log_size))
         return self._load_at(program, opts, opts.log_size)
 
     def _load_at(self, program: str, opts: LoadOptions, size: int) -> ProgramLoad:
@@ -209,11 +212,6 @@ class PreparedObject:
             fixups=self.fixups,
             clone=True,
         )
-
-
-def _again(full: ProgramLoad, first: ProgramLoad) -> ProgramLoad:
-    """The full log's load, with the attempts of both and the first one's statistics."""
-    return replace(full, attempts=first.attempts + full.attempts, stats_log=first.log)
 
 
 def prepare_key(path: str, opts: LoadOptions) -> tuple[str, LoadOptions]:

@@ -8,8 +8,9 @@ checks).  The load itself is `BpfObject.load_one` (harness.guest.libbpf_object).
 from __future__ import annotations
 
 import ctypes
+import errno as _errno
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from harness.guest import libbpf_prepare
 from harness.guest.libbpf import Libbpf, LibbpfError, describe_errno
@@ -156,3 +157,28 @@ def live_ids(lib: Libbpf) -> dict[str, frozenset[int]]:
             ids.add(current)
         out[kind] = frozenset(ids)
     return out
+
+
+def wants_full_log(first: ProgramLoad) -> bool:
+    """Whether a failed statistics-only load is loaded again for its whole log: not when
+    the verifier never ran (no log at all: libbpf or the kernel refused it first), nor at
+    the complexity limit (E2BIG: a million instructions explored, whose level-1 trace
+    would take minutes under TCG and fill any buffer; the first log has the error and the
+    statistics, and `kitl repro` traces it at the level asked for)."""
+    return not first.ok and bool(first.log.strip()) and first.errno != _errno.E2BIG
+
+
+def with_full_log(first: ProgramLoad, full: ProgramLoad) -> ProgramLoad:
+    """A failure loaded again for its whole log (log_failures_only), with the first load's
+    statistics.  The reload's buffer does not grow: a program that explores a million
+    instructions logs gigabytes at level 1, and each doubling verifies it again.  So a log
+    that overflowed keeps the first load's verdict, and ends with the first load's error
+    and statistics after what fit of the whole log (the kernel keeps its tail from 6.4 on,
+    its head before)."""
+    attempts = first.attempts + full.attempts
+    if full.log_truncated and not full.ok:
+        log = f"{full.log.rstrip()}\n{first.log}"
+        return replace(
+            full, ok=first.ok, errno=first.errno, log=log, attempts=attempts, stats_log=first.log
+        )
+    return replace(full, attempts=attempts, stats_log=first.log)

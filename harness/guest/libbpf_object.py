@@ -24,6 +24,8 @@ from harness.guest.libbpf_load import (
     ProgInfo,
     ProgramLoad,
     prog_info,
+    wants_full_log,
+    with_full_log,
 )
 from harness.guest.libbpf_run import RingBufferCounter, TestRun, prog_test_run
 
@@ -179,11 +181,11 @@ class BpfObject:
         size = min(opts.log_size, _STATS_LOG_SIZE)
         quiet = replace(opts, log_level=BPF_LOG_STATS, log_size=size, log_size_max=size)
         obj, first = cls._load_growing_log(lib, path, program, quiet)
-        if first.ok or first.failed_stage != "load" or not first.log.strip():
-            # loaded, or failed before the verifier ran (libbpf's messages say why)
-            return obj, first
-        obj, full = cls._load_growing_log(lib, path, program, opts)
-        return obj, replace(full, attempts=first.attempts + full.attempts, stats_log=first.log)
+        if first.failed_stage != "load" or not wants_full_log(first):
+            return obj, first  # loaded, or failed where a whole log says no more
+        full_opts = replace(opts, log_size_max=opts.log_size)  # one reload, no doubling
+        obj, full = cls._load_growing_log(lib, path, program, full_opts)
+        return obj, with_full_log(first, full)
 
     @classmethod
     def _load_growing_log(

@@ -32,6 +32,7 @@ class FakeC:
         self.clones: list[tuple[int, int]] = []  # (log_level, log_size) of each clone
         self.closed = 0
         self.pin: Path | None = None  # a map pinned by name while preparing
+        self.rc_failure = -errno.EACCES  # what a rejected clone returns
 
     def bpf_object__open_file(self, path: bytes, opts: Any) -> int:
         return 0x10
@@ -60,7 +61,7 @@ class FakeC:
         ctypes.memmove(attr.log_buf, log, min(len(log), attr.log_size - 1))
         if len(log) >= attr.log_size:
             return -errno.ENOSPC
-        return -errno.EACCES if self.reject else os.open(os.devnull, os.O_RDONLY)
+        return self.rc_failure if self.reject else os.open(os.devnull, os.O_RDONLY)
 
     def bpf_obj_get_info_by_fd(self, fd: int, buf: Any, length: Any) -> int:
         return 0
@@ -162,3 +163,28 @@ def test_the_cache_keeps_one_object_per_file_and_settings_and_unpins_it(tmp_path
     cache.close()
     assert c.closed == 2
     assert not (tmp_path / "pinned_map").exists()
+
+
+def test_a_failures_log_that_overflows_keeps_the_verdict_and_ends_with_the_error() -> None:
+    """The reload for the log does not grow its buffer (a million-instruction program
+    logs gigabytes at level 1): the first load's verdict, and its error and statistics
+    after what fit."""
+    c = FakeC(reject=True, trace_bytes=5000)
+    load = prepared(c).load("prog", LoadOptions(log_failures_only=True, log_size=1024))
+    assert c.clones == [(4, 1024), (5, 1024)]
+    assert (load.ok, load.errno, load.log_truncated, load.attempts) == (
+        False,
+        errno.EACCES,
+        True,
+        2,
+    )
+    assert load.log.endswith(load.stats_log)
+    assert "invalid mem access" in load.stats_log
+
+
+def test_a_program_at_the_complexity_limit_is_not_traced_again() -> None:
+    c = FakeC(reject=True)
+    c.rc_failure = -errno.E2BIG
+    load = prepared(c).load("prog", LoadOptions(log_failures_only=True))
+    assert (load.ok, load.errno, load.attempts, load.log_level) == (False, errno.E2BIG, 1, 4)
+    assert c.clones == [(4, 64 << 10)]
