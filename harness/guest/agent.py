@@ -202,7 +202,8 @@ class Agent:
             result = prepared.load(req.program, opts)
         except KeyError as exc:
             raise GuestError(str(exc).strip('"'), ErrorKind.SETUP) from None
-        out = self._report(lib, result)
+        # the maps preparing it pinned by name, there until the next object replaces it
+        out = dataclasses.replace(self._report(lib, result), pinned=tuple(self.prepared.pins))
         if self._bpffs_note:
             out = dataclasses.replace(out, notes=(*out.notes, self._bpffs_note))
         if not result.ok:

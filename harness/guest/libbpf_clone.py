@@ -178,6 +178,14 @@ class PreparedObject:
         true_size = int(attr.log_true_size) or size
         return _Clone(rc, raw.decode("utf-8", "replace"), len(raw) >= size - 1, true_size, load_ns)
 
+    def _messages(self, program: str, rc: int) -> str:
+        """libbpf's messages of the clone; a failure's name the object first, as a load
+        of the object would (a clone's own messages name only the program)."""
+        messages = self.lib.drain_messages()
+        if rc >= 0:
+            return messages
+        return f"kitl: {self.path}: {program} loaded from the object prepared once\n{messages}"
+
     def _result(
         self, prog: int, program: str, clone: _Clone, *, level: int, size: int, attempts: int,
         truncated: bool,
@@ -198,7 +206,7 @@ class PreparedObject:
             errno=-clone.rc if clone.rc < 0 else 0,
             log=clone.log,
             log_truncated=truncated,
-            libbpf_messages=lib.drain_messages(),
+            libbpf_messages=self._messages(program, clone.rc),
             load_ns=clone.load_ns,
             insn_cnt=int(c.bpf_program__insn_cnt(prog)),
             prog_id=info.id if info else None,
