@@ -22,10 +22,11 @@ from dataclasses import dataclass, replace
 from harness.guest import libbpf_prepare
 from harness.guest.libbpf import Libbpf
 from harness.guest.libbpf_load import (
-    BPF_LOG_STATS,
     LoadOptions,
     ProgramLoad,
+    full_log_reload,
     prog_info,
+    stats_first,
     wants_full_log,
     with_full_log,
 )
@@ -128,15 +129,13 @@ class PreparedObject:
         """`program` loaded on its own from the prepared object and unloaded again, with
         opts' log and flags (statistics first, the whole log after a failure, under
         log_failures_only); what is prepared stays as the object was prepared."""
-        level = opts.log_level
-        if opts.log_failures_only and level & ~BPF_LOG_STATS:
-            quiet = replace(opts, log_level=BPF_LOG_STATS, log_failures_only=False)
-            first = self._load_at(program, quiet, min(opts.log_size, 64 << 10))
-            if not wants_full_log(first):
-                return first  # loaded, or failed where a whole log says no more
-            full_opts = replace(opts, log_size_max=opts.log_size)  # one reload, no doubling
-            return with_full_log(first, self._load_at(program, full_opts, opts.log_size))
-        return self._load_at(program, opts, opts.log_size)
+        quiet = stats_first(opts)
+        if quiet is None:
+            return self._load_at(program, opts, opts.log_size)
+        first = self._load_at(program, quiet, quiet.log_size)
+        if not wants_full_log(first):
+            return first  # loaded, or failed where a whole log says no more
+        return with_full_log(first, self._load_at(program, full_log_reload(opts), opts.log_size))
 
     def _load_at(self, program: str, opts: LoadOptions, size: int) -> ProgramLoad:
         prog = self._program(program)

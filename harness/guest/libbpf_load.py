@@ -159,6 +159,26 @@ def live_ids(lib: Libbpf) -> dict[str, frozenset[int]]:
     return out
 
 
+# The first load's buffer under log_failures_only: the statistics and, on a failure, the
+# verifier's message fit; an overflow only means the full reload that follows anyway.
+STATS_LOG_SIZE = 64 << 10
+
+
+def stats_first(opts: LoadOptions) -> LoadOptions | None:
+    """The options of a statistics-only first load (log_failures_only with a log level
+    above statistics), its small buffer never grown; None: load at opts' level at once."""
+    if not (opts.log_failures_only and opts.log_level & ~BPF_LOG_STATS):
+        return None
+    size = min(opts.log_size, STATS_LOG_SIZE)
+    return replace(opts, log_level=BPF_LOG_STATS, log_size=size, log_size_max=size)
+
+
+def full_log_reload(opts: LoadOptions) -> LoadOptions:
+    """The options of a failure's reload for its whole log: one load, its buffer never
+    doubled (see with_full_log)."""
+    return replace(opts, log_size_max=opts.log_size)
+
+
 def wants_full_log(first: ProgramLoad) -> bool:
     """Whether a failed statistics-only load is loaded again for its whole log: not when
     the verifier never ran (no log at all: libbpf or the kernel refused it first), nor at

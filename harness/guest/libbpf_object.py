@@ -19,11 +19,12 @@ from harness.guest import libbpf_prepare
 from harness.guest.libbpf import AttachError, Libbpf, LibbpfError
 from harness.guest.libbpf_attach import Attacher, Link, XdpState
 from harness.guest.libbpf_load import (
-    BPF_LOG_STATS,
     LoadOptions,
     ProgInfo,
     ProgramLoad,
+    full_log_reload,
     prog_info,
+    stats_first,
     wants_full_log,
     with_full_log,
 )
@@ -113,11 +114,6 @@ def _log_from_messages(messages: str) -> str:
     return messages[start + len(begin) : stop if stop >= 0 else None]
 
 
-# The first load's buffer under log_failures_only: the statistics and, on a failure, the
-# verifier's message fit; an overflow only means the full reload that follows anyway.
-_STATS_LOG_SIZE = 64 << 10
-
-
 class BpfObject:
     """One opened and loaded bpf_object; a context manager that detaches its links and
     closes it (which unloads its programs and maps).  Its attach calls are an `Attacher`
@@ -176,15 +172,13 @@ class BpfObject:
         full speed); a load that fails in the kernel is loaded again at opts.log_level for
         its complete log."""
         opts = opts or LoadOptions()
-        if not (opts.log_failures_only and opts.log_level & ~BPF_LOG_STATS):
+        quiet = stats_first(opts)
+        if quiet is None:
             return cls._load_growing_log(lib, path, program, opts)
-        size = min(opts.log_size, _STATS_LOG_SIZE)
-        quiet = replace(opts, log_level=BPF_LOG_STATS, log_size=size, log_size_max=size)
         obj, first = cls._load_growing_log(lib, path, program, quiet)
         if first.failed_stage != "load" or not wants_full_log(first):
             return obj, first  # loaded, or failed where a whole log says no more
-        full_opts = replace(opts, log_size_max=opts.log_size)  # one reload, no doubling
-        obj, full = cls._load_growing_log(lib, path, program, full_opts)
+        obj, full = cls._load_growing_log(lib, path, program, full_log_reload(opts))
         return obj, with_full_log(first, full)
 
     @classmethod
