@@ -162,18 +162,19 @@ class PreparedObject:
         return prog
 
     def _clone(self, prog: int, opts: LoadOptions, size: int) -> _Clone:
-        level = opts.log_level
-        log = LogBuffer(size) if level else None
+        # A buffer even at log level 0: libbpf's bpf_prog_load then loads a failure again
+        # at level 1 into it, as an object's load does (there libbpf prints that log; a
+        # clone's is only in the buffer).  Anonymous memory: unused pages cost nothing.
+        log = LogBuffer(size)
         attr = BpfProgLoadOpts(sz=ctypes.sizeof(BpfProgLoadOpts))
         if opts.prog_flags:
             attr.prog_flags = int(self.lib.c.bpf_program__flags(prog)) | opts.prog_flags
-        if log is not None:
-            attr.log_buf, attr.log_size, attr.log_level = log.address, size, level
+        attr.log_buf, attr.log_size, attr.log_level = log.address, size, opts.log_level
         self.lib.drain_messages()
         started = time.perf_counter_ns()
         rc = int(self.lib.c.bpf_program__clone(prog, ctypes.byref(attr)))
         load_ns = time.perf_counter_ns() - started
-        raw = log.read() if log is not None else b""
+        raw = log.read()
         true_size = int(attr.log_true_size) or size
         return _Clone(rc, raw.decode("utf-8", "replace"), len(raw) >= size - 1, true_size, load_ns)
 

@@ -54,6 +54,9 @@ class FakeC:
     def bpf_program__clone(self, prog: int, attr_ref: Any) -> int:
         attr = ctypes.cast(attr_ref, ctypes.POINTER(BpfProgLoadOpts)).contents
         self.clones.append((attr.log_level, attr.log_size))
+        if attr.log_level == 0 and not self.reject:
+            return os.open(os.devnull, os.O_RDONLY)  # no log; a failure: bpf_prog_load's
+            # retry at level 1 into the same buffer, which the log below stands for
         log = (b"" if attr.log_level == 4 else self.trace) + (
             b"R1 invalid mem access 'scalar'\n" if self.reject else b""
         ) + STATS  # fmt: skip
@@ -121,6 +124,22 @@ def test_a_program_that_fails_is_loaded_again_for_its_whole_log() -> None:
     assert load.log.startswith(TRACE.decode())
     assert "invalid mem access" in load.stats_log
     assert TRACE.decode() not in load.stats_log
+
+
+def test_at_log_level_0_a_failure_still_has_its_log() -> None:
+    # libbpf's bpf_prog_load loads a failure again at level 1 when given a buffer at
+    # level 0; without the buffer the kernel's rejection had no words at all
+    c = FakeC(reject=True)
+    load = prepared(c).load("prog", LoadOptions(log_level=0))
+    assert c.clones == [(0, 16 << 20)]
+    assert (load.ok, load.log_level) == (False, 0)
+    assert "invalid mem access" in load.log
+
+
+def test_at_log_level_0_a_program_that_passes_has_no_log() -> None:
+    c = FakeC()
+    load = prepared(c).load("prog", LoadOptions(log_level=0))
+    assert (load.ok, load.log, c.clones) == (True, "", [(0, 16 << 20)])
 
 
 def test_a_log_that_overflows_is_grown_to_what_the_kernel_says_it_needs() -> None:
