@@ -8,9 +8,11 @@ programs of tools/testing/selftests/bpf/progs that carry test_loader annotations
 (`__success`, `__failure`, `__msg`...) are compiled the way the selftests' Makefile does
 (clang -O2 --target=bpf -mcpu=v3, the selftests' and libbpf's headers, a vmlinux.h of
 that kernel's BTF written by the source's own bpftool, with its kfunc prototypes) into
-OUT_DIR/<name>.bpf.o.  Programs Debian's clang cannot compile
-(newer instructions in inline asm, newer builtins) are listed in OUT_DIR/build.json with
-clang's first error, and counted on the way out.  Then:
+OUT_DIR/<name>.bpf.o, with the newest clang on PATH (`clang-19`, which bookworm has, or
+`--clang`: bookworm's default clang 14 cannot assemble the newer instructions many tests
+use in inline asm, and writes BTF type tags in a form the verifier does not read, so
+kptr tests fail for the compiler's sake).  Programs the clang cannot compile are listed
+in OUT_DIR/build.json with clang's first error, and counted on the way out.  Then:
 
     kitl verify --annotations OUT_DIR --kernels debian-7.3,debian-7.2
 """
@@ -23,6 +25,7 @@ import fnmatch
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -41,6 +44,14 @@ from harness.run.compile import kernel_btf
 SUBTREES = ("tools", "include/uapi", "include/linux/kconfig.h", "scripts/bpf_doc.py")
 LIBBPF_HEADERS = ("bpf_helpers.h", "bpf_tracing.h", "bpf_core_read.h", "bpf_endian.h",
                   "usdt.bpf.h")  # fmt: skip
+# prog_tests/verifier.c fills one map of two objects between load and test_run (its
+# pre_execution_cb, init_test_val_map): key 0 holds a struct test_val whose index is 7 ints
+# and whose foo[6] is 0xabcdef12; the annotations' return values assume it
+TEST_VAL = b"".join(
+    ((7 * 4).to_bytes(4, "little"), bytes(24), (0xABCDEF12).to_bytes(4, "little"), bytes(16))
+)
+PRE_EXECUTION = {"verifier_array_access.bpf.o": "map_array_ro",
+                 "verifier_value_ptr_arith.bpf.o": "map_array_48b"}  # fmt: skip
 ANNOTATED = re.compile(r"\b__(?:success|failure|msg|retval)(?:_unpriv)?\b")
 
 
@@ -50,6 +61,7 @@ def main() -> int:
     p.add_argument("--kernel", default=None, help="a Debian catalog kernel (default: newest)")
     p.add_argument("--only", default="*", metavar="GLOB", help="program files, e.g. verifier_*")
     p.add_argument("-j", type=int, default=os.cpu_count() or 2)
+    p.add_argument("--clang", default=newest_clang(), help="the compiler (default: %(default)s)")
     args = p.parse_args()
     ks = Kernels.open(Cache.default())
     name = args.kernel or default_loader(ks.catalog)
@@ -67,16 +79,35 @@ def main() -> int:
         ]
         args.out.mkdir(parents=True, exist_ok=True)
         with concurrent.futures.ThreadPoolExecutor(args.j) as pool:
-            errors = dict(pool.map(lambda s: compile_one(s, tree, include, args.out), sources))
+            errors = dict(
+                pool.map(lambda s: compile_one(args.clang, s, tree, include, args.out), sources)
+            )
     failed = {k: v for k, v in errors.items() if v}
     (args.out / "build.json").write_text(
-        json.dumps({"kernel": name, "source": deb.name, "failed": failed}, indent=2) + "\n"
+        json.dumps(
+            {
+                "kernel": name,
+                "source": deb.name,
+                "clang": clang_version(args.clang),
+                "failed": failed,
+            },
+            indent=2,
+        )
+        + "\n"
     )
     print(f"{len(sources) - len(failed)} of {len(sources)} annotated program files compiled "
           f"from {deb.name} into {args.out}")  # fmt: skip
     for reason, count in Counter(_kind(v) for v in failed.values()).most_common(8):
         print(f"  {count:4} not compiled: {reason}")
+    print("then:", shlex.join(verify_argv(args.out)))
     return 0
+
+
+def verify_argv(out: Path) -> list[str]:
+    """The `kitl verify` of the corpus, with the map contents the selftests' own runner
+    writes before test_run."""
+    fills = [f"--map-set={o}/{m}:0=hex:{TEST_VAL.hex()}" for o, m in PRE_EXECUTION.items()]
+    return ["kitl", "verify", "--annotations", str(out), *fills, "--kernels", "debian-7.3"]
 
 
 def unpack(deb: Path, series: str, work: Path) -> Path:
@@ -119,13 +150,26 @@ def headers(tree: Path, vmlinux: Path, include: Path) -> Path:
     return include
 
 
-def compile_argv(source: Path, tree: Path, include: Path, out: Path) -> list[str]:
+def newest_clang() -> str:
+    """The clang-N with the highest N on PATH, else plain clang."""
+    for major in range(30, 13, -1):
+        if shutil.which(f"clang-{major}"):
+            return f"clang-{major}"
+    return "clang"
+
+
+def clang_version(clang: str) -> str:
+    done = subprocess.run([clang, "--version"], check=True, capture_output=True, text=True)
+    return done.stdout.splitlines()[0]
+
+
+def compile_argv(clang: str, source: Path, tree: Path, include: Path, out: Path) -> list[str]:
     selftests = tree / "tools/testing/selftests/bpf"
     clang_include = subprocess.run(
-        ["clang", "-print-resource-dir"], check=True, capture_output=True, text=True
+        [clang, "-print-resource-dir"], check=True, capture_output=True, text=True
     ).stdout.strip()
     return [
-        "clang", "-g", "-O2", "--target=bpf", "-mcpu=v3", "-D__TARGET_ARCH_x86",
+        clang, "-g", "-O2", "--target=bpf", "-mcpu=v3", "-D__TARGET_ARCH_x86",
         "-std=gnu11", "-fno-strict-aliasing", "-Wno-compare-distinct-pointer-types",
         "-Wno-microsoft-anon-tag", "-fms-extensions", "-Wno-initializer-overrides",
         f"-I{include}", f"-I{selftests}", f"-I{selftests / 'progs'}",
@@ -137,11 +181,13 @@ def compile_argv(source: Path, tree: Path, include: Path, out: Path) -> list[str
     ]  # fmt: skip
 
 
-def compile_one(source: Path, tree: Path, include: Path, out_dir: Path) -> tuple[str, str]:
+def compile_one(
+    clang: str, source: Path, tree: Path, include: Path, out_dir: Path
+) -> tuple[str, str]:
     """(file name, clang's first error or "")."""
     out = out_dir / f"{source.stem}.bpf.o"
     done = subprocess.run(
-        compile_argv(source, tree, include, out), capture_output=True, text=True, check=False
+        compile_argv(clang, source, tree, include, out), capture_output=True, text=True, check=False
     )
     if done.returncode == 0:
         return source.name, ""

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from harness.bpf import progtypes, sections
-from harness.bpf.elfobj import ObjectFormatError, read_object
+from harness.bpf.elfobj import ObjectFormatError, ObjectInfo, read_object
 from harness.bpf.progtypes import ProgType
 from harness.errors import UsageError
 from harness.scenario import bulk, filters, selftest_tags
@@ -88,10 +88,16 @@ def check_names(objects: Sequence[Path], options: VerifyOptions) -> None:
         if name not in maps or program not in programs:
             missing = f"a map {name!r}" if name not in maps else f"a program {program!r}"
             raise UsageError(f"--tail-call {name}: no object has {missing}")
-    for name, *_ in options.map_values:
-        if name not in maps and "." not in name:  # ".bss" and the like: libbpf's data maps
+    for entry in options.map_values:
+        chosen = [i for o, i in zip(objects, infos, strict=True) if entry.applies_to(o)]
+        if not chosen:
+            raise UsageError(f"--map-set {entry.object}/{entry.map}: no object's file name "
+                             f"matches {entry.object!r}")  # fmt: skip
+        in_them = {m for i in chosen for m in i.maps}
+        if entry.map not in in_them and "." not in entry.map:  # ".bss": libbpf's data maps
             raise UsageError(
-                f"--map-set {name}: no object has a map {name!r}", hint=_hint(name, maps)
+                f"--map-set {entry.map}: no object has a map {entry.map!r}",
+                hint=_hint(entry.map, in_them),
             )
     for name, _ in options.globals:
         if name not in global_names:
@@ -130,6 +136,16 @@ def scenario_name(obj: Path) -> str:
     return f"{cleaned[:80] or 'object'}-{digest}"
 
 
+def _map_setup(obj: Path, info: ObjectInfo, options: VerifyOptions) -> tuple[MapExpect, ...]:
+    """--map-set's entries for this object: its maps (and libbpf's data maps) only."""
+    mine = [v for v in options.map_values if v.applies_to(obj)]
+    return tuple(
+        MapExpect(m, tuple(MapEntry(v.key, v.value) for v in mine if v.map == m))
+        for m in dict.fromkeys(v.map for v in mine)
+        if m in info.maps or "." in m
+    )
+
+
 def scenario_for_object(obj: Path, options: VerifyOptions) -> Scenario:
     """One case per selected program of `obj` (and per privilege asked for).  An object
     that is not a BPF object (empty, truncated, another machine's ELF) gets one case,
@@ -142,9 +158,11 @@ def scenario_for_object(obj: Path, options: VerifyOptions) -> Scenario:
     except ValueError as exc:  # cannot be read at all: the guest could not get it either
         raise UsageError(str(exc)) from None
     name = scenario_name(obj)
-    if options.annotations:
+    setup = _map_setup(obj, info, options)
+    if options.annotations:  # --map-set stands for the selftests' pre_execution_cb
         selected = [p.name for p in info.programs if _selected(obj, p.name, options)]
         found = selftest_tags.cases_of(info, obj, name, selected)
+        found = [replace(c, setup_maps=setup) if c.drive else c for c in found]
         obj_def = BpfObject(name, path=obj, info=info)
         return Scenario(name, obj, (obj_def,), tuple(found), configs=options.configs)
     cases: list[Case] = []
@@ -152,11 +170,6 @@ def scenario_for_object(obj: Path, options: VerifyOptions) -> Scenario:
     targets = dict(options.attach_targets)
     companions = ("*",) if options.whole_object else ()
     names = set(info.program_names())
-    setup = tuple(
-        MapExpect(m, tuple(MapEntry(k, v) for n, k, v in options.map_values if n == m))
-        for m in dict.fromkeys(n for n, _, _ in options.map_values)
-        if m in info.maps or "." in m
-    )
     for prog in info.programs:
         if not _selected(obj, prog.name, options):
             continue

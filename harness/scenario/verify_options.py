@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import argparse
 import enum
+import fnmatch
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypedDict, cast
+from typing import Any, Literal, NamedTuple, Protocol, TypedDict, cast
 
 from harness.bpf import progtypes
 from harness.errors import UsageError
@@ -55,7 +56,7 @@ class VerifyOptions:
     pinning: bool = True
     pin_root: str | None = None
     whole_object: bool = False  # every program of the object in each load, as a skeleton
-    map_values: tuple[tuple[str, int | bytes, int | bytes], ...] = ()  # written before test_run
+    map_values: tuple[MapValue, ...] = ()  # written after the load, before test_run
     annotations: bool = False  # the selftests' test_loader annotations are the expectations
     tail_calls: tuple[tuple[str, int, str], ...] = ()  # (prog array, slot, program) to fill
 
@@ -163,21 +164,37 @@ def parse_map(text: str) -> tuple[str, int | None, int | None]:
     return name, sizes.get("max_entries"), sizes.get("value_size")
 
 
-def parse_map_value(text: str) -> tuple[str, int | bytes, int | bytes]:
-    """NAME:KEY=VALUE: an entry written into a map after the load (before test_run).  KEY
-    and VALUE are integers (little-endian at the map's sizes) or hex:BYTES."""
-    name, _, entry = text.partition(":")
+class MapValue(NamedTuple):
+    """--map-set's entry: written into `map` of the objects whose file name matches
+    `object` (an fnmatch glob) after the load, before test_run."""
+
+    map: str
+    key: int | bytes
+    value: int | bytes
+    object: str = "*"
+
+    def applies_to(self, obj: Path) -> bool:
+        return fnmatch.fnmatchcase(obj.name, self.object)
+
+
+def parse_map_value(text: str) -> MapValue:
+    """[OBJECT/]NAME:KEY=VALUE: an entry written into a map after the load (before
+    test_run).  KEY and VALUE are integers (little-endian at the map's sizes) or
+    hex:BYTES; OBJECT, a glob on the object's file name, keeps it to those objects (the
+    selftests fill `map_array_48b` of one object, and five others have one too)."""
+    target, _, entry = text.partition(":")
+    glob, _, name = target.rpartition("/")
     key, _, value = entry.partition("=")
     try:
         parsed = (_map_datum(key), _map_datum(value))
     except ValueError:
         parsed = None
-    if not MAP_NAME.match(name) or parsed is None:
+    if not MAP_NAME.match(name) or parsed is None or (not glob and "/" in target):
         raise UsageError(
-            f"--map-set {text!r}: expected NAME:KEY=VALUE",
+            f"--map-set {text!r}: expected [OBJECT/]NAME:KEY=VALUE",
             hint="integers (42, 0x2a, -1) or hex:BYTES, e.g. --map-set config:0=hex:0a000001",
         )
-    return name, parsed[0], parsed[1]
+    return MapValue(name, parsed[0], parsed[1], glob or "*")
 
 
 def _map_datum(text: str) -> int | bytes:
@@ -442,8 +459,9 @@ OPTIONS: tuple[Option, ...] = (
         help="size a map as the loader's user space would before the load (repeatable)",
     ),
     Option(
-        "--map-set", "map_values", L, parse=parse_map_value, metavar="NAME:KEY=VALUE",
-        help="write an entry into a map after the load, before test_run (repeatable)",
+        "--map-set", "map_values", L, parse=parse_map_value, metavar="[OBJECT/]NAME:KEY=VALUE",
+        help="write an entry into a map after the load, before test_run (repeatable); "
+        "OBJECT: only objects whose file name matches this glob",
     ),
     Option(
         "--tail-call", "tail_calls", L, parse=parse_tail_call, metavar="PROG_ARRAY:SLOT=PROGRAM",

@@ -370,19 +370,31 @@ def test_a_map_a_profile_may_not_create_says_which_profile() -> None:
 
 
 def test_map_values_parse_and_reach_the_cases_of_objects_with_the_map(loader_set: Path) -> None:
-    assert verify_options.parse_map_value("counts:1=0x2a") == ("counts", 1, 42)
-    assert verify_options.parse_map_value("counts:-1=hex:0a0b") == ("counts", -1, b"\x0a\x0b")
-    for bad in ("counts", "counts:1", "counts:x=1", "counts:1=hex:", "bad name:1=1"):
-        with pytest.raises(UsageError, match="expected NAME:KEY=VALUE"):
+    MapValue = verify_options.MapValue
+    assert verify_options.parse_map_value("counts:1=0x2a") == MapValue("counts", 1, 42)
+    assert verify_options.parse_map_value("counts:-1=hex:0a0b") == ("counts", -1, b"\x0a\x0b", "*")
+    assert verify_options.parse_map_value("v_*.bpf.o/arr:0=1") == ("arr", 0, 1, "v_*.bpf.o")
+    for bad in ("counts", "counts:1", "counts:x=1", "counts:1=hex:", "bad name:1=1", "/m:0=1"):
+        with pytest.raises(UsageError, match=r"expected \[OBJECT/\]NAME:KEY=VALUE"):
             verify_options.parse_map_value(bad)
-    options = VerifyOptions(map_values=(("counts", 1, 42), ("counts", 2, 7)))
+    options = VerifyOptions(map_values=(MapValue("counts", 1, 42), MapValue("counts", 2, 7)))
     objects.check_names([loader_set], options)
     case = objects.scenario_for_object(loader_set, options).case("xdp_count")
     assert [(m.name, [(e.key, e.value) for e in m.entries]) for m in case.setup_maps] == [
         ("counts", [(1, 42), (2, 7)])
     ]
     with pytest.raises(UsageError, match="--map-set count: no object has a map 'count'"):
-        objects.check_names([loader_set], VerifyOptions(map_values=(("count", 1, 1),)))
+        objects.check_names([loader_set], VerifyOptions(map_values=(MapValue("count", 1, 1),)))
+
+
+def test_a_map_value_for_one_object_leaves_the_others_alone(loader_set: Path) -> None:
+    # the selftests fill map_array_48b of verifier_value_ptr_arith only (pre_execution_cb)
+    other = verify_options.MapValue("counts", 1, 42, "other_*.o")
+    with pytest.raises(UsageError, match=r"no object's file name matches 'other_\*\.o'"):
+        objects.check_names([loader_set], VerifyOptions(map_values=(other,)))
+    options = VerifyOptions(map_values=(other, other._replace(object=loader_set.name, value=7)))
+    case = objects.scenario_for_object(loader_set, options).case("xdp_count")
+    assert [[e.value for e in m.entries] for m in case.setup_maps] == [[7]]
 
 
 def test_a_corpus_table_shows_only_the_programs_that_need_a_look(

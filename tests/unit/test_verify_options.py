@@ -118,7 +118,7 @@ def test_the_values_cross_to_pytest_into_equal_options(
         assert (options.fixups, options.pinning, options.whole_object) == (False, False, True)
         assert options.programs == ("xdp_*", "trace_read")
         assert options.maps == (("counts", 1024, 8), ("other", 2, None))
-        assert options.map_values == (("counts", 0, b"\n\0\0\1"), (".bss", 1, -1))
+        assert options.map_values == (("counts", 0, b"\n\0\0\1", "*"), (".bss", 1, -1, "*"))
         assert options.tail_calls == (("jmp_table", 0, "stage_one"), ("jmp_table", 3, "stage_two"))
         assert [c.name for c in options.configs] == ["interp", "hard"]
         assert options.btf_custom_path == tmp_path / "vmlinux.btf"
