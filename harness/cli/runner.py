@@ -2,8 +2,9 @@
 the kitl plugin (harness.pytest_plugin.plugin).
 
 Everything a user can get wrong is checked here first, with one line and exit status 2:
-scenario files, kernel names, config names, the shard.  Kernels are fetched and the
-accelerator decided once, in this process, so pytest-xdist workers find both ready.  Then
+scenario files, kernel names, config names, the shard, -n.  The number of workers is
+decided from the plan (harness.run.workers: -n auto, the default).  Kernels are fetched and
+the accelerator decided once, in this process, so pytest-xdist workers find both ready.  Then
 pytest runs in a child process (its own signal handling, no state shared with the caller)
 and its exit status becomes kitl's.
 """
@@ -44,6 +45,7 @@ from harness.results.runs import appended, finished_ids
 from harness.run import options
 from harness.run.matrix import Cell, Shard, plan, shard_cells
 from harness.run.options import Matrix
+from harness.run.workers import decide as decide_workers
 from harness.scenario.model import Scenario
 from harness.vm import accel
 
@@ -90,9 +92,11 @@ def pytest_base(matrix: Matrix, collect: str, command: str) -> list[str]:
     return [*argv, *matrix.argv(options.FIRST, command)]
 
 
-def pytest_argv(request: RunRequest, paths: Sequence[Path], run_dir: Path) -> list[str]:
-    """The exact pytest command `kitl run` executes."""
-    matrix = replace(request.matrix, output=run_dir)
+def pytest_argv(
+    request: RunRequest, paths: Sequence[Path], run_dir: Path, workers: int
+) -> list[str]:
+    """The exact pytest command `kitl run` executes, with `workers` (`workers_for`)."""
+    matrix = replace(request.matrix, output=run_dir, workers=workers)
     argv = pytest_base(matrix, "--kitl", "run")
     argv += matrix.argv(options.AXES, "run") + matrix.argv(options.SETTINGS, "run")
     return [*argv, *(str(p) for p in paths)]
@@ -121,9 +125,18 @@ def run(request: RunRequest, scenarios: list[Scenario]) -> int:
     paths = [p.resolve() for p in (request.paths or [BUNDLED])]
     status = EXIT_OK
     if cells:
-        argv = pytest_argv(request, paths, run_dir)
-        status = launch(ks, matrix.accel, argv, cells, run_dir, dry_run=request.dry_run)
+        workers = workers_for(matrix, cells)
+        argv = pytest_argv(request, paths, run_dir, workers)
+        status = launch(
+            ks, matrix.accel, argv, cells, run_dir, dry_run=request.dry_run, workers=workers
+        )
     return resumed_status(matrix, request.dry_run, run_dir, status)
+
+
+def workers_for(matrix: Matrix, cells: Sequence[Cell]) -> int:
+    """-n as given, else as many as the host holds guests and the cells to run (this shard's,
+    a resumed run's rest) have kernels: loadgroup gives each kernel one worker."""
+    return decide_workers(matrix.workers, len({c.kernel for c in cells}))
 
 
 def run_dir_of(matrix: Matrix, default: str) -> Path:
@@ -171,6 +184,7 @@ def launch(
     run_dir: Path,
     *,
     dry_run: bool,
+    workers: int = 1,
 ) -> int:
     """--dry-run: print the command.  Else fetch the kernels of `cells`, decide the
     accelerator (`choice`: --accel) once (the verdict is cached for the workers) and run
@@ -185,8 +199,10 @@ def launch(
     first = fetched[0]
     decision = accel.decide(choice, ks.store.cache, lambda: accel.qemu_kvm_probe(first.vmlinuz))
     argv[argv.index("--kitl-accel") + 1] = decision.accel
+    vms = f"{workers} VMs at a time" if workers > 1 else "one VM at a time"
     stderr.print(
-        f"kitl: {len(cells)} cells on {', '.join(needed)} ({decision.accel}); results in {run_dir}"
+        f"kitl: {len(cells)} cells on {', '.join(needed)} ({decision.accel}, {vms}); "
+        f"results in {run_dir}"
     )
     command = "verify" if "--kitl-verify" in argv else "run"
     return _pytest(argv, run_dir, command=command)

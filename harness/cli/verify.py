@@ -50,9 +50,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the pytest command and exit")
 
 
-def verify_argv(request: VerifyRequest, objects: Sequence[Path], run_dir: Path) -> list[str]:
-    """The exact pytest command `kitl verify` executes."""
-    matrix = replace(request.matrix, output=run_dir)
+def verify_argv(
+    request: VerifyRequest, objects: Sequence[Path], run_dir: Path, workers: int
+) -> list[str]:
+    """The exact pytest command `kitl verify` executes, with `workers`
+    (runner.workers_for)."""
+    matrix = replace(request.matrix, output=run_dir, workers=workers)
     argv = runner.pytest_base(matrix, "--kitl-verify", "verify")
     argv += verify_options.pytest_argv(request.given, matrix.argv(options.AXES, "verify"))
     argv += matrix.argv(options.SETTINGS, "verify")
@@ -83,8 +86,11 @@ def run(request: VerifyRequest) -> int:
     run_dir = runner.run_dir_of(matrix, "verify-%Y%m%d-%H%M%S")
     status = EXIT_OK
     if cells:
-        argv = verify_argv(request, objects, run_dir)
-        status = runner.launch(ks, matrix.accel, argv, cells, run_dir, dry_run=request.dry_run)
+        workers = runner.workers_for(matrix, cells)
+        argv = verify_argv(request, objects, run_dir, workers)
+        status = runner.launch(
+            ks, matrix.accel, argv, cells, run_dir, dry_run=request.dry_run, workers=workers
+        )
     if not request.dry_run and (run_dir / "results.json").is_file():
         print_table(run_dir, request.emit)
     return runner.resumed_status(matrix, request.dry_run, run_dir, status)

@@ -40,6 +40,7 @@ from harness.results.record import CellRecord
 from harness.results.rundir import CellResult, RunDir
 from harness.results.runs import appended, finalize, finished_ids
 from harness.run.matrix import Cell, Guests, Shard, newest, plan, shard_cells
+from harness.run.workers import guest_vcpus, host_cores
 from harness.scenario import objects, verify_options
 from harness.scenario.loader import load_scenario
 from harness.scenario.model import Scenario
@@ -149,7 +150,7 @@ class KitlSession:
 
             # parallel guests share the host's cores: under TCG a vCPU is a busy host thread
             workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-            cpus = max(1, min(2, (os.cpu_count() or 2) // max(1, workers)))
+            cpus = guest_vcpus(host_cores(), workers)
             slots = GuestSlots.for_cache(cache)
 
             settings = GuestSettings(

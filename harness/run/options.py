@@ -22,6 +22,7 @@ from harness.kernel import libbpf_build
 from harness.kernel.libbpf_build import DEFAULT as DEFAULT_LIBBPF
 from harness.kernel.libbpf_build import SYSTEM as SYSTEM_LIBBPF
 from harness.results.known import DEFAULT_NAME as KNOWN_DEFAULT
+from harness.run.workers import parse_workers
 from harness.scenario import verify_options
 from harness.scenario.verify_options import ArgKwargs, Kind, Option, Values, names
 from harness.vm import accel
@@ -49,9 +50,11 @@ def _libbpf_argv(text: str) -> list[str]:
     return ["--kitl-libbpf", loaders] if loaders else []
 
 
-def _workers_argv(workers: str | None) -> list[str]:
-    # xdist's own option; loadgroup keeps each kernel's cells on one worker
-    return ["-n", str(workers), "--dist", "loadgroup"] if workers and workers != "1" else []
+def _workers_argv(workers: int | None) -> list[str]:
+    # xdist's own option; loadgroup keeps each kernel's cells on one worker.  One worker
+    # is no xdist at all, and so is auto (None) not yet decided: the fronts decide it from
+    # the plan (harness.run.workers) before they build the command.
+    return ["-n", str(workers), "--dist", "loadgroup"] if workers and workers > 1 else []
 
 
 def _cell_timeout_argv(seconds: float | None) -> list[str]:
@@ -81,8 +84,9 @@ MATRIX: tuple[Option, ...] = (
         plural_metavar="X,Y", pytest_name="--kitl-configs", help="only these configs",
     ),
     Option(
-        "-n", "workers", V, metavar="N|auto", help="parallel VMs", pytest_options=None,
-        to_argv=_workers_argv,
+        "-n", "workers", V, metavar="N|auto", pytest_options=None, to_argv=_workers_argv,
+        help="parallel VMs (default auto: as many as the cores and memory hold, one vCPU "
+        "each, at most one per kernel; 1: one VM at a time, no xdist)",
     ),
     Option(
         "--libbpf", "libbpf", V, default="", metavar="A,B", to_argv=_libbpf_argv,
@@ -160,7 +164,7 @@ class Matrix:
 
     kernels: tuple[str, ...] = ()
     configs: tuple[str, ...] = ()
-    workers: str | None = None
+    workers: int | None = None  # -n: None is auto (harness.run.workers decides)
     libbpf: str = ""
     output: Path | None = None
     shard: str | None = None
@@ -178,7 +182,7 @@ class Matrix:
         return cls(
             kernels=tuple(values("kernel")),
             configs=tuple(values("config")) if run else (),
-            workers=values("workers"),
+            workers=parse_workers(values("workers")),
             libbpf=values("libbpf"),
             output=values("output"),
             shard=values("shard"),

@@ -40,14 +40,24 @@ _HELD_LOCK = threading.Lock()
 def capacity(cores: int | None = None, memory_gib: float | None = None) -> int:
     """vCPU slots on this host: its cores, fewer if memory holds fewer 2 GiB guests;
     KITL_GUEST_SLOTS overrides (a positive integer)."""
-    env = os.environ.get(SLOTS_ENV, "").strip()
-    if env:
-        if env.isdigit() and int(env) > 0:
-            return int(env)
-        log.warning("%s=%r is not a positive integer: ignored", SLOTS_ENV, env)
+    env = env_capacity()
+    if env is not None:
+        return env
     cores = cores if cores is not None else (os.cpu_count() or 1)
     memory_gib = memory_gib if memory_gib is not None else _memory_gib()
     return max(1, min(cores, int(memory_gib // GUEST_MEMORY_GIB)))
+
+
+def env_capacity() -> int | None:
+    """KITL_GUEST_SLOTS when it is set to a positive integer (anything else is said and
+    ignored)."""
+    env = os.environ.get(SLOTS_ENV, "").strip()
+    if not env:
+        return None
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    log.warning("%s=%r is not a positive integer: ignored", SLOTS_ENV, env)
+    return None
 
 
 def _memory_gib() -> float:

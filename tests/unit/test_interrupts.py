@@ -127,11 +127,11 @@ def _state(pid: int) -> str:
 
 
 def test_the_cell_timeout_reaches_the_plugin(tmp_path: Path) -> None:
-    argv = runner.pytest_argv(run_args(cell_timeout=45.0), [], tmp_path)
+    argv = runner.pytest_argv(run_args(cell_timeout=45.0), [], tmp_path, 1)
     assert argv[argv.index("--kitl-cell-timeout") + 1] == "45.0"
-    assert "--kitl-cell-timeout" not in runner.pytest_argv(run_args(), [], tmp_path)
+    assert "--kitl-cell-timeout" not in runner.pytest_argv(run_args(), [], tmp_path, 1)
     with pytest.raises(UsageError, match="--cell-timeout 0: must be positive"):
-        runner.pytest_argv(run_args(cell_timeout=0.0), [], tmp_path)
+        runner.pytest_argv(run_args(cell_timeout=0.0), [], tmp_path, 1)
 
 
 def test_cleanup_that_would_talk_to_a_guest_raises_the_stop_again() -> None:

@@ -386,14 +386,13 @@ def test_pytest_argv_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         configs="jit",
         config=["interp"],
         shard="2/3",
-        workers="2",
         accel="kvm",
         expect=Path("known.yaml"),
         boot_timeout=90.0,
         libbpf="system",
     )
     paths = [Path("/s/tc/scenario.yaml"), Path("/s/xdp")]
-    assert runner.pytest_argv(args, paths, Path("/runs/r1")) == [
+    assert runner.pytest_argv(args, paths, Path("/runs/r1"), 2) == [
         sys.executable,
         "-m",
         "pytest",
@@ -435,17 +434,16 @@ def test_pytest_argv_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 @pytest.mark.parametrize(
     ("workers", "tail"),
     [
-        (None, []),
-        ("1", []),
-        ("2", ["-n", "2", "--dist", "loadgroup"]),
-        ("auto", ["-n", "auto", "--dist", "loadgroup"]),
+        (1, []),  # one worker: no xdist
+        (2, ["-n", "2", "--dist", "loadgroup"]),
+        (5, ["-n", "5", "--dist", "loadgroup"]),
     ],
 )
 def test_pytest_argv_workers(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: str | None, tail: list[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int, tail: list[str]
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    argv = runner.pytest_argv(run_args(workers=workers), [], tmp_path / "run")
+    argv = runner.pytest_argv(run_args(), [], tmp_path / "run", workers)
     assert argv == [
         sys.executable,
         "-m",

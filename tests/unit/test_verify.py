@@ -13,7 +13,7 @@ import pytest
 
 from harness.bpf.causes import explain
 from harness.bpf.elfobj import read_object
-from harness.cli import requests, verify
+from harness.cli import requests, runner, verify
 from harness.cli.main import main
 from harness.errors import UsageError
 from harness.scenario import objects, verify_options
@@ -117,7 +117,9 @@ def test_verify_argv_is_exact(tmp_path: Path) -> None:
     args = parser.parse_args(
         ["o", "--kernels", "debian-6.1", "--prog", "x*", "--flags", "BPF_F_SLEEPABLE", "-n", "2"]
     )
-    argv = verify.verify_argv(requests.verify(args), [Path("/o/a.o")], tmp_path)
+    request = requests.verify(args)
+    workers = runner.workers_for(request.matrix, [])  # -n 2 as given: nothing looked at
+    argv = verify.verify_argv(request, [Path("/o/a.o")], tmp_path, workers)
     tail = argv[argv.index("--kitl-verify") :]
     assert tail == [
         "--kitl-verify", "--kitl-lines", "-q", "--no-header", "--kitl-output", str(tmp_path),
@@ -219,7 +221,7 @@ def test_what_a_loader_sets_reaches_each_case(loader_set: Path) -> None:
     assert trace.globals == (("limit", 9),)
     assert (trace.attach_target, xdp.attach_target) == ("vfs_read", None)
     assert (trace.fixups, trace.pinning, trace.pin_root) == (False, False, "/sys/fs/bpf/tool")
-    argv = verify.verify_argv(requests.verify(args), [loader_set], Path("/run"))
+    argv = verify.verify_argv(requests.verify(args), [loader_set], Path("/run"), 1)
     assert argv[argv.index("--kitl-map") + 1] == "counts:max_entries=1024,value_size=8"
     assert argv[argv.index("--kitl-attach-target") + 1] == "trace_read=vfs_read"
     assert {"--kitl-no-fixups", "--kitl-no-pinning"} <= set(argv)

@@ -105,7 +105,7 @@ def test_the_values_cross_to_pytest_into_equal_options(
     files = ["--btf", str(tmp_path / "vmlinux.btf"), "--expect", str(tmp_path / "kv.yaml")]
     args = cli_parser().parse_args(["o.bpf.o", *given, *(files if given else [])])
     options = requests.verify(args).options
-    argv = verify.verify_argv(requests.verify(args), [Path("/objs/o.bpf.o")], tmp_path / "run")
+    argv = verify.verify_argv(requests.verify(args), [Path("/objs/o.bpf.o")], tmp_path / "run", 1)
     assert argv[-1] == "/objs/o.bpf.o"
     config = pytester.parseconfig(*INNER, *argv[3:-1])  # after `python -m pytest`
     values = verify_options.pytest_values(config.getoption)
