@@ -80,6 +80,8 @@ class ObjectInfo:
     # kernel symbols it needs (`extern ... __ksym`, not __weak): libbpf fails every load of
     # the object on a kernel without one of them
     ksyms: tuple[str, ...] = ()
+    # the kernel structs its struct_ops maps implement (`tcp_congestion_ops`)
+    struct_ops: tuple[str, ...] = ()
 
     def tags_of(self, function: str) -> tuple[str, ...]:
         return dict(self.decl_tags).get(function, ())
@@ -197,6 +199,7 @@ def parse_object(data: bytes, what: str = "<bytes>") -> ObjectInfo:
         slot_programs=_slot_programs(rd, sections, names),
         decl_tags=_decl_tags(rd, sections, names),
         ksyms=_strong_externs(rd, sections),
+        struct_ops=_struct_ops(rd, sections, names),
     )
 
 
@@ -270,6 +273,15 @@ def _decl_tags(
     except btf.BtfError:
         return ()
     return tuple(sorted(tags.items()))
+
+
+def _struct_ops(rd: _Reader, sections: list[_Section], names: list[str]) -> tuple[str, ...]:
+    if ".BTF" not in names or not any(n.startswith(".struct_ops") for n in names):
+        return ()
+    try:
+        return btf.struct_ops_types(_contents(rd, sections[names.index(".BTF")], ".BTF"))
+    except btf.BtfError:
+        return ()
 
 
 def _slot_programs(rd: _Reader, sections: list[_Section], names: list[str]) -> tuple[str, ...]:

@@ -85,6 +85,24 @@ def section_target(section: str) -> str:
     return name[len(stem) + 1 :] if len(name) > len(stem) else ""
 
 
+# The BTF name the kernel must have for a BTF-typed program's target: the function of an
+# fentry/fexit/fmod_ret program, the typedef of a tp_btf tracepoint, the LSM hook's stub.
+_BTF_TARGETS = {"fentry": "{}", "fexit": "{}", "fmod_ret": "{}", "fentry.s": "{}",
+                "fexit.s": "{}", "fmod_ret.s": "{}", "tp_btf": "btf_trace_{}",
+                "lsm": "bpf_lsm_{}", "lsm.s": "bpf_lsm_{}"}  # fmt: skip
+
+
+def btf_target(section: str) -> str | None:
+    """The name the kernel's BTF (or a module's) must hold for the program's target to be
+    found: "btf_trace_sched_switch" for SEC("tp_btf/sched_switch"); None when the section
+    names no such target (or user space sets it: a bare "fentry")."""
+    prefix, _, target = section.lstrip("?").partition("/")
+    spelled = _BTF_TARGETS.get(prefix)
+    if spelled is None or not target:
+        return None
+    return spelled.format(target.rpartition(":")[2])  # "module:function" too
+
+
 _INT_TEXT = re.compile(r"^[+-]?\d{1,12}$")
 
 

@@ -418,14 +418,15 @@ class Agent:
                     f"{what}: libbpf {'.'.join(map(str, lib.version))} cannot probe "
                     f"it ({os.strerror(-answer)}); kernel BTF has it"
                 )
-        kfuncs = req.kfuncs
-        if kfuncs:
+        wanted = {k: f"kfunc {k}" for k in req.kfuncs} | dict(req.btf_names)
+        if wanted:
             btf = _kernel_btf()
-            # A kfunc is a FUNC in the kernel's BTF: its name is in the BTF string table.
+            # A kfunc is a FUNC in the kernel's BTF, a struct_ops type a STRUCT: either
+            # way its name is in the BTF string table.
             missing += [
-                f"kfunc {k} (not in kernel or loaded module BTF)"
-                for k in kfuncs
-                if b"\0" + k.encode() + b"\0" not in btf
+                f"{what} (not in kernel or loaded module BTF)"
+                for name, what in wanted.items()
+                if b"\0" + name.encode() + b"\0" not in btf
             ]
         return r.ProbeReply(tuple(missing), tuple(unprobed))
 

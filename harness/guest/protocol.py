@@ -308,7 +308,8 @@ class EventsCount(Request[r.EventsCountReply]):
 @dataclass(frozen=True)
 class Probe(Request[r.ProbeReply]):
     """What of a case's `requires:` the kernel lacks: helpers (name -> id) for a program
-    type, program and map types (name -> value), kfuncs by name."""
+    type, program and map types (name -> value), kfuncs by name, other names the kernel's
+    BTF must hold (name -> what it is, for the message)."""
 
     op = Op.PROBE
     prog_type: int = 0
@@ -316,6 +317,7 @@ class Probe(Request[r.ProbeReply]):
     prog_types: Mapping[str, int] = field(default_factory=dict)
     map_types: Mapping[str, int] = field(default_factory=dict)
     kfuncs: tuple[str, ...] = ()
+    btf_names: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -341,7 +341,7 @@ class Engine:
                 for name in dict.fromkeys(attach_types)
                 if f"BPF_{name.upper()}" not in enums
             ]
-        if not (req.helpers or req.prog_types or req.map_types or req.kfuncs):
+        if not (req.helpers or req.prog_types or req.map_types or req.kfuncs or req.btf_names):
             return missing
         enums = self._kernel_enums()
         known: dict[str, dict[str, int]] = {"helpers": {}, "prog_types": {}, "map_types": {}}
@@ -357,7 +357,9 @@ class Engine:
                     missing.append(f"{kind} {name} (not in this kernel's BTF)")
                 else:
                     known[key][name] = enums[enum]
-        probe = protocol.Probe(case.prog_type.uapi, kfuncs=tuple(req.kfuncs), **known)
+        probe = protocol.Probe(
+            case.prog_type.uapi, kfuncs=tuple(req.kfuncs), btf_names=dict(req.btf_names), **known
+        )
         answer = self.agent.send(probe)
         seen.notes += answer.unprobed
         return missing + list(answer.missing)

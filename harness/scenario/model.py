@@ -126,6 +126,9 @@ class Requires:
     btf: bool = False  # /sys/kernel/btf/vmlinux
     attach_types: tuple[str, ...] = ()  # libbpf names: "tcx_ingress", "cgroup_inet4_connect"
     libbpf: VersionRange | None = None  # the loader's version must be in this range
+    # names the kernel's or a loaded module's BTF must hold: what each is, by name
+    # ({"bpf_testmod_ops": "struct_ops type bpf_testmod_ops"})
+    btf_names: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -289,7 +289,7 @@ def cases_of(info: ObjectInfo, obj: Path, scenario: str, programs: list[str]) ->
             aux = tuple(n for n, s in specs.items() if mode_name in s.auxiliary and n != prog.name)
             case = _case(
                 spec, mode_name, mode, aux=aux, obj=obj, scenario=scenario,
-                section=prog.section, ksyms=info.ksyms,
+                section=prog.section, ksyms=info.ksyms, btf_names=_btf_names(info, prog.section),
             )  # fmt: skip
             if match is None:
                 case = replace(case, skip=f'libbpf has no program type for SEC("{prog.section}")')
@@ -299,9 +299,19 @@ def cases_of(info: ObjectInfo, obj: Path, scenario: str, programs: list[str]) ->
     return out
 
 
+def _btf_names(info: ObjectInfo, section: str) -> tuple[tuple[str, str], ...]:
+    """What the kernel's BTF must have for the object to load (its struct_ops types) and
+    for this program to find its target."""
+    names = [(t, f"struct_ops type {t}") for t in info.struct_ops]
+    target = sections.btf_target(section)
+    if target is not None:
+        names.append((target, f"attach target {section.partition('/')[2]} ({target})"))
+    return tuple(names)
+
+
 def _case(
     spec: Spec, mode_name: str, mode: Mode, *, aux: tuple[str, ...], obj: Path, scenario: str,
-    section: str, ksyms: tuple[str, ...],
+    section: str, ksyms: tuple[str, ...], btf_names: tuple[tuple[str, str], ...],
 ) -> Case:  # fmt: skip
     flags, unknown = _flag_names(spec.flags)
     skip = spec.skip
@@ -338,8 +348,9 @@ def _case(
         expect,
         spec.description,
         # a kernel without one of them fails every load of the object (the selftests'
-        # bpf_testmod kfuncs on any Debian kernel, newer kfuncs on older kernels): skipped
-        requires=Requires(kfuncs=ksyms),
+        # bpf_testmod kfuncs, struct_ops types and tracepoints on any Debian kernel, newer
+        # ones on older kernels): skipped
+        requires=Requires(kfuncs=ksyms, btf_names=btf_names),
         load=load,
         skip=skip,
     )

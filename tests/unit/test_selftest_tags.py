@@ -164,3 +164,40 @@ def test_the_kfuncs_an_object_cannot_load_without_are_each_cases_requirement(
     assert read_object(obj).ksyms == ("bpf_kfunc_needed",)  # not the weak or kconfig ones
     [case] = objects.scenario_for_object(obj, VerifyOptions(annotations=True)).cases
     assert case.requires.kfuncs == ("bpf_kfunc_needed",)
+
+
+TESTMOD = """\
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#define __failure __attribute__((btf_decl_tag("comment:0:test_expect_failure")))
+struct bpf_testmod_ops { int (*test_1)(void); };
+SEC("struct_ops/test_1") __failure
+int test_1(void *ctx) { return 0; }
+SEC(".struct_ops.link") struct bpf_testmod_ops testmod = { .test_1 = (void *)test_1 };
+SEC("tp_btf/bpf_testmod_test_tp") __failure
+int traced(void *ctx) { return 0; }
+SEC("fentry/bpf_testmod:bpf_testmod_fentry") __failure
+int entered(void *ctx) { return 0; }
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+def test_the_struct_ops_types_and_targets_an_object_needs_are_each_cases_requirement(
+    tmp_path: Path,
+) -> None:
+    """The selftests' struct_ops and tracing tests of bpf_testmod fail on a kernel without
+    that module ("struct bpf_struct_ops_bpf_testmod_ops is not found in kernel BTF"): their
+    cases are SKIPPED naming what the kernel lacks, not failed."""
+    src = tmp_path / "testmod_ops.bpf.c"
+    src.write_text(TESTMOD)
+    obj = compile_bpf(src, tmp_path)
+    assert read_object(obj).struct_ops == ("bpf_testmod_ops",)
+    scenario = objects.scenario_for_object(obj, VerifyOptions(annotations=True))
+    ops = ("bpf_testmod_ops", "struct_ops type bpf_testmod_ops")
+    assert scenario.case("test_1").requires.btf_names == (ops,)
+    assert scenario.case("traced").requires.btf_names == (
+        ops,
+        ("btf_trace_bpf_testmod_test_tp", "attach target bpf_testmod_test_tp "
+         "(btf_trace_bpf_testmod_test_tp)"),
+    )  # fmt: skip
+    assert scenario.case("entered").requires.btf_names[1][0] == "bpf_testmod_fentry"
