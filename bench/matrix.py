@@ -23,6 +23,8 @@ from pathlib import Path
 
 from common import stamp, stop_on_sigterm
 
+from harness.cli import runner
+
 ROOT = Path(__file__).resolve().parents[1]
 KITL = [sys.executable, "-m", "harness.cli.main"]
 
@@ -66,7 +68,7 @@ def main() -> int:
             sample = [nodes[int(i * step)] for i in range(args.naive_sample)]
         naive_each = []
         for i, (_, node) in enumerate(sample):
-            argv = [sys.executable, "-m", "pytest", "-c", str(ROOT / "harness/pytest-kitl.ini")]
+            argv = [sys.executable, "-m", "pytest", "-c", str(runner.INI)]
             argv += ["-p", "no:cacheprovider", "-q", "--kitl", "--kitl-kernels", args.kernels]
             argv += ["--kitl-output", str(out / f"naive-{i}"), node]
             naive_each.append(_timed(argv))
