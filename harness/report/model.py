@@ -188,6 +188,9 @@ class Report:
         return tuple(c for c in found if c and c.loader is not None)
 
     def repro(self, cell: Cell) -> str:
+        if cell.loader is not None:  # no one program to reload: the loader runs again
+            scenario = cell.record.scenario_file or cell.record.scenario
+            return f"kitl run {shlex.quote(scenario)} --kernel {shlex.quote(cell.record.kernel)}"
         return f"kitl repro {shlex.quote(str(self.run_dir))} {shlex.quote(cell.cell_id)}"
 
 

@@ -96,7 +96,7 @@ class LoaderCaseParser(CaseParser):
             self.rd.error(f"{what}: no such file {raw[:80]!r}", at, f"looked for {path}")
             return None
         if not os.access(path, os.X_OK):
-            hint = f"chmod +x {path}, or run it through its interpreter: [python3, {raw}]"
+            hint = f"make it executable (chmod +x), or run it through its interpreter: [sh, {raw}]"
             self.rd.error(f"{what}: {raw[:80]!r} is not executable", at, hint)
             return None
         return str(path)
