@@ -145,7 +145,7 @@ def check(request: CheckRequest) -> int:
     scenarios = _load_scenarios(request.paths, request.allow_outside)
     for sc in scenarios:
         print(
-            f"{sc.path}: {sc.name}: {len(sc.cases)} cases, configs "
+            f"{sc.path}: {sc.name}: {len(sc.every_case)} cases, configs "
             f"{', '.join(c.name for c in sc.configs)}: ok"
         )
     return EXIT_OK

@@ -39,6 +39,7 @@ from harness.run.engine import build_objects
 from harness.run.matrix import newest
 from harness.scenario import objects
 from harness.scenario.loader import load_scenario
+from harness.scenario.model import Scenario
 from harness.scenario.verify_options import PRIVILEGED, UNPRIVILEGED, VerifyOptions
 from harness.vm import accel
 from harness.vm.agentclient import AgentClient
@@ -83,6 +84,15 @@ def command_line(run_dir: Path, cell_id: str) -> str:
     return shlex.join(["kitl", "repro", str(run_dir), cell_id])
 
 
+def _not_a_loader_case(scenario: Scenario, case: str, cell_id: str, kernel: str) -> None:
+    if any(c.name == case for c in scenario.loader_cases):
+        raise UsageError(
+            f"{cell_id}: a loader case: its own loader loads the programs, there is no one "
+            "program for kitl repro to reload",
+            hint=f"run it again: kitl run {scenario.path} --kernel {kernel}",
+        )
+
+
 def run(request: ReproRequest) -> int:
     cell = find_cell(request.run_dir, request.cell_id)
     if cell.scenario == "*":
@@ -97,6 +107,7 @@ def run(request: ReproRequest) -> int:
     else:
         scenario = load_scenario(scenario_file)
     case = next((c for c in scenario.cases if c.name == cell.case), None)
+    _not_a_loader_case(scenario, cell.case, request.cell_id, cell.kernel)
     if case is None:
         raise UsageError(f"{scenario_file}: has no case {cell.case!r} any more")
     ks = Kernels.open(Cache.default())

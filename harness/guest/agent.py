@@ -33,6 +33,7 @@ from harness.guest import (
     libbpf_load,
     libbpf_object,
     libbpf_prepare,
+    userloader,
 )
 from harness.guest import protocol as p
 from harness.guest import replies as r
@@ -54,6 +55,7 @@ class Agent:
             Op.FACTS: self.facts,
             Op.SYSCTL: self.sysctl,
             Op.RUN: self.run,
+            Op.RUN_LOADER: self.run_loader,
             Op.TOPOLOGY_UP: self.topology_up,
             Op.TOPOLOGY_DOWN: self.topology_down,
             Op.TRAFFIC: self.traffic,
@@ -126,6 +128,18 @@ class Agent:
         return drive.command(
             [str(a) for a in req.argv], ns=req.ns, cgroup=req.cgroup, timeout=float(req.timeout)
         )
+
+    def run_loader(self, req: p.RunLoader) -> r.LoaderReply:
+        """The user's own loader (harness.guest.userloader), on the bpffs every loader's
+        host has; what it leaves loaded after its pins are removed is a leak of the cell
+        (release() compares the ids with those alive before it)."""
+        lib = self.libbpf()
+        if not self._bpffs_tried:
+            self._bpffs_tried = True
+            self._bpffs_note = libbpf_prepare.mount_bpffs()
+        if self.baseline is None:
+            self.baseline = libbpf_load.live_ids(lib)
+        return userloader.run(req, userloader.KernelPrograms(lib))
 
     # -- topology and drives (harness.guest.topology, harness.guest.drive) --------------
     def topology_up(self, req: p.TopologyUp) -> r.TopologyUpReply:

@@ -139,6 +139,8 @@ _FUNCTIONS: dict[str, tuple[Any, tuple[Any, ...], tuple[int, int]]] = {
     "bpf_prog_get_next_id": (_I, (_U32, _P), (0, 0)),
     "bpf_map_get_next_id": (_I, (_U32, _P), (0, 0)),
     "bpf_link_get_next_id": (_I, (_U32, _P), (0, 0)),
+    "bpf_prog_get_fd_by_id": (_I, (_U32,), (0, 0)),
+    "bpf_obj_get": (_I, (_STR,), (0, 0)),
     "bpf_prog_test_run_opts": (_I, (_I, _P), (0, 2)),
     "bpf_enable_stats": (_I, (_I,), (0, 0)),
     "bpf_xdp_attach": (_I, (_I, _I, _U32, _P), (0, 7)),

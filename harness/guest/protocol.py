@@ -33,6 +33,7 @@ class Op(enum.StrEnum):
     FACTS = "facts"
     SYSCTL = "sysctl"
     RUN = "run"
+    RUN_LOADER = "run_loader"
     TOPOLOGY_UP = "topology_up"
     TOPOLOGY_DOWN = "topology_down"
     TRAFFIC = "traffic"
@@ -121,6 +122,23 @@ class Run(Request[r.RunReply]):
     ns: str | None = None
     cgroup: str | None = None
     timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class RunLoader(Request[r.LoaderReply]):
+    """A user's own loader (harness.guest.userloader): argv run in `cwd` with `env` added,
+    its process group killed after `timeout` seconds (and sent SIGINT after
+    `interrupt_after`, as Ctrl-C stops a loader that runs until stopped); the programs it
+    loads are listed, polled every `poll_ms` while it runs, and what it pinned is removed
+    after it."""
+
+    op = Op.RUN_LOADER
+    argv: tuple[str, ...]
+    cwd: str
+    env: Mapping[str, str] = field(default_factory=dict)
+    timeout: float = 60.0
+    interrupt_after: float | None = None  # SIGINT then (Ctrl-C), for loaders that run on
+    poll_ms: int = 50
 
 
 @dataclass(frozen=True)
@@ -335,6 +353,7 @@ REQUESTS: dict[Op, type[Request[Any]]] = {
         Facts,
         Sysctl,
         Run,
+        RunLoader,
         TopologyUp,
         TopologyDown,
         Traffic,

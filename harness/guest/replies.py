@@ -228,6 +228,38 @@ class RunReply(Reply):
 
 
 @dataclass(frozen=True)
+class LoaderProgram(Reply):
+    """A program a user's loader loaded, as the kernel's bpf_prog_info tells it."""
+
+    id: int
+    name: str  # the kernel's: at most 15 characters (BPF_OBJ_NAME_LEN)
+    type: str  # libbpf's name: "xdp", "kprobe", ...
+    verified_insns: int | None  # None before 5.16
+    xlated_len: int
+    jited_len: int
+    run_cnt: int
+    run_time_ns: int
+    left_loaded: bool  # still loaded when the loader had exited
+    pinned: tuple[str, ...] = ()  # bpffs paths left holding it (the program or its link)
+
+
+@dataclass(frozen=True)
+class LoaderReply(Reply):
+    """A user's loader run in the guest: how it ended, its output's tails, and every
+    program it loaded (seen while it ran, or left behind)."""
+
+    command: tuple[str, ...]
+    status: int | None  # the exit status; -N killed by signal N; None: never started
+    timed_out: bool
+    seconds: float
+    stdout: str  # the last LOADER_OUTPUT_MAX bytes, decoded
+    stderr: str
+    programs: tuple[LoaderProgram, ...]
+    pins: tuple[str, ...] = ()  # what it pinned under /sys/fs/bpf, removed afterwards
+    output_cut: bool = False  # stdout or stderr was longer than what is kept
+
+
+@dataclass(frozen=True)
 class TopologyUpReply(Reply):
     netns: tuple[str, ...]
     netdevsim: Mapping[str, tuple[str, ...]]  # device id -> its ports, nsim<ID>p<N>

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from urllib.parse import quote
 
-from harness.report.model import Cell, Report
+from harness.report.model import Cell, Report, loader_ending, program_line
 
 _CSS = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #1f2328; }
@@ -70,6 +70,27 @@ def _matrix(report: Report, out_dir: Path) -> list[str]:
     return out
 
 
+def _loaders(report: Report) -> list[str]:
+    """Each loader case's cell: its command, how it ended, the programs it loaded."""
+    cells = report.loader_cells
+    if not cells:
+        return []
+    out = [f"<h2>User loaders ({len(cells)})</h2>", '<table id="loaders">']
+    out.append("<thead><tr><th>cell</th><th>command</th><th>ended</th>")
+    out.append("<th>programs loaded</th></tr></thead><tbody>")
+    for cell in cells:
+        run = cell.loader
+        assert run is not None
+        programs = "<br>".join(_e(program_line(p)) for p in run.programs) or "none"
+        out.append(
+            f'<tr data-cell="{_e(cell.cell_id)}"><th scope="row">{_e(cell.cell_id)}</th>'
+            f"<td><code>{_e(cell.record.program)}</code></td>"
+            f'<td class="{cell.category}">{_e(loader_ending(run))}</td><td>{programs}</td></tr>'
+        )
+    out += ["</tbody>", "</table>"]
+    return out
+
+
 def _failures(report: Report, out_dir: Path) -> list[str]:
     failures = report.failures
     out = [f"<h2>Failures ({len(failures)})</h2>"]
@@ -111,6 +132,7 @@ def render_html(report: Report, out_dir: Path) -> str:
         f'<p class="headline"><strong>{_e(report.headline())}</strong></p>',
         f'<p class="meta">{_e(" · ".join(meta))}</p>',
         *_matrix(report, out_dir),
+        *_loaders(report),
         *_failures(report, out_dir),
         "</body>",
         "</html>",

@@ -13,7 +13,7 @@ from typing import Any
 
 from harness.errors import UsageError
 from harness.outcome import Outcome
-from harness.results.record import CellRecord, label, number_of, text_of
+from harness.results.record import CellRecord, LoaderProgram, LoaderRun, label, number_of, text_of
 from harness.results.rundir import safe_name
 from harness.results.runs import Cells, load_run
 from harness.scenario.expect import kernel_version
@@ -93,6 +93,11 @@ class Cell:
         symbol, word = _DISPLAY.get(self.outcome, ("❓", self.outcome.lower()))
         return f"{symbol} {word}"
 
+    @property
+    def loader(self) -> LoaderRun | None:
+        """What the user's own loader did, for a loader case's cell."""
+        return self.record.observed.loader
+
     def figure(self, key: str) -> int | float | None:
         """A number the cell recorded under `key`, in its verifier stats or its timings."""
         found = number_of(self.record.verifier.value(key))
@@ -170,13 +175,40 @@ class Report:
         """(what, text): the verifier log's tail or, for a failure that killed the kernel
         before any log (a crash, a boot failure), the tail of the guest console."""
         if path := self.log_file(cell):
-            return "verifier log", tail(path, lines=lines, max_bytes=max_bytes)
+            what = "loader output" if cell.loader is not None else "verifier log"
+            return what, tail(path, lines=lines, max_bytes=max_bytes)
         if cell.category == "infra" and (path := self.guest_file(cell.record.kernel, "console")):
             return "guest console", tail(path, lines=lines, max_bytes=max_bytes)
         return "", ""
 
+    @property
+    def loader_cells(self) -> tuple[Cell, ...]:
+        """The cells of loader cases, in matrix order."""
+        found = (self.cell(row, column) for row in self.rows for column in self.columns)
+        return tuple(c for c in found if c and c.loader is not None)
+
     def repro(self, cell: Cell) -> str:
+        if cell.loader is not None:  # no one program to reload: the loader runs again
+            scenario = cell.record.scenario_file or cell.record.scenario
+            return f"kitl run {shlex.quote(scenario)} --kernel {shlex.quote(cell.record.kernel)}"
         return f"kitl repro {shlex.quote(str(self.run_dir))} {shlex.quote(cell.cell_id)}"
+
+
+def loader_ending(run: LoaderRun) -> str:
+    """How a user's loader ended, in a few words."""
+    if run.timed_out:
+        return "timed out, killed"
+    if run.status is None:
+        return "did not run"
+    return f"killed by signal {-run.status}" if run.status < 0 else f"exit {run.status}"
+
+
+def program_line(program: LoaderProgram) -> str:
+    """A program a loader loaded: its name, type and the kernel's figures."""
+    figures = [f"verified_insns {text_of(program.verified_insns) or '?'}"]
+    figures += [f"xlated {text_of(program.xlated_len)} B", f"jited {text_of(program.jited_len)} B"]
+    left = ", left loaded" if program.left_loaded else ""
+    return f"{program.name} ({program.type}): {', '.join(figures)}{left}"
 
 
 def tail(path: Path, *, lines: int = LOG_EXCERPT_LINES, max_bytes: int = 64 * 1024) -> str:

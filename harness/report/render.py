@@ -28,6 +28,8 @@ from harness.report.model import (
     Column,
     Report,
     build_report,
+    loader_ending,
+    program_line,
     tail,
 )
 from harness.results import veristat
@@ -158,6 +160,7 @@ def render_markdown(report: Report) -> str:
         shown.append(md_escape(report.first_failing_kernel(row) or "—"))
         out.append("| " + " | ".join(shown) + " |")
     out += _boot_failures_markdown(report)
+    out += _loaders_markdown(report)
     unbooted = {f.kernel for f in _boot_failures(report)}
     failures, not_run = [], 0
     for cell in report.failures:  # an unbooted kernel's cells: counted, told once above
@@ -182,6 +185,25 @@ def render_markdown(report: Report) -> str:
         fence = _fence(command)
         out += ["Reproduce:", "", f"{fence}sh", command, fence, ""]
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _loaders_markdown(report: Report) -> list[str]:
+    """Each loader case's cell: its command, how it ended, the programs it loaded."""
+    cells = report.loader_cells
+    if not cells:
+        return []
+    out = ["", f"## User loaders ({len(cells)})", ""]
+    out += ["| cell | command | ended | programs loaded |", "|---|---|---|---|"]
+    for cell in cells:
+        run = cell.loader
+        assert run is not None
+        programs = "<br>".join(md_escape(program_line(p)) for p in run.programs) or "none"
+        command = md_escape(cell.record.program)
+        out.append(
+            f"| {md_escape(cell.cell_id)} | {command} | {md_escape(loader_ending(run))} "
+            f"| {programs} |"
+        )
+    return out
 
 
 def _boot_failures(report: Report) -> list[BootFailure]:

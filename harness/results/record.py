@@ -53,8 +53,9 @@ def number_of(value: object) -> int | float | None:
 @dataclass(frozen=True)
 class JSONRecord:
     """Base of the typed records read from JSON objects.  A subclass declares its JSON keys
-    as fields, each str, int, float, bool, Outcome, tuple[str, ...], Mapping[str, Any] or
-    another JSONRecord, optionally `| None`; the reader of each comes from its annotation.
+    as fields, each str, int, float, bool, Outcome, tuple[str, ...], Mapping[str, Any],
+    another JSONRecord or a tuple of them, optionally `| None`; the reader of each comes
+    from its annotation.
     Besides its fields, a record keeps what makes its JSON whole again:"""
 
     # what the fields cannot say exactly: unmodelled keys, and wrongly typed values
@@ -103,7 +104,7 @@ def _write(value: object) -> object:
     if isinstance(value, Outcome):
         return value.value
     if isinstance(value, tuple):
-        return list(value)
+        return [_write(v) for v in value]
     if isinstance(value, Mapping):
         return dict(value)
     return value
@@ -137,6 +138,8 @@ def _reader(hint: object) -> Callable[[object], Reading]:
         return lambda v: (Outcome(str(v)), True) if _named(v) else (Outcome.ERROR, False)
     if typing.get_origin(hint) is tuple and args == (str, Ellipsis):
         return _strings
+    if typing.get_origin(hint) is tuple and _is_record(args[0]) and args[1:] == (Ellipsis,):
+        return _records(args[0])
     if typing.get_origin(hint) is Mapping:
         return lambda v: (v, True) if isinstance(v, dict) else ({}, False)
     if isinstance(hint, type) and issubclass(hint, JSONRecord):
@@ -150,6 +153,21 @@ _bad: Reading = (None, False)
 
 def _named(value: object) -> bool:
     return isinstance(value, str) and value in Outcome.__members__
+
+
+def _is_record(hint: object) -> bool:
+    return isinstance(hint, type) and issubclass(hint, JSONRecord)
+
+
+def _records(kind: type[JSONRecord]) -> Callable[[object], Reading]:
+    """A list of objects as records; anything else reads as none (kept in extra)."""
+
+    def read(value: object) -> Reading:
+        if isinstance(value, list) and all(isinstance(v, dict) for v in value):
+            return tuple(kind.from_json(v) for v in value), True
+        return (), False
+
+    return read
 
 
 def _strings(value: object) -> Reading:
@@ -204,6 +222,38 @@ class Timings(JSONRecord):
 
 
 @dataclass(frozen=True)
+class LoaderProgram(JSONRecord):
+    """A program a user's loader loaded, as the kernel's bpf_prog_info told it."""
+
+    id: int | None = None
+    name: str = ""  # the kernel's: 15 characters at most
+    type: str = ""  # libbpf's name
+    verified_insns: int | None = None
+    xlated_len: int | None = None
+    jited_len: int | None = None
+    run_cnt: int | None = None
+    run_time_ns: int | None = None
+    left_loaded: bool | None = None  # still loaded when the loader had exited
+    pinned: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LoaderRun(JSONRecord):
+    """A user's loader run by a loader case (harness.guest.userloader's reply): its
+    command, how it ended, its output's tails and the programs it loaded."""
+
+    command: tuple[str, ...] = ()
+    status: int | None = None  # -N: killed by signal N
+    timed_out: bool | None = None
+    seconds: float | None = None
+    stdout: str = ""
+    stderr: str = ""
+    programs: tuple[LoaderProgram, ...] = ()
+    pins: tuple[str, ...] = ()
+    output_cut: bool | None = None
+
+
+@dataclass(frozen=True)
 class Observed(JSONRecord):
     """What the guest reported (harness.run.records.observed_json), and the console's OOM
     kills.  The load, attach and drive reports stay mappings: the guest's own replies."""
@@ -220,6 +270,7 @@ class Observed(JSONRecord):
     events: Mapping[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     oom_kills: tuple[str, ...] = ()
+    loader: LoaderRun | None = None  # a loader case's: what the user's own loader did
 
     @property
     def load_ok(self) -> bool | None:

@@ -3,7 +3,7 @@
     runs/<name>/
       results.jsonl          one JSON object per cell, appended as cells finish
       results.json           {"schema": 1, "run": {...}, "cells": [...]} (rewritten at the end)
-      logs/<kernel>/<config>/<scenario>.<case>.verifier.log
+      logs/<kernel>/<config>/<scenario>.<case>.verifier.log   (a loader case's: .loader.log)
       guest/<kernel>.console.log, guest/<kernel>.dmesg.log
 A run killed half-way keeps every finished cell in results.jsonl.
 """
@@ -162,18 +162,22 @@ class RunDir:
         path = base or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
         return cls(path, {**meta, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
-    def verifier_log_path(self, cell: CellResult) -> Path:
+    def verifier_log_path(self, cell: CellResult, kind: str = "verifier") -> Path:
         stem = f"{safe_name(cell.scenario)}.{safe_name(cell.case)}"
         stem += f".{safe_name(cell.libbpf)}" if cell.libbpf else ""
         if len(stem) > SAFE_NAME_MAX:  # three safe names may together pass NAME_MAX (255)
             stem = safe_name(f"{cell.scenario}\0{cell.case}\0{cell.libbpf}")
         kernel, config = safe_name(cell.kernel), safe_name(cell.config)
-        return self.path / "logs" / kernel / config / f"{stem}.verifier.log"
+        return self.path / "logs" / kernel / config / f"{stem}.{kind}.log"
 
     def write_verifier_log(self, cell: CellResult, text: str) -> None:
+        self.write_cell_log(cell, text, "verifier")
+
+    def write_cell_log(self, cell: CellResult, text: str, kind: str) -> None:
+        """The cell's log (`log_path`): a verifier's, or a user's loader's output."""
         if not text:
             return
-        path = self.verifier_log_path(cell)
+        path = self.verifier_log_path(cell, kind)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

@@ -28,7 +28,15 @@ from harness.results.record import Crash, amended
 from harness.results.rundir import CellResult, RunDir
 from harness.run.compile import compile_object, kernel_btf, vmlinux_h
 from harness.run.judge import Observed, judge
-from harness.run.records import expect_json, map_rows, observed_json, user_paths, verifier_figures
+from harness.run.loader_cell import judge_loader, loader_log, loader_request
+from harness.run.records import (
+    case_program,
+    expect_json,
+    map_rows,
+    observed_json,
+    user_paths,
+    verifier_figures,
+)
 from harness.run.requests import (
     prepare_args,
     syscall_request,
@@ -38,8 +46,10 @@ from harness.run.requests import (
 )
 from harness.scenario.expect import Expect, kernel_version
 from harness.scenario.model import (
+    AnyCase,
     Case,
     CgroupAttach,
+    LoaderCase,
     RunConfig,
     Scenario,
     SocketAttach,
@@ -165,7 +175,7 @@ class Engine:
         cells: list[CellResult] = []
         chosen = [c for c in scenario.configs if not configs or c.name in configs]
         for config in chosen:
-            for case in scenario.cases:
+            for case in scenario.every_case:
                 cell = self.run_cell(scenario, case, config)
                 report(cell)
                 cells.append(cell)
@@ -174,13 +184,14 @@ class Engine:
         return cells
 
     def run_cell(
-        self, scenario: Scenario, case: Case, config: RunConfig, *, retry_of: str = ""
+        self, scenario: Scenario, case: AnyCase, config: RunConfig, *, retry_of: str = ""
     ) -> CellResult:
         """One (case, config) in this guest, within the cell timeout: the config's sysctls
         are switched only when they differ from the ones in effect.  A guest that fails
         under the cell (crash, hang, lost) makes an outcome, never an exception.  The cell
         is appended to the run directory; `retry_of` (why the first attempt lost its VM)
         goes into the reason of a retry's record."""
+        program, prog_type, section = case_program(case)
         cell = CellResult(
             scenario=scenario.name,
             case=case.name,
@@ -190,9 +201,9 @@ class Engine:
             kernel_release=self.kernel.release,
             kernel_digest=self.kernel.digest,
             accel=self.vm.accel,
-            program=f"{case.object}/{case.program}",
-            prog_type=case.prog_type.name,
-            section=case.section,
+            program=program,
+            prog_type=prog_type,
+            section=section,
             scenario_file=str(scenario.path.resolve()),
             console_path=self.guest_logs[0],
             dmesg_path=self.guest_logs[1],
@@ -208,6 +219,8 @@ class Engine:
                 cell.sysctls = dict(self._sysctls)
                 if self._refused:
                     cell.outcome, cell.reason = Outcome.SKIPPED, self._refused
+                elif isinstance(case, LoaderCase):
+                    self._run_loader(scenario, case, config, cell)
                 else:
                     self._run_case(scenario, case, config, cell)
             except KitlError as exc:  # outside the case: switching the config, facts
@@ -316,6 +329,41 @@ class Engine:
             cell.timings = amended(cell.timings, case_s=round(time.monotonic() - started, 3))
             cell.observed = observed_json(seen)
             self.run.write_verifier_log(cell, seen.load.log if seen.load is not None else "")
+
+    def _run_loader(
+        self, scenario: Scenario, case: LoaderCase, config: RunConfig, cell: CellResult
+    ) -> None:
+        """The user's own loader in the guest (harness.guest.userloader), judged on its
+        exit status, the programs it loaded and its output; what it leaves loaded once its
+        pins are gone is a leak, as any case's."""
+        facts = self._facts()
+        expect = case.expect_for(self.release, config.name, facts.libbpf_version, facts.btf)
+        cell.expected = expect_json(expect)
+        started = time.monotonic()
+        run = None
+        try:
+            if case.skip:
+                cell.outcome, cell.reason = Outcome.SKIPPED, case.skip
+                return
+            objects = {
+                name: self.guest_object(self.objects[(scenario.name, name)])
+                for name in case.objects
+            }
+            request = loader_request(case, objects, self._budget())
+            try:
+                run = self.agent.send(request, timeout=request.timeout + CASE_TIMEOUT)
+            finally:
+                leftovers = self._clean(False)
+            cell.outcome, cell.reason = judge_loader(expect, run)
+            if leftovers and cell.outcome is Outcome.PASSED:
+                cell.outcome, cell.reason = Outcome.ERROR, "cleanup failed: " + "; ".join(leftovers)
+        except KitlError as exc:  # an AgentCallError too: a loader the guest cannot run
+            cell.outcome, cell.reason = outcome_for_error(exc), str(exc)
+        finally:
+            cell.timings = amended(cell.timings, case_s=round(time.monotonic() - started, 3))
+            if run is not None:
+                cell.observed = amended(cell.observed, loader=run.to_wire())
+                self.run.write_cell_log(cell, loader_log(case, run), "loader")
 
     def _missing_requirements(self, case: Case, seen: Observed) -> list[str]:
         """Probe the guest for the case's `requires:`.  Names are resolved to ids through

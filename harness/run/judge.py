@@ -49,7 +49,7 @@ class Observed:
 _UNKNOWN_SECTION = re.compile(r"missing BPF prog type, check ELF section name '([^']*)'")
 
 
-def _regexes_in_order(patterns: tuple[str, ...], text: str) -> str | None:
+def regexes_in_order(patterns: tuple[str, ...], text: str) -> str | None:
     """None if every pattern matches after the previous one's match, else the first missing,
     with the log lines around where the search stopped."""
     pos = 0
@@ -123,7 +123,7 @@ def judge(case: Case, expect: Expect, seen: Observed) -> tuple[Outcome, str]:
         return _judge_failed_load(expect, seen, load)
     if expect.rejected:
         return Outcome.FAILED, "loaded, but the case expects the verifier to reject it"
-    missing = _regexes_in_order(expect.log, load.log)
+    missing = regexes_in_order(expect.log, load.log)
     if missing is not None:
         return Outcome.FAILED, f"loaded, but the verifier log lacks /{missing}"
     if seen.attach_error is not None:
@@ -161,7 +161,7 @@ def _judge_failed_load(
         return kind, reason
     if expect.error_class and expect.error_class != seen.error_class:
         return Outcome.FAILED, f"rejected as {seen.error_class}, expected {expect.error_class}"
-    missing = _regexes_in_order(expect.log, _rejection_text(load))
+    missing = regexes_in_order(expect.log, _rejection_text(load))
     if missing is not None:
         return Outcome.FAILED, f"rejected, but the log lacks /{missing}"
     return Outcome.PASSED, ""

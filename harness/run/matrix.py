@@ -26,8 +26,9 @@ from harness.outcome import Outcome
 from harness.results.record import label
 from harness.results.rundir import CellResult, RunDir, safe_name
 from harness.run.engine import Engine, build_objects
+from harness.run.records import case_program
 from harness.scenario.expect import kernel_version
-from harness.scenario.model import Case, RunConfig, Scenario
+from harness.scenario.model import AnyCase, RunConfig, Scenario
 from harness.vm.agentclient import AgentClient
 from harness.vm.machine import VM
 
@@ -74,7 +75,7 @@ class Cell:
     """One planned cell (what runs), before it has a result."""
 
     scenario: Scenario
-    case: Case
+    case: AnyCase
     kernel: str
     config: RunConfig
     libbpf: str = DEFAULT_LIBBPF  # the loader: "" (the default), "system", "debian-X", a path
@@ -118,7 +119,7 @@ def plan(
                 cells += [
                     Cell(scenario, case, kernel, config, libbpf)
                     for libbpf in loaders
-                    for case in scenario.cases
+                    for case in scenario.every_case
                 ]
     order = {k: i for i, k in enumerate(dict.fromkeys(c.kernel for c in cells))}
     return sorted(cells, key=lambda c: (order[c.kernel], c.config.name, c.libbpf))
@@ -279,6 +280,7 @@ class Guests:
         self, cell: Cell, kernel: Kernel, exc: KitlError, reason: str, *, console_path: str = ""
     ) -> CellResult:
         """The result of a cell that could not start: no guest, or no objects."""
+        program, prog_type, section = case_program(cell.case)
         result = CellResult(
             scenario=cell.scenario.name,
             case=cell.case.name,
@@ -288,9 +290,9 @@ class Guests:
             reason=reason,
             kernel_release=kernel.release,
             kernel_digest=kernel.digest,
-            program=f"{cell.case.object}/{cell.case.program}",
-            prog_type=cell.case.prog_type.name,
-            section=cell.case.section,
+            program=program,
+            prog_type=prog_type,
+            section=section,
             scenario_file=str(cell.scenario.path.resolve()),
             libbpf=cell.libbpf,
             console_path=console_path,

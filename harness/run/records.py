@@ -11,6 +11,7 @@ from harness.results.record import Observed as ObservedRecord
 from harness.results.record import Verifier
 from harness.run.judge import Observed
 from harness.scenario.expect import Expect, ExpectJSON, MapExpect
+from harness.scenario.model import AnyCase, Case
 
 _VERIFIER_KEYS = (
     "verified_insns",
@@ -44,6 +45,14 @@ def verifier_figures(load: LoadReply) -> Verifier:
     return Verifier.from_json(figures)
 
 
+def case_program(case: AnyCase) -> tuple[str, str, str]:
+    """(program, prog_type, section) a cell records of its case: `object/function`, or
+    the command of a user's loader (which loads programs of types kitl learns only then)."""
+    if isinstance(case, Case):
+        return f"{case.object}/{case.program}", case.prog_type.name, case.section
+    return case.loader.shown, "", ""
+
+
 def expect_json(expect: Expect) -> ExpectJSON:
     """The keys the expectation says (a None or empty one is left out)."""
     out: ExpectJSON = {"load": expect.load}
@@ -65,6 +74,14 @@ def expect_json(expect: Expect) -> ExpectJSON:
         out["attach_mode"] = expect.attach_mode
     if expect.map:
         out["map"] = map_rows(expect.map)
+    if expect.programs:
+        out["programs"] = [
+            {k: v for k, v in dataclasses.asdict(p).items() if v is not None}
+            for p in expect.programs
+        ]
+    for key in ("stdout", "stderr"):
+        if getattr(expect, key):
+            out[key] = list(getattr(expect, key))
     return out
 
 

@@ -59,6 +59,9 @@ class CaseParser(AttachDriveParser):
         errors = len(self.rd.errors)
         shape_ok = fits(d, CASE)
         name: str = d["name"] if key_fits(d, "name", CASE) else "case"
+        if "program" not in d and shape_ok:  # a misspelt key is reported as such
+            hint = "or loader: {command: [...]}, for a case your own loader loads"
+            self.rd.error(f"{self.what}: missing required key 'program'", where(d), hint)
         program = self._program(d) if key_fits(d, "program", CASE) else None
         requires = self._requires(d["requires"]) if "requires" in d else Requires()
         load = self._load(d) if "load" in d else LoadOptions()

@@ -14,9 +14,10 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
-from harness.bpf import retcodes, sections
+from harness.bpf import progtypes, retcodes, sections
 from harness.bpf.sections import SectionMatch
 from harness.scenario.spec import (
+    Bool,
     Either,
     Hex,
     Int,
@@ -127,6 +128,22 @@ ATTACH_TARGET = Str(
 )
 _COUNT = Int(0, 10**9)
 MAP_VALUE = Either((Int(-(2**63), 2**64 - 1), Hex(1 << 16)))
+# a program's name as the kernel keeps it (bpf_prog_info.name: 15 characters, the rest cut)
+PROG_NAME = Str(re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,127}$"), "a program (C function) name")
+_PROGRAM = Either(
+    (
+        PROG_NAME,
+        obj(
+            {
+                "name": PROG_NAME,
+                "type": Str(choices=tuple(progtypes.PROG_TYPES), doc="libbpf's name: xdp..."),
+                "left_loaded": Bool(doc="still loaded after the loader exited (pinned, linked)"),
+            },
+            required=("name",),
+        ),
+    ),
+    doc="a program name, or {name, type, left_loaded}",
+)
 
 EXPECT = obj(
     {
@@ -149,6 +166,9 @@ EXPECT = obj(
         ),
         "events": Map(_COUNT, Str(MAP_NAME, "a map name"), doc="ringbuf/perf events per map"),
         "attach_mode": Str(choices=("skb", "drv", "hw"), doc="the XDP mode the kernel reports"),
+        "programs": Seq(_PROGRAM, 1, 256, doc="programs a user's loader loads (loader: cases)"),
+        "stdout": Seq(Str(), 1, 64, single_ok=True, doc="regexes a loader's stdout matches"),
+        "stderr": Seq(Str(), 1, 64, single_ok=True, doc="regexes a loader's stderr matches"),
     }
 )
 
@@ -166,6 +186,16 @@ class MapExpect:
 
 
 @dataclass(frozen=True)
+class ProgramExpect:
+    """A program a user's loader must load: by name (the kernel keeps 15 characters of
+    it), optionally of a type, optionally still loaded (or not) when the loader exits."""
+
+    name: str
+    type: str | None = None
+    left_loaded: bool | None = None
+
+
+@dataclass(frozen=True)
 class Expect:
     load: LoadVerdict = "ok"
     log: tuple[str, ...] = ()  # regexes that must match the verifier log, in this order
@@ -178,6 +208,10 @@ class Expect:
     map: tuple[MapExpect, ...] = ()
     events: tuple[tuple[str, int], ...] = ()  # (ringbuf/perf map, number of events)
     attach_mode: AttachMode | None = None
+    # a user's loader (loader: cases); its exit_status is the one above, 0 when not said
+    programs: tuple[ProgramExpect, ...] = ()
+    stdout: tuple[str, ...] = ()  # regexes, in this order
+    stderr: tuple[str, ...] = ()
 
     @property
     def rejected(self) -> bool:
@@ -198,6 +232,9 @@ class ExpectJSON(TypedDict, total=False):
     exit_status: int
     attach_mode: AttachMode
     map: dict[str, list[list[int | str]]]
+    programs: list[dict[str, str | bool]]
+    stdout: list[str]
+    stderr: list[str]
 
 
 # Keys that describe the program running; meaningless when the load is rejected.
@@ -281,6 +318,7 @@ class ExpectContext:
     attach: str | None  # attach family or None
     log_level: int
     syscall_action: str | None = None  # "run", "open", ... of a syscall drive
+    loader: bool = False  # a user's loader (loader: cases), not a program of an object
 
 
 def usable(d: LocDict, spec: Obj) -> LocDict:
@@ -305,14 +343,13 @@ def read_expect(rd: Reader, d: LocDict, ctx: ExpectContext, what: str) -> Expect
     values.update(
         {k: d[k] for k in ("delivered", "dropped", "exit_status", "attach_mode") if k in d}
     )
-    if "log" in d:
-        values["log"] = (d["log"],) if isinstance(d["log"], str) else tuple(d["log"])
-        for pattern in values["log"]:
-            try:
-                re.compile(pattern)
-            except (re.error, RecursionError, OverflowError) as exc:
-                msg = f"{what}.log: bad regular expression {pattern[:60]!r}: {exc}"
-                rd.error(msg, where(d, "log", value=True))
+    for key in ("log", "stdout", "stderr"):
+        if key in d:
+            values[key] = _regexes(rd, d, key, what)
+    if "programs" in d:
+        values["programs"] = tuple(
+            ProgramExpect(p) if isinstance(p, str) else ProgramExpect(**p) for p in d["programs"]
+        )
     if "retval" in d:
         values["retval"] = _retval(rd, d, ctx, what)
     if "errno" in d:
@@ -330,6 +367,18 @@ def read_expect(rd: Reader, d: LocDict, ctx: ExpectContext, what: str) -> Expect
             (name, n) for name, n in events.items() if _map_known(rd, events, name, ctx, what)
         )
     return Expect(**values) if len(rd.errors) == errors else None
+
+
+def _regexes(rd: Reader, d: LocDict, key: str, what: str) -> tuple[str, ...]:
+    """A regex or a list of them (`log`, `stdout`, `stderr`), each one compiled."""
+    patterns = (d[key],) if isinstance(d[key], str) else tuple(d[key])
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except (re.error, RecursionError, OverflowError) as exc:
+            msg = f"{what}.{key}: bad regular expression {pattern[:60]!r}: {exc}"
+            rd.error(msg, where(d, key, value=True))
+    return patterns
 
 
 def map_contents(rd: Reader, d: LocDict, ctx: ExpectContext, what: str) -> tuple[MapExpect, ...]:
@@ -377,18 +426,17 @@ _NEEDS = {
 }
 
 
-def check_expect(
-    rd: Reader,
-    expect: Expect,
-    at: Callable[[str], Pos],
-    ctx: ExpectContext,
-    what: str,
-    *,
-    keys: Collection[str] | None = None,
-) -> None:
-    """Consistency of a (merged) expectation with itself and with the case's drive/attach;
-    with `keys`, only problems of those keys are reported (an override's own keys)."""
-    problems: list[tuple[str, str, str | None]] = []  # (key, message, hint)
+LOADER_KEYS = ("programs", "stdout", "stderr")  # and exit_status: a user's loader's
+
+
+def _program_problems(expect: Expect, ctx: ExpectContext) -> list[tuple[str, str, str | None]]:
+    """(key, message, hint) of what does not fit a case that loads a program itself."""
+    problems: list[tuple[str, str, str | None]] = []
+    for key in LOADER_KEYS:
+        if getattr(expect, key):
+            msg = f"{key} is what a user's loader did; this case loads a program itself"
+            hint = "for your own loader, a case with loader: {command: [...]}"
+            problems.append((key, msg, hint))
     if expect.rejected:
         for key in RUN_KEYS:
             if getattr(expect, key) not in (None, ()):
@@ -416,6 +464,22 @@ def check_expect(
         if expect.log and ctx.log_level == 0:
             msg = "log_level 0 keeps no verifier log of a successful load"
             problems.append(("log", msg, "set load: {log_level: 1} (or 5 for statistics)"))
+    return problems
+
+
+def check_expect(
+    rd: Reader,
+    expect: Expect,
+    at: Callable[[str], Pos],
+    ctx: ExpectContext,
+    what: str,
+    *,
+    keys: Collection[str] | None = None,
+) -> None:
+    """Consistency of a (merged) expectation with itself and with the case's drive/attach;
+    with `keys`, only problems of those keys are reported (an override's own keys)."""
+    # a loader case's keys are checked on its YAML (harness.scenario.loader_cases)
+    problems = [] if ctx.loader else _program_problems(expect, ctx)
     for key, msg, hint in problems:
         if keys is None or key in keys:
             rd.error(f"{what}.{key}: {msg}", at(key), hint)

@@ -21,7 +21,8 @@ from pathlib import Path
 from harness import yamlsrc
 from harness.errors import ConfigError, KitlError, UsageError
 from harness.scenario.cases import CaseParser
-from harness.scenario.model import Case, RunConfig, Scenario
+from harness.scenario.loader_cases import LoaderCaseParser
+from harness.scenario.model import AnyCase, Case, LoaderCase, RunConfig, Scenario
 from harness.scenario.parsing import Parser, fits, key_fits
 from harness.scenario.shape import CONFIG, NAME_SPEC, SCENARIO
 from harness.scenario.spec import describe
@@ -101,22 +102,27 @@ class ScenarioParser(Parser):
                 self.objects[name] = self._object(name, body, objects)
         if isinstance(topology := doc.get("topology"), LocDict):
             self.topology = self._topology(topology)
-        cases: list[Case | None] = []
+        cases: list[AnyCase | None] = []
         if isinstance(items := doc.get("cases"), LocList):
-            cases = [CaseParser(self, i).parse(c) for i, c in enumerate(items)]
+            cases = [self._case(i, c) for i, c in enumerate(items)]
             self._unique_cases(items, cases)
+            loaders_only = all(isinstance(c, LocDict) and "loader" in c for c in items)
+            if "objects" not in doc and not loaders_only:
+                # only a scenario whose every case runs the user's own loader has none
+                rd.error("missing required key 'objects'", where(doc))
         if rd.errors:
             return None
         return Scenario(
             self.name,
             self.path,
             tuple(o for o in self.objects.values() if o is not None),
-            tuple(c for c in cases if c is not None),
+            tuple(c for c in cases if isinstance(c, Case)),
             doc.get("description", ""),
             tuple(doc.get("kernels", ())),
             self.configs,
             self.topology,
             self._loaders(doc),
+            tuple(c for c in cases if isinstance(c, LoaderCase)),
         )
 
     def _loaders(self, doc: LocDict) -> tuple[str, ...]:
@@ -136,7 +142,13 @@ class ScenarioParser(Parser):
                     loaders.append(str(file))
         return tuple(loaders)
 
-    def _unique_cases(self, node: LocList, cases: list[Case | None]) -> None:
+    def _case(self, index: int, node: object) -> AnyCase | None:
+        """One entry of `cases:`: a program kitl loads, or the user's own loader."""
+        if isinstance(node, LocDict) and "loader" in node:
+            return LoaderCaseParser(self, index).parse_loader(node)
+        return CaseParser(self, index).parse(node)
+
+    def _unique_cases(self, node: LocList, cases: list[AnyCase | None]) -> None:
         first: dict[str, int] = {}
         for i, case in enumerate(cases):
             if case is None:

@@ -9,6 +9,8 @@ harness.scenario.objects builds them for `kitl verify`.
 from __future__ import annotations
 
 import ipaddress
+import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal, TypeVar
@@ -31,6 +33,7 @@ __all__ = [
     "CgroupAttach",
     "Endpoint",
     "LoadOptions",
+    "LoaderCase",
     "NetdevsimDevice",
     "PacketSpec",
     "Requires",
@@ -43,6 +46,7 @@ __all__ = [
     "TestRunDrive",
     "Topology",
     "TrafficDrive",
+    "UserLoader",
     "VethPair",
     "XdpAttach",
 ]
@@ -418,11 +422,73 @@ class Case:
 
 
 @dataclass(frozen=True)
+class UserLoader:
+    """The user's own loader: a command run in the guest as it runs on a host (a skeleton
+    app, a Go or Rust loader, bpftool), in the scenario's directory (read-only in the
+    guest; $TMPDIR is a writable directory of the cell's).  An argument may name an object
+    of the scenario, `{object:NAME}`: the path of its build in the guest."""
+
+    argv: tuple[str, ...]  # argv[0] absolute when the scenario gave a path
+    cwd: Path  # the scenario's directory
+    timeout: float = 60.0  # then its process group is killed: TIMED_OUT
+    run_for: float | None = None  # then SIGINT (Ctrl-C), for a loader that runs until stopped
+    env: tuple[tuple[str, str], ...] = ()  # added to the guest agent's environment
+    command: tuple[str, ...] = ()  # as the scenario wrote it, for reports
+
+    @property
+    def shown(self) -> str:
+        """The command as a shell would take it, as written in the scenario."""
+        return shlex.join(self.command or self.argv)
+
+
+OBJECT_REF = re.compile(r"\{object:([a-z0-9][a-z0-9._-]{0,63})\}")
+
+
+@dataclass(frozen=True)
+class LoaderCase:
+    """A case whose program is loaded by the user's own loader: its exit status is the
+    verdict, with the programs it loaded and its output (`Expect.exit_status`, `programs`,
+    `stdout`, `stderr`; exit status 0 when not said)."""
+
+    name: str
+    loader: UserLoader
+    expect: Expect
+    description: str = ""
+    overrides: tuple[Override, ...] = ()
+    line: int = field(default=0, compare=False)
+    skip: str = ""  # why the case is not run: its cells are SKIPPED with this reason
+
+    def expect_for(
+        self,
+        kernel_release: str,
+        config: str,
+        libbpf_version: str = "",
+        kernel_btf: bool | None = None,
+    ) -> Expect:
+        return apply_overrides(
+            self.expect,
+            self.overrides,
+            kernel_release,
+            config,
+            libbpf_version=libbpf_version,
+            kernel_btf=kernel_btf,
+        )
+
+    @property
+    def objects(self) -> tuple[str, ...]:
+        """The scenario's objects its command names ({object:NAME})."""
+        return tuple(dict.fromkeys(m for a in self.loader.argv for m in OBJECT_REF.findall(a)))
+
+
+AnyCase = Case | LoaderCase
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     path: Path
     objects: tuple[BpfObject, ...]
-    cases: tuple[Case, ...]
+    cases: tuple[Case, ...]  # those that load a program of an object
     description: str = ""
     kernels: tuple[str, ...] = ()  # empty: the catalog's defaults
     configs: tuple[RunConfig, ...] = (RunConfig("default"),)
@@ -430,9 +496,15 @@ class Scenario:
     # the loaders as cells record them ("" the default, "system", "debian-X", an absolute
     # path); empty: the default alone
     libbpf: tuple[str, ...] = ()
+    loader_cases: tuple[LoaderCase, ...] = ()  # those the user's own loader loads
 
     def case(self, name: str) -> Case:
         return _named(self.cases, name, "case")
+
+    @property
+    def every_case(self) -> tuple[AnyCase, ...]:
+        """Its cases and its loader cases, in the file's order: what runs."""
+        return tuple(sorted((*self.cases, *self.loader_cases), key=lambda c: c.line))
 
     def object(self, name: str) -> BpfObject:
         return _named(self.objects, name, "object")

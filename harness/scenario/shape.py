@@ -168,6 +168,23 @@ DRIVE = obj(
     },
     one_of=True,
 )
+LOADER = obj(
+    {
+        "command": _ARGV,
+        "timeout": Int(1, 3600, doc="seconds before its process group is killed (default 60)"),
+        "run_for": Int(
+            1, 3600, doc="seconds, then SIGINT (Ctrl-C): for a loader that runs until stopped"
+        ),
+        "env": Map(
+            Str(re.compile(r"^[^\0]{0,4096}$"), "a value without NUL"),
+            Str(re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"), "environment variable names"),
+            doc="added to the guest's environment",
+        ),
+    },
+    required=("command",),
+    doc="the user's own loader, run in the guest: [PROGRAM, ARGS...]; a path is relative "
+    "to the scenario, {object:NAME} the path of an object's build in the guest",
+)
 _IDENTS = Seq(Str(IDENT, "C identifiers"))
 OVERRIDE = obj(
     {
@@ -190,6 +207,7 @@ CASE = obj(
         "program": Str(
             re.compile(r"^[^/]+/[A-Za-z_][A-Za-z0-9_]*$"), "OBJECT/FUNCTION, e.g. xdp/xdp_drop_udp"
         ),
+        "loader": LOADER,
         "requires": obj(
             {
                 "helpers": _IDENTS,
@@ -266,7 +284,7 @@ CASE = obj(
         "expect": EXPECT,
         "overrides": Seq(OVERRIDE, 1, 64),
     },
-    required=("name", "program", "expect"),
+    required=("name", "expect"),  # and program: or loader: (harness.scenario.cases)
 )
 NAME_SPEC = _NAME
 DEV_SPEC = _DEV
@@ -321,7 +339,7 @@ SCENARIO = obj(
         ),
         "cases": Seq(CASE, 1, 10_000),
     },
-    required=("name", "objects", "cases"),
+    required=("name", "cases"),  # objects: unless every case is a loader's
 )
 
 

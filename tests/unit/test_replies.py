@@ -65,6 +65,11 @@ SAMPLES: dict[protocol.Op, r.Reply] = {
         "net.core.bpf_jit_enable": r.SysctlValue(False, "1", "Invalid argument"),
     }),
     protocol.Op.RUN: r.RunReply(4, "hi\n", "", 0.25),
+    protocol.Op.RUN_LOADER: r.LoaderReply(
+        ("/usr/sbin/bpftool", "prog", "loadall"), 0, False, 1.5, "", "warn\n",
+        (r.LoaderProgram(12, "xdp_pass", "xdp", 9, 72, 64, 0, 0, True, ("/sys/fs/bpf/x",)),),
+        pins=("/sys/fs/bpf/x",),
+    ),
     protocol.Op.TOPOLOGY_UP: r.TopologyUpReply(("a", "b"), {"1": ("nsim1p0", "nsim1p1")}),
     protocol.Op.TOPOLOGY_DOWN: r.TopologyDownReply((), ("leftover",)),
     protocol.Op.TRAFFIC: r.TrafficReply(3, 2, 1, received_bytes=128, send_errors={"EPERM": 1}),
