@@ -43,6 +43,7 @@ from harness.scenario.model import Scenario
 from harness.scenario.verify_options import PRIVILEGED, UNPRIVILEGED, VerifyOptions
 from harness.vm import accel
 from harness.vm.agentclient import AgentClient
+from harness.vm.channel import object_path_in_guest
 from harness.vm.machine import GuestSettings
 from harness.vm.slots import GuestSlots
 
@@ -143,8 +144,8 @@ def run(request: ReproRequest) -> int:
     ):
         if sysctls:
             agent.send(protocol.Sysctl(sysctls))
-        remote = f"/run/kitl-repro-{hashlib.sha256(obj.read_bytes()).hexdigest()[:16]}.o"
-        vm.channel.put(obj.read_bytes(), remote)
+        remote = object_path_in_guest(obj, data := obj.read_bytes())
+        vm.channel.put(data, remote)
         load_args: protocol.LoadArgs = {
             "prog_flags": case.load.flags_value,
             "privilege": case.load.privilege,

@@ -39,6 +39,7 @@ from harness.run.compile import compile_object, kernel_btf, vmlinux_h
 from harness.run.engine import CASE_TIMEOUT
 from harness.vm import accel
 from harness.vm.agentclient import AgentClient
+from harness.vm.channel import object_path_in_guest
 from harness.vm.machine import VM, GuestSettings
 from harness.vm.slots import GuestSlots
 
@@ -164,7 +165,7 @@ class Guest:
         data = obj_path.read_bytes()
         digest = hashlib.sha256(data).hexdigest()[:16]
         if digest not in self._copies:
-            remote = f"/run/kitl-{digest}.o"
+            remote = object_path_in_guest(obj_path, data)
             self.vm.channel.put(data, remote)
             self._copies[digest] = remote
         return self._copies[digest]

@@ -62,6 +62,7 @@ from harness.scenario.model import (
 from harness.vm import console as consolelog
 from harness.vm import hostload
 from harness.vm.agentclient import AgentCallError, AgentClient
+from harness.vm.channel import object_path_in_guest
 from harness.vm.machine import VM
 
 Report = Callable[[CellResult], None]
@@ -164,7 +165,7 @@ class Engine:
         be invisible through the guest's overlay of /tmp)."""
         if path not in self._in_guest:
             data = path.read_bytes()
-            remote = f"/run/kitl-{hashlib.sha256(data).hexdigest()[:16]}.o"
+            remote = object_path_in_guest(path, data)
             self.vm.channel.put(data, remote)
             self._in_guest[path] = remote
         return self._in_guest[path]

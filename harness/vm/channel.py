@@ -10,6 +10,7 @@ gives up shortly after if even that does not answer.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import logging
 import os
@@ -57,7 +58,9 @@ class Channel(Protocol):
         on_output: Callable[[str, bytes], None] | None = None,
     ) -> CommandResult: ...
 
-    def put(self, data: bytes, remote: str, mode: int = 0o644) -> None: ...
+    def put(self, data: bytes, remote: str, mode: int = 0o644) -> None:
+        """Write a file in the guest, its missing parent directories made first."""
+        ...
 
     def start(self, argv: Sequence[str]) -> LineStream: ...
 
@@ -298,6 +301,7 @@ class SshChannel:
         try:
             sftp = self._client.open_sftp()
             try:
+                _make_parents(sftp, remote)
                 with sftp.open(remote, "wb") as f:
                     f.write(data)
                 sftp.chmod(remote, mode)
@@ -312,3 +316,24 @@ class SshChannel:
 
 def _b64(text: str) -> bytes:
     return base64.b64decode(text.strip())
+
+
+def _make_parents(sftp: paramiko.SFTPClient, remote: str) -> None:
+    missing = []
+    for parent in Path(remote).parents:
+        try:
+            sftp.stat(str(parent))
+            break
+        except FileNotFoundError:
+            missing.append(parent)
+    for parent in reversed(missing):
+        sftp.mkdir(str(parent))
+
+
+def object_path_in_guest(path: Path, data: bytes) -> str:
+    """Where a host object is copied in the guest's tmpfs (host paths created after boot
+    may be invisible through the guest's overlay of /tmp): a directory per content, the
+    file keeping its name, because libbpf names the object, and so its .bss/.data/.rodata
+    maps in logs and listings, after the file ("res_spin.bss", as the user's loader
+    would have it, not "kitl_035.bss")."""
+    return f"/run/kitl/{hashlib.sha256(data).hexdigest()[:16]}/{path.name}"
