@@ -15,28 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import stamp, stop_on_sigterm
+from common import stamp, stop_on_sigterm, timed
 
 from harness.cli import runner
 
 ROOT = Path(__file__).resolve().parents[1]
 KITL = [sys.executable, "-m", "harness.cli.main"]
-
-
-def _timed(argv: list[str]) -> float:
-    started = time.monotonic()
-    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False)
-    seconds = time.monotonic() - started
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
-        raise SystemExit(f"failed ({proc.returncode}): {' '.join(argv)}")
-    return seconds
 
 
 def _node_ids(run_dir: Path) -> list[tuple[str, str]]:
@@ -59,8 +47,8 @@ def main() -> int:
     base = ["run", *args.paths, "--kernels", args.kernels]
     with tempfile.TemporaryDirectory(prefix="kitl-bench-matrix-") as tmp:
         out = Path(tmp)
-        n1 = _timed([*KITL, *base, "-n", "1", "--output", str(out / "n1")])
-        n2 = _timed([*KITL, *base, "-n", "2", "--output", str(out / "n2")])
+        n1, _ = timed([*KITL, *base, "-n", "1", "--output", str(out / "n1")])
+        n2, _ = timed([*KITL, *base, "-n", "2", "--output", str(out / "n2")])
         nodes = _node_ids(out / "n1")
         sample = nodes
         if args.naive_sample and args.naive_sample < len(nodes):
@@ -71,7 +59,7 @@ def main() -> int:
             argv = [sys.executable, "-m", "pytest", "-c", str(runner.INI)]
             argv += ["-p", "no:cacheprovider", "-q", "--kitl", "--kitl-kernels", args.kernels]
             argv += ["--kitl-output", str(out / f"naive-{i}"), node]
-            naive_each.append(_timed(argv))
+            naive_each.append(timed(argv)[0])
         naive = sum(naive_each) / len(naive_each) * len(nodes)
     extrapolated = len(sample) < len(nodes)
     print(stamp())

@@ -20,24 +20,12 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import stamp, stop_on_sigterm
+from common import stamp, stop_on_sigterm, timed
 
 ROOT = Path(__file__).resolve().parents[1]
 KITL = [sys.executable, "-m", "harness.cli.main"]
-
-
-def _timed(argv: list[str]) -> tuple[float, str]:
-    """Wall time of a kitl command that must succeed, and its stderr."""
-    started = time.monotonic()
-    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False)
-    seconds = time.monotonic() - started
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
-        raise SystemExit(f"failed ({proc.returncode}): {' '.join(argv)}")
-    return seconds, proc.stderr
 
 
 def main() -> int:
@@ -52,8 +40,8 @@ def main() -> int:
     base = ["run", *args.paths, *kernels]
     with tempfile.TemporaryDirectory(prefix="kitl-bench-workers-") as tmp:
         out = Path(tmp)
-        auto, said = _timed([*KITL, "--verbose", *base, "--output", str(out / "auto")])
-        one, _ = _timed([*KITL, *base, "-n", "1", "--output", str(out / "n1")])
+        auto, said = timed([*KITL, "--verbose", *base, "--output", str(out / "auto")])
+        one, _ = timed([*KITL, *base, "-n", "1", "--output", str(out / "n1")])
         body = json.loads((out / "n1" / "results.json").read_text())
     cells = body["cells"]
     chosen = re.search(r"workers: (\d+ \(.*\))", said)
