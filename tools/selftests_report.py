@@ -31,8 +31,9 @@ def cells(run_dir: Path) -> list[dict[str, Any]]:
 
 def skip_kind(reason: str) -> str:
     """A skip reason without its particulars: 'this kernel lacks kfunc X' -> '... kfunc'."""
-    if "kfunc" in reason and "lacks" in reason:
-        return "a kfunc this kernel lacks (bpf_testmod's, or newer)"
+    for what in ("a kfunc", "a struct_ops type", "an attach target"):
+        if f"lacks {what.partition(' ')[2]}" in reason:
+            return f"{what} this kernel lacks (bpf_testmod's, or newer)"
     return re.sub(r"\s*\(.*$", "", reason)[:80]
 
 
