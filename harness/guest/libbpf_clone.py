@@ -180,11 +180,13 @@ class PreparedObject:
 
     def _messages(self, program: str, rc: int) -> str:
         """libbpf's messages of the clone; a failure's name the object first, as a load
-        of the object would (a clone's own messages name only the program)."""
+        of the object would (a clone's own messages name only the program), with what
+        libbpf said while preparing the object (its warnings may be the cause)."""
         messages = self.lib.drain_messages()
         if rc >= 0:
             return messages
-        return f"kitl: {self.path}: {program} loaded from the object prepared once\n{messages}"
+        head = f"kitl: {self.path}: {program} loaded from the object prepared once\n"
+        return head + self.messages + messages
 
     def _result(
         self, prog: int, program: str, clone: _Clone, *, level: int, size: int, attempts: int,

@@ -126,6 +126,18 @@ def test_a_program_that_fails_is_loaded_again_for_its_whole_log() -> None:
     assert TRACE.decode() not in load.stats_log
 
 
+def test_a_failures_messages_name_the_object_and_what_preparing_it_said() -> None:
+    c = FakeC(reject=True)
+    obj = prepared(c)
+    obj.messages = "libbpf: elf: skipping unrecognized data section(7) .comment\n"
+    failed = obj.load("prog", LoadOptions())
+    assert failed.libbpf_messages.splitlines() == [
+        "kitl: /o.bpf.o: prog loaded from the object prepared once",
+        "libbpf: elf: skipping unrecognized data section(7) .comment",
+    ]
+    assert prepared(FakeC()).load("prog", LoadOptions()).libbpf_messages == ""
+
+
 def test_at_log_level_0_a_failure_still_has_its_log() -> None:
     # libbpf's bpf_prog_load loads a failure again at level 1 when given a buffer at
     # level 0; without the buffer the kernel's rejection had no words at all
