@@ -53,6 +53,7 @@ class RunRequest:
     paths: tuple[Path, ...]  # scenarios or their directories; none: the bundled ones
     matrix: Matrix
     dry_run: bool = False
+    verbose: bool = False  # a line per cell on the terminal
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class VerifyRequest:
     expect: Path | None = None  # bulk expectations
     dry_run: bool = False
     emit: tuple[str, ...] = ()  # veristat's -e: the stats the table shows
+    verbose: bool = False  # a line per cell on the terminal
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,9 @@ def guest(
 
 def run(args: argparse.Namespace) -> RunRequest:
     values = verify_options.namespace_values(args, matrix_table("run"))
-    return RunRequest(tuple(args.paths), Matrix.of(values, "run"), args.dry_run)
+    return RunRequest(
+        tuple(args.paths), Matrix.of(values, "run"), args.dry_run, getattr(args, "verbose", False)
+    )
 
 
 def verify(args: argparse.Namespace) -> VerifyRequest:
@@ -131,7 +135,16 @@ def verify(args: argparse.Namespace) -> VerifyRequest:
     given = Given.of(verify_options.namespace_values(args))
     options = verify_options.build(given)
     emit = veristat.stat_names(args.emit)
-    return VerifyRequest(tuple(args.paths), matrix, given, options, args.expect, args.dry_run, emit)
+    return VerifyRequest(
+        tuple(args.paths),
+        matrix,
+        given,
+        options,
+        args.expect,
+        args.dry_run,
+        emit,
+        getattr(args, "verbose", False),
+    )
 
 
 def compare(args: argparse.Namespace) -> CompareRequest:

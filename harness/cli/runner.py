@@ -62,7 +62,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"default: the bundled scenarios ({BUNDLED})",
     )
     options.add_cli_arguments(p, "run")
+    add_verbose(p)
     p.add_argument("--dry-run", action="store_true", help="print the pytest command and exit")
+
+
+def add_verbose(p: argparse.ArgumentParser) -> None:
+    """kitl run's and verify's -v, the same switch as kitl's own (`kitl -v run`)."""
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,  # not given here: kitl's own -v stands
+        help="a line per cell, pytest's failure reports, and host-side decisions logged",
+    )
 
 
 def build_loaders(ks: Kernels, loaders: Sequence[str]) -> None:
@@ -83,12 +95,15 @@ def build_loaders(ks: Kernels, loaders: Sequence[str]) -> None:
         stderr.print(f"kitl: libbpf {label}: {built.version} ({built.path})")
 
 
-def pytest_base(matrix: Matrix, collect: str, command: str) -> list[str]:
+def pytest_base(matrix: Matrix, collect: str, command: str, *, verbose: bool = False) -> list[str]:
     """The start of every pytest command the fronts run: kitl's own ini, the plugin's
-    collection flag (`--kitl` or `--kitl-verify`), one line per cell, the run directory
-    (`matrix.output`) and the accelerator."""
+    collection flag (`--kitl` or `--kitl-verify`), kitl's lines (a line per failure and the
+    progress; `verbose`: a line per cell and pytest's failure reports, as before), the run
+    directory (`matrix.output`) and the accelerator."""
     argv = [sys.executable, "-m", "pytest", "-c", str(INI), "--rootdir", str(Path.cwd())]
     argv += ["-p", "no:cacheprovider", collect, "--kitl-lines", "-q", "--no-header"]
+    # quiet: each failure had its line as it finished, and summary.md has the rest
+    argv += ["--kitl-verbose"] if verbose else ["--tb=no", "-rN"]
     return [*argv, *matrix.argv(options.FIRST, command)]
 
 
@@ -97,7 +112,7 @@ def pytest_argv(
 ) -> list[str]:
     """The exact pytest command `kitl run` executes, with `workers` (`workers_for`)."""
     matrix = replace(request.matrix, output=run_dir, workers=workers)
-    argv = pytest_base(matrix, "--kitl", "run")
+    argv = pytest_base(matrix, "--kitl", "run", verbose=request.verbose)
     argv += matrix.argv(options.AXES, "run") + matrix.argv(options.SETTINGS, "run")
     return [*argv, *(str(p) for p in paths)]
 

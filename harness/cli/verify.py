@@ -47,6 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "-e", "--emit", default="", metavar="STAT[,STAT]",
         help="veristat's -e: what the table shows per kernel, e.g. verdict,insns,states,duration",
     )  # fmt: skip
+    runner.add_verbose(p)
     p.add_argument("--dry-run", action="store_true", help="print the pytest command and exit")
 
 
@@ -56,7 +57,7 @@ def verify_argv(
     """The exact pytest command `kitl verify` executes, with `workers`
     (runner.workers_for)."""
     matrix = replace(request.matrix, output=run_dir, workers=workers)
-    argv = runner.pytest_base(matrix, "--kitl-verify", "verify")
+    argv = runner.pytest_base(matrix, "--kitl-verify", "verify", verbose=request.verbose)
     argv += verify_options.pytest_argv(request.given, matrix.argv(options.AXES, "verify"))
     argv += matrix.argv(options.SETTINGS, "verify")
     return [*argv, *(str(o) for o in objects)]

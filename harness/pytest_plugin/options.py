@@ -16,7 +16,12 @@ def add_options(parser: pytest.Parser) -> None:
     group.addoption("--kitl", action="store_true", help="collect kitl scenario files as tests")
     verify_options.add_pytest_options(group, matrix_options.MATRIX)
     group.addoption(
-        "--kitl-lines", action="store_true", help="one line per cell instead of dots (kitl run)"
+        "--kitl-lines",
+        action="store_true",
+        help="kitl's lines instead of dots: one per failure and the progress (kitl run)",
+    )
+    group.addoption(
+        "--kitl-verbose", action="store_true", help="with --kitl-lines: one line per cell"
     )
     parser.addini("kitl", type="bool", default=False, help="collect kitl scenario files")
     verify = parser.getgroup("kitl-verify", "kitl verify: every program of BPF objects")

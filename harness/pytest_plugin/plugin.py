@@ -32,9 +32,10 @@ from harness.kernel.cache import Cache
 from harness.kernel.resolve import Kernels
 from harness.kernel.store import Kernel
 from harness.outcome import Outcome
-from harness.pytest_plugin import options
+from harness.pytest_plugin import options, terminal
+from harness.report import github, render
 from harness.report import model as report_model
-from harness.report import render
+from harness.report.summary import summarize
 from harness.results import known as known_mod
 from harness.results.record import CellRecord
 from harness.results.rundir import CellResult, RunDir
@@ -96,10 +97,9 @@ class KitlSession:
         expect = verify_options.pytest_values(config.getoption)("expect")
         self.verify_expect = objects.load_bulk(expect) if expect else None
         self.total = 0
-        self.done = 0
         self.seen_kernels: set[str] = set()  # booted in this process
-        self.announced: set[str] = set()  # "booting" said on the terminal
         self.known_lines: list[str] = []
+        self.annotations: list[str] = []  # GitHub's ::error lines, under GitHub Actions
 
     def verify_options(self) -> VerifyOptions:
         if self._verify is None:
@@ -212,7 +212,14 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(), "kitl-xdist")
     if config.getoption("kitl_lines"):
-        config.pluginmanager.register(_Progress(config), "kitl-progress")
+        session = config.stash[_SESSION]
+        lines = terminal.CellLines(
+            config,
+            verbose=config.getoption("kitl_verbose"),
+            total=lambda: session.total,
+            kernel_of=session.kernel_of,
+        )
+        config.pluginmanager.register(lines, "kitl-progress")
     # SIGTERM like Ctrl-C, in the controller and in every worker: the running cell stops,
     # its VM is torn down as the stack unwinds, and the session still writes what finished.
     config.stash[_RESTORE] = interrupts.install(interrupts.once(_interrupted))
@@ -345,7 +352,8 @@ class CellItem(pytest.Item):
         except WriteError as exc:  # the disk is full: no later cell could be recorded either
             pytest.exit(f"kitl: {exc}", returncode=pytest.ExitCode.TESTS_FAILED)
         self.result = result
-        self.user_properties.append(("kitl_line", cell_line(result)))
+        self.user_properties.append(("kitl_line", terminal.cell_line(result)))
+        self.user_properties.append(("kitl_brief", terminal.brief_line(result)))
         line = guests.boot_line(kernel.name)
         if kernel.name not in session.seen_kernels and line is not None:
             session.seen_kernels.add(kernel.name)
@@ -425,69 +433,6 @@ def pytest_collection_modifyitems(
     kitl.total = len(selected)
 
 
-def cell_line(cell: CellResult) -> str:
-    figures = []
-    if cell.verifier.verified_insns:
-        figures.append(f"insns {cell.verifier.verified_insns}")
-    if cell.timings.load_ms is not None:
-        figures.append(f"load {cell.timings.load_ms:.1f}ms")
-    if cell.timings.ns_per_op:
-        figures.append(f"{cell.timings.ns_per_op}ns/op")
-    line = f"{cell.outcome!s:<17} {cell.cell_id}  {cell.prog_type}  {' '.join(figures)}"
-    if cell.reason:
-        line += f"\n    {cell.reason}"
-    return line
-
-
-class _Progress:
-    """--kitl-lines: one line per finished cell, `[done/total]`, instead of pytest's dots,
-    and a line when a kernel's first cell starts (that cell boots it)."""
-
-    def __init__(self, config: pytest.Config) -> None:
-        self.config = config
-
-    def _write(self, line: str) -> None:
-        writer = self.config.pluginmanager.get_plugin("terminalreporter")
-        if writer is not None:
-            writer.write_line(line)
-
-    @pytest.hookimpl
-    def pytest_report_teststatus(self, report: pytest.TestReport) -> tuple[str, str, str] | None:
-        # a collection report has no user_properties
-        if "kitl_line" not in dict(getattr(report, "user_properties", ())):
-            return None
-        if hasattr(report, "wasxfail"):
-            return "xfailed", "", "XFAIL"
-        if report.when == "call" or report.skipped:
-            return report.outcome, "", report.outcome.upper()
-        return "", "", ""
-
-    @pytest.hookimpl
-    def pytest_sessionstart(self, session: pytest.Session) -> None:
-        writer = self.config.pluginmanager.get_plugin("terminalreporter")
-        if writer is not None:  # the per-cell lines carry the progress: no [ 50%] column
-            writer._show_progress_info = False
-
-    @pytest.hookimpl
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        props = dict(report.user_properties)
-        if "kitl_line" not in props or (report.when != "call" and not report.skipped):
-            return
-        session = _session(self.config)
-        session.done += 1
-        if "kitl_boot" in props:
-            self._write(f"kitl: {props['kitl_boot']}")
-        self._write(f"[{session.done:>4}/{session.total or '?'}] {props['kitl_line']}")
-
-    @pytest.hookimpl
-    def pytest_runtest_logstart(self, nodeid: str) -> None:
-        session = _session(self.config)
-        kernel = session.kernel_of(nodeid)
-        if kernel is not None and kernel not in session.announced:
-            session.announced.add(kernel)
-            self._write(f"kitl: booting {kernel} (its first cell starts)")
-
-
 def _loaders(cells: Sequence[CellRecord], default: str) -> str:
     """The loaders of a run with their versions: "default (debian-7.3) 1.8, system 1.1"."""
     versions: dict[str, str] = {}
@@ -521,7 +466,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     try:
         cells = finalize(kitl.run_path, meta)
         if cells:
-            render.render_all(kitl.run_path)
+            report = report_model.build_report(kitl.run_path)
+            render.write_reports(report)
+            if github.enabled():  # printed with the terminal summary
+                kitl.annotations = github.lines(report, summarize(report))
     except KitlError as exc:  # e.g. the disk filled up: one line, the cells already kept
         sys.stderr.write(f"kitl: {exc}\n")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
@@ -543,6 +491,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         return
     for line in kitl.known_lines:
         terminalreporter.write_line(f"kitl: {line}")
+    for line in kitl.annotations:
+        terminalreporter.write_line(line)
     summary = kitl.run_path / "report" / "summary.md"
     terminalreporter.write_line(f"kitl: results in {kitl.run_path}")
     if summary.is_file():

@@ -1,5 +1,5 @@
-"""Reports from a run directory, without a VM: JUnit XML, a Markdown job summary, one static
-HTML page and veristat-compatible CSV files.
+"""Reports from a run directory, without a VM: JUnit XML, a Markdown job summary and its
+details (harness.report.markdown), one static HTML page and veristat-compatible CSV files.
 
 Everything is read from what harness/results/rundir.py wrote (results.json, or
 results.jsonl when the run was killed before the end) plus the verifier and guest logs
@@ -21,19 +21,12 @@ from pathlib import Path
 from harness.bpf.verifier_log import parse_log
 from harness.errors import UsageError, WriteError
 from harness.outcome import EXIT_OK
-from harness.report import html
-from harness.report.model import (
-    RUN_LEVEL,
-    Cell,
-    Column,
-    Report,
-    build_report,
-    loader_ending,
-    program_line,
-    tail,
-)
+from harness.report import github, html
+from harness.report.markdown import DETAILS, render_details, render_summary
+from harness.report.model import RUN_LEVEL, Cell, Column, Report, build_report, tail
+from harness.report.summary import summarize
 from harness.results import veristat
-from harness.results.record import BootFailure, text_of
+from harness.results.record import text_of
 from harness.results.rundir import safe_name, write_atomic
 
 FORMATS = ("junit", "markdown", "html", "csv")
@@ -44,7 +37,6 @@ _PROPERTIES: tuple[str, ...] = ("insns", "total_states", "peak_states", "load_ms
 _PROPERTIES += ("jited_len", "xlated_len")
 # characters XML 1.0 cannot carry at all, even escaped (console logs hold ANSI escapes)
 _XML_ILLEGAL = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|~&#])")
 
 
 # -- JUnit XML --------------------------------------------------------------------------------
@@ -126,110 +118,6 @@ def _testcase(report: Report, suite: ET.Element, cell: Cell, counts: dict[str, i
     return seconds
 
 
-# -- Markdown ---------------------------------------------------------------------------------
-
-
-def md_escape(text: str) -> str:
-    """Inline Markdown text shown as is: one line, no emphasis, no HTML, `|` kept in cells."""
-    return _MD_SPECIAL.sub(r"\\\1", " ".join(text.split()))
-
-
-def _fence(text: str) -> str:
-    # a fence longer than any run of backticks inside, so a log cannot close it
-    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
-    return "`" * max(3, longest + 1)
-
-
-def render_markdown(report: Report) -> str:
-    out = ["# kitl report", "", f"**{md_escape(report.headline())}**", ""]
-    meta = [f"run `{report.run_dir}`"] if "`" not in str(report.run_dir) else []
-    if report.kernels:
-        meta.append("kernels " + ", ".join(md_escape(k) for k in report.kernels))
-    for key in ("accel", "libbpf", "started", "finished"):
-        if value := text_of(report.meta.get(key)):
-            meta.append(f"{key} {md_escape(value)}")
-    out += [" · ".join(meta), ""]
-    header = ["scenario::case", *(c.label for c in report.columns), "first failing kernel"]
-    out.append("| " + " | ".join(md_escape(h) for h in header) + " |")
-    out.append("|" + "---|" * len(header))
-    for row in report.rows:
-        shown = [md_escape(row)]
-        for column in report.columns:
-            cell = report.cell(row, column)
-            shown.append(md_escape(cell.display) if cell else "")
-        shown.append(md_escape(report.first_failing_kernel(row) or "—"))
-        out.append("| " + " | ".join(shown) + " |")
-    out += _boot_failures_markdown(report)
-    out += _loaders_markdown(report)
-    unbooted = {f.kernel for f in _boot_failures(report)}
-    failures, not_run = [], 0
-    for cell in report.failures:  # an unbooted kernel's cells: counted, told once above
-        if cell.outcome == "BOOT_FAILED" and cell.record.kernel in unbooted:
-            not_run += 1
-        else:
-            failures.append(cell)
-    out += ["", f"## Failures ({len(failures)})", ""]
-    if not_run:
-        out += [f"{not_run} cells did not run: their kernel did not boot (above).", ""]
-    if not failures:
-        out += ["None.", ""]
-    for cell in failures:
-        out += [f"### {cell.symbol} {md_escape(cell.cell_id)}: {md_escape(cell.outcome)}", ""]
-        if cell.reason:
-            out += [f"> {md_escape(line) or ' '}" for line in cell.reason.splitlines()] + [""]
-        what, text = report.excerpt(cell)
-        if text:
-            fence = _fence(text)
-            out += [f"{md_escape(what).capitalize()} (tail):", "", f"{fence}text", text, fence, ""]
-        command = report.repro(cell)
-        fence = _fence(command)
-        out += ["Reproduce:", "", f"{fence}sh", command, fence, ""]
-    return "\n".join(out).rstrip("\n") + "\n"
-
-
-def _loaders_markdown(report: Report) -> list[str]:
-    """Each loader case's cell: its command, how it ended, the programs it loaded."""
-    cells = report.loader_cells
-    if not cells:
-        return []
-    out = ["", f"## User loaders ({len(cells)})", ""]
-    out += ["| cell | command | ended | programs loaded |", "|---|---|---|---|"]
-    for cell in cells:
-        run = cell.loader
-        assert run is not None
-        programs = "<br>".join(md_escape(program_line(p)) for p in run.programs) or "none"
-        command = md_escape(cell.record.program)
-        out.append(
-            f"| {md_escape(cell.cell_id)} | {command} | {md_escape(loader_ending(run))} "
-            f"| {programs} |"
-        )
-    return out
-
-
-def _boot_failures(report: Report) -> list[BootFailure]:
-    found = report.meta.get("boot_failures")
-    if not isinstance(found, list):
-        return []
-    return [BootFailure.from_json(f if isinstance(f, dict) else {}) for f in found]
-
-
-def _boot_failures_markdown(report: Report) -> list[str]:
-    """One entry per kernel that never came up: why, and its console's tail."""
-    failures = _boot_failures(report)
-    if not failures:
-        return []
-    out = ["", f"## Kernels that did not boot ({len(failures)})", ""]
-    for failure in failures:
-        out += [f"### {md_escape(failure.kernel)}: {md_escape(failure.outcome)}", ""]
-        out += [f"> {md_escape(line) or ' '}" for line in failure.reason.splitlines()]
-        if console := report.inside(failure.console_path):
-            text = tail(console)
-            fence = _fence(text)
-            out += ["", "Guest console (tail):", "", f"{fence}text", text, fence]
-        out.append("")
-    return out
-
-
 # -- veristat CSV -----------------------------------------------------------------------------
 
 
@@ -269,11 +157,17 @@ def render_all(
 ) -> list[Path]:
     """Write every report (or those in `formats`) into out_dir, RUN/report/ by default; the
     paths written, in order."""
+    return write_reports(build_report(run_dir), out_dir, formats=formats)
+
+
+def write_reports(
+    report: Report, out_dir: Path | None = None, *, formats: Collection[str] = FORMATS
+) -> list[Path]:
+    """render_all's writing, of a report already built."""
     unknown = set(formats) - set(FORMATS)
     if unknown:
         raise UsageError(f"unknown report format {sorted(unknown)[0]!r}")
-    report = build_report(run_dir)
-    out = out_dir if out_dir is not None else run_dir / "report"
+    out = out_dir if out_dir is not None else report.run_dir / "report"
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -282,7 +176,8 @@ def render_all(
     if "junit" in formats:
         files.append(("junit.xml", render_junit(report)))
     if "markdown" in formats:
-        files.append(("summary.md", render_markdown(report)))
+        files.append(("summary.md", render_summary(report, summarize(report))))
+        files.append((DETAILS, render_details(report)))
     if "html" in formats:
         files.append(("index.html", html.render_html(report, out)))
     if "csv" in formats:
@@ -312,9 +207,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(run_dir: Path, output: Path | None = None, format_: str = "all") -> int:
     """`kitl report`: print the paths written.  With --format markdown, stdout carries the
-    summary itself (for `>> $GITHUB_STEP_SUMMARY`) and the path goes to stderr."""
+    summary itself (for `>> $GITHUB_STEP_SUMMARY`) and the path goes to stderr.  Under
+    GitHub Actions, the failures' annotations go to stderr (the runner reads both)."""
     formats = FORMATS if format_ == "all" else (format_,)
-    written = render_all(run_dir, output, formats=formats)
+    report = build_report(run_dir)
+    written = write_reports(report, output, formats=formats)
+    if github.enabled():
+        for line in github.lines(report, summarize(report)):
+            print(line, file=sys.stderr)
     if format_ == "markdown":
         sys.stdout.write(written[0].read_text(encoding="utf-8"))
         print(written[0], file=sys.stderr)

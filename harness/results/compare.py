@@ -33,7 +33,9 @@ reported.
                 "identity": {"scenario", "kernel", "config", "libbpf", and "case" or "program"},
                 "base": str|number|null, "new": str|number|null, "change": str,
                 "gating": bool, "verdict": str, "reason": str, "cells": [cell key, ...]}]}
-Entries are ordered gating first, then by kind (the order above), then by key.
+Entries are ordered gating first, then by kind (the order above), then by key.  The table
+and Markdown lead with the verdict, then list regressions, then improvements, then the rest;
+cells in one run only (added, removed) are counted there, never listed one by one.
 Exit status of `run()`: 0 gate passes, 1 gate fails, 2 usage error.
 """
 
@@ -391,28 +393,63 @@ def _row(e: Entry) -> tuple[str, str, str, str, str]:
             return value
         return _num(value) + ("ms" if e.kind.startswith("load-time") else "")
 
-    key = e.key if len(e.cells) <= 1 else f"{e.key} ({len(e.cells)} cells)"
+    # a cell id, as everywhere: a program's figures name the first cell that loads it
+    first = e.cells[0] if e.cells else e.key
+    key = first if len(e.cells) <= 1 else f"{first} (+{len(e.cells) - 1} cells)"
     return key, show(e.base), show(e.new), e.change, e.verdict
 
 
+_COUNTED = ("removed", "added")  # cells in one run only: counted, never listed one by one
+
+
+def sections(c: Comparison) -> list[tuple[str, list[Entry]]]:
+    """The entries as reports show them, in order: regressions, improvements, the other
+    changes (cells only in one run are counted apart: `counted_cells`)."""
+    listed = [e for e in c.entries if e.kind not in _COUNTED]
+    better = [e for e in listed if e.kind == "improvement"]
+    rest = [e for e in listed if not e.gating and e.kind != "improvement"]
+    named = [("Regressions", [e for e in listed if e.gating]), ("Improvements", better)]
+    return [(t, entries) for t, entries in [*named, ("Other changes", rest)] if entries]
+
+
+def counted_cells(c: Comparison) -> str:
+    """'3 cells removed (gating), 12 added': what is in one run only, counted."""
+    parts: list[str] = []
+    for kind in _COUNTED:
+        found = [e for e in c.entries if e.kind == kind]
+        if found:
+            gating = " (gating)" if any(e.gating for e in found) else ""
+            parts.append(f"{_cells(len(found)) if not parts else len(found)} {kind}{gating}")
+    return ", ".join(parts)
+
+
 def format_table(c: Comparison) -> str:
-    """Aligned plain text: one row per entry (a flip's reason indented below it), then the
-    headline as the last line, where a CI log shows it."""
-    header = ("key", "base", "new", "change", "verdict")
-    rows = [_row(e) for e in c.entries]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    """Aligned plain text: the headline first, then regressions, improvements and the other
+    changes, each a table (a flip's reason indented below its row); cells in one run only
+    are counted."""
+    lines = [headline(c)]
+    for title, entries in sections(c):
+        header = ("cell", "base", "new", "change", "verdict")
+        rows = [_row(e) for e in entries]
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
-    def line(row: tuple[str, ...]) -> str:
-        return "  ".join(col.ljust(w) for col, w in zip(row, widths, strict=True)).rstrip()
+        def line(row: tuple[str, ...], widths: list[int] = widths) -> str:
+            return "  ".join(col.ljust(w) for col, w in zip(row, widths, strict=True)).rstrip()
 
-    lines = [line(header), "  ".join("-" * w for w in widths)] if rows else []
-    for row, entry in zip(rows, c.entries, strict=True):
-        lines.append(line(row))
-        if entry.reason:
-            lines.append(f"    {entry.reason}")
-    if not rows:
+        lines += [
+            "",
+            f"{title} ({len(entries)}):",
+            line(header),
+            "  ".join("-" * w for w in widths),
+        ]
+        for row, entry in zip(rows, entries, strict=True):
+            lines.append(line(row))
+            if entry.reason:
+                lines.append(f"    {entry.reason}")
+    if counted := counted_cells(c):
+        lines += ["", f"In one run only: {counted}."]
+    if not c.entries:
         lines.append(f"no differences ({_cells(c.compared)} compared)")
-    lines.append(headline(c))
     return "\n".join(lines) + "\n"
 
 
@@ -421,7 +458,7 @@ def _md(text: str) -> str:
 
 
 def _md_table(entries: Iterable[Entry]) -> list[str]:
-    lines = ["| key | base | new | change | verdict |", "|---|---|---|---|---|"]
+    lines = ["| cell | base | new | change | verdict |", "|---|---|---|---|---|"]
     for e in entries:
         key, base, new, change, verdict = _row(e)
         if e.reason:
@@ -432,7 +469,8 @@ def _md_table(entries: Iterable[Entry]) -> list[str]:
 
 
 def format_markdown(c: Comparison) -> str:
-    """GitHub flavoured: the headline first, regressions in the open, the rest folded."""
+    """GitHub flavoured: the headline first, regressions and improvements in the open, the
+    other changes folded, cells in one run only counted."""
     t = c.thresholds
     load = "off" if t.max_load_time_growth is None else f"+{t.max_load_time_growth:g}%"
     removed = "gating" if t.fail_on_removed else "not gating"
@@ -443,15 +481,16 @@ def format_markdown(c: Comparison) -> str:
         f"+{t.max_insns_growth:g}%, states +{t.max_states_growth:g}%, load time {load}; "
         f"removed cells {removed}.",
     ]
-    gating = [e for e in c.entries if e.gating]
-    others = [e for e in c.entries if not e.gating]
-    if gating:
-        lines += ["", "### Regressions", "", *_md_table(gating)]
-    if others:
-        noun = "change" if len(others) == 1 else "changes"
-        summary = f"{len(others)} other {noun} (not gating)"
-        lines += ["", f"<details><summary>{summary}</summary>", "", *_md_table(others)]
-        lines += ["", "</details>"]
+    for title, entries in sections(c):
+        if title == "Other changes":
+            noun = "change" if len(entries) == 1 else "changes"
+            summary = f"{len(entries)} other {noun} (not gating)"
+            lines += ["", f"<details><summary>{summary}</summary>", "", *_md_table(entries)]
+            lines += ["", "</details>"]
+        else:
+            lines += ["", f"### {title} ({len(entries)})", "", *_md_table(entries)]
+    if counted := counted_cells(c):
+        lines += ["", f"In one run only: {counted}."]
     if not c.entries:
         lines += ["", "No differences."]
     return "\n".join(lines) + "\n"

@@ -329,6 +329,7 @@ class CellRecord(JSONRecord):
     timings: Timings = field(default_factory=_empty(Timings))
     log_path: str = ""  # relative to the run directory, as are the console and dmesg
     scenario_file: str = ""
+    scenario_line: int | None = None  # the case's line in scenario_file; None: not recorded
     object_file: str = ""
     object_sha256: str = ""
     console_path: str = ""

@@ -110,6 +110,7 @@ class CellResult:
     timings: Timings = field(default_factory=lambda: Timings.from_json({}))
     log_path: str = ""
     scenario_file: str = ""  # absolute path of the scenario, for `kitl repro`
+    scenario_line: int | None = None  # the case's line in it (0: an object's, none)
     object_file: str = ""  # the compiled object that was loaded, and its hash
     object_sha256: str = ""
     console_path: str = ""  # the guest's console and dmesg, relative to the run directory

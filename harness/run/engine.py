@@ -206,6 +206,7 @@ class Engine:
             prog_type=prog_type,
             section=section,
             scenario_file=str(scenario.path.resolve()),
+            scenario_line=case.line,
             console_path=self.guest_logs[0],
             dmesg_path=self.guest_logs[1],
             libbpf=self.libbpf,

@@ -294,6 +294,7 @@ class Guests:
             prog_type=prog_type,
             section=section,
             scenario_file=str(cell.scenario.path.resolve()),
+            scenario_line=cell.case.line,
             libbpf=cell.libbpf,
             console_path=console_path,
         )

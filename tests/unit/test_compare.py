@@ -359,24 +359,40 @@ def two_regressions() -> Comparison:
     return compare(base, new, DEFAULT)
 
 
-def test_table_columns_are_aligned_and_the_headline_is_last() -> None:
+def test_table_leads_with_the_verdict_then_regressions_then_improvements() -> None:
     lines = cmp.format_table(two_regressions()).splitlines()
-    header, rule = lines[0], lines[1]
-    assert header.split() == ["key", "base", "new", "change", "verdict"]
+    assert lines[0] == "gate: FAIL — 2 regressions (1 verdict flip, 1 insns growth)"
+    titles = [line for line in lines if line.endswith("):") and not line.startswith(" ")]
+    assert titles == ["Regressions (2):", "Improvements (1):"]
+    header = lines[lines.index("Regressions (2):") + 1]
+    assert header.split() == ["cell", "base", "new", "change", "verdict"]
     starts = [header.index(h) for h in ("base", "new", "change", "verdict")]
-    for row in lines[2:-1]:
+    rows = lines[lines.index("Regressions (2):") + 3 : lines.index("Improvements (1):") - 1]
+    for row in rows:
         if row.startswith("    "):  # a flip's reason
             continue
         assert all(row[i - 2 : i] == "  " for i in starts), row
-    assert rule.startswith("---")
     assert "    retval 2 | expected 1" in lines
-    assert lines[-1] == "gate: FAIL — 2 regressions (1 verdict flip, 1 insns growth)"
+    # a program's figures are named by a cell id, like every other row
+    assert any(line.startswith("s::grow[debian-6.1-default]  ") for line in lines)
+    # cells in one run only: counted, not listed
+    assert lines[-1] == "In one run only: 1 cell removed, 1 added."
+    assert not [line for line in lines if "s::gone" in line or "s::fresh" in line]
+
+
+def test_removed_cells_counted_as_gating_when_asked() -> None:
+    base = [cell(f"c{n}") for n in range(40)]
+    result = compare(base, base[:10], Thresholds(fail_on_removed=True))
+    text = cmp.format_table(result)
+    assert text.splitlines()[0] == "gate: FAIL — 30 regressions (30 removed)"
+    assert text.splitlines()[-1] == "In one run only: 30 cells removed (gating)."
+    assert len(text.splitlines()) == 3
 
 
 def test_table_of_no_differences() -> None:
     text = cmp.format_table(compare([cell()], [cell()], DEFAULT))
     assert text == (
-        "no differences (1 cell compared)\ngate: PASS — no regressions (1 cell compared)\n"
+        "gate: PASS — no regressions (1 cell compared)\nno differences (1 cell compared)\n"
     )
 
 
@@ -384,10 +400,11 @@ def test_markdown_leads_with_the_headline_and_regressions() -> None:
     text = cmp.format_markdown(two_regressions())
     lines = text.splitlines()
     assert lines[0] == "**gate: FAIL — 2 regressions (1 verdict flip, 1 insns growth)**"
-    assert text.index("### Regressions") < text.index("<details>")
+    assert text.index("### Regressions (2)") < text.index("### Improvements (1)")
     assert "| `s::flip[debian-6.1-default]` | PASSED | FAILED |" in text
     assert "retval 2 \\| expected 1" in text  # a pipe in a reason does not split the row
-    assert "<summary>3 other changes (not gating)</summary>" in text
+    assert "<details>" not in text  # nothing else changed
+    assert lines[-1] == "In one run only: 1 cell removed, 1 added."
 
 
 def test_markdown_headline_when_the_gate_passes() -> None:
@@ -452,7 +469,7 @@ def test_run_exits_0_when_the_gate_passes(
 ) -> None:
     base, new = runs
     assert kitl_compare(str(base), str(new), "--max-insns-growth", "100%") == 0
-    assert capsys.readouterr().out.splitlines()[-1].startswith("gate: PASS")
+    assert capsys.readouterr().out.splitlines()[0].startswith("gate: PASS")
 
 
 def test_run_exits_1_when_the_gate_fails(

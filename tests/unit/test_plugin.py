@@ -342,11 +342,33 @@ def test_cell_outcomes_become_pytest_outcomes(pytester: pytest.Pytester) -> None
     assert "CellFailed" not in text
 
 
-def test_kitl_lines_prints_one_line_per_cell_and_no_dots(pytester: pytest.Pytester) -> None:
+def test_kitl_lines_prints_a_line_per_failure_and_the_progress(
+    pytester: pytest.Pytester,
+) -> None:
+    run = stubbed(pytester)
+    args = ["--kitl", "--kitl-output", str(run), "--kitl-lines", "-q", "--no-header"]
+    result = pytester.runpytest_inprocess(*INNER, *args, "--tb=no", "-rN")
+    result.assert_outcomes(passed=1, skipped=1, failed=2)
+    # not a terminal: a failure's line, and the status at every tenth of the run
+    assert result.outlines[:8] == [
+        "kitl: booting debian-6.1 (its first cell starts)",
+        "kitl: debian-6.1 up in 1.0s",
+        "kitl: 1/4 cells · 1 passed · 0 failed · 0 skipped · debian-6.1",
+        "kitl: 2/4 cells · 1 passed · 0 failed · 1 skipped · debian-6.1",
+        f"[   3/4] FAILED {OUTCOME_IDS[2]}: retval: expected XDP_DROP, got XDP_PASS",
+        "kitl: 3/4 cells · 1 passed · 1 failed · 1 skipped · debian-6.1",
+        f"[   4/4] VERIFIER_REJECTED {OUTCOME_IDS[3]}: R1 invalid mem access",
+        "kitl: 4/4 cells · 1 passed · 2 failed · 1 skipped · debian-6.1",
+    ]
+    assert "verifier log" not in result.stdout.str()  # no failure reports (--tb=no)
+
+
+def test_kitl_verbose_prints_one_line_per_cell_and_no_dots(pytester: pytest.Pytester) -> None:
     run = stubbed(pytester)
     result = pytester.runpytest_inprocess(
-        *INNER, "--kitl", "--kitl-output", str(run), "--kitl-lines", "-q", "--no-header"
-    )
+        *INNER, "--kitl", "--kitl-output", str(run), "--kitl-lines", "--kitl-verbose", "-q",
+        "--no-header",
+    )  # fmt: skip
     result.assert_outcomes(passed=1, skipped=1, failed=2)
     # the boot, then `[done/total] OUTCOME id  prog_type  figures` and the reason below
     assert result.outlines[:10] == [

@@ -171,3 +171,16 @@ def test_a_boot_failure_record_round_trips(tmp_path: Path) -> None:
     failure = BootFailure.from_json(data)
     assert (failure.kernel, failure.console_path) == ("debian-6.1", "guest/k.console.log")
     assert failure.to_json() == data
+
+
+def test_the_case_line_is_recorded_and_older_records_write_as_they_were() -> None:
+    new = CellResult("s", "c", "k", "d", Outcome.FAILED, scenario_line=12).record()
+    assert new.scenario_line == 12
+    assert new.to_json()["scenario_line"] == 12
+    old = {"id": "s::c[k-d]", "outcome": "FAILED", "scenario_file": "/x/s.yaml"}
+    record = CellRecord.from_json(old)
+    assert record.scenario_line is None
+    assert json.dumps(record.to_json()) == json.dumps(old)
+    damaged = {**old, "scenario_line": "twelve"}
+    assert CellRecord.from_json(damaged).scenario_line is None
+    assert CellRecord.from_json(damaged).to_json() == damaged

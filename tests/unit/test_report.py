@@ -29,8 +29,9 @@ import pytest
 from harness.cli.main import main
 from harness.errors import UsageError
 from harness.report import render as report
+from harness.report.markdown import render_details, render_summary
 from harness.report.model import build_report, load_cells
-from harness.report.render import render_all, render_junit, render_markdown
+from harness.report.render import render_all, render_junit
 from harness.results.veristat import COLUMNS as VERISTAT_HEADER
 
 DATA = Path(__file__).parents[1] / "data"
@@ -74,7 +75,10 @@ def table(markdown: str) -> list[list[str]]:
 # -- golden files -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["summary.md", "junit.xml", "veristat-debian-7.2-default.csv"])
+GOLDEN_NAMES = ["summary.md", "details.md", "junit.xml", "veristat-debian-7.2-default.csv"]
+
+
+@pytest.mark.parametrize("name", GOLDEN_NAMES)
 def test_golden(run_dir: Path, name: str) -> None:
     render_all(run_dir)
     got = (run_dir / "report" / name).read_text(encoding="utf-8")
@@ -92,6 +96,7 @@ def test_render_all_writes_every_format_in_run_report(run_dir: Path) -> None:
     assert [p.name for p in written] == [
         "junit.xml",
         "summary.md",
+        "details.md",
         "index.html",
         "veristat-debian-6.1-default.csv",
         "veristat-debian-6.1-jit.csv",
@@ -182,7 +187,7 @@ def test_missing_keys_are_tolerated(tmp_path: Path) -> None:
     summary = (tmp_path / "report" / "summary.md").read_text(encoding="utf-8")
     assert "the cell recorded no outcome" in summary
     assert "❓ something\\_new" in summary
-    assert len(written) == 6  # 3 formats + CSV for the columns "?", "k-x", "k-y"
+    assert len(written) == 7  # 4 files + CSV for the columns "?", "k-x", "k-y"
 
 
 # -- JUnit ------------------------------------------------------------------------------------
@@ -250,7 +255,7 @@ def test_junit_system_out_is_bounded_and_xml_safe(tmp_path: Path) -> None:
 
 
 def test_markdown_matrix(run_dir: Path) -> None:
-    rows = table(render_markdown(build_report(run_dir)))
+    rows = table(render_details(build_report(run_dir)))
     header, body = rows[0], rows[1:]
     assert header[0] == "scenario::case"
     assert header[-1] == "first failing kernel"
@@ -280,7 +285,7 @@ def test_markdown_matrix(run_dir: Path) -> None:
 
 
 def test_markdown_first_failing_kernel(run_dir: Path) -> None:
-    rows = {r[0]: r[-1] for r in table(render_markdown(build_report(run_dir)))[1:]}
+    rows = {r[0]: r[-1] for r in table(render_details(build_report(run_dir)))[1:]}
     assert rows == {
         "\\*::\\*": "debian-7.3",
         "cgroup::connect4-denied-port": "debian-7.2",
@@ -316,13 +321,13 @@ def test_kernel_order_follows_run_meta(tmp_path: Path) -> None:
 
 
 def test_markdown_escapes_pipes_and_html(run_dir: Path) -> None:
-    summary = render_markdown(build_report(run_dir))
+    summary = render_summary(build_report(run_dir))
     assert "<script>" not in summary
     assert "expected 3 \\| map counts\\[0\\] = 0, expected 1 \\<script\\>" in summary
 
 
 def test_markdown_failures_have_log_and_repro(run_dir: Path) -> None:
-    summary = render_markdown(build_report(run_dir))
+    summary = render_details(build_report(run_dir))
     failures = summary.split("## Failures (4)", 1)[1]
     assert "kitl repro run 'tracing::kprobe-getppid[debian-7.2-default]'" in failures
     assert "kitl repro run '*::*[debian-7.3-*]'" in failures
@@ -335,7 +340,7 @@ def test_markdown_failures_have_log_and_repro(run_dir: Path) -> None:
 def test_markdown_fence_survives_backticks_in_log(tmp_path: Path) -> None:
     (tmp_path / "v.log").write_text("a ``` b\n", encoding="utf-8")
     write_run(tmp_path, [cell("s", "c", "k", "d", "VERIFIER_REJECTED", log_path="v.log")])
-    assert "````text\na ``` b\n````" in render_markdown(build_report(tmp_path))
+    assert "````text\na ``` b\n````" in render_details(build_report(tmp_path))
 
 
 def test_log_path_outside_the_run_is_ignored(tmp_path: Path) -> None:
@@ -406,8 +411,12 @@ def test_libbpf_column(tmp_path: Path) -> None:
         ],
     )
     written = render_all(tmp_path, formats=("csv", "markdown"))
-    assert [p.name for p in written] == ["summary.md", "veristat-k-d-1.5.csv", "veristat-k-d.csv"]
-    assert table(written[0].read_text())[0][1:3] == ["k-d-1.5", "k-d"]
+    names = ["summary.md", "details.md", "veristat-k-d-1.5.csv", "veristat-k-d.csv"]
+    assert [p.name for p in written] == names
+    assert table(written[1].read_text())[0][1:3] == ["k-d-1.5", "k-d"]
+    # the summary: the kernel is the column, the loaders sub-rows of the one scenario
+    rows = [r[0] for r in table(written[0].read_text())]
+    assert rows == ["case", "2 cases: s::c · d-1.5, s::c · d"]
 
 
 # -- CLI --------------------------------------------------------------------------------------
@@ -423,7 +432,7 @@ def test_cli_prints_paths(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert kitl_report(str(run_dir), "--format", "junit", "--output", "out") == 0
     assert capsys.readouterr().out == "out/junit.xml\n"
     assert kitl_report(str(run_dir)) == 0
-    assert len(capsys.readouterr().out.splitlines()) == 9
+    assert len(capsys.readouterr().out.splitlines()) == 10
 
 
 def test_cli_markdown_goes_to_stdout(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,8 +15,8 @@ import pytest
 from harness.guest import protocol, userloader
 from harness.guest.replies import LoaderProgram, LoaderReply
 from harness.outcome import Outcome
+from harness.report.markdown import render_summary as render_markdown
 from harness.report.model import build_report
-from harness.report.render import render_markdown
 from harness.results.record import CellRecord
 from harness.results.rundir import CellResult, RunDir
 from harness.run.engine import Engine

@@ -122,7 +122,8 @@ def test_verify_argv_is_exact(tmp_path: Path) -> None:
     argv = verify.verify_argv(request, [Path("/o/a.o")], tmp_path, workers)
     tail = argv[argv.index("--kitl-verify") :]
     assert tail == [
-        "--kitl-verify", "--kitl-lines", "-q", "--no-header", "--kitl-output", str(tmp_path),
+        "--kitl-verify", "--kitl-lines", "-q", "--no-header", "--tb=no", "-rN",
+        "--kitl-output", str(tmp_path),
         "--kitl-accel", "auto", "--kitl-privilege", "privileged",
         "--kitl-kernels", "debian-6.1", "--kitl-prog", "x*", "--kitl-flags", "BPF_F_SLEEPABLE",
         "-n", "2", "--dist", "loadgroup", "/o/a.o",
