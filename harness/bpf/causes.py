@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from harness.bpf.helper_names import helper_name
+from harness.bpf.helper_names import helper_arrival, helper_name
 from harness.bpf.verifier_log import (
     CORE_POISON_ID,
     classify_failure,
@@ -119,12 +119,15 @@ def _target_message(program: str, text: str) -> str:
 
 def _name_helpers(text: str) -> str:
     """`invalid func unknown#158` -> `... (bpf_get_current_task_btf, helper 158, which
-    this kernel lacks)`: the verifier prints ids it has no name for."""
+    this kernel lacks; it came after 5.10, by 6.1)`: the verifier prints ids it has no name
+    for; when the helper came is what the uapi headers of the kernels kitl boots tell."""
     for m in _UNKNOWN_HELPER.finditer(text):
         helper_id = int(m.group(1))
         name = helper_name(helper_id) if helper_id != CORE_POISON_ID else None
         if name is not None:
-            return f"{text} ({name}, helper {helper_id}, which this kernel lacks)"
+            arrival = helper_arrival(helper_id)
+            came = f"; it came {arrival}" if arrival else ""
+            return f"{text} ({name}, helper {helper_id}, which this kernel lacks{came})"
     return text
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import __version__, interrupts
-from harness.cli import guests, kernels, repro, requests, runner, verify
+from harness.cli import explain, guests, kernels, logdiff, repro, requests, runner, verify
 from harness.cli.requests import CheckRequest, MergeRequest, RunRequest
 from harness.errors import DISK_ERRNOS, KitlError
 from harness.outcome import EXIT_FAILED, EXIT_OK, EXIT_USAGE, exit_code, exit_for_signal
@@ -37,6 +37,14 @@ def _matrix_commands(sub: Any) -> None:
     p.add_argument("--output", type=Path, required=True, help="the merged run directory")
     p = sub.add_parser("repro", help="one cell of a run again: same kernel, sysctls, object")
     repro.add_arguments(p)
+    p = sub.add_parser(
+        "explain", help="a cell's verifier failure: its insn, C line, state, meaning and fixes"
+    )
+    explain.add_arguments(p)
+    p = sub.add_parser(
+        "diff", help="one program's verifier logs on two kernels or in two runs, aligned"
+    )
+    logdiff.add_arguments(p)
     p = sub.add_parser(
         "verify", help="load every program of BPF objects on the matrix: verdicts, stats, logs"
     )
@@ -201,6 +209,8 @@ COMMANDS: dict[tuple[str, str | None], Callable[[Invocation], int]] = {
     ("compare", None): lambda i: compare.run(requests.compare(i.args)),
     ("merge", None): lambda i: merge(requests.merge(i.args)),
     ("repro", None): lambda i: repro.run(requests.repro(i.args)),
+    ("explain", None): lambda i: explain.run(requests.explain(i.args)),
+    ("diff", None): lambda i: logdiff.run(requests.diff(i.args)),
     ("verify", None): lambda i: verify.run(requests.verify(i.args)),
     ("check", None): lambda i: check(requests.check(i.args)),
     ("schema", None): lambda i: schema(),

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.errors import UsageError
 from harness.results import compare as compare_
 from harness.results import veristat
 from harness.results.compare import CompareRequest
@@ -78,6 +79,24 @@ class ReproRequest:
     allow_other_kernel: bool = False
     accel: str = "auto"
     dry_run: bool = False
+
+
+DIFF_CONTEXT = 12  # rows kitl diff shows before and after the first divergence
+
+
+@dataclass(frozen=True)
+class ExplainRequest:
+    run_dir: Path
+    cell_id: str
+
+
+@dataclass(frozen=True)
+class DiffRequest:
+    runs: tuple[Path, Path]  # the same run twice for two kernels of one run
+    program: str
+    kernels: tuple[str | None, str | None]  # None: the run's only cell of the program
+    context: int = DIFF_CONTEXT
+    every_row: bool = False
 
 
 @dataclass(frozen=True)
@@ -173,3 +192,30 @@ def merge(args: argparse.Namespace) -> MergeRequest:
 
 def check(args: argparse.Namespace) -> CheckRequest:
     return CheckRequest(tuple(args.paths), args.allow_outside)
+
+
+def explain(args: argparse.Namespace) -> ExplainRequest:
+    return ExplainRequest(args.run_dir, args.cell_id)
+
+
+def diff(args: argparse.Namespace) -> DiffRequest:
+    given: list[str] = args.args
+    if len(given) == 4:
+        if args.kernel:
+            raise UsageError("kitl diff RUN_DIR PROGRAM KERNEL_A KERNEL_B takes no --kernel")
+        run, program, kernel_a, kernel_b = given
+        return DiffRequest(
+            (Path(run), Path(run)), program, (kernel_a, kernel_b), args.context, args.all
+        )
+    if len(given) == 3:
+        run_a, run_b, program = given
+        if not Path(run_b).is_dir():
+            raise UsageError(
+                f"{run_b}: not a run directory",
+                hint="two kernels of one run: kitl diff RUN_DIR PROGRAM KERNEL_A KERNEL_B",
+            )
+        kernels = (args.kernel, args.kernel)
+        return DiffRequest((Path(run_a), Path(run_b)), program, kernels, args.context, args.all)
+    raise UsageError(
+        "kitl diff takes RUN_DIR PROGRAM KERNEL_A KERNEL_B, or RUN_A RUN_B PROGRAM [--kernel K]"
+    )

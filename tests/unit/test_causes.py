@@ -121,7 +121,8 @@ def test_an_unknown_helper_id_is_named() -> None:
     cause = explain(_saved("debian-5.10", "core_direct.l5"))
     assert cause.error_class == "UNSUPPORTED_HELPER"
     assert cause.message.endswith(
-        "invalid func unknown#158 (bpf_get_current_task_btf, helper 158, which this kernel lacks)"
+        "invalid func unknown#158 (bpf_get_current_task_btf, helper 158, which this kernel lacks; "
+        "it came after 5.10, by 6.1)"
     )
     assert helper_name(158) == "bpf_get_current_task_btf"
     assert helper_name(0) is None
