@@ -5,21 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Why each package: qemu-system-x86 boots the guests; clang/llvm compile BPF objects;
-# bpftool, libbpf-dev load and inspect them; iproute2, ethtool, kmod, udev run the guest
-# topology; openssh-server is started inside the guest (the guest sees the host's root);
-# build-essential, libelf-dev, bc, flex, bison build netdevsim out of tree and, with
-# libssl-dev, dwarves (pahole: BTF) and ccache (variants share their objects), the kernels
-# kitl builds from source; dpkg-dev's dpkg-deb, xz-utils and zstd unpack kernel packages;
-# busybox-static lets virtme-ng build an initramfs; file tells virtme-ng a kernel's
-# version; python3-venv makes the virtualenv; chromium renders the HTML report in its test;
-# xdp-tools (with libxdp1) ships BPF objects nobody here wrote, which the VM tests verify.
-packages=(
-  qemu-system-x86 clang llvm bpftool libbpf-dev iproute2 ethtool kmod udev
-  openssh-server openssh-client build-essential libelf-dev libssl-dev bc flex bison dwarves
-  ccache xz-utils zstd busybox-static file binutils ca-certificates debian-archive-keyring
-  python3 python3-venv python3-dev iputils-ping chromium xdp-tools
-)
+# The packages, and why each, are listed once in harness/data/debian-packages.txt (kitl
+# setup and kitl doctor read the same file): every section of it, comments dropped.
+mapfile -t packages < <(sed -e 's/#.*//' -e '/^\[/d' harness/data/debian-packages.txt | awk 'NF { print $1 }')
+((${#packages[@]})) || { echo "kitl setup: no packages in harness/data/debian-packages.txt" >&2; exit 2; }
 
 missing=()
 for p in "${packages[@]}"; do

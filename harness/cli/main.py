@@ -17,7 +17,18 @@ from pathlib import Path
 from typing import Any
 
 from harness import __version__, interrupts
-from harness.cli import explain, guests, kernels, logdiff, repro, requests, runner, verify
+from harness.cli import (
+    explain,
+    guests,
+    hostsetup,
+    kernels,
+    logdiff,
+    plan,
+    repro,
+    requests,
+    runner,
+    verify,
+)
 from harness.cli.requests import CheckRequest, MergeRequest, RunRequest
 from harness.errors import DISK_ERRNOS, KitlError
 from harness.outcome import EXIT_FAILED, EXIT_OK, EXIT_USAGE, exit_code, exit_for_signal
@@ -131,7 +142,20 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("accel", help="show which accelerator --accel auto picks here")
     p.add_argument("--reprobe", action="store_true", help="forget the cached verdict")
+    _host_commands(sub)
     return parser
+
+
+def _host_commands(sub: Any) -> None:
+    p = sub.add_parser(
+        "plan", help="the shards of kitl run --shard I/N, grouped by kernel, as a CI matrix"
+    )
+    plan.add_arguments(p)
+    sub.add_parser("doctor", help="check this host (QEMU, KVM, tools, cache) and say how to fix it")
+    p = sub.add_parser("setup", help="install the Debian/Ubuntu packages kitl needs")
+    p.add_argument("--yes", action="store_true", help="do not ask before installing")
+    p.add_argument("--dry-run", action="store_true", help="print the commands only")
+    p.add_argument("--tests", action="store_true", help="also what kitl's own tests need")
 
 
 def _load_scenarios(paths: Sequence[Path], allow_outside: bool) -> list[model.Scenario]:
@@ -165,8 +189,13 @@ def schema() -> int:
 
 
 def run(request: RunRequest) -> int:
-    paths = request.paths or (runner.BUNDLED,)
+    paths = request.paths or (requests.BUNDLED,)
     return runner.run(request, _load_scenarios(paths, request.matrix.allow_outside))
+
+
+def plan_shards(request: plan.PlanRequest) -> int:
+    paths = request.paths or (requests.BUNDLED,)
+    return plan.run(request, _load_scenarios(paths, request.matrix.allow_outside))
 
 
 def merge(request: MergeRequest) -> int:
@@ -214,6 +243,9 @@ COMMANDS: dict[tuple[str, str | None], Callable[[Invocation], int]] = {
     ("verify", None): lambda i: verify.run(requests.verify(i.args)),
     ("check", None): lambda i: check(requests.check(i.args)),
     ("schema", None): lambda i: schema(),
+    ("plan", None): lambda i: plan_shards(requests.plan(i.args)),
+    ("doctor", None): lambda i: hostsetup.run_doctor(),
+    ("setup", None): lambda i: hostsetup.setup(requests.setup(i.args)),
 }
 
 

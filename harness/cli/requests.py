@@ -10,6 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness import DATA
+from harness.cli import plan as plan_
+from harness.cli.hostsetup import SetupRequest
 from harness.errors import UsageError
 from harness.results import compare as compare_
 from harness.results import veristat
@@ -19,6 +22,19 @@ from harness.run.options import table as matrix_table
 from harness.scenario import verify_options
 from harness.scenario.verify_options import Given, VerifyOptions
 from harness.vm.machine import Launcher
+
+BUNDLED = (DATA / "scenarios").resolve()  # the repository's scenarios/ in a checkout
+
+
+def scenario_paths(paths: Sequence[Path]) -> tuple[Path, ...]:
+    """The paths as given, except a bare name that is no file or directory here and is a
+    bundled scenario's (`kitl check xdp-basics` where kitl is installed, not cloned)."""
+    return tuple(
+        BUNDLED / p.name
+        if len(p.parts) == 1 and not p.exists() and (BUNDLED / p.name).is_dir()
+        else p
+        for p in paths
+    )
 
 
 @dataclass(frozen=True)
@@ -144,7 +160,10 @@ def guest(
 def run(args: argparse.Namespace) -> RunRequest:
     values = verify_options.namespace_values(args, matrix_table("run"))
     return RunRequest(
-        tuple(args.paths), Matrix.of(values, "run"), args.dry_run, getattr(args, "verbose", False)
+        scenario_paths(args.paths),
+        Matrix.of(values, "run"),
+        args.dry_run,
+        getattr(args, "verbose", False),
     )
 
 
@@ -191,7 +210,7 @@ def merge(args: argparse.Namespace) -> MergeRequest:
 
 
 def check(args: argparse.Namespace) -> CheckRequest:
-    return CheckRequest(tuple(args.paths), args.allow_outside)
+    return CheckRequest(scenario_paths(args.paths), args.allow_outside)
 
 
 def explain(args: argparse.Namespace) -> ExplainRequest:
@@ -219,3 +238,13 @@ def diff(args: argparse.Namespace) -> DiffRequest:
     raise UsageError(
         "kitl diff takes RUN_DIR PROGRAM KERNEL_A KERNEL_B, or RUN_A RUN_B PROGRAM [--kernel K]"
     )
+
+
+def plan(args: argparse.Namespace) -> plan_.PlanRequest:
+    return plan_.PlanRequest(
+        scenario_paths(args.paths), plan_.matrix_of(args), args.shards, args.format
+    )
+
+
+def setup(args: argparse.Namespace) -> SetupRequest:
+    return SetupRequest(yes=args.yes, dry_run=args.dry_run, tests=args.tests)

@@ -25,7 +25,7 @@ from pathlib import Path
 from types import FrameType
 
 from harness.cli.progress import DownloadProgress, stderr
-from harness.cli.requests import RunRequest
+from harness.cli.requests import BUNDLED, RunRequest
 from harness.errors import UsageError
 from harness.guest.libbpf import FLOOR
 from harness.kernel import libbpf_build
@@ -45,11 +45,11 @@ from harness.results.runs import appended, finished_ids
 from harness.run import options
 from harness.run.matrix import Cell, Shard, plan, shard_cells
 from harness.run.options import Matrix
+from harness.run.shards import load_timings
 from harness.run.workers import decide as decide_workers
 from harness.scenario.model import Scenario
 from harness.vm import accel
 
-BUNDLED = Path(__file__).resolve().parents[2] / "scenarios"
 INI = Path(__file__).resolve().parents[1] / "pytest_plugin" / "pytest-kitl.ini"
 
 
@@ -127,7 +127,7 @@ def run(request: RunRequest, scenarios: list[Scenario]) -> int:
     shard = Shard.parse(matrix.shard) if matrix.shard else None
     libbpfs = options.libbpf_names(matrix.libbpf)
     matrix_cells = plan(scenarios, list(matrix.kernels), list(matrix.configs), defaults, libbpfs)
-    cells = shard_cells(matrix_cells, shard)
+    cells = shard_cells(matrix_cells, shard, load_timings(matrix.timings))
     if not cells:
         raise UsageError("the matrix is empty: no cell to run")
     if matrix.expect is not None:

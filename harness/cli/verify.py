@@ -25,6 +25,7 @@ from harness.results.record import CellRecord
 from harness.results.runs import load_run
 from harness.run import options
 from harness.run.matrix import Shard, plan, shard_cells
+from harness.run.shards import load_timings
 from harness.scenario import verify_options
 from harness.scenario.objects import (
     check_names,
@@ -79,7 +80,8 @@ def run(request: VerifyRequest) -> int:
         ks.catalog.get(name)
     shard = Shard.parse(matrix.shard) if matrix.shard else None
     libbpfs = options.libbpf_names(matrix.libbpf)
-    cells = shard_cells(plan(scenarios, list(matrix.kernels), [], defaults, libbpfs), shard)
+    planned = plan(scenarios, list(matrix.kernels), [], defaults, libbpfs)
+    cells = shard_cells(planned, shard, load_timings(matrix.timings))
     if not cells:
         raise UsageError("no program to verify", hint="check --prog and the objects' sections")
     if matrix.resume is not None:

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import yamlsrc
+from harness import DATA, yamlsrc
 from harness.errors import ConfigError, UsageError
 from harness.yamlsrc import LocDict, LocList, where
 
@@ -93,7 +93,7 @@ def kernels_dir() -> Path:
     env = os.environ.get(KERNELS_DIR_ENV)
     if env:
         return Path(env).resolve()
-    return Path(__file__).resolve().parents[2] / "kernels"
+    return (DATA / "kernels").resolve()  # the repository's kernels/ in a checkout
 
 
 def adhoc_path_entry(spec: str) -> CatalogEntry:

@@ -41,6 +41,7 @@ from harness.results.record import CellRecord
 from harness.results.rundir import CellResult, RunDir
 from harness.results.runs import appended, finalize, finished_ids
 from harness.run.matrix import Cell, Guests, Shard, newest, plan, shard_cells
+from harness.run.shards import load_timings
 from harness.run.workers import guest_vcpus, host_cores
 from harness.scenario import objects, verify_options
 from harness.scenario.loader import load_scenario
@@ -81,6 +82,8 @@ class KitlSession:
         self.libbpfs = [libbpf_build.canonical(n) for n in _names(config.getoption("kitl_libbpf"))]
         shard = config.getoption("kitl_shard")
         self.shard = Shard.parse(shard) if shard else None
+        timings = config.getoption("kitl_timings")
+        self.timings = load_timings(Path(timings)) if timings else {}
         self.worker = hasattr(config, "workerinput")
         given = config.getoption("kitl_output")
         if self.worker:
@@ -419,7 +422,7 @@ def pytest_collection_modifyitems(
     kernel_order = {k: n for n, k in enumerate(dict.fromkeys(i.cell.kernel for i in cells))}
     position = {id(i): n for n, i in enumerate(items)}
     cells.sort(key=lambda i: (kernel_order[i.cell.kernel], i.cell.config.name, position[id(i)]))
-    kept = shard_cells([i.cell for i in cells], kitl.shard)
+    kept = shard_cells([i.cell for i in cells], kitl.shard, kitl.timings)
     if config.getoption("kitl_resume"):
         done = finished_ids(kitl.run_path)
         kept = [c for c in kept if c.cell_id not in done]

@@ -1,5 +1,6 @@
 """The matrix: which (scenario, case, kernel, config) cells run, in what order, on which
-shard; and the guests that run them, one per kernel per worker, booted on first use.
+shard (harness.run.shards); and the guests that run them, one per kernel per worker,
+booted on first use.
 
 Planning is pure (tested without QEMU).  `Guests` owns the VMs of one process (a pytest
 worker): a kernel boots when its first cell needs it and stays up for the rest; a cell
@@ -11,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from harness.results.record import label
 from harness.results.rundir import CellResult, RunDir, safe_name
 from harness.run.engine import Engine, build_objects
 from harness.run.records import case_program
+from harness.run.shards import partition
 from harness.scenario.expect import kernel_version
 from harness.scenario.model import AnyCase, RunConfig, Scenario
 from harness.vm.agentclient import AgentClient
@@ -125,15 +127,15 @@ def plan(
     return sorted(cells, key=lambda c: (order[c.kernel], c.config.name, c.libbpf))
 
 
-def shard_cells(cells: Sequence[Cell], shard: Shard | None) -> list[Cell]:
-    """Shard I of N: a contiguous slice of the run order, so a shard boots as few kernels as
-    it can; sizes differ by at most one cell, and the slices cover every cell once."""
+def shard_cells(
+    cells: Sequence[Cell], shard: Shard | None, timings: Mapping[str, float] | None = None
+) -> list[Cell]:
+    """Shard I of N: whole kernels where it can, balanced by `timings` (an earlier run's
+    seconds by cell id; none: by counts), in run order (harness.run.shards, the partition
+    `kitl plan` shows)."""
     if shard is None:
         return list(cells)
-    size, extra = divmod(len(cells), shard.total)
-    start = (shard.index - 1) * size + min(shard.index - 1, extra)
-    end = start + size + (1 if shard.index <= extra else 0)
-    return list(cells[start:end])
+    return partition(cells, shard.total, timings or {})[shard.index - 1]
 
 
 def newest(kernels: Sequence[Kernel]) -> Kernel:

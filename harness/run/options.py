@@ -101,6 +101,15 @@ MATRIX: tuple[Option, ...] = (
     ),
     Option("--shard", "shard", V, metavar="I/N", help="run shard I of N of the matrix"),
     Option(
+        "--timings", "timings", V, type=Path, metavar="RUN_DIR",
+        help="balance --shard by this earlier run's cell timings (as kitl plan --timings)",
+        pytest_options=ArgKwargs(
+            default=None, metavar="RUN_DIR",
+            help="balance --kitl-shard by this earlier run's cell timings",
+        ),
+        to_argv=lambda path: ["--kitl-timings", str(path)] if path else [],
+    ),
+    Option(
         "--resume", "resume", V, type=Path, metavar="RUN_DIR", help=RESUME_HELP,
         pytest_options=ArgKwargs(
             action="store_true",
@@ -149,7 +158,8 @@ BY_DEST = {o.dest: o for o in MATRIX}
 FIRST = ("output", "accel")
 AXES = ("kernel", "config", "libbpf")
 SETTINGS = (
-    "shard", "expect", "boot_timeout", "cell_timeout", "resume", "allow_outside", "workers",
+    "shard", "timings", "expect", "boot_timeout", "cell_timeout", "resume", "allow_outside",
+    "workers",
 )  # fmt: skip
 
 
@@ -168,6 +178,7 @@ class Matrix:
     libbpf: str = ""
     output: Path | None = None
     shard: str | None = None
+    timings: Path | None = None  # an earlier run directory: --shard balanced by its timings
     resume: Path | None = None
     expect: Path | None = None  # kitl run's known failures
     allow_outside: bool = False
@@ -186,6 +197,7 @@ class Matrix:
             libbpf=values("libbpf"),
             output=values("output"),
             shard=values("shard"),
+            timings=values("timings"),
             resume=values("resume"),
             expect=values("expect") if run else None,
             allow_outside=bool(values("allow_outside")) if run else False,

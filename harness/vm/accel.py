@@ -198,27 +198,41 @@ def _auto(
     a probe's, cached."""
     if not kvm_available():
         return AccelDecision("tcg", "no usable /dev/kvm")
-    verdict_file = cache.host_dir / "accel.json"
     key = fingerprint()
-    verdicts: dict[str, dict[str, str]] = {}
-    try:
-        verdicts = json.loads(verdict_file.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        verdicts = {}
-    if key in verdicts:
-        cached = verdicts[key]
-        return AccelDecision(cached["accel"], cached["reason"] + " (cached verdict)")
+    verdicts = _verdicts(cache)
+    cached = cached_verdict(cache, key)
+    if cached is not None:
+        return cached
     if probe is None:
         return AccelDecision("tcg", "KVM not yet probed on this host")
     result = _bounded(probe, probe_timeout)
     accel = "kvm" if result.works else "tcg"
     reason = f"KVM probe: {result.detail} after {result.seconds:.1f}s"
     verdicts[key] = {"accel": accel, "reason": reason}
+    verdict_file = cache.host_dir / "accel.json"
     verdict_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = verdict_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(verdicts, indent=2) + "\n", encoding="utf-8")
     tmp.replace(verdict_file)
     return AccelDecision(accel, reason, probed=True)
+
+
+def _verdicts(cache: Cache) -> dict[str, dict[str, str]]:
+    """The cached verdicts by host fingerprint ({} when none could be read)."""
+    try:
+        found = json.loads((cache.host_dir / "accel.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def cached_verdict(cache: Cache, key: str) -> AccelDecision | None:
+    """This host's cached verdict on KVM (`key`: its fingerprint), None when it has none:
+    what `auto` picks without probing (kitl doctor reads it and boots nothing)."""
+    cached = _verdicts(cache).get(key)
+    if not isinstance(cached, dict) or not {"accel", "reason"} <= cached.keys():
+        return None
+    return AccelDecision(cached["accel"], cached["reason"] + " (cached verdict)")
 
 
 def _bounded(probe: Probe, timeout: float) -> ProbeResult:

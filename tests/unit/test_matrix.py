@@ -124,23 +124,25 @@ def cells_of(n: int) -> list[Cell]:
 
 
 @given(n=st.integers(0, 60), total=st.integers(1, 12))
-def test_shards_are_contiguous_balanced_and_cover_every_cell_once(n: int, total: int) -> None:
+def test_shards_cover_every_cell_once_in_run_order(n: int, total: int) -> None:
     cells = cells_of(n)
     shards = [shard_cells(cells, Shard(i, total)) for i in range(1, total + 1)]
-    # in shard order, the slices put back together are the run order: disjoint, complete
-    assert [c for s in shards for c in s] == cells
-    sizes = [len(s) for s in shards]
-    assert max(sizes) - min(sizes) <= 1
-    assert sizes == sorted(sizes, reverse=True)  # the bigger shards come first
+    assert sorted(id(c) for s in shards for c in s) == sorted(id(c) for c in cells)
+    for shard in shards:  # each in run order
+        assert shard == [c for c in cells if any(c is k for k in shard)]
+    assert sum(bool(s) for s in shards) == min(n, total)  # no shard idle while cells wait
 
 
 @pytest.mark.parametrize(
     ("n", "total", "sizes"),
     [(2, 5, [1, 1, 0, 0, 0]), (0, 3, [0, 0, 0]), (10, 3, [4, 3, 3]), (20, 3, [7, 7, 6])],
 )
-def test_shard_sizes(n: int, total: int, sizes: list[int]) -> None:
-    cells = cells_of(n)
-    assert [len(shard_cells(cells, Shard(i, total))) for i in range(1, total + 1)] == sizes
+def test_shard_sizes_of_one_kernel(n: int, total: int, sizes: list[int]) -> None:
+    xdp = scenario("xdp")
+    cells = [Cell(xdp, xdp.cases[0], "k", RunConfig(f"c{i:02}")) for i in range(n)]
+    got = [len(shard_cells(cells, Shard(i, total))) for i in range(1, total + 1)]
+    # the longest shard is as short as it can be; ties may fall either way
+    assert (max(got), sum(got), got.count(0)) == (max(sizes), n, sizes.count(0))
 
 
 def test_no_shard_is_every_cell_as_a_new_list() -> None:
