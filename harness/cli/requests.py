@@ -46,6 +46,16 @@ class GuestRequest:
     cmd: tuple[str, ...] = ()  # exec: the command, after --
     timeout: float = 600.0  # exec: the command's
     launcher: Launcher | None = None  # None: virtme-ng (the tests give a fake one)
+    no_warm: bool = False  # exec: boot even where a warm guest is up
+
+
+@dataclass(frozen=True)
+class UpRequest:
+    """kitl up: the kernels and how their guests are booted; the loaders whose agents
+    start with them ("": the default loader)."""
+
+    guest: GuestRequest
+    libbpf: str = ""
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,7 @@ class ReproRequest:
     allow_other_kernel: bool = False
     accel: str = "auto"
     dry_run: bool = False
+    no_warm: bool = False  # boot even where a warm guest is up
 
 
 @dataclass(frozen=True)
@@ -117,7 +128,12 @@ def guest(
         cmd=(*getattr(args, "cmd", ()), *tail),
         timeout=getattr(args, "timeout", 600.0),
         launcher=launcher,
+        no_warm=getattr(args, "no_warm", False),
     )
+
+
+def up(args: argparse.Namespace, launcher: Launcher | None) -> UpRequest:
+    return UpRequest(guest(args, launcher), libbpf=args.libbpf)
 
 
 def run(args: argparse.Namespace) -> RunRequest:
@@ -151,6 +167,7 @@ def repro(args: argparse.Namespace) -> ReproRequest:
         allow_other_kernel=args.allow_other_kernel,
         accel=args.accel,
         dry_run=args.dry_run,
+        no_warm=args.no_warm,
     )
 
 
