@@ -23,9 +23,10 @@ from harness.vm import accel
 from harness.vm.bootcheck import BootCheck, check
 from harness.vm.machine import VM, GuestSettings, free_port
 from harness.vm.slots import GuestSlots
+from harness.vm.warmclient import guest_factory
 
 
-def _decide_accel(request: GuestRequest, cache: Cache, probe_kernel: Kernel | None) -> str:
+def decide_accel(request: GuestRequest, cache: Cache, probe_kernel: Kernel | None) -> str:
     probe = (lambda: accel.qemu_kvm_probe(probe_kernel.vmlinuz)) if probe_kernel else None
     decision = accel.decide(request.accel, cache, probe)
     if decision.probed or (
@@ -48,8 +49,8 @@ def _announced(cache: Cache) -> bool:
     return False
 
 
-def _vm(kernel: Kernel, request: GuestRequest, accel_name: str, console: Path) -> VM:
-    settings = GuestSettings(
+def _settings(request: GuestRequest, accel_name: str) -> GuestSettings:
+    return GuestSettings(
         accel_name,
         boot_timeout=request.boot_timeout,
         cpus=request.cpus,
@@ -57,7 +58,16 @@ def _vm(kernel: Kernel, request: GuestRequest, accel_name: str, console: Path) -
         slots=GuestSlots.for_cache(Cache.default()),
         launcher=request.launcher,
     )
-    return settings.vm(kernel, console)
+
+
+def _vm(kernel: Kernel, request: GuestRequest, accel_name: str, console: Path) -> VM:
+    return _settings(request, accel_name).vm(kernel, console)
+
+
+def _warm_or_booted(kernel: Kernel, request: GuestRequest, accel_name: str, console: Path) -> VM:
+    """A warm guest of the kernel when one is up and free (kitl up), else a boot."""
+    make = guest_factory(_settings(request, accel_name), use_warm=not request.no_warm)
+    return make(kernel, console)
 
 
 def _dry_run(kernels: Sequence[Kernel], request: GuestRequest, accel_name: str) -> int:
@@ -73,7 +83,7 @@ def boot(request: GuestRequest) -> int:
     entries = ks.catalog.select(list(request.names))
     with DownloadProgress() as progress:
         kernels = [ks.get(e.name, progress) for e in entries]
-    accel_name = _decide_accel(request, ks.store.cache, kernels[0] if kernels else None)
+    accel_name = decide_accel(request, ks.store.cache, kernels[0] if kernels else None)
     if request.dry_run:
         return _dry_run(kernels, request, accel_name)
     out_dir = request.output or Path("runs") / time.strftime("boot-%Y%m%d-%H%M%S")
@@ -116,7 +126,7 @@ def _prepare(request: GuestRequest, name: str) -> tuple[Kernel, str, Kernels]:
     ks = Kernels.open()
     with DownloadProgress() as progress:
         kernel = ks.get(name, progress)
-    return kernel, _decide_accel(request, ks.store.cache, kernel), ks
+    return kernel, decide_accel(request, ks.store.cache, kernel), ks
 
 
 def exec_(request: GuestRequest) -> int:
@@ -129,7 +139,7 @@ def exec_(request: GuestRequest) -> int:
     with tempfile.TemporaryDirectory(prefix="kitl-exec-") as tmp:
         console = Path(tmp) / "console.log"
         try:
-            with _vm(kernel, request, accel_name, console) as vm:
+            with _warm_or_booted(kernel, request, accel_name, console) as vm:
 
                 def forward(stream: str, data: bytes) -> None:
                     target = sys.stdout.buffer if stream == "stdout" else sys.stderr.buffer

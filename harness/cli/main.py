@@ -28,6 +28,7 @@ from harness.cli import (
     requests,
     runner,
     verify,
+    warm,
 )
 from harness.cli.requests import CheckRequest, MergeRequest, RunRequest
 from harness.errors import DISK_ERRNOS, KitlError
@@ -115,7 +116,16 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="KERNEL")
     p.add_argument("cmd", nargs="*", metavar="-- CMD", help="the command, after --")
     p.add_argument("--timeout", type=float, default=600.0, help="for the command (seconds)")
+    p.add_argument("--no-warm", action="store_true", help=repro.NO_WARM_HELP)
     vm_options(p)
+
+    p = sub.add_parser("up", help="boot kernels and keep them up for later commands (warm)")
+    warm.add_up_arguments(p)
+    vm_options(p)
+    p = sub.add_parser("ps", help="list the warm guests: uptime, uses, cells served, state")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("down", help="stop warm guests (default: all of them)")
+    p.add_argument("names", nargs="*", metavar="KERNEL")
 
     p = sub.add_parser("shell", help="boot KERNEL and open an interactive shell in it")
     p.add_argument("name", metavar="KERNEL")
@@ -233,6 +243,9 @@ COMMANDS: dict[tuple[str, str | None], Callable[[Invocation], int]] = {
     ("exec", None): lambda i: guests.exec_(requests.guest(i.args, i.launcher, i.tail)),
     ("shell", None): lambda i: guests.shell(requests.guest(i.args, i.launcher)),
     ("accel", None): lambda i: guests.show_accel(i.args.reprobe),
+    ("up", None): lambda i: warm.up(requests.up(i.args, i.launcher)),
+    ("ps", None): lambda i: warm.ps(i.args.json),
+    ("down", None): lambda i: warm.down(tuple(i.args.names)),
     ("run", None): lambda i: run(requests.run(i.args)),
     ("report", None): lambda i: render.run(i.args.run_dir, i.args.output, i.args.format),
     ("compare", None): lambda i: compare.run(requests.compare(i.args)),

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from harness.guest.replies import LoadReply
 from harness.kernel import libbpf_build
 from harness.kernel.cache import Cache
 from harness.kernel.resolve import Kernels
+from harness.kernel.store import Kernel
 from harness.outcome import EXIT_FAILED, EXIT_OK
 from harness.results.record import CellRecord
 from harness.results.rundir import safe_name
@@ -44,8 +46,11 @@ from harness.scenario.verify_options import PRIVILEGED, UNPRIVILEGED, VerifyOpti
 from harness.vm import accel
 from harness.vm.agentclient import AgentClient
 from harness.vm.channel import object_path_in_guest
-from harness.vm.machine import GuestSettings
+from harness.vm.machine import VM, GuestSettings
 from harness.vm.slots import GuestSlots
+from harness.vm.warmclient import guest_factory
+
+NO_WARM_HELP = "boot the kernel even where a warm guest of it is up (kitl up)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -66,6 +71,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--accel", default="auto", choices=accel.ACCELS)
     p.add_argument("--dry-run", action="store_true", help="say what would be booted and loaded")
+    p.add_argument("--no-warm", action="store_true", help=NO_WARM_HELP)
 
 
 def find_cell(run_dir: Path, cell_id: str) -> CellRecord:
@@ -137,9 +143,7 @@ def run(request: ReproRequest) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     with (
         tempfile.TemporaryDirectory(prefix="kitl-repro-") as tmp,
-        GuestSettings(decision.accel, slots=GuestSlots.for_cache(cache)).vm(
-            kernel, Path(tmp) / "console.log"
-        ) as vm,
+        _guest(request, decision.accel, cache)(kernel, Path(tmp) / "console.log") as vm,
         AgentClient(vm, libbpf=loader) as agent,
     ):
         if sysctls:
@@ -170,6 +174,13 @@ def run(request: ReproRequest) -> int:
             subprocess.call(vm.ssh_command())
     same = load.ok == cell.observed.load_ok
     return EXIT_OK if same else EXIT_FAILED  # the load did what it did in the run
+
+
+def _guest(request: ReproRequest, accel_name: str, cache: Cache) -> Callable[[Kernel, Path], VM]:
+    """A warm guest (kitl up) where one is up, except for --shell: a warm guest's shell
+    is not the user's to keep (and its SSH key stays with its daemon)."""
+    settings = GuestSettings(accel_name, slots=GuestSlots.for_cache(cache))
+    return guest_factory(settings, use_warm=not (request.no_warm or request.open_shell))
 
 
 def _verdict(load: LoadReply, log: str) -> str:

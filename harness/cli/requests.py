@@ -63,6 +63,16 @@ class GuestRequest:
     cmd: tuple[str, ...] = ()  # exec: the command, after --
     timeout: float = 600.0  # exec: the command's
     launcher: Launcher | None = None  # None: virtme-ng (the tests give a fake one)
+    no_warm: bool = False  # exec: boot even where a warm guest is up
+
+
+@dataclass(frozen=True)
+class UpRequest:
+    """kitl up: the kernels and how their guests are booted; the loaders whose agents
+    start with them ("": the default loader)."""
+
+    guest: GuestRequest
+    libbpf: str = ""
 
 
 @dataclass(frozen=True)
@@ -95,6 +105,7 @@ class ReproRequest:
     allow_other_kernel: bool = False
     accel: str = "auto"
     dry_run: bool = False
+    no_warm: bool = False  # boot even where a warm guest is up
 
 
 DIFF_CONTEXT = 12  # rows kitl diff shows before and after the first divergence
@@ -154,7 +165,12 @@ def guest(
         cmd=(*getattr(args, "cmd", ()), *tail),
         timeout=getattr(args, "timeout", 600.0),
         launcher=launcher,
+        no_warm=getattr(args, "no_warm", False),
     )
+
+
+def up(args: argparse.Namespace, launcher: Launcher | None) -> UpRequest:
+    return UpRequest(guest(args, launcher), libbpf=args.libbpf)
 
 
 def run(args: argparse.Namespace) -> RunRequest:
@@ -202,6 +218,7 @@ def repro(args: argparse.Namespace) -> ReproRequest:
         allow_other_kernel=args.allow_other_kernel,
         accel=args.accel,
         dry_run=args.dry_run,
+        no_warm=args.no_warm,
     )
 
 

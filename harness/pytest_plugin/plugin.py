@@ -50,6 +50,7 @@ from harness.scenario.verify_options import VerifyOptions
 from harness.vm import accel
 from harness.vm.machine import GuestSettings
 from harness.vm.slots import GuestSlots
+from harness.vm.warmclient import guest_factory
 
 # the fixtures for Python tests (a booted guest, objects, topologies), with their hook
 pytest_plugins = ("harness.pytest_plugin.fixtures",)
@@ -159,10 +160,11 @@ class KitlSession:
             settings = GuestSettings(
                 decision.accel, boot_timeout=timeout, cpus=cpus, slots=slots, on_wait=self.tell
             )
+            use_warm = not self.config.getoption("kitl_no_warm")
             self._guests = Guests(
                 self.run,
                 cache,
-                settings.vm,
+                guest_factory(settings, use_warm=use_warm),
                 newest(kernels),
                 libbpf_path=self.libbpf_path,
                 cell_timeout=self.config.getoption("kitl_cell_timeout"),

@@ -61,7 +61,7 @@ from harness.scenario.model import (
 )
 from harness.vm import console as consolelog
 from harness.vm import hostload
-from harness.vm.agentclient import AgentCallError, AgentClient
+from harness.vm.agentclient import AgentCallError, AgentClient, clean, sysctls_to_restore
 from harness.vm.channel import object_path_in_guest
 from harness.vm.machine import VM
 
@@ -278,9 +278,8 @@ class Engine:
         if self._boot_sysctls is None:
             self._boot_sysctls = dict(self._facts().sysctl)
         boot = self._boot_sysctls
-        wanted: dict[str, int | str] = {
-            k: value for k in self._touched if (value := boot.get(k)) is not None
-        }
+        # every sysctl an earlier config set goes back (as a warm guest's reset does)
+        wanted = sysctls_to_restore(boot, {}, sorted(self._touched))
         wanted.update(config.sysctl)
         self._touched.update(k for k, _ in config.sysctl)
         answer = self.agent.send(protocol.Sysctl(wanted)).values if wanted else {}
@@ -435,15 +434,7 @@ class Engine:
 
     def _clean(self, has_topology: bool) -> list[str]:
         """Release every object and tear the topology down, whatever failed before."""
-        problems: list[str] = []
-        try:
-            problems += self.agent.send(protocol.Release(), timeout=CASE_TIMEOUT).problems
-        finally:
-            if has_topology:
-                down = self.agent.send(protocol.TopologyDown(), timeout=CASE_TIMEOUT)
-                problems += down.problems
-                problems += [f"netns {n} left behind" for n in down.netns_left]
-        return problems
+        return clean(self.agent, topology=has_topology, timeout=CASE_TIMEOUT)
 
     def _load_args(self, case: Case, obj_path: Path) -> LoadArgs:
         load_args: LoadArgs = {

@@ -33,6 +33,7 @@ from harness.scenario.expect import kernel_version
 from harness.scenario.model import AnyCase, RunConfig, Scenario
 from harness.vm.agentclient import AgentClient
 from harness.vm.machine import VM
+from harness.vm.warmclient import WarmVM
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +205,8 @@ class Guests:
                 )
             engine.objects = objects
             result = engine.run_cell(cell.scenario, cell.case, cell.config, retry_of=lost)
+            if isinstance(guest.vm, WarmVM):
+                guest.vm.served()
             if result.outcome in RESTART_AFTER:
                 self.discard(kernel.name)
             if attempt == 2 or not worth_a_retry(result):
@@ -312,6 +315,8 @@ class Guests:
         if guest is None:
             return None
         line = f"{kernel} up in {guest.booted_s:.1f}s"
+        if isinstance(guest.vm, WarmVM):
+            line += f": {guest.vm.describe()}"
         if guest.waited_s >= 1:
             line += f" (after {guest.waited_s:.1f}s waiting for guest slots)"
         return line

@@ -135,6 +135,10 @@ MATRIX: tuple[Option, ...] = (
         help="auto probes KVM once per host and falls back to TCG",
     ),
     Option(
+        "--no-warm", "no_warm", Kind.SWITCH,
+        help="boot every guest, even where a warm guest of the kernel is up (kitl up)",
+    ),
+    Option(
         "--boot-timeout", "boot_timeout", V, type=float, metavar="SECONDS",
         to_argv=lambda seconds: ["--kitl-boot-timeout", str(seconds)] if seconds else [],
     ),
@@ -159,7 +163,7 @@ FIRST = ("output", "accel")
 AXES = ("kernel", "config", "libbpf")
 SETTINGS = (
     "shard", "timings", "expect", "boot_timeout", "cell_timeout", "resume", "allow_outside",
-    "workers",
+    "workers", "no_warm",
 )  # fmt: skip
 
 
@@ -185,6 +189,7 @@ class Matrix:
     accel: str = "auto"
     boot_timeout: float | None = None
     cell_timeout: float | None = None
+    no_warm: bool = False  # boot even where a warm guest is up
 
     @classmethod
     def of(cls, values: Values, command: str) -> Matrix:
@@ -204,6 +209,7 @@ class Matrix:
             accel=values("accel"),
             boot_timeout=values("boot_timeout"),
             cell_timeout=values("cell_timeout") if run else None,
+            no_warm=bool(values("no_warm")),
         )
 
     def value(self, dest: str) -> object:

@@ -7,7 +7,8 @@ import itertools
 import json
 import sys
 import time
-from typing import Any, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 from harness import interrupts
 from harness.errors import GuestLostError, GuestTimeoutError, KitlError
@@ -20,6 +21,46 @@ from harness.vm.machine import VM
 
 AGENT_START_TIMEOUT = 180.0  # a first Python start in a TCG guest, with imports, under load
 A = TypeVar("A", bound=Reply)
+
+
+def agent_argv(python: str, libbpf: str | None) -> list[str]:
+    """The guest command of an agent: the same for a VM's own agent and a warm guest's,
+    which keeps one running per argv (harness.vm.warmd)."""
+    # -u: unbuffered; -I: ignore user site and PYTHON* env, the guest sees the host's.
+    argv = [python, "-u", "-m", "harness.guest.agent"]
+    return ["env", f"KITL_LIBBPF={libbpf}", *argv] if libbpf else argv
+
+
+class Sender(Protocol):
+    """What sends typed requests to an agent: an AgentClient, or a warm guest's daemon."""
+
+    def send(self, request: Request[A], *, timeout: float = 60.0) -> A: ...
+
+
+def clean(agent: Sender, *, topology: bool, timeout: float) -> list[str]:
+    """Release every object and tear the topology down, whatever failed before: what the
+    engine does after each case, and a warm guest's daemon after each use.  What was left
+    behind, in words (empty: nothing)."""
+    problems: list[str] = []
+    try:
+        problems += agent.send(protocol.Release(), timeout=timeout).problems
+    finally:
+        if topology:
+            down = agent.send(protocol.TopologyDown(), timeout=timeout)
+            problems += down.problems
+            problems += [f"netns {n} left behind" for n in down.netns_left]
+    return problems
+
+
+def sysctls_to_restore(
+    boot: Mapping[str, str | None],
+    now: Mapping[str, str | None],
+    names: Sequence[str] | None = None,
+) -> dict[str, int | str]:
+    """The sysctls (of `names`, default all) whose value `now` is not their value at
+    boot, with that value: what puts a guest's configuration back."""
+    keys = boot if names is None else names
+    return {k: v for k in keys if (v := boot.get(k)) is not None and now.get(k) != v}
 
 
 class AgentCallError(KitlError):
@@ -59,11 +100,7 @@ class AgentClient:
         self.close()
 
     def start(self) -> PingReply:
-        # -u: unbuffered; -I: ignore user site and PYTHON* env, the guest sees the host's.
-        argv = [self.python, "-u", "-m", "harness.guest.agent"]
-        if self.libbpf:
-            argv = ["env", f"KITL_LIBBPF={self.libbpf}", *argv]
-        self._stream = self.vm.channel.start(argv)
+        self._stream = self.vm.channel.start(agent_argv(self.python, self.libbpf))
         return self.send(protocol.Ping(), timeout=AGENT_START_TIMEOUT)
 
     def send(self, request: Request[A], *, timeout: float = 60.0) -> A:

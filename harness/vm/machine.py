@@ -465,6 +465,18 @@ class VM:
             shutil.rmtree(self._state, ignore_errors=True)  # the per-VM keys go with it
             self._state = None
 
+    def release_slots(self) -> None:
+        """Give the guest's slots back while it stays up: a warm guest between uses, whose
+        idle vCPUs cost the host next to nothing (its daemon takes slots for each use)."""
+        if self._admission is not None:
+            self._admission.release()
+            self._admission = None
+
+    @property
+    def guest_pid(self) -> int:
+        """The launched process (for vng, its process group's leader); 0 when down."""
+        return self._proc.pid if self._proc is not None else 0
+
     # -- use -----------------------------------------------------------------------------
     @property
     def channel(self) -> Channel:

@@ -157,6 +157,21 @@ class GuestSlots:
             log.info("%s: admitted after %.1fs", who, waited)
         return self._held(got, key, waited)
 
+    def admit_now(self, vcpus: int, who: str) -> Admission:
+        """The slots free now, never waiting: for a use of a warm guest, whose boot was
+        admitted and whose use is short.  Fewer than asked is over capacity (logged):
+        waiting here would cost a warm guest's user what it is up for, while the boots
+        that starve on an overcommitted host, and that this admission protects, still
+        wait for the slots it did take."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        want = max(1, min(vcpus, self.size))
+        got = self._try(want)
+        if len(got) < want:
+            log.info("%s: over capacity (%d of %d slots free) for this use", who, len(got), want)
+        admission = self._held(got, str(self.directory), 0.0)
+        admission.over_capacity = len(got) < want
+        return admission
+
     def _held(self, got: list[FileLock], key: str, waited: float) -> Admission:
         with _HELD_LOCK:
             _HELD[key] = _HELD.get(key, 0) + len(got)
