@@ -26,7 +26,9 @@ RAN = ("PASSED", "FAILED", "LOAD_FAILED", "VERIFIER_REJECTED", "ATTACH_FAILED")
 
 def cells(run_dir: Path) -> list[dict[str, Any]]:
     lines = (run_dir / "results.jsonl").read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
+    # a cell retried on a fresh VM has a line per attempt: the last one is its result
+    by_id = {row["id"]: row for row in map(json.loads, filter(str.strip, lines))}
+    return list(by_id.values())
 
 
 def skip_kind(reason: str) -> str:
