@@ -100,6 +100,14 @@ def _not_a_loader_case(scenario: Scenario, case: str, cell_id: str, kernel: str)
         )
 
 
+def _copy_into(vm: VM, obj: Path) -> str:
+    """The object in the guest, where a run's engine puts it (its name kept)."""
+    data = obj.read_bytes()
+    remote = object_path_in_guest(obj, hashlib.sha256(data).hexdigest())
+    vm.channel.put(data, remote)
+    return remote
+
+
 def run(request: ReproRequest) -> int:
     cell = find_cell(request.run_dir, request.cell_id)
     if cell.scenario == "*":
@@ -148,8 +156,7 @@ def run(request: ReproRequest) -> int:
     ):
         if sysctls:
             agent.send(protocol.Sysctl(sysctls))
-        remote = object_path_in_guest(obj, data := obj.read_bytes())
-        vm.channel.put(data, remote)
+        remote = _copy_into(vm, obj)
         load_args: protocol.LoadArgs = {
             "prog_flags": case.load.flags_value,
             "privilege": case.load.privilege,

@@ -126,7 +126,7 @@ class Guest:
     agent: AgentClient
     kernel: Kernel
     # object content hash -> its copy in the guest; sysctl -> its value before a test set it
-    _copies: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _copies: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
     _saved: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
@@ -163,12 +163,12 @@ class Guest:
         """Copy a host file into the guest's tmpfs once per content (host paths created
         after boot may be invisible through the guest's overlay of /tmp)."""
         data = obj_path.read_bytes()
-        digest = hashlib.sha256(data).hexdigest()[:16]
-        if digest not in self._copies:
-            remote = object_path_in_guest(obj_path, data)
+        # the content and the file's name: libbpf names the object after the file
+        remote = object_path_in_guest(obj_path, hashlib.sha256(data).hexdigest())
+        if remote not in self._copies:
             self.vm.channel.put(data, remote)
-            self._copies[digest] = remote
-        return self._copies[digest]
+            self._copies.add(remote)
+        return remote
 
     def load(
         self, obj_path: Path, program: str, log_level: int = 5, **options: Any

@@ -164,9 +164,8 @@ class Engine:
         """Copy an object into the guest's tmpfs once (host paths created after boot may
         be invisible through the guest's overlay of /tmp)."""
         if path not in self._in_guest:
-            data = path.read_bytes()
-            remote = object_path_in_guest(path, data)
-            self.vm.channel.put(data, remote)
+            remote = object_path_in_guest(path, self._sha256(path))  # hashed once, kept
+            self.vm.channel.put(path.read_bytes(), remote)
             self._in_guest[path] = remote
         return self._in_guest[path]
 

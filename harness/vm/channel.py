@@ -10,7 +10,6 @@ gives up shortly after if even that does not answer.
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import logging
 import os
@@ -330,10 +329,10 @@ def _make_parents(sftp: paramiko.SFTPClient, remote: str) -> None:
         sftp.mkdir(str(parent))
 
 
-def object_path_in_guest(path: Path, data: bytes) -> str:
+def object_path_in_guest(path: Path, sha256: str) -> str:
     """Where a host object is copied in the guest's tmpfs (host paths created after boot
-    may be invisible through the guest's overlay of /tmp): a directory per content, the
-    file keeping its name, because libbpf names the object, and so its .bss/.data/.rodata
-    maps in logs and listings, after the file ("res_spin.bss", as the user's loader
-    would have it, not "kitl_035.bss")."""
-    return f"/run/kitl/{hashlib.sha256(data).hexdigest()[:16]}/{path.name}"
+    may be invisible through the guest's overlay of /tmp): a directory per content (the
+    hex SHA-256 of the file's bytes), the file keeping its name, because libbpf names the
+    object, and so its .bss/.data/.rodata maps in logs and listings, after the file
+    ("res_spin.bss", as the user's loader would have it, not "kitl_035.bss")."""
+    return f"/run/kitl/{sha256[:16]}/{path.name}"

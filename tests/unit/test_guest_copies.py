@@ -4,6 +4,7 @@ file, and the directories the copy needs are made first."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,8 @@ from harness.vm import channel
 
 def test_an_object_keeps_its_file_name_in_a_directory_per_content() -> None:
     obj = Path("/src/res_spin_lock_fail.bpf.o")
-    a = channel.object_path_in_guest(obj, b"one")
-    b = channel.object_path_in_guest(obj, b"two")
+    a = channel.object_path_in_guest(obj, hashlib.sha256(b"one").hexdigest())
+    b = channel.object_path_in_guest(obj, hashlib.sha256(b"two").hexdigest())
     # libbpf: the object's name is the file name up to its first dot, and its .bss map is
     # called after it ("res_spin.bss"), as a skeleton or bpftool of that file would have it
     assert Path(a).name == Path(b).name == "res_spin_lock_fail.bpf.o"
