@@ -379,25 +379,12 @@ class SyscallDrive:
 Drive = TestRunDrive | TrafficDrive | SyscallDrive
 
 
-@dataclass(frozen=True)
-class Case:
-    name: str
-    object: str
-    program: str  # the function name
-    section: str  # its SEC()
-    prog_type: ProgType
+class _Overridden:
+    """What a case of either kind (a program kitl loads, the user's own loader) expects
+    on a kernel: its expectation with its overrides applied."""
+
     expect: Expect
-    description: str = ""
-    requires: Requires = Requires()
-    load: LoadOptions = LoadOptions()
-    attach: Attach | None = None
-    drive: Drive | None = None
-    overrides: tuple[Override, ...] = ()
-    line: int = field(default=0, compare=False)
-    setup_maps: tuple[MapExpect, ...] = ()  # map contents written after the load
-    skip: str = ""  # why the case is not run: its cells are SKIPPED with this reason
-    # prog array slots filled after the load: (map, index, program of the same object)
-    tail_calls: tuple[tuple[str, int, str], ...] = ()
+    overrides: tuple[Override, ...]
 
     def expect_for(
         self,
@@ -416,6 +403,27 @@ class Case:
             libbpf_version=libbpf_version,
             kernel_btf=kernel_btf,
         )
+
+
+@dataclass(frozen=True)
+class Case(_Overridden):
+    name: str
+    object: str
+    program: str  # the function name
+    section: str  # its SEC()
+    prog_type: ProgType
+    expect: Expect
+    description: str = ""
+    requires: Requires = Requires()
+    load: LoadOptions = LoadOptions()
+    attach: Attach | None = None
+    drive: Drive | None = None
+    overrides: tuple[Override, ...] = ()
+    line: int = field(default=0, compare=False)
+    setup_maps: tuple[MapExpect, ...] = ()  # map contents written after the load
+    skip: str = ""  # why the case is not run: its cells are SKIPPED with this reason
+    # prog array slots filled after the load: (map, index, program of the same object)
+    tail_calls: tuple[tuple[str, int, str], ...] = ()
 
     def retval_name(self, value: int) -> str:
         return sections.retval_name(self.prog_type, self.section, value)
@@ -445,7 +453,7 @@ OBJECT_REF = re.compile(r"\{object:([a-z0-9][a-z0-9._-]{0,63})\}")
 
 
 @dataclass(frozen=True)
-class LoaderCase:
+class LoaderCase(_Overridden):
     """A case whose program is loaded by the user's own loader: its exit status is the
     verdict, with the programs it loaded and its output (`Expect.exit_status`, `programs`,
     `stdout`, `stderr`; exit status 0 when not said)."""
@@ -457,22 +465,6 @@ class LoaderCase:
     overrides: tuple[Override, ...] = ()
     line: int = field(default=0, compare=False)
     skip: str = ""  # why the case is not run: its cells are SKIPPED with this reason
-
-    def expect_for(
-        self,
-        kernel_release: str,
-        config: str,
-        libbpf_version: str = "",
-        kernel_btf: bool | None = None,
-    ) -> Expect:
-        return apply_overrides(
-            self.expect,
-            self.overrides,
-            kernel_release,
-            config,
-            libbpf_version=libbpf_version,
-            kernel_btf=kernel_btf,
-        )
 
     @property
     def objects(self) -> tuple[str, ...]:
